@@ -1,0 +1,104 @@
+"""nbflow: durable workflows for Jupyter.
+
+Define a workflow with the fluent builder (or a ``%%workflow`` cell), run it with a
+``CheckpointingRunner``, and every finished task is checkpointed to disk: after a crash
+or a kernel restart, running it again continues where it stopped.
+
+>>> import nbflow as nf
+>>> wf = nf.Workflow("hello").then(lambda name: f"hello {name}").build()
+>>> nf.CheckpointingRunner(nf.InMemoryBackend()).run(wf, "h-1", "ada").output
+'hello ada'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nbflow.core import errors
+from nbflow.core.builder import ForkBuilder, Workflow, WorkflowBuilder
+from nbflow.core.codecs import JsonCodec, PickleCodec
+from nbflow.core.context import TaskContext, WorkflowContext, get_task_context
+from nbflow.core.errors import (
+    CheckpointCorruptError,
+    CodecError,
+    ConfigurationError,
+    InstanceExistsError,
+    InstanceLockedError,
+    InvalidInstanceIdError,
+    MissingDependencyError,
+    NbflowError,
+    RouteKeyError,
+    ShapeChangedError,
+    SignalTimeoutError,
+    TaskChangedError,
+    TaskTimeoutError,
+    UnknownInstanceError,
+    UnknownTaskError,
+    WorkflowDefinitionError,
+    WorkflowMismatchError,
+)
+from nbflow.core.graph import InputRef, WorkflowDefinition
+from nbflow.core.retry import RetryPolicy, parse_duration
+from nbflow.core.status import ConflictPolicy, LoopResult, RunState, TaskError, WorkflowStatus
+from nbflow.core.task import task
+from nbflow.run.client import WorkflowClient
+from nbflow.run.events import EventBus, TextProgress
+from nbflow.run.handle import RunHandle
+from nbflow.run.runner import CheckpointingRunner
+from nbflow.store.disk import DiskcacheBackend
+from nbflow.store.memory import InMemoryBackend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointCorruptError",
+    "CheckpointingRunner",
+    "CodecError",
+    "ConfigurationError",
+    "ConflictPolicy",
+    "DiskcacheBackend",
+    "EventBus",
+    "ForkBuilder",
+    "InMemoryBackend",
+    "InputRef",
+    "InstanceExistsError",
+    "InstanceLockedError",
+    "InvalidInstanceIdError",
+    "JsonCodec",
+    "LoopResult",
+    "MissingDependencyError",
+    "NbflowError",
+    "PickleCodec",
+    "RetryPolicy",
+    "RouteKeyError",
+    "RunHandle",
+    "RunState",
+    "ShapeChangedError",
+    "SignalTimeoutError",
+    "TaskChangedError",
+    "TaskContext",
+    "TaskError",
+    "TaskTimeoutError",
+    "TextProgress",
+    "UnknownInstanceError",
+    "UnknownTaskError",
+    "Workflow",
+    "WorkflowBuilder",
+    "WorkflowClient",
+    "WorkflowContext",
+    "WorkflowDefinition",
+    "WorkflowDefinitionError",
+    "WorkflowMismatchError",
+    "WorkflowStatus",
+    "errors",
+    "get_task_context",
+    "parse_duration",
+    "task",
+]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbflow``: register the %%workflow and %workflow magics."""
+    from nbflow.jupyter import load_ipython_extension as load
+
+    load(ipython)

@@ -1,0 +1,263 @@
+"""Every error nbflow raises, rooted at :class:`NbflowError`.
+
+Each subclass takes structured arguments (workflow, instance, task, ...) and builds its
+own message, which says what went wrong and then what to do about it. Where a caller
+would reasonably expect a builtin (``KeyError`` for an unknown instance, ``ImportError``
+for a missing extra, ``TimeoutError`` for a task timeout), the class inherits it too.
+
+Errors survive pickling (``__reduce__`` re-creates them from their arguments) so they
+cross worker processes intact.
+
+Control signals (cancel, pause) are *not* here on purpose: they derive from
+``BaseException`` in :mod:`nbflow.run.control`, so a task's ``except Exception`` can
+never swallow them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "CheckpointCorruptError",
+    "CodecError",
+    "ConfigurationError",
+    "InstanceExistsError",
+    "InstanceLockedError",
+    "InvalidInstanceIdError",
+    "MissingDependencyError",
+    "NbflowError",
+    "RouteKeyError",
+    "ShapeChangedError",
+    "SignalTimeoutError",
+    "TaskChangedError",
+    "TaskTimeoutError",
+    "UnknownInstanceError",
+    "UnknownTaskError",
+    "WorkflowDefinitionError",
+    "WorkflowMismatchError",
+]
+
+_FRESH_HINT = (
+    "To start over, use a new instance id, or "
+    "runner.with_conflict_policy(ConflictPolicy.TERMINATE_EXISTING) "
+    "(in a notebook: re-run the cell with --fresh)."
+)
+
+
+class NbflowError(Exception):
+    """Root of every error nbflow raises. Catch this to catch them all."""
+
+    def __init__(self, message: str, *args: Any) -> None:
+        super().__init__(message, *args)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.__dict__.copy()))
+
+
+def _rebuild(cls: type[NbflowError], message: str, state: dict[str, Any]) -> NbflowError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class ConfigurationError(NbflowError, ValueError):
+    """An option has a value nbflow cannot use (a bad duration, retry count, path...)."""
+
+    def __init__(self, option: str, value: Any, expected: str) -> None:
+        self.option, self.value, self.expected = option, value, expected
+        super().__init__(f"invalid {option}={value!r}: expected {expected}.")
+
+
+class WorkflowDefinitionError(NbflowError, ValueError):
+    """A builder call or a cell cannot make a valid workflow; the message names the fix."""
+
+    def __init__(self, workflow: str, problem: str, fix: str = "", line: int | None = None) -> None:
+        self.workflow, self.problem, self.fix, self.line = workflow, problem, fix, line
+        where = f" (line {line})" if line is not None else ""
+        text = f"workflow {workflow!r}{where}: {problem}"
+        if fix:
+            text += f". {fix}"
+        super().__init__(text if text.endswith(".") else text + ".")
+
+
+class InvalidInstanceIdError(NbflowError, ValueError):
+    """An instance id that cannot be stored (empty, too long, not a string)."""
+
+    def __init__(self, instance_id: Any, why: str) -> None:
+        self.instance_id, self.why = instance_id, why
+        super().__init__(
+            f"invalid instance id {instance_id!r}: {why}. Use a non-empty string of at most "
+            "200 characters, e.g. 'etl-2026-11-25'."
+        )
+
+
+class InstanceExistsError(NbflowError):
+    """The instance id is taken and the conflict policy is FAIL (the default)."""
+
+    def __init__(self, workflow: str, instance_id: str, state: str) -> None:
+        self.workflow, self.instance_id, self.state = workflow, instance_id, state
+        super().__init__(
+            f"instance {instance_id!r} of workflow {workflow!r} already exists (state: {state}). "
+            "Continue it with runner.resume(wf, instance_id) or "
+            "runner.with_conflict_policy(ConflictPolicy.USE_EXISTING); discard it with "
+            "ConflictPolicy.TERMINATE_EXISTING; or pick a new instance id."
+        )
+
+
+class UnknownInstanceError(NbflowError, KeyError):
+    """No instance with that id exists in the store."""
+
+    def __init__(self, instance_id: str, where: str = "") -> None:
+        self.instance_id, self.where = instance_id, where
+        place = f" in {where}" if where else ""
+        super().__init__(
+            f"no instance {instance_id!r}{place}. Start it with runner.run(wf, instance_id, input); "
+            "list the stored ones with WorkflowClient(backend).list_instances() or `nbflow list`."
+        )
+
+    def __str__(self) -> str:  # KeyError would add quotes
+        return self.message
+
+
+class UnknownTaskError(NbflowError, KeyError):
+    """A task id that the workflow does not have."""
+
+    def __init__(self, workflow: str, task_id: str, known: Iterable[str]) -> None:
+        self.workflow, self.task_id = workflow, task_id
+        self.known = tuple(known)
+        shown = ", ".join(repr(k) for k in self.known[:12])
+        more = ", ..." if len(self.known) > 12 else ""
+        super().__init__(f"workflow {workflow!r} has no task {task_id!r}; its tasks are {shown}{more}.")
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class WorkflowMismatchError(NbflowError):
+    """An instance belongs to another workflow than the one given."""
+
+    def __init__(self, instance_id: str, stored: str, given: str) -> None:
+        self.instance_id, self.stored, self.given = instance_id, stored, given
+        super().__init__(
+            f"instance {instance_id!r} belongs to workflow {stored!r}, not {given!r}. "
+            f"Pass the {stored!r} workflow, or use another instance id."
+        )
+
+
+class ShapeChangedError(NbflowError):
+    """Resume refused: the workflow's graph is not the one the instance was run with."""
+
+    def __init__(self, workflow: str, instance_id: str, changes: Iterable[str]) -> None:
+        self.workflow, self.instance_id = workflow, instance_id
+        self.changes = tuple(changes)
+        super().__init__(
+            f"workflow {workflow!r} changed shape since instance {instance_id!r} was "
+            f"checkpointed ({'; '.join(self.changes)}). {_FRESH_HINT}"
+        )
+
+
+class TaskChangedError(NbflowError):
+    """Resume refused under ``on_change="fail"``: some task's code changed."""
+
+    def __init__(self, workflow: str, instance_id: str, tasks: Iterable[str]) -> None:
+        self.workflow, self.instance_id = workflow, instance_id
+        self.tasks = tuple(tasks)
+        super().__init__(
+            f"the code of task(s) {', '.join(map(repr, self.tasks))} of workflow {workflow!r} "
+            f"changed since instance {instance_id!r} checkpointed them. Re-run them with "
+            "on_change='rerun', restore the old code, or start over. " + _FRESH_HINT
+        )
+
+
+class InstanceLockedError(NbflowError):
+    """Another runner (in this or another process) is running the instance right now."""
+
+    def __init__(self, instance_id: str, holder: str = "") -> None:
+        self.instance_id, self.holder = instance_id, holder
+        who = f" ({holder})" if holder else ""
+        super().__init__(
+            f"instance {instance_id!r} is being run by another runner{who}. Wait for it to "
+            "finish, cancel it (WorkflowClient.cancel or `nbflow cancel`), or use another "
+            "instance id; nbflow never runs one instance twice at once."
+        )
+
+
+class CheckpointCorruptError(NbflowError):
+    """A stored record cannot be read back."""
+
+    def __init__(self, instance_id: str, detail: str, location: str = "") -> None:
+        self.instance_id, self.detail, self.location = instance_id, detail, location
+        where = f" at {location}" if location else ""
+        super().__init__(
+            f"the checkpoints of instance {instance_id!r}{where} cannot be read ({detail}). "
+            f"Other instances are unaffected. Discard this one with `nbflow clear {instance_id}` "
+            "or WorkflowClient(backend).clear(instance_id), then run it again."
+        )
+
+
+class CodecError(NbflowError):
+    """A value cannot be encoded or decoded by the chosen codec."""
+
+    def __init__(self, codec: str, task_id: str, detail: str) -> None:
+        self.codec, self.task_id, self.detail = codec, task_id, detail
+        hint = (
+            "JsonCodec stores only JSON types (dict, list, str, int, float, bool, None); "
+            "use PickleCodec for other objects."
+            if codec == "json"
+            else "Return a picklable value, or convert it (e.g. to a dict or a file path)."
+        )
+        super().__init__(f"codec {codec!r} cannot handle the output of task {task_id!r}: {detail}. {hint}")
+
+
+class TaskTimeoutError(NbflowError, TimeoutError):
+    """One attempt of a task ran longer than its ``timeout``."""
+
+    def __init__(self, task_id: str, timeout: float) -> None:
+        self.task_id, self.timeout = task_id, timeout
+        super().__init__(
+            f"task {task_id!r} exceeded its timeout of {timeout:g}s. Raise timeout= on the task, "
+            "or make it faster. (A synchronous task's thread cannot be killed: it finishes in the "
+            "background and its result is discarded.)"
+        )
+
+
+class RouteKeyError(NbflowError, KeyError):
+    """A route's key function returned a key that has no branch and there is no default."""
+
+    def __init__(self, workflow: str, route: str, key: Any, declared: Iterable[Any]) -> None:
+        self.workflow, self.route, self.key = workflow, route, key
+        self.declared = tuple(declared)
+        super().__init__(
+            f"route {route!r} of workflow {workflow!r} got key {key!r}, which is not among the "
+            f"declared keys {list(self.declared)!r}. Add .branch({key!r}, ...) or "
+            ".default_branch(...)."
+        )
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SignalTimeoutError(NbflowError, TimeoutError):
+    """A ``wait_for_signal`` step waited longer than its timeout."""
+
+    def __init__(self, instance_id: str, signal: str, timeout: float) -> None:
+        self.instance_id, self.signal, self.timeout = instance_id, signal, timeout
+        super().__init__(
+            f"instance {instance_id!r} waited {timeout:g}s for signal {signal!r}, which never "
+            "came. Send it with WorkflowClient(backend).send_signal(instance_id, "
+            f"{signal!r}, payload) and resume, or raise the step's timeout."
+        )
+
+
+class MissingDependencyError(NbflowError, ImportError):
+    """An optional dependency is not installed; the message has the install command."""
+
+    def __init__(self, package: str, feature: str, install: str) -> None:
+        self.package, self.feature, self.install = package, feature, install
+        super().__init__(f"{feature} needs {package}, which is not installed. Install it: {install}")

@@ -1,0 +1,151 @@
+"""The ``@task`` decorator and the frozen options it attaches to a function.
+
+``@task(...)`` does not wrap the function: it returns the same function with a
+``TaskSpec`` stored on it, so a decorated function is still callable and testable on
+its own, and still pickles by reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar, overload
+
+from nbflow.core.errors import ConfigurationError
+from nbflow.core.retry import Duration, RetryPolicy, parse_duration
+
+__all__ = ["TaskSpec", "spec_of", "task"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SPEC_ATTR = "__nbflow_task__"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Options of one task. None of them is part of the workflow's shape."""
+
+    name: str | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float | None = None
+    tags: tuple[str, ...] = ()
+    description: str = ""
+    priority: int = 0
+    version: str | None = None
+
+    def with_name(self, name: str) -> TaskSpec:
+        """The same options under another name."""
+        return replace(self, name=name)
+
+
+def make_spec(
+    *,
+    name: str | None = None,
+    retries: RetryPolicy | int | None = None,
+    timeout: Duration | None = None,
+    tags: Iterable[str] = (),
+    description: str = "",
+    priority: int = 0,
+    version: str | int | None = None,
+) -> TaskSpec:
+    """Validate task options and freeze them; every bad value gets a ConfigurationError."""
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigurationError("name", name, "a non-empty string")
+    if isinstance(tags, str):
+        tags = (tags,)
+    tag_tuple = tuple(tags)
+    if not all(isinstance(t, str) for t in tag_tuple):
+        raise ConfigurationError("tags", tags, "a list of strings")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ConfigurationError("priority", priority, "a whole number (higher runs first)")
+    if not isinstance(description, str):
+        raise ConfigurationError("description", description, "a string")
+    seconds = None if timeout is None else parse_duration(timeout, "timeout")
+    if seconds is not None and seconds <= 0:
+        raise ConfigurationError("timeout", timeout, "a positive duration like '30s'")
+    return TaskSpec(
+        name=name,
+        retry=RetryPolicy.coerce(retries),
+        timeout=seconds,
+        tags=tag_tuple,
+        description=description,
+        priority=priority,
+        version=None if version is None else str(version),
+    )
+
+
+@overload
+def task(fn: F, /) -> F: ...
+@overload
+def task(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    retries: RetryPolicy | int | None = None,
+    timeout: Duration | None = None,
+    tags: Iterable[str] = (),
+    description: str = "",
+    priority: int = 0,
+    version: str | int | None = None,
+) -> Callable[[F], F]: ...
+
+
+def task(
+    fn: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retries: RetryPolicy | int | None = None,
+    timeout: Duration | None = None,
+    tags: Iterable[str] = (),
+    description: str = "",
+    priority: int = 0,
+    version: str | int | None = None,
+) -> F | Callable[[F], F]:
+    """Attach task options to a function; usable bare (``@task``) or with options.
+
+    Args:
+        name: task id (default: the function's name).
+        retries: a retry count or a ``RetryPolicy`` (exponential backoff).
+        timeout: per-attempt limit, e.g. ``"30s"``.
+        tags: free labels, shown by the widget.
+        description: one line shown in the widget and the CLI.
+        priority: among tasks ready at once, higher runs first.
+        version: overrides the code fingerprint: bump it to force a re-run, or keep it
+            fixed to keep checkpoints across cosmetic code edits.
+
+    >>> @task(retries=2, timeout="30s", tags=["io"])
+    ... def load(path):
+    ...     return path.upper()
+    >>> load("x"), spec_of(load).timeout, spec_of(load).retry.max_retries
+    ('X', 30.0, 2)
+    """
+    spec = make_spec(
+        name=name,
+        retries=retries,
+        timeout=timeout,
+        tags=tags,
+        description=description,
+        priority=priority,
+        version=version,
+    )
+
+    def attach(func: F) -> F:
+        if not callable(func):
+            raise ConfigurationError("@task target", func, "a function or other callable")
+        try:
+            setattr(func, _SPEC_ATTR, spec)
+        except (AttributeError, TypeError):
+            raise ConfigurationError(
+                "@task target", func, "a function (this object does not take attributes; wrap it in a def)"
+            ) from None
+        return func
+
+    return attach(fn) if fn is not None else attach
+
+
+def spec_of(fn: Callable[..., Any]) -> TaskSpec:
+    """The options attached by ``@task``, or the defaults."""
+    spec = getattr(fn, _SPEC_ATTR, None)
+    return spec if isinstance(spec, TaskSpec) else TaskSpec()

@@ -1,0 +1,1 @@
+"""Executing workflows: runner, scheduler, events, client. Never imports ``jupyter``."""

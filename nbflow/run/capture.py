@@ -1,0 +1,74 @@
+"""Per-task capture of stdout/stderr, for sync tasks in threads and async tasks alike.
+
+``sys.stdout`` is process-global, so redirecting it per task would mix the output of
+concurrent tasks. Instead nbflow installs, once, a thin proxy on ``sys.stdout`` and
+``sys.stderr`` that looks up a ``contextvars`` variable: inside a task the text goes to
+that task's buffer (and, if asked, on to the real stream); everywhere else it goes
+straight to the stream that was there before. Context variables follow asyncio tasks
+and the runner copies the context into worker threads, so every task sees its own.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import io
+import sys
+import threading
+from typing import Any, TextIO
+
+__all__ = ["Capture", "install"]
+
+
+class Capture:
+    """The buffers of one task attempt."""
+
+    __slots__ = ("echo", "stderr", "stdout")
+
+    def __init__(self, echo: bool) -> None:
+        self.stdout = io.StringIO()
+        self.stderr = io.StringIO()
+        self.echo = echo
+
+
+_active: contextvars.ContextVar[Capture | None] = contextvars.ContextVar("nbflow_capture", default=None)
+_install_lock = threading.Lock()
+
+
+class _Proxy(io.TextIOBase):
+    def __init__(self, target: TextIO, which: str) -> None:
+        self._target = target
+        self._which = which
+
+    def write(self, text: str) -> int:
+        cap = _active.get()
+        if cap is None:
+            return self._target.write(text)
+        getattr(cap, self._which).write(text)
+        if cap.echo:
+            self._target.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, encoding, isatty ... of the real stream
+        return getattr(self._target, name)
+
+
+def install() -> None:
+    """Put the proxies on sys.stdout/sys.stderr (idempotent, and re-done if something
+    else replaced the streams since, as ipykernel may)."""
+    with _install_lock:
+        if not isinstance(sys.stdout, _Proxy):
+            sys.stdout = _Proxy(sys.stdout, "stdout")
+        if not isinstance(sys.stderr, _Proxy):
+            sys.stderr = _Proxy(sys.stderr, "stderr")
+
+
+def begin(echo: bool) -> tuple[Capture, contextvars.Token[Capture | None]]:
+    cap = Capture(echo)
+    return cap, _active.set(cap)
+
+
+def end(token: contextvars.Token[Capture | None]) -> None:
+    _active.reset(token)

@@ -1,0 +1,260 @@
+"""Run events: what a runner tells the world while it works.
+
+The runner publishes frozen, keyword-only event objects on an :class:`EventBus`;
+everything that shows progress (the plain-text printer below, the notebook widget)
+subscribes to it. This module is the seam between the engine and any UI: the UI never
+reaches into the scheduler, it only folds these events. New fields may be added to an
+event with a default value; subscribers must ignore what they do not know.
+
+Events are published from the engine's own thread. Subscribers must be quick and must
+not raise: a subscriber that raises is unsubscribed with one warning, so a broken
+progress display can never fail a run.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import IO
+
+__all__ = [
+    "EventBus",
+    "MapProgress",
+    "RunEvent",
+    "RunFinished",
+    "RunStarted",
+    "TaskFailed",
+    "TaskFinished",
+    "TaskRestored",
+    "TaskRetrying",
+    "TaskSkipped",
+    "TaskStarted",
+    "TaskWaiting",
+    "TextProgress",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunEvent:
+    """Base of every event: which run it belongs to and when it happened."""
+
+    workflow: str
+    instance_id: str
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunStarted(RunEvent):
+    """A run (new or resumed) begins.
+
+    ``plan`` maps every task id to what the runner will do with it: ``"restore"``
+    (a valid checkpoint exists), ``"stale"`` (a checkpoint exists but the task's code,
+    or an upstream task, changed, so it runs again) or ``"run"`` (no checkpoint yet).
+    ``edges`` lists (upstream, downstream) pairs so a subscriber can draw the graph
+    without importing the workflow object.
+    """
+
+    tasks: tuple[str, ...]
+    edges: tuple[tuple[str, str], ...] = ()
+    kinds: Mapping[str, str] = field(default_factory=dict)
+    plan: Mapping[str, str] = field(default_factory=dict)
+    definition_hash: str = ""
+    resumed: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskStarted(RunEvent):
+    """One attempt of a task starts running."""
+
+    task_id: str
+    attempt: int = 1
+    worker: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskRestored(RunEvent):
+    """A task's output comes from its checkpoint; the task does not run."""
+
+    task_id: str
+    duration: float = 0.0
+    attempt: int = 1
+    preview: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    worker: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskFinished(RunEvent):
+    """A task finished and its checkpoint is durably written."""
+
+    task_id: str
+    attempt: int = 1
+    duration: float = 0.0
+    preview: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    worker: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskRetrying(RunEvent):
+    """An attempt failed and another follows after ``delay`` seconds."""
+
+    task_id: str
+    attempt: int
+    delay: float
+    error: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskFailed(RunEvent):
+    """A task failed for good (retries exhausted); ``traceback`` is the text."""
+
+    task_id: str
+    attempt: int
+    error: str
+    traceback: str = ""
+    stdout: str = ""
+    stderr: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSkipped(RunEvent):
+    """A task will not run in this instance (a route branch not taken)."""
+
+    task_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskWaiting(RunEvent):
+    """A task is parked: a durable delay (``wake_at``) or a signal (``signal``)."""
+
+    task_id: str
+    wake_at: float | None = None
+    signal: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class MapProgress(RunEvent):
+    """Items of a ``map`` step done so far (restored items included)."""
+
+    task_id: str
+    done: int
+    total: int
+    failed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunFinished(RunEvent):
+    """The run stopped: ``state`` is completed, failed, cancelled, interrupted, ..."""
+
+    state: str
+    duration: float = 0.0
+    error: str | None = None
+    failed_task: str | None = None
+
+
+Subscriber = Callable[[RunEvent], None]
+
+
+class EventBus:
+    """Fan events out to subscribers, in subscription order.
+
+    >>> bus = EventBus()
+    >>> seen = []
+    >>> unsubscribe = bus.subscribe(seen.append)
+    >>> bus.publish(TaskStarted(workflow="w", instance_id="i", task_id="a"))
+    >>> [e.task_id for e in seen]
+    ['a']
+    >>> unsubscribe()
+    >>> bus.publish(TaskStarted(workflow="w", instance_id="i", task_id="b"))
+    >>> len(seen)
+    1
+    """
+
+    def __init__(self) -> None:
+        self._subscribers: tuple[Subscriber, ...] = ()
+        self._lock = threading.Lock()
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Add ``subscriber``; returns a function that removes it again."""
+        with self._lock:
+            self._subscribers = (*self._subscribers, subscriber)
+
+        def unsubscribe() -> None:
+            self.unsubscribe(subscriber)
+
+        return unsubscribe
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        """Remove ``subscriber``; removing one that is not subscribed is a no-op."""
+        with self._lock:
+            self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
+
+    def __bool__(self) -> bool:
+        return bool(self._subscribers)
+
+    def publish(self, event: RunEvent) -> None:
+        """Deliver ``event`` to every subscriber; a raising subscriber is dropped."""
+        for subscriber in self._subscribers:  # a tuple: safe against concurrent changes
+            try:
+                subscriber(event)
+            except Exception as exc:  # noqa: BLE001 - a UI bug must never fail a run
+                self.unsubscribe(subscriber)
+                warnings.warn(
+                    f"nbflow: event subscriber {subscriber!r} raised {exc!r} and was "
+                    "unsubscribed; the run goes on without it.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+
+class TextProgress:
+    """A plain-text progress printer for scripts and logs.
+
+    Subscribe it to a runner: ``runner.subscribe(TextProgress())``. It writes one line
+    per finished, restored, failed or retried task and one per run start and end.
+    """
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self._stream = stream
+        self._total = 0
+        self._done = 0
+
+    def _write(self, line: str) -> None:
+        stream = self._stream if self._stream is not None else sys.stderr
+        stream.write(line + "\n")
+        stream.flush()
+
+    def __call__(self, event: RunEvent) -> None:
+        tag = f"[{event.workflow}/{event.instance_id}]"
+        if isinstance(event, RunStarted):
+            self._total = len(event.tasks)
+            self._done = 0
+            restore = sum(1 for v in event.plan.values() if v == "restore")
+            verb = "resuming" if event.resumed else "starting"
+            self._write(f"{tag} {verb}: {self._total} tasks, {restore} restored from checkpoints")
+        elif isinstance(event, TaskRestored | TaskFinished):
+            self._done += 1
+            what = "restored" if isinstance(event, TaskRestored) else f"done in {event.duration:.3f}s"
+            self._write(f"{tag} {event.task_id} {what} ({self._done}/{self._total})")
+        elif isinstance(event, TaskRetrying):
+            self._write(
+                f"{tag} {event.task_id} attempt {event.attempt} failed ({event.error}); "
+                f"retrying in {event.delay:.2f}s"
+            )
+        elif isinstance(event, TaskFailed):
+            self._write(f"{tag} {event.task_id} FAILED after {event.attempt} attempt(s): {event.error}")
+        elif isinstance(event, TaskSkipped):
+            self._write(f"{tag} {event.task_id} skipped ({event.reason})")
+        elif isinstance(event, TaskWaiting):
+            why = f"signal {event.signal!r}" if event.signal else "a durable delay"
+            self._write(f"{tag} {event.task_id} waiting for {why}")
+        elif isinstance(event, RunFinished):
+            self._write(f"{tag} {event.state} in {event.duration:.2f}s")

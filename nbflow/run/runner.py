@@ -1,0 +1,429 @@
+"""CheckpointingRunner: run, resume, start and re-run durable workflow instances.
+
+A run goes in two steps. *Prepare* happens on the caller's thread: take the instance
+lock, apply the conflict policy, check the shape, load the checkpoint records in one
+pass, and compute the plan (restore / stale / run per task). Errors there — a taken id,
+a changed shape, a locked instance — raise at once, before anything runs. *Execute*
+happens on an engine thread (see ``handle.py``): the scheduler runs the plan while the
+runner publishes events, then stores the final state and releases the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from nbflow.core.builder import WorkflowBuilder
+from nbflow.core.codecs import Codec, PickleCodec
+from nbflow.core.errors import (
+    ConfigurationError,
+    InstanceExistsError,
+    NbflowError,
+    ShapeChangedError,
+    TaskChangedError,
+    UnknownInstanceError,
+    UnknownTaskError,
+    WorkflowMismatchError,
+)
+from nbflow.core.graph import WorkflowDefinition
+from nbflow.core.status import ConflictPolicy, RunState, TaskError, WorkflowStatus
+from nbflow.run import capture
+from nbflow.run import events as ev
+from nbflow.run.checkpoint import CheckpointIO
+from nbflow.run.handle import RunHandle, launch
+from nbflow.run.plan import changed_tasks, compute_plan
+from nbflow.run.scheduler import RunControl, Scheduler
+from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta, Lease, validate_instance_id
+
+__all__ = ["CheckpointingRunner"]
+
+ON_CHANGE = ("rerun", "fail")
+
+
+@dataclass
+class _Prepared:
+    wf: WorkflowDefinition
+    meta: InstanceMeta
+    records: dict[str, CheckpointRecord]
+    plan: dict[str, str]
+    input_value: Any
+    io: CheckpointIO
+    lease: Lease
+    resumed: bool
+    control: RunControl = field(default_factory=RunControl)
+
+
+def as_definition(wf: Any) -> WorkflowDefinition:
+    """Accept a built workflow, or a builder (built on the spot)."""
+    if isinstance(wf, WorkflowDefinition):
+        return wf
+    if isinstance(wf, WorkflowBuilder):
+        return wf.build()
+    raise ConfigurationError("workflow", wf, "a workflow from Workflow(name)...build()")
+
+
+def describe_shape_change(old: Iterable[str], new: Iterable[str]) -> list[str]:
+    """Human words for the difference between two stored shapes."""
+    old_map = {line.split("|", 1)[0]: line for line in old}
+    new_map = {line.split("|", 1)[0]: line for line in new}
+    changes = [f"task {t!r} added" for t in new_map if t not in old_map]
+    changes += [f"task {t!r} removed" for t in old_map if t not in new_map]
+    for tid, line in new_map.items():
+        if tid in old_map and old_map[tid] != line:
+            old_parts, new_parts = old_map[tid].split("|"), line.split("|")
+            what = "inputs" if old_parts[3] != new_parts[3] or old_parts[4] != new_parts[4] else "settings"
+            changes.append(f"{what} of task {tid!r} changed")
+    return changes or ["the order of tasks changed"]
+
+
+class CheckpointingRunner:
+    """Runs workflows durably: every finished task is checkpointed to ``backend``.
+
+    Args:
+        backend: where checkpoints live; default ``DiskcacheBackend("./.nbflow")``.
+        conflict_policy: what ``run`` does with an existing instance id (default FAIL).
+        on_change: "rerun" re-runs tasks whose code changed (and everything downstream)
+            when an instance resumes; "fail" refuses with ``TaskChangedError``.
+        codec: default codec for outputs (a workflow's own codec wins); PickleCodec.
+        max_threads: threads for sync tasks that run side by side (fork branches).
+        echo_output: also print tasks' stdout/stderr (it is always captured and stored).
+        inline_sync: run a sync task on the engine thread when nothing else could run
+            beside it (fast); the notebook turns this off so an interrupt never waits
+            for a running task.
+        executor: run task bodies elsewhere (``DaskExecutor``, ``ProcessExecutor``).
+        worker_id: a name stored with each checkpoint (default host:pid).
+
+    >>> from nbflow import InMemoryBackend, Workflow
+    >>> wf = Workflow("double").then(lambda x: 2 * x).build()
+    >>> CheckpointingRunner(InMemoryBackend()).run(wf, "d-1", 21).output
+    42
+    """
+
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        *,
+        conflict_policy: ConflictPolicy | str = ConflictPolicy.FAIL,
+        on_change: str = "rerun",
+        codec: Codec | None = None,
+        max_threads: int = 64,
+        echo_output: bool = True,
+        inline_sync: bool = True,
+        executor: Any = None,
+        worker_id: str | None = None,
+    ) -> None:
+        if backend is None:
+            from nbflow.store.disk import DiskcacheBackend
+
+            backend = DiskcacheBackend(".nbflow")
+        if not isinstance(backend, Backend):
+            raise ConfigurationError("backend", backend, "InMemoryBackend(), DiskcacheBackend(path) or another Backend")
+        if on_change not in ON_CHANGE:
+            raise ConfigurationError("on_change", on_change, "'rerun' or 'fail'")
+        if isinstance(max_threads, bool) or not isinstance(max_threads, int) or max_threads < 1:
+            raise ConfigurationError("max_threads", max_threads, "a whole number >= 1")
+        self._backend = backend
+        self.conflict_policy = ConflictPolicy.coerce(conflict_policy)
+        self.on_change = on_change
+        self.codec = codec or PickleCodec()
+        self.max_threads = max_threads
+        self.echo_output = echo_output
+        self.inline_sync = inline_sync
+        self.executor = executor
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.events = ev.EventBus()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def from_shared(cls, backend: Backend, **options: Any) -> Self:
+        """A runner on a backend shared with other runners, clients and workers."""
+        return cls(backend, **options)
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    def with_conflict_policy(self, policy: ConflictPolicy | str) -> Self:
+        """This runner with another conflict policy (same backend, same subscribers)."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.conflict_policy = ConflictPolicy.coerce(policy)
+        return clone
+
+    def subscribe(self, subscriber: Callable[[ev.RunEvent], None]) -> Callable[[], None]:
+        """Receive this runner's events; returns the function that unsubscribes."""
+        return self.events.subscribe(subscriber)
+
+    def _threads(self) -> Any:
+        if self.executor is not None:
+            return self.executor
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_threads, thread_name_prefix="nbflow-task")
+            return self._pool
+
+    # -- the public verbs ---------------------------------------------------------------
+    def run(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str, input: Any = None) -> WorkflowStatus:  # noqa: A002
+        """Run an instance to its end and return its status (completed, failed, ...).
+
+        With an existing ``instance_id`` the conflict policy decides: FAIL raises
+        ``InstanceExistsError``, USE_EXISTING continues it (its stored input is used),
+        TERMINATE_EXISTING discards it and starts over. Ctrl-C (or the notebook's
+        stop button) stops the run cleanly, marks it interrupted and re-raises.
+        """
+        return self._wait(self._launch(self._prepare(wf, instance_id, input, resume=False)))
+
+    def resume(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str) -> WorkflowStatus:
+        """Continue a stored instance: finished tasks are restored, the rest run.
+
+        A failed instance re-runs its failed task (after you fixed it) and goes on.
+        """
+        return self._wait(self._launch(self._prepare(wf, instance_id, None, resume=True)))
+
+    def rerun_from(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str, task_id: str) -> WorkflowStatus:
+        """Re-run ``task_id`` and everything downstream of it; reuse the rest."""
+        definition = as_definition(wf)
+        definition.node(task_id)  # UnknownTaskError with the known ids
+        return self._wait(self._launch(self._prepare(definition, instance_id, None, resume=True, force=(task_id,))))
+
+    def start(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str, input: Any = None, *, resume: bool = False) -> RunHandle:  # noqa: A002
+        """Start a run in the background; returns a handle (wait, cancel, status)."""
+        return self._launch(self._prepare(wf, instance_id, input, resume=resume))
+
+    async def run_async(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str, input: Any = None) -> WorkflowStatus:  # noqa: A002
+        """``await`` form of ``run``: the caller's event loop stays free meanwhile."""
+        return await self._await(self._launch(self._prepare(wf, instance_id, input, resume=False)))
+
+    async def resume_async(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str) -> WorkflowStatus:
+        """``await`` form of ``resume``."""
+        return await self._await(self._launch(self._prepare(wf, instance_id, None, resume=True)))
+
+    def plan(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str) -> dict[str, str]:
+        """What a resume would do with each task: "restore", "stale" or "run"."""
+        definition = as_definition(wf)
+        records = self._backend.get_records(validate_instance_id(instance_id))
+        records.pop(INPUT_KEY, None)
+        return compute_plan(definition, records)
+
+    def status(self, instance_id: str) -> WorkflowStatus:
+        """The stored status of an instance (output included once it completed)."""
+        from nbflow.run.client import WorkflowClient
+
+        return WorkflowClient(self._backend).status(instance_id)
+
+    def get_task_result(self, instance_id: str, task_id: str) -> Any:
+        """The checkpointed output of one task of an instance."""
+        from nbflow.run.client import WorkflowClient
+
+        return WorkflowClient(self._backend).get_task_result(instance_id, task_id)
+
+    # -- prepare ------------------------------------------------------------------------
+    def _prepare(
+        self,
+        wf: Any,
+        instance_id: str,
+        input_value: Any,
+        *,
+        resume: bool,
+        force: tuple[str, ...] = (),
+    ) -> _Prepared:
+        definition = as_definition(wf)
+        validate_instance_id(instance_id)
+        backend = self._backend
+        codec = definition.codec or self.codec
+        io = CheckpointIO(backend, instance_id, codec)
+        lease = backend.lock(instance_id, holder=f"runner of {definition.name!r}")
+        try:
+            meta = backend.load_instance(instance_id)
+            if not resume and meta is not None:
+                if self.conflict_policy is ConflictPolicy.FAIL:
+                    raise InstanceExistsError(meta.workflow, instance_id, meta.state)
+                if self.conflict_policy is ConflictPolicy.TERMINATE_EXISTING:
+                    backend.delete_instance(instance_id)
+                    meta = None
+            if resume and meta is None:
+                raise UnknownInstanceError(instance_id, repr(backend))
+            records: dict[str, CheckpointRecord]
+            if meta is not None:
+                if meta.workflow != definition.name:
+                    raise WorkflowMismatchError(instance_id, meta.workflow, definition.name)
+                if meta.definition_hash != definition.definition_hash:
+                    raise ShapeChangedError(
+                        definition.name, instance_id, describe_shape_change(meta.shape, definition.shape())
+                    )
+                records = backend.get_records(instance_id)
+                input_record = records.pop(INPUT_KEY, None)
+                input_value = io.read(input_record) if input_record is not None else None
+                resumed = True
+            else:
+                _check_input(definition, input_value)
+                meta = InstanceMeta(
+                    instance_id=instance_id,
+                    workflow=definition.name,
+                    definition_hash=definition.definition_hash,
+                    shape=definition.shape(),
+                    tasks_total=len(definition.nodes),
+                    sinks=definition.sinks,
+                )
+                record = io.write(INPUT_KEY, "", input_value, started_at=time.time(), finished_at=time.time())
+                meta.input_digest = hashlib.sha256(record.payload or (record.blob or "").encode()).hexdigest()[:16]
+                records = {}
+                resumed = False
+            if self.on_change == "fail":
+                changed = changed_tasks(definition, records)
+                if changed:
+                    raise TaskChangedError(definition.name, instance_id, changed)
+            plan = compute_plan(definition, records, force)
+            backend.set_control(instance_id, None)  # an old cancel/pause must not stop this run
+            meta.state, meta.error, meta.message, meta.updated_at = RunState.RUNNING.value, None, "", time.time()
+            backend.save_instance(meta)
+        except BaseException:
+            lease.release()
+            raise
+        control = RunControl(backend, instance_id)
+        return _Prepared(definition, meta, records, plan, input_value, io, lease, resumed, control)
+
+    # -- execute ------------------------------------------------------------------------
+    def _launch(self, prep: _Prepared) -> RunHandle:
+        capture.install()
+        scheduler = Scheduler(
+            wf=prep.wf,
+            instance_id=prep.meta.instance_id,
+            plan=prep.plan,
+            records=prep.records,
+            input_value=prep.input_value,
+            io=prep.io,
+            bus=self.events,
+            control=prep.control,
+            executor=self._threads(),
+            echo=self.echo_output,
+            inline_sync=self.inline_sync,
+            worker=self.worker_id,
+        )
+        wf, meta = prep.wf, prep.meta
+
+        async def body() -> WorkflowStatus:
+            started = time.monotonic()
+            self.events.publish(
+                ev.RunStarted(
+                    workflow=wf.name,
+                    instance_id=meta.instance_id,
+                    tasks=wf.task_ids,
+                    edges=wf.edges,
+                    kinds={n.id: n.kind for n in wf.nodes},
+                    plan=dict(prep.plan),
+                    definition_hash=wf.definition_hash,
+                    resumed=prep.resumed,
+                )
+            )
+            try:
+                outcome = await scheduler.run()
+            except BaseException as exc:
+                meta.state, meta.updated_at = RunState.FAILED.value, time.time()
+                meta.error = TaskError("", type(exc).__name__, str(exc)).to_dict()
+                _save_quietly(self._backend, meta)
+                self.events.publish(
+                    ev.RunFinished(
+                        workflow=wf.name,
+                        instance_id=meta.instance_id,
+                        state="failed",
+                        duration=time.monotonic() - started,
+                        error=str(exc),
+                    )
+                )
+                raise
+            meta.state = outcome.state
+            meta.error = outcome.error.to_dict() if outcome.error else None
+            meta.message, meta.updated_at = outcome.reason, time.time()
+            self._backend.save_instance(meta)
+            self.events.publish(
+                ev.RunFinished(
+                    workflow=wf.name,
+                    instance_id=meta.instance_id,
+                    state=outcome.state,
+                    duration=time.monotonic() - started,
+                    error=str(outcome.error) if outcome.error else None,
+                    failed_task=outcome.error.task_id if outcome.error else None,
+                )
+            )
+            return WorkflowStatus(
+                workflow=wf.name,
+                instance_id=meta.instance_id,
+                state=RunState(outcome.state),
+                output=outcome.output,
+                error=outcome.error,
+                tasks_done=outcome.done,
+                tasks_total=outcome.total,
+                message=outcome.reason,
+            )
+
+        def snapshot() -> WorkflowStatus:
+            return WorkflowStatus(
+                workflow=wf.name,
+                instance_id=meta.instance_id,
+                state=RunState.RUNNING,
+                tasks_done=scheduler.done,
+                tasks_total=len(wf.nodes),
+            )
+
+        return launch(meta.instance_id, body, prep.control, snapshot, prep.lease.release)
+
+    @staticmethod
+    def _wait(handle: RunHandle) -> WorkflowStatus:
+        try:
+            return handle.wait()
+        except KeyboardInterrupt:
+            handle.cancel("interrupted (KeyboardInterrupt)", state="interrupted")
+            try:
+                handle.wait(timeout=30)
+            except (KeyboardInterrupt, TimeoutError, NbflowError):
+                pass
+            raise
+
+    @staticmethod
+    async def _await(handle: RunHandle) -> WorkflowStatus:
+        try:
+            return await asyncio.shield(asyncio.wrap_future(handle._future))
+        except asyncio.CancelledError:
+            handle.cancel("the awaiting task was cancelled", state="cancelled")
+            raise
+
+    def __repr__(self) -> str:
+        return f"CheckpointingRunner({self._backend!r}, conflict_policy={self.conflict_policy.name})"
+
+
+def _check_input(wf: WorkflowDefinition, value: Any) -> None:
+    """Tasks that read items of the input need a mapping holding those items."""
+    needs: dict[str, list[str]] = {}
+    for node in wf.nodes:
+        for key in node.input_keys:
+            if key is not None:
+                needs.setdefault(key, []).append(node.id)
+    if not needs:
+        return
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            "input", value, f"a dict with the keys {sorted(needs)} (read by the workflow's tasks)"
+        )
+    missing = sorted(k for k in needs if k not in value)
+    if missing:
+        who = "; ".join(f"{k!r} for task(s) {', '.join(needs[k])}" for k in missing)
+        raise ConfigurationError("input", dict(value), f"a dict that also has {who}")
+
+
+def _save_quietly(backend: Backend, meta: InstanceMeta) -> None:
+    try:
+        backend.save_instance(meta)
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        pass
+

@@ -1,0 +1,167 @@
+"""The backend protocol: what a checkpoint store must do, and the records it keeps.
+
+A backend stores, per instance: one ``InstanceMeta`` (workflow, shape, state...), one
+``CheckpointRecord`` per finished task (its output, or a reference to a file holding
+it), buffered signals and control requests (pause, cancel). It also hands out an
+exclusive per-instance lock so two runners never run one instance at once.
+
+``tests/store/test_contract.py`` runs one suite over every implementation; a new
+backend (a server-backed one, say) must pass it. The records are plain data so any
+medium can hold them.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from typing import IO, Any, Protocol, runtime_checkable
+
+from nbflow.core.errors import InvalidInstanceIdError
+
+__all__ = [
+    "INPUT_KEY",
+    "Backend",
+    "CheckpointRecord",
+    "InstanceMeta",
+    "Lease",
+    "PayloadSink",
+    "validate_instance_id",
+]
+
+INPUT_KEY = "__input__"  # the workflow input is stored like a task output under this id
+_MAX_ID = 200
+
+
+def validate_instance_id(instance_id: Any) -> str:
+    """Return ``instance_id`` if it can be stored, else raise InvalidInstanceIdError."""
+    if not isinstance(instance_id, str):
+        raise InvalidInstanceIdError(instance_id, f"it is a {type(instance_id).__name__}, not a string")
+    if not instance_id.strip():
+        raise InvalidInstanceIdError(instance_id, "it is empty")
+    if len(instance_id) > _MAX_ID:
+        raise InvalidInstanceIdError(instance_id, f"it has {len(instance_id)} characters (at most {_MAX_ID})")
+    if re.search(r"[\x00-\x1f]", instance_id):
+        raise InvalidInstanceIdError(instance_id, "it contains control characters")
+    return instance_id
+
+
+@dataclass
+class CheckpointRecord:
+    """One finished task: enough to re-read its output safely and explain it.
+
+    Either ``payload`` holds the encoded output inline, or ``blob`` names a file the
+    backend wrote it to. ``codec`` is the codec's registered name.
+    """
+
+    task_id: str
+    fingerprint: str
+    codec: str
+    attempt: int = 1
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    size: int = 0
+    payload: bytes | None = None
+    blob: str | None = None
+    preview: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    worker: str | None = None
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.finished_at - self.started_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckpointRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class InstanceMeta:
+    """An instance's identity and where it stands."""
+
+    instance_id: str
+    workflow: str
+    definition_hash: str
+    shape: tuple[str, ...] = ()
+    state: str = "running"
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    error: dict[str, Any] | None = None
+    input_digest: str = ""
+    tasks_total: int = 0
+    sinks: tuple[str, ...] = ()
+    wake_at: float | None = None
+    signal: str | None = None
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["shape"] = list(self.shape)
+        data["sinks"] = list(self.sinks)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InstanceMeta:
+        known = {f.name for f in fields(cls)}
+        meta = cls(**{k: v for k, v in data.items() if k in known})
+        meta.shape = tuple(meta.shape)
+        meta.sinks = tuple(meta.sinks)
+        return meta
+
+
+class PayloadSink(Protocol):
+    """A writable binary file a codec dumps into; the backend decides where bytes go."""
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+
+class Lease(Protocol):
+    """Proof that this runner holds an instance; ``release()`` is idempotent."""
+
+    def release(self) -> None: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Where checkpoints live. Implementations: InMemoryBackend, DiskcacheBackend."""
+
+    # instances
+    def load_instance(self, instance_id: str) -> InstanceMeta | None: ...
+    def save_instance(self, meta: InstanceMeta) -> None: ...
+    def delete_instance(self, instance_id: str) -> bool: ...
+    def list_instances(self) -> list[InstanceMeta]: ...
+
+    # checkpoints
+    def new_sink(self, instance_id: str) -> PayloadSink: ...
+    def put_record(self, instance_id: str, record: CheckpointRecord, sink: PayloadSink) -> CheckpointRecord: ...
+    def put_records(self, instance_id: str, items: list[tuple[CheckpointRecord, PayloadSink]]) -> list[CheckpointRecord]: ...
+    def get_records(self, instance_id: str) -> dict[str, CheckpointRecord]: ...
+    def get_record(self, instance_id: str, task_id: str) -> CheckpointRecord | None: ...
+    def open_payload(self, instance_id: str, record: CheckpointRecord) -> IO[bytes]: ...
+    def delete_records(self, instance_id: str, task_ids: Iterable[str]) -> None: ...
+
+    # exclusivity
+    def lock(self, instance_id: str, holder: str) -> Lease: ...
+    def is_locked(self, instance_id: str) -> bool: ...
+
+    # signals and control requests (pause / cancel from another process)
+    def push_signal(self, instance_id: str, name: str, payload: bytes) -> None: ...
+    def pop_signal(self, instance_id: str, name: str) -> bytes | None: ...
+    def set_control(self, instance_id: str, action: str | None, reason: str = "") -> None: ...
+    def get_control(self, instance_id: str) -> tuple[str, str] | None: ...
+
+
+class MemorySink(io.BytesIO):
+    """The sink for backends that keep payloads inline."""
+
+    def finish(self) -> tuple[bytes, int]:
+        data = self.getvalue()
+        return data, len(data)

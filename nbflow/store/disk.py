@@ -1,0 +1,399 @@
+"""DiskcacheBackend: the default, embedded, process-safe checkpoint store.
+
+Layout under the store directory (default ``./.nbflow``)::
+
+    instances/<instance>/        one diskcache.Cache (SQLite, WAL) per instance
+    instances/<instance>/blobs/  outputs too large to keep inline, one file each
+    locks/<instance>.lock        flock'd while a runner holds the instance
+
+One cache per instance keeps instances independent: a damaged one never affects the
+others, clearing one is removing a folder, and runners on different instances never
+contend for one SQLite writer lock.
+
+Atomicity: a checkpoint is one SQLite transaction (``Cache.set``), so a kill -9 at any
+moment leaves the old record or the new one. A large output is first written to a
+temporary file, fsync'd and renamed, and only then referenced by the record; a kill in
+between leaves an orphan file (removed with the instance), never a broken record.
+
+The instance lock is ``fcntl.flock``: the kernel releases it when the holding process
+dies, so a crashed runner never leaves an instance locked.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import diskcache
+
+from nbflow.core.errors import CheckpointCorruptError, ConfigurationError, InstanceLockedError
+from nbflow.store.base import CheckpointRecord, InstanceMeta, PayloadSink, validate_instance_id
+
+__all__ = ["DiskcacheBackend"]
+
+INLINE_LIMIT = 256 * 1024  # larger encoded outputs go to their own file
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_CACHE_SETTINGS: dict[str, Any] = {
+    # Checkpoints must never be evicted or culled, whatever their size.
+    "eviction_policy": "none",
+    "size_limit": 2**62,
+    "cull_limit": 0,
+    # Records stay in SQLite; nbflow writes large outputs to files itself.
+    "disk_min_file_size": 2**24,
+    "statistics": 0,
+    "tag_index": 0,
+}
+_META = "meta"
+_CONTROL = "control"
+_MAX_OPEN = 64
+
+
+def _dirname(instance_id: str) -> str:
+    """A folder name for an instance id: the id itself when safe, else a safe
+    prefix plus a digest (so distinct ids never share a folder)."""
+    if _SAFE.match(instance_id):
+        return instance_id
+    digest = hashlib.sha256(instance_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", instance_id)[:80].lstrip("._-") or "id"
+    return f"{safe}~{digest}"
+
+
+class _SpillSink(io.RawIOBase):
+    """Buffers in memory up to INLINE_LIMIT, then streams to a temp file in ``blobs/``."""
+
+    def __init__(self, blob_dir: Path, limit: int = INLINE_LIMIT) -> None:
+        super().__init__()
+        self._blob_dir, self._limit = blob_dir, limit
+        self._buf = bytearray()
+        self._file: IO[bytes] | None = None
+        self.tmp_path: Path | None = None
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        n = len(memoryview(data).cast("B"))
+        self.size += n
+        if self._file is None:
+            self._buf += data
+            if len(self._buf) > self._limit:
+                self._blob_dir.mkdir(parents=True, exist_ok=True)
+                self.tmp_path = self._blob_dir / f".tmp-{uuid.uuid4().hex}"
+                self._file = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in commit()
+                self._file.write(self._buf)
+                self._buf = bytearray()
+        else:
+            self._file.write(data)
+        return n
+
+    def commit(self) -> tuple[bytes | None, str | None]:
+        """Make the bytes durable; returns (inline payload, blob file name)."""
+        if self._file is None:
+            return bytes(self._buf), None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        assert self.tmp_path is not None
+        name = self.tmp_path.name[len(".tmp-") :] + ".bin"
+        os.replace(self.tmp_path, self.tmp_path.with_name(name))
+        return None, name
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            if self.tmp_path is not None:
+                self.tmp_path.unlink(missing_ok=True)
+
+
+class _FileLease:
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+
+class DiskcacheBackend:
+    """Checkpoints in a directory on disk; safe to share between processes.
+
+    Args:
+        directory: the store folder; created if missing. Default ``./.nbflow``.
+
+    A backend pickles as its directory, so worker processes reopen it themselves.
+
+    >>> import tempfile
+    >>> b = DiskcacheBackend(tempfile.mkdtemp())
+    >>> b.list_instances()
+    []
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] = ".nbflow") -> None:
+        if not isinstance(directory, str | os.PathLike):
+            raise ConfigurationError("directory", directory, "a folder path such as './.nbflow'")
+        self.directory = Path(directory).expanduser().absolute()
+        try:
+            (self.directory / "instances").mkdir(parents=True, exist_ok=True)
+            (self.directory / "locks").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                "directory", str(directory), f"a folder nbflow can create and write ({exc.strerror})"
+            ) from None
+        if not os.access(self.directory, os.W_OK):
+            raise ConfigurationError("directory", str(directory), "a folder nbflow can write to")
+        self._caches: OrderedDict[str, diskcache.Cache] = OrderedDict()
+        self._caches_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DiskcacheBackend({str(self.directory)!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"directory": str(self.directory)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["directory"])  # type: ignore[misc]
+
+    def close(self) -> None:
+        """Close every open cache (they reopen on demand)."""
+        with self._caches_lock:
+            for cache in self._caches.values():
+                cache.close()
+            self._caches.clear()
+
+    # -- paths and caches ---------------------------------------------------------------
+    def _instance_dir(self, instance_id: str) -> Path:
+        return self.directory / "instances" / _dirname(validate_instance_id(instance_id))
+
+    def _cache(self, instance_id: str, create: bool = True) -> diskcache.Cache | None:
+        key = _dirname(validate_instance_id(instance_id))
+        with self._caches_lock:
+            cache = self._caches.get(key)
+            if cache is not None:
+                self._caches.move_to_end(key)
+                return cache
+            path = self.directory / "instances" / key
+            if not create and not (path / "cache.db").exists():
+                return None
+            try:
+                cache = diskcache.Cache(str(path), **_CACHE_SETTINGS)
+            except sqlite3.DatabaseError as exc:
+                raise CheckpointCorruptError(instance_id, f"SQLite says: {exc}", str(path)) from None
+            self._caches[key] = cache
+            while len(self._caches) > _MAX_OPEN:
+                _, old = self._caches.popitem(last=False)
+                old.close()
+            return cache
+
+    def _read(self, instance_id: str, key: Any, cache: diskcache.Cache | None = None) -> Any:
+        cache = cache or self._cache(instance_id, create=False)
+        if cache is None:
+            return None
+        try:
+            return cache.get(key)
+        except (sqlite3.DatabaseError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
+            raise CheckpointCorruptError(instance_id, f"{type(exc).__name__}: {exc}", cache.directory) from None
+        except Exception as exc:  # noqa: BLE001 - an unpickling error of any kind
+            if "pickle" in type(exc).__name__.lower() or isinstance(exc, IndexError | KeyError):
+                raise CheckpointCorruptError(instance_id, f"{type(exc).__name__}: {exc}", cache.directory) from None
+            raise
+
+    # -- instances ----------------------------------------------------------------------
+    def load_instance(self, instance_id: str) -> InstanceMeta | None:
+        data = self._read(instance_id, _META)
+        if data is None:
+            return None
+        if not isinstance(data, dict):
+            raise CheckpointCorruptError(instance_id, "the instance record is not a dict", str(self._instance_dir(instance_id)))
+        return InstanceMeta.from_dict(data)
+
+    def save_instance(self, meta: InstanceMeta) -> None:
+        cache = self._cache(meta.instance_id)
+        assert cache is not None
+        cache.set(_META, meta.to_dict())
+
+    def delete_instance(self, instance_id: str) -> bool:
+        path = self._instance_dir(instance_id)
+        key = path.name
+        with self._caches_lock:
+            cache = self._caches.pop(key, None)
+            if cache is not None:
+                cache.close()
+        if not path.exists():
+            return False
+        shutil.rmtree(path, ignore_errors=True)
+        return True
+
+    def list_instances(self) -> list[InstanceMeta]:
+        out = []
+        for path in sorted((self.directory / "instances").iterdir()):
+            if not (path / "cache.db").exists():
+                continue
+            cache = diskcache.Cache(str(path), **_CACHE_SETTINGS)
+            try:
+                data = cache.get(_META)
+            except Exception:  # noqa: BLE001 - a damaged instance is listed as such
+                data = {"instance_id": path.name, "workflow": "?", "definition_hash": "", "state": "damaged"}
+            finally:
+                cache.close()
+            if isinstance(data, dict):
+                out.append(InstanceMeta.from_dict(data))
+        return out
+
+    # -- checkpoints --------------------------------------------------------------------
+    def new_sink(self, instance_id: str) -> PayloadSink:
+        return _SpillSink(self._instance_dir(instance_id) / "blobs")
+
+    def put_record(self, instance_id: str, record: CheckpointRecord, sink: PayloadSink) -> CheckpointRecord:
+        return self.put_records(instance_id, [(record, sink)])[0]
+
+    def put_records(self, instance_id: str, items: list[tuple[CheckpointRecord, PayloadSink]]) -> list[CheckpointRecord]:
+        cache = self._cache(instance_id)
+        assert cache is not None
+        for record, sink in items:
+            assert isinstance(sink, _SpillSink)
+            record.payload, record.blob = sink.commit()
+            record.size = sink.size
+        if len(items) == 1:
+            record = items[0][0]
+            cache.set(("t", record.task_id), record.to_dict())
+        else:
+            with cache.transact():  # one commit for the whole batch
+                for record, _ in items:
+                    cache.set(("t", record.task_id), record.to_dict())
+        return [record for record, _ in items]
+
+    def get_records(self, instance_id: str) -> dict[str, CheckpointRecord]:
+        cache = self._cache(instance_id, create=False)
+        if cache is None:
+            return {}
+        out = {}
+        try:
+            for key in cache.iterkeys():
+                if isinstance(key, tuple) and len(key) == 2 and key[0] == "t":
+                    data = self._read(instance_id, key, cache)
+                    if data is not None:
+                        out[key[1]] = CheckpointRecord.from_dict(data)
+        except sqlite3.DatabaseError as exc:
+            raise CheckpointCorruptError(instance_id, f"SQLite says: {exc}", cache.directory) from None
+        return out
+
+    def get_record(self, instance_id: str, task_id: str) -> CheckpointRecord | None:
+        data = self._read(instance_id, ("t", task_id))
+        return None if data is None else CheckpointRecord.from_dict(data)
+
+    def open_payload(self, instance_id: str, record: CheckpointRecord) -> IO[bytes]:
+        if record.blob is None:
+            return io.BytesIO(record.payload or b"")
+        path = self._instance_dir(instance_id) / "blobs" / record.blob
+        try:
+            return open(path, "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            raise CheckpointCorruptError(
+                instance_id, f"the output file of task {record.task_id!r} is missing", str(path)
+            ) from None
+
+    def delete_records(self, instance_id: str, task_ids: Iterable[str]) -> None:
+        cache = self._cache(instance_id, create=False)
+        if cache is None:
+            return
+        blobs = []
+        with cache.transact():
+            for tid in task_ids:
+                data = cache.get(("t", tid))
+                if isinstance(data, dict) and data.get("blob"):
+                    blobs.append(data["blob"])
+                cache.delete(("t", tid))
+        for name in blobs:
+            (self._instance_dir(instance_id) / "blobs" / name).unlink(missing_ok=True)
+
+    # -- exclusivity --------------------------------------------------------------------
+    def _lock_path(self, instance_id: str) -> Path:
+        return self.directory / "locks" / (_dirname(validate_instance_id(instance_id)) + ".lock")
+
+    def lock(self, instance_id: str, holder: str) -> _FileLease:
+        path = self._lock_path(instance_id)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                try:
+                    who = json.loads(path.read_text() or "{}")
+                    desc = f"pid {who.get('pid')} on {who.get('host')}: {who.get('holder')}"
+                except (OSError, ValueError):
+                    desc = ""
+                raise InstanceLockedError(instance_id, desc) from None
+            raise
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "holder": holder, "since": time.time()})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+        return _FileLease(fd)
+
+    def is_locked(self, instance_id: str) -> bool:
+        path = self._lock_path(instance_id)
+        if not path.exists():
+            return False
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
+    # -- signals and control ------------------------------------------------------------
+    def push_signal(self, instance_id: str, name: str, payload: bytes) -> None:
+        cache = self._cache(instance_id)
+        assert cache is not None
+        with cache.transact():
+            queue = list(cache.get(("s", name), []))
+            queue.append(payload)
+            cache.set(("s", name), queue)
+
+    def pop_signal(self, instance_id: str, name: str) -> bytes | None:
+        cache = self._cache(instance_id, create=False)
+        if cache is None:
+            return None
+        with cache.transact():
+            queue = list(cache.get(("s", name), []))
+            if not queue:
+                return None
+            first = queue.pop(0)
+            cache.set(("s", name), queue)
+            return bytes(first)
+
+    def set_control(self, instance_id: str, action: str | None, reason: str = "") -> None:
+        cache = self._cache(instance_id)
+        assert cache is not None
+        if action is None:
+            cache.delete(_CONTROL)
+        else:
+            cache.set(_CONTROL, (action, reason))
+
+    def get_control(self, instance_id: str) -> tuple[str, str] | None:
+        value = self._read(instance_id, _CONTROL)
+        return tuple(value) if value else None  # type: ignore[return-value]

@@ -1,0 +1,151 @@
+"""InMemoryBackend: the reference implementation, for tests and throw-away runs.
+
+Dicts behind one lock. Nothing survives the process; everything else behaves like the
+disk store (same contract suite), so a workflow tested here runs the same on disk.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import IO
+
+from nbflow.core.errors import InstanceLockedError
+from nbflow.store.base import CheckpointRecord, InstanceMeta, MemorySink, PayloadSink, validate_instance_id
+
+__all__ = ["InMemoryBackend"]
+
+
+@dataclass
+class _Instance:
+    meta: InstanceMeta | None = None
+    records: dict[str, CheckpointRecord] = field(default_factory=dict)
+    signals: dict[str, deque[bytes]] = field(default_factory=dict)
+    control: tuple[str, str] | None = None
+
+
+class _MemoryLease:
+    def __init__(self, backend: InMemoryBackend, instance_id: str) -> None:
+        self._backend, self._instance_id, self._held = backend, instance_id, True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            with self._backend._lock:
+                self._backend._locks.pop(self._instance_id, None)
+
+
+class InMemoryBackend:
+    """Checkpoints in this process's memory (lost when it exits).
+
+    >>> from nbflow.store.base import InstanceMeta
+    >>> b = InMemoryBackend()
+    >>> b.save_instance(InstanceMeta("i-1", "wf", "hash"))
+    >>> [m.instance_id for m in b.list_instances()]
+    ['i-1']
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._instances: dict[str, _Instance] = {}
+        self._locks: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"InMemoryBackend({len(self._instances)} instances)"
+
+    def _get(self, instance_id: str) -> _Instance:
+        return self._instances.setdefault(validate_instance_id(instance_id), _Instance())
+
+    # -- instances ----------------------------------------------------------------------
+    def load_instance(self, instance_id: str) -> InstanceMeta | None:
+        with self._lock:
+            inst = self._instances.get(instance_id)
+            return copy.copy(inst.meta) if inst and inst.meta else None
+
+    def save_instance(self, meta: InstanceMeta) -> None:
+        with self._lock:
+            self._get(meta.instance_id).meta = copy.copy(meta)
+
+    def delete_instance(self, instance_id: str) -> bool:
+        with self._lock:
+            inst = self._instances.pop(instance_id, None)
+            return bool(inst and inst.meta)
+
+    def list_instances(self) -> list[InstanceMeta]:
+        with self._lock:
+            return [copy.copy(i.meta) for i in self._instances.values() if i.meta]
+
+    # -- checkpoints --------------------------------------------------------------------
+    def new_sink(self, instance_id: str) -> PayloadSink:
+        return MemorySink()
+
+    def put_record(self, instance_id: str, record: CheckpointRecord, sink: PayloadSink) -> CheckpointRecord:
+        return self.put_records(instance_id, [(record, sink)])[0]
+
+    def put_records(self, instance_id: str, items: list[tuple[CheckpointRecord, PayloadSink]]) -> list[CheckpointRecord]:
+        stored = []
+        for record, sink in items:
+            assert isinstance(sink, MemorySink)
+            record.payload, record.size = sink.finish()
+            record.blob = None
+            stored.append(record)
+        with self._lock:
+            inst = self._get(instance_id)
+            for record in stored:
+                inst.records[record.task_id] = record
+        return stored
+
+    def get_records(self, instance_id: str) -> dict[str, CheckpointRecord]:
+        with self._lock:
+            inst = self._instances.get(instance_id)
+            return dict(inst.records) if inst else {}
+
+    def get_record(self, instance_id: str, task_id: str) -> CheckpointRecord | None:
+        with self._lock:
+            inst = self._instances.get(instance_id)
+            return inst.records.get(task_id) if inst else None
+
+    def open_payload(self, instance_id: str, record: CheckpointRecord) -> IO[bytes]:
+        return io.BytesIO(record.payload or b"")
+
+    def delete_records(self, instance_id: str, task_ids: Iterable[str]) -> None:
+        with self._lock:
+            inst = self._instances.get(instance_id)
+            if inst:
+                for tid in task_ids:
+                    inst.records.pop(tid, None)
+
+    # -- exclusivity --------------------------------------------------------------------
+    def lock(self, instance_id: str, holder: str) -> _MemoryLease:
+        with self._lock:
+            if instance_id in self._locks:
+                raise InstanceLockedError(instance_id, self._locks[instance_id])
+            self._locks[instance_id] = holder
+        return _MemoryLease(self, instance_id)
+
+    def is_locked(self, instance_id: str) -> bool:
+        with self._lock:
+            return instance_id in self._locks
+
+    # -- signals and control ------------------------------------------------------------
+    def push_signal(self, instance_id: str, name: str, payload: bytes) -> None:
+        with self._lock:
+            self._get(instance_id).signals.setdefault(name, deque()).append(payload)
+
+    def pop_signal(self, instance_id: str, name: str) -> bytes | None:
+        with self._lock:
+            queue = self._get(instance_id).signals.get(name)
+            return queue.popleft() if queue else None
+
+    def set_control(self, instance_id: str, action: str | None, reason: str = "") -> None:
+        with self._lock:
+            self._get(instance_id).control = (action, reason) if action else None
+
+    def get_control(self, instance_id: str) -> tuple[str, str] | None:
+        with self._lock:
+            inst = self._instances.get(instance_id)
+            return inst.control if inst else None
