@@ -13,16 +13,18 @@ fed by named upstream tasks or workflow inputs, in any order (edges are resolved
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
 from typing import Any, Generic, Self, TypeVar
 
 from nbflow.core.context import WorkflowContext
 from nbflow.core.errors import WorkflowDefinitionError
-from nbflow.core.fingerprint import fingerprint
+from nbflow.core.fingerprint import fingerprint, stable_digest
 from nbflow.core.graph import InputRef, Node, Source, WorkflowDefinition
+from nbflow.core.retry import parse_duration
 from nbflow.core.task import TaskSpec, make_spec, spec_of
 
-__all__ = ["ForkBuilder", "Workflow", "WorkflowBuilder"]
+__all__ = ["DEFAULT_BRANCH", "ForkBuilder", "branch_label", "RouteBuilder", "Workflow", "WorkflowBuilder"]
 
 Step = Callable[..., Any]
 
@@ -94,7 +96,7 @@ class WorkflowBuilder:
         base = spec_of(func)
         extra = {k: v for k, v in options.items() if k != "name"}
         spec = make_spec(
-            name=name or base.name,
+            name=base.name if name is None else name,  # "" must be refused, not ignored
             retries=extra.get("retries", base.retry),
             timeout=extra.get("timeout", base.timeout),
             tags=extra.get("tags", base.tags),
@@ -190,6 +192,135 @@ class WorkflowBuilder:
         """
         return ForkBuilder(self)
 
+    # -- control flow -----------------------------------------------------------------
+    def _special(self, kind: str, task_id: str, *, fn: Step | None = None, spec: TaskSpec | None = None,
+                 mode: str = "value", params: tuple[tuple[str, Source], ...] | None = None,
+                 after: tuple[str, ...] = (), options: Mapping[str, Any] | None = None) -> Node:
+        """Add a control-flow node fed by the cursor, and move the cursor onto it."""
+        if task_id in self._ids:
+            raise self._fail(f"step id {task_id!r} is used twice", f"Give the {kind} step another name")
+        if not isinstance(task_id, str) or not task_id or "/" in task_id:
+            raise self._fail(f"invalid step id {task_id!r}", "Use a non-empty name without '/'")
+        opts = dict(options or {})
+        fp = fingerprint(fn, (spec or TaskSpec()).version) if fn is not None else stable_digest(kind, repr(sorted(opts.items())))
+        node = Node(task_id, kind, fn, spec or TaskSpec(), mode,
+                    params if params is not None else (("", self._cursor),), fp, after=after, options=opts)
+        self._add_node(node)
+        self._cursor = Source(task_id)
+        return node
+
+    def route(self, key_fn: Step, keys: Iterable[Any] | None = None, *, name: str | None = None) -> RouteBuilder[Self]:
+        """Branch on a key: ``key_fn(previous output)`` picks the branch to run.
+
+        ``keys`` declares every key ``key_fn`` may return; ``.branch(key, ...)`` must use
+        declared keys, and every declared key needs a branch unless a
+        ``.default_branch(...)`` exists (checked at ``.done()``). The branches not
+        taken show as skipped; the step after ``.done()`` receives the output of the
+        branch that ran.
+        """
+        task_id, func, spec = self._resolve("route", name or key_fn, key_fn if name else None, {})
+        declared = tuple(keys) if keys is not None else None
+        if declared is not None and len(set(map(repr, declared))) != len(declared):
+            raise self._fail(f"route {task_id!r} declares a key twice: {list(declared)!r}", "List each key once")
+        node = self._special("route", task_id, fn=func, spec=spec,
+                             options={"keys": list(declared) if declared is not None else None})
+        return RouteBuilder(self, node.id, declared)
+
+    def loop(self, body: str | Step, fn: Step | None = None, *, max_iterations: int = 10,
+             on_max: str = "fail", **options: Any) -> Self:
+        """Repeat ``body`` on its own output until it returns ``LoopResult.done(v)``.
+
+        The body receives the previous output first, then whatever it passed to
+        ``LoopResult.again(v)``. Every iteration is checkpointed: a crash in iteration 7
+        resumes at iteration 7. After ``max_iterations``, ``on_max="fail"`` fails the
+        run and ``"exit_with_last"`` continues with the last value.
+        """
+        task_id, func, spec = self._resolve("loop", body, fn, options)
+        if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
+            raise self._fail(f"loop {task_id!r} has max_iterations={max_iterations!r}", "Use a whole number >= 1")
+        if on_max not in ("fail", "exit_with_last"):
+            raise self._fail(f"loop {task_id!r} has on_max={on_max!r}", "Use on_max='fail' or 'exit_with_last'")
+        self._special("loop", task_id, fn=func, spec=spec,
+                      options={"max_iterations": max_iterations, "on_max": on_max})
+        return self
+
+    def map(self, name_or_fn: str | Step, fn: Step | None = None, *, concurrency: int = 8, **options: Any) -> Self:
+        """Run ``fn`` on every item of the previous output (any iterable), in parallel.
+
+        Each item is checkpointed on its own, so a crash at item 5,000 of 10,000
+        resumes there; results come back as a list in input order. Retries and
+        timeouts apply per item; a failing item fails the step with its index.
+        """
+        task_id, func, spec = self._resolve("map", name_or_fn, fn, options)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise self._fail(f"map {task_id!r} has concurrency={concurrency!r}", "Use a whole number >= 1")
+        self._special("map", task_id, fn=func, spec=spec, options={"concurrency": concurrency})
+        return self
+
+    def delay(self, name: str, duration: str | float | timedelta) -> Self:
+        """A durable pause: the wake-up time is stored, so after a restart only the
+        remaining time is waited. The next step receives the previous output."""
+        seconds = parse_duration(duration, f"delay {name!r}")
+        self._special("delay", name, options={"seconds": seconds})
+        return self
+
+    def wait_for_signal(self, signal: str, *, name: str | None = None,
+                        timeout: str | float | timedelta | None = None) -> Self:
+        """Park until ``WorkflowClient.send_signal(instance, signal, payload)``.
+
+        Signals are buffered (first in, first out), so one sent before the workflow
+        gets here, or while no process runs it, is not lost. The next step receives
+        the payload. After ``timeout`` the run fails with ``SignalTimeoutError``.
+        """
+        if not isinstance(signal, str) or not signal:
+            raise self._fail(f"wait_for_signal got signal name {signal!r}", "Use a non-empty string")
+        seconds = None if timeout is None else parse_duration(timeout, f"timeout of signal {signal!r}")
+        after = (self._cursor.task,) if self._cursor.task else ()
+        self._special("signal", name or signal, mode="none", params=(), after=after,
+                      options={"signal": signal, "timeout": seconds})
+        return self
+
+    def then_flow(self, child: WorkflowDefinition | WorkflowBuilder) -> Self:
+        """Run a whole built workflow as the next step; it receives the current output.
+
+        Its task ids are prefixed with the child's name (``child/task``) so they never
+        collide, and the widget draws them as a cluster. The next step receives the
+        child's output (a dict of its final tasks' outputs if it has several).
+        """
+        if isinstance(child, WorkflowBuilder):
+            child = child.build()
+        if not isinstance(child, WorkflowDefinition):
+            raise self._fail(f".then_flow() needs a built workflow, got {type(child).__name__}",
+                             "Pass Workflow('child')...build()")
+        prefix = child.name + "/"
+        if any(i.startswith(prefix) for i in self._ids):
+            raise self._fail(f"child workflow {child.name!r} is composed twice", "Build the second copy under another name")
+        origin = self._cursor
+
+        def rebase(src: Source) -> Source:
+            if src.task is None:
+                return Source(origin.task, src.key) if origin.task else Source(None, src.key if origin.key is None else origin.key)
+            return Source(prefix + src.task, src.key)
+
+        for node in child.nodes:
+            options = dict(node.options)
+            if "guard" in options:
+                options["guard"] = prefix + options["guard"]
+            after = tuple(prefix + a for a in node.after)
+            if not node.deps and origin.task and node.mode == "none":
+                after = (*after, origin.task)
+            group = child.name if node.group is None else f"{child.name}/{node.group}"
+            self._add_node(Node(prefix + node.id, node.kind, node.fn, node.spec, node.mode,
+                                tuple((n, rebase(s)) for n, s in node.params), node.fingerprint,
+                                group=group, options=options, after=after))
+        if len(child.sinks) == 1:
+            self._cursor = Source(prefix + child.sinks[0])
+        else:
+            params = tuple((sink, Source(prefix + sink)) for sink in child.sinks)
+            self._special("collect", prefix + "output", mode="dict", params=params, options={})
+            self._nodes[-1] = _regroup(self._nodes[-1], child.name)
+        return self
+
     def build(self) -> WorkflowDefinition:
         """Freeze the steps into an immutable, validated workflow definition."""
         if not self._nodes:
@@ -269,6 +400,99 @@ def _pair_steps(parent: WorkflowBuilder, steps: tuple[Any, ...]) -> list[tuple[s
             raise parent._fail(f".branch() got {item!r}, which is not a function", "Pass functions")
         i += 1
     return out
+
+
+def _regroup(node: Node, group: str) -> Node:
+    return Node(node.id, node.kind, node.fn, node.spec, node.mode, node.params, node.fingerprint,
+                group=group, options=node.options, after=node.after)
+
+
+DEFAULT_BRANCH = "__default__"
+
+
+def branch_label(key: Any) -> str:
+    """How a route key is named in the graph and in checkpoints (keys may be any type)."""
+    return key if key is DEFAULT_BRANCH else repr(key)
+
+
+class RouteBuilder(Generic[B]):
+    """Collects the branches of a route; ``done()`` checks them and returns the builder."""
+
+    def __init__(self, parent: B, route_id: str, declared: tuple[Any, ...] | None) -> None:
+        self._parent = parent
+        self._route = route_id
+        self._origin = Source(route_id)
+        self._declared = declared
+        self._branches: list[tuple[Any, str, str]] = []  # (key, first id, last id)
+        self._default: tuple[str, str] | None = None
+
+    def _chain(self, steps: tuple[Any, ...], when: Any, method: str) -> tuple[str, str]:
+        parent = self._parent
+        items = _pair_steps(parent, steps)
+        if not items:
+            raise parent._fail(f".{method}() needs at least one function", f"Use .{method}(..., fn)")
+        saved = parent._cursor
+        # The first step gets the value the route looked at, and runs only if its key won.
+        feed = parent._nodes[[n.id for n in parent._nodes].index(self._route)].params
+        parent._cursor = feed[0][1] if feed else Source()
+        first: str | None = None
+        for i, (step_name, fn) in enumerate(items):
+            if step_name is None:
+                parent.then(fn)
+            else:
+                parent.then(step_name, fn)
+            if i == 0:
+                node = parent._nodes[-1]
+                parent._nodes[-1] = Node(node.id, node.kind, node.fn, node.spec, node.mode, node.params,
+                                         node.fingerprint, options={**node.options, "guard": self._route, "when": branch_label(when)},
+                                         after=(*node.after, self._route))
+                first = node.id
+        last = parent._cursor.task
+        parent._cursor = saved
+        assert first is not None and last is not None
+        return first, last
+
+    def branch(self, key: Any, *steps: str | Step | tuple[str, Step]) -> Self:
+        """The steps to run when the route's key function returns ``key``."""
+        parent = self._parent
+        if self._declared is not None and key not in self._declared:
+            raise parent._fail(
+                f"route {self._route!r} has a branch for key {key!r}, which is not declared (keys={list(self._declared)!r})",
+                f"Add {key!r} to route(..., keys=[...]) or fix the key",
+            )
+        if any(k == key for k, _, _ in self._branches):
+            raise parent._fail(f"route {self._route!r} has two branches for key {key!r}", "Keep one")
+        first, last = self._chain(steps, key, "branch")
+        self._branches.append((key, first, last))
+        return self
+
+    def default_branch(self, *steps: str | Step | tuple[str, Step]) -> Self:
+        """The steps to run when the key matches no branch."""
+        if self._default is not None:
+            raise self._parent._fail(f"route {self._route!r} has two default branches", "Keep one")
+        self._default = self._chain(steps, DEFAULT_BRANCH, "default_branch")
+        return self
+
+    def done(self, name: str | None = None) -> B:
+        """Close the route; the next step receives the output of the branch that ran."""
+        parent = self._parent
+        if not self._branches and self._default is None:
+            raise parent._fail(f"route {self._route!r} has no branches", "Add .branch(key, fn) before .done()")
+        if self._declared is not None and self._default is None:
+            missing = [k for k in self._declared if not any(k == b for b, _, _ in self._branches)]
+            if missing:
+                raise parent._fail(
+                    f"route {self._route!r} has no branch for declared key(s) {missing!r} and no default",
+                    "Add .branch(key, fn) for each, or .default_branch(fn)",
+                )
+        ends = [(branch_label(k), last) for k, _, last in self._branches]
+        if self._default is not None:
+            ends.append((DEFAULT_BRANCH, self._default[1]))
+        merge_id = name or f"{self._route}.done"
+        parent._cursor = Source(self._route)
+        parent._special("merge", merge_id, mode="first", params=tuple((k, Source(last)) for k, last in ends),
+                        options={"route": self._route})
+        return parent
 
 
 class Workflow(WorkflowBuilder):

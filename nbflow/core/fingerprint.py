@@ -95,8 +95,10 @@ def _global_names(code: types.CodeType) -> set[str]:
 
 def _code(code: types.CodeType, doc: str | None) -> str:
     consts = list(code.co_consts)
-    if doc is not None and consts and consts[0] == doc:
-        consts = consts[1:]  # an edited docstring is not a changed task
+    # co_consts[0] is the docstring slot: the docstring, or None when there is none.
+    # Drop it either way, so adding, editing or removing a docstring is not a changed task.
+    if consts and (consts[0] is None if doc is None else consts[0] == doc):
+        consts = consts[1:]
     rendered = []
     for const in consts:
         if isinstance(const, types.CodeType):

@@ -27,7 +27,7 @@ from nbflow.core.task import TaskSpec
 
 __all__ = ["InputRef", "Node", "Source", "WorkflowDefinition", "input_ref"]
 
-MODES = ("value", "dict", "kwargs", "none")
+MODES = ("value", "dict", "kwargs", "none", "first")
 
 
 @dataclass(frozen=True)

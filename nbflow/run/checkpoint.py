@@ -7,6 +7,7 @@ The runner never touches codecs or payload files directly; it goes through
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Callable
 from typing import Any
 
 from nbflow.core.codecs import Codec, codec_by_name
@@ -61,8 +62,31 @@ class CheckpointIO:
         """Store several encoded outputs in one commit (map items)."""
         return self.backend.put_records(self.instance_id, items)
 
-    def read(self, record: CheckpointRecord) -> Any:
-        """Decode a stored output with the codec named in its record."""
+    def write_ref(self, task_id: str, fingerprint: str, extra: dict[str, Any], **fields: Any) -> CheckpointRecord:
+        """Store a record whose value lives in other records (a merge points at the
+        branch that ran, a map at its items): nothing is stored twice."""
+        record = CheckpointRecord(task_id=task_id, fingerprint=fingerprint, codec="ref", extra=extra, **fields)
+        return self.backend.put_record(self.instance_id, record, self.backend.new_sink(self.instance_id))
+
+    def read(self, record: CheckpointRecord, lookup: Callable[[str], CheckpointRecord | None] | None = None) -> Any:
+        """Decode a stored output with the codec named in its record.
+
+        ``ref`` records are followed through ``lookup`` (default: the backend)."""
+        if record.codec == "ref":
+            find = lookup or (lambda tid: self.backend.get_record(self.instance_id, tid))
+
+            def follow(task_id: str) -> Any:
+                target = find(task_id)
+                if target is None:
+                    raise CheckpointCorruptError(
+                        self.instance_id, f"record {record.task_id!r} points at {task_id!r}, which is missing"
+                    )
+                return self.read(target, find)
+
+            items = record.extra.get("items")
+            if items is not None:
+                return [follow(f"{record.task_id}[{i}]") for i in range(items)]
+            return follow(record.extra["ref"])
         codec = codec_by_name(record.codec)
         try:
             with self.backend.open_payload(self.instance_id, record) as stream:
@@ -75,4 +99,3 @@ class CheckpointIO:
                 f"the output of task {record.task_id!r} cannot be decoded with codec "
                 f"{record.codec!r} ({type(exc).__name__}: {exc})",
             ) from exc
-

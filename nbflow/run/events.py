@@ -55,12 +55,15 @@ class RunStarted(RunEvent):
     (a valid checkpoint exists), ``"stale"`` (a checkpoint exists but the task's code,
     or an upstream task, changed, so it runs again) or ``"run"`` (no checkpoint yet).
     ``edges`` lists (upstream, downstream) pairs so a subscriber can draw the graph
-    without importing the workflow object.
+    without importing the workflow object; ``kinds`` maps task ids to their kind
+    ("task", "map", "loop", "route", "delay", "signal") and ``groups`` maps the tasks
+    of a child workflow (``then_flow``) to the child's name, for drawing clusters.
     """
 
     tasks: tuple[str, ...]
     edges: tuple[tuple[str, str], ...] = ()
     kinds: Mapping[str, str] = field(default_factory=dict)
+    groups: Mapping[str, str] = field(default_factory=dict)
     plan: Mapping[str, str] = field(default_factory=dict)
     definition_hash: str = ""
     resumed: bool = False

@@ -2,20 +2,33 @@
 
 A checkpoint is reused only if the task's code fingerprint still matches *and* every
 upstream task is reused too: a task re-run because its code changed, or because
-``rerun_from`` asked for it, makes everything downstream run again. The widget shows
-this plan before the run ("stale" tasks), and ``on_change="fail"`` refuses it.
+``rerun_from`` asked for it, makes everything downstream run again. Branches of a
+route whose (restored) key chose another branch are skipped. The widget shows this
+plan before the run ("stale" tasks), and ``on_change="fail"`` refuses it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from nbflow.core.graph import WorkflowDefinition
+from nbflow.core.graph import Node, WorkflowDefinition
 from nbflow.store.base import CheckpointRecord
 
-__all__ = ["RESTORE", "RUN", "STALE", "changed_tasks", "compute_plan"]
+__all__ = ["RESTORE", "RUN", "SKIP", "STALE", "changed_tasks", "compute_plan", "skipped_by"]
 
-RESTORE, STALE, RUN = "restore", "stale", "run"
+RESTORE, STALE, RUN, SKIP = "restore", "stale", "run", "skip"
+
+
+def skipped_by(node: Node, plan: Mapping[str, str], branch_of: Mapping[str, str]) -> bool:
+    """True if ``node`` cannot run in this instance: its route chose another branch,
+    or what feeds it was skipped (a route's merge is skipped only if all its inputs are)."""
+    guard = node.options.get("guard")
+    if guard is not None and guard in branch_of and branch_of[guard] != node.options.get("when"):
+        return True
+    deps = node.deps
+    if node.kind == "merge":
+        return bool(deps) and all(plan.get(d) == SKIP for d in deps)
+    return any(plan.get(d) == SKIP for d in deps)
 
 
 def compute_plan(
@@ -23,7 +36,7 @@ def compute_plan(
     records: Mapping[str, CheckpointRecord],
     force: Iterable[str] = (),
 ) -> dict[str, str]:
-    """Map every task id to RESTORE, STALE (has a checkpoint, runs again) or RUN.
+    """Map every task id to RESTORE, STALE (has a checkpoint, runs again), RUN or SKIP.
 
     >>> from nbflow.core.builder import Workflow
     >>> wf = Workflow("w").then("a", lambda x: x).then("b", lambda x: x).build()
@@ -32,18 +45,25 @@ def compute_plan(
     """
     forced = set(force)
     plan: dict[str, str] = {}
+    branch_of: dict[str, str] = {}
     for node in wf.nodes:
+        if skipped_by(node, plan, branch_of):
+            plan[node.id] = SKIP
+            continue
         record = records.get(node.id)
+        live_deps = [d for d in node.deps if plan[d] != SKIP]
         if record is None:
             plan[node.id] = RUN
         elif (
             node.id in forced
             or record.fingerprint != node.fingerprint
-            or any(plan[dep] != RESTORE for dep in node.deps)
+            or any(plan[dep] != RESTORE for dep in live_deps)
         ):
             plan[node.id] = STALE
         else:
             plan[node.id] = RESTORE
+            if node.kind == "route" and "branch" in record.extra:
+                branch_of[node.id] = record.extra["branch"]
     return plan
 
 

@@ -181,20 +181,21 @@ class CheckpointingRunner:
         TERMINATE_EXISTING discards it and starts over. Ctrl-C (or the notebook's
         stop button) stops the run cleanly, marks it interrupted and re-raises.
         """
-        return self._wait(self._launch(self._prepare(wf, instance_id, input, resume=False)))
+        return self._wait(self._launch(self._prepare(wf, instance_id, input, resume=False), park=True))
 
     def resume(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str) -> WorkflowStatus:
         """Continue a stored instance: finished tasks are restored, the rest run.
 
         A failed instance re-runs its failed task (after you fixed it) and goes on.
         """
-        return self._wait(self._launch(self._prepare(wf, instance_id, None, resume=True)))
+        return self._wait(self._launch(self._prepare(wf, instance_id, None, resume=True), park=True))
 
     def rerun_from(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str, task_id: str) -> WorkflowStatus:
         """Re-run ``task_id`` and everything downstream of it; reuse the rest."""
         definition = as_definition(wf)
         definition.node(task_id)  # UnknownTaskError with the known ids
-        return self._wait(self._launch(self._prepare(definition, instance_id, None, resume=True, force=(task_id,))))
+        prepared = self._prepare(definition, instance_id, None, resume=True, force=(task_id,))
+        return self._wait(self._launch(prepared, park=True))
 
     def start(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str, input: Any = None, *, resume: bool = False) -> RunHandle:  # noqa: A002
         """Start a run in the background; returns a handle (wait, cancel, status)."""
@@ -202,17 +203,16 @@ class CheckpointingRunner:
 
     async def run_async(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str, input: Any = None) -> WorkflowStatus:  # noqa: A002
         """``await`` form of ``run``: the caller's event loop stays free meanwhile."""
-        return await self._await(self._launch(self._prepare(wf, instance_id, input, resume=False)))
+        return await self._await(self._launch(self._prepare(wf, instance_id, input, resume=False), park=True))
 
     async def resume_async(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str) -> WorkflowStatus:
         """``await`` form of ``resume``."""
-        return await self._await(self._launch(self._prepare(wf, instance_id, None, resume=True)))
+        return await self._await(self._launch(self._prepare(wf, instance_id, None, resume=True), park=True))
 
     def plan(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str) -> dict[str, str]:
         """What a resume would do with each task: "restore", "stale" or "run"."""
         definition = as_definition(wf)
         records = self._backend.get_records(validate_instance_id(instance_id))
-        records.pop(INPUT_KEY, None)
         return compute_plan(definition, records)
 
     def status(self, instance_id: str) -> WorkflowStatus:
@@ -262,7 +262,7 @@ class CheckpointingRunner:
                         definition.name, instance_id, describe_shape_change(meta.shape, definition.shape())
                     )
                 records = backend.get_records(instance_id)
-                input_record = records.pop(INPUT_KEY, None)
+                input_record = records.get(INPUT_KEY)
                 input_value = io.read(input_record) if input_record is not None else None
                 resumed = True
             else:
@@ -277,7 +277,7 @@ class CheckpointingRunner:
                 )
                 record = io.write(INPUT_KEY, "", input_value, started_at=time.time(), finished_at=time.time())
                 meta.input_digest = hashlib.sha256(record.payload or (record.blob or "").encode()).hexdigest()[:16]
-                records = {}
+                records = {INPUT_KEY: record}
                 resumed = False
             if self.on_change == "fail":
                 changed = changed_tasks(definition, records)
@@ -294,8 +294,17 @@ class CheckpointingRunner:
         return _Prepared(definition, meta, records, plan, input_value, io, lease, resumed, control)
 
     # -- execute ------------------------------------------------------------------------
-    def _launch(self, prep: _Prepared) -> RunHandle:
+    def _launch(self, prep: _Prepared, park: bool = False) -> RunHandle:
+        """Start the prepared run on its engine thread. ``park``: a blocking run that
+        reaches a signal nobody sent yet returns ``awaiting_signal`` (send the signal,
+        then resume); a background run keeps waiting for it instead."""
         capture.install()
+        meta = prep.meta
+
+        def on_state(state: str, wake_at: float | None, signal: str | None) -> None:
+            meta.state, meta.wake_at, meta.signal, meta.updated_at = state, wake_at, signal, time.time()
+            self._backend.save_instance(meta)
+
         scheduler = Scheduler(
             wf=prep.wf,
             instance_id=prep.meta.instance_id,
@@ -309,8 +318,10 @@ class CheckpointingRunner:
             echo=self.echo_output,
             inline_sync=self.inline_sync,
             worker=self.worker_id,
+            on_state=on_state,
+            park_on_signal=park,
         )
-        wf, meta = prep.wf, prep.meta
+        wf = prep.wf
 
         async def body() -> WorkflowStatus:
             started = time.monotonic()
@@ -321,6 +332,7 @@ class CheckpointingRunner:
                     tasks=wf.task_ids,
                     edges=wf.edges,
                     kinds={n.id: n.kind for n in wf.nodes},
+                    groups={n.id: n.group for n in wf.nodes if n.group},
                     plan=dict(prep.plan),
                     definition_hash=wf.definition_hash,
                     resumed=prep.resumed,
@@ -342,7 +354,8 @@ class CheckpointingRunner:
                     )
                 )
                 raise
-            meta.state = outcome.state
+            meta.state, meta.signal = outcome.state, outcome.signal
+            meta.wake_at = None
             meta.error = outcome.error.to_dict() if outcome.error else None
             meta.message, meta.updated_at = outcome.reason, time.time()
             self._backend.save_instance(meta)
@@ -365,14 +378,17 @@ class CheckpointingRunner:
                 tasks_done=outcome.done,
                 tasks_total=outcome.total,
                 message=outcome.reason,
+                signal=outcome.signal,
             )
 
         def snapshot() -> WorkflowStatus:
             return WorkflowStatus(
                 workflow=wf.name,
                 instance_id=meta.instance_id,
-                state=RunState.RUNNING,
+                state=RunState(scheduler.state),
                 tasks_done=scheduler.done,
+                wake_at=meta.wake_at,
+                signal=meta.signal,
                 tasks_total=len(wf.nodes),
             )
 

@@ -1,15 +1,19 @@
-"""The engine loop: runs one instance's DAG on asyncio, checkpointing each task.
+"""The engine loop: runs one instance's DAG on asyncio, checkpointing each step.
 
-Tasks planned "restore" are done before anything runs (their outputs load lazily, only
-if a running task needs them). The rest run as soon as their inputs are ready, ordered
-by priority; independent tasks overlap (sync ones in threads, async ones on the loop).
-When nothing else could run at the same time, a sync task runs on the engine thread
-itself: a plain chain then costs no thread hop per task.
+Steps planned "restore" are done before anything runs (their outputs load lazily, only
+if a running step needs them); steps planned "skip" (a route chose another branch) are
+marked skipped. The rest run as soon as their inputs are ready, ordered by priority;
+independent steps overlap (sync ones in threads, async ones on the loop). When nothing
+else could run at the same time, a sync task runs on the engine thread itself: a plain
+chain then costs no thread hop per task.
 
 A failed task stops new launches; tasks already running finish and are checkpointed,
 so their work is never lost. A stop request (cancel, interrupt, pause) is seen at every
 task boundary, from this process (``RunControl``) or another (the backend's control
 key, polled a few times a second).
+
+Control-flow steps (loop, map, delay, signal) live in ``steps.py``; this module only
+decides *when* each step runs.
 """
 
 from __future__ import annotations
@@ -23,19 +27,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from nbflow.core.builder import branch_label, DEFAULT_BRANCH
 from nbflow.core.context import TaskContext
-from nbflow.core.errors import CodecError
-from nbflow.core.graph import Node, WorkflowDefinition
+from nbflow.core.errors import CodecError, RouteKeyError
+from nbflow.core.graph import Node, Source, WorkflowDefinition
 from nbflow.core.status import TaskError
 from nbflow.run import events as ev
 from nbflow.run.attempts import is_async, run_attempt
+from nbflow.run.capture import Capture
 from nbflow.run.checkpoint import CheckpointIO, preview
-from nbflow.run.plan import RESTORE
-from nbflow.store.base import Backend, CheckpointRecord
+from nbflow.run.plan import RESTORE, SKIP
+from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord
 
-__all__ = ["Outcome", "RunControl", "Scheduler"]
+__all__ = ["Outcome", "Parked", "RunControl", "Scheduler", "StepFailed"]
 
 _POLL_INTERVAL = 0.25  # seconds between reads of the backend's control key
+_INLINE_KINDS = ("task", "route", "merge", "collect", "loop")
 
 
 class RunControl:
@@ -88,12 +95,23 @@ class Outcome:
     reason: str = ""
     done: int = 0
     total: int = 0
+    signal: str | None = None
 
 
-class _Failed(Exception):
+class StepFailed(Exception):
+    """A step failed for good; carries the TaskError that the run reports."""
+
     def __init__(self, error: TaskError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+class Parked(Exception):  # noqa: N818 - a control outcome, not an error
+    """A blocking run reached a signal that has not been sent: it parks."""
+
+    def __init__(self, task_id: str, signal: str) -> None:
+        super().__init__(signal)
+        self.task_id, self.signal = task_id, signal
 
 
 _MISSING = object()
@@ -117,41 +135,50 @@ class Scheduler:
         echo: bool,
         inline_sync: bool,
         worker: str | None = None,
+        on_state: Callable[[str, float | None, str | None], None] | None = None,
+        park_on_signal: bool = True,
     ) -> None:
         self.wf, self.instance_id, self.plan = wf, instance_id, plan
         self.records, self.input_value, self.io = records, input_value, io
         self.bus, self.control, self.executor = bus, control, executor
         self.echo, self.inline_sync, self.worker = echo, inline_sync, worker
+        self.on_state, self.park_on_signal = on_state, park_on_signal
+        self.state = "running"
         self._values: dict[str, Any] = {}
         self._consumers = {n.id: len(wf.children(n.id)) for n in wf.nodes}
         self._sinks = set(wf.sinks)
         self._running: dict[asyncio.Task[None], str] = {}
         self._contexts: dict[str, TaskContext] = {}
+        self._branch_of: dict[str, str] = {}
+        self._skipped: set[str] = set()
         self._error: TaskError | None = None
         self._crash: BaseException | None = None
+        self._parked: Parked | None = None
         self.done = 0
 
-    # -- helpers ----------------------------------------------------------------------
-    def _publish(self, event_type: type[ev.RunEvent], **fields: Any) -> None:
+    # -- values -----------------------------------------------------------------------
+    def publish(self, event_type: type[ev.RunEvent], **fields: Any) -> None:
         if self.bus:
             self.bus.publish(event_type(workflow=self.wf.name, instance_id=self.instance_id, **fields))
 
+    def lookup(self, task_id: str) -> CheckpointRecord | None:
+        return self.records.get(task_id)
+
     def _value(self, task_id: str) -> Any:
+        if task_id == INPUT_KEY:
+            return self.input_value
         value = self._values.get(task_id, _MISSING)
         if value is _MISSING:
-            value = self.io.read(self.records[task_id])
+            value = self.io.read(self.records[task_id], self.lookup)
             self._values[task_id] = value
         return value
 
-    def _input(self, key: str | None) -> Any:
-        if key is None:
-            return self.input_value
-        return self.input_value[key]  # validated by the runner before the run starts
+    def get(self, src: Source) -> Any:
+        value = self.input_value if src.task is None else self._value(src.task)
+        return value if src.key is None else value[src.key]
 
     def _arguments(self, node: Node) -> tuple[list[Any], dict[str, Any]]:
-        def get(src: Any) -> Any:
-            return self._input(src.key) if src.task is None else self._value(src.task)
-
+        get = self.get
         if node.mode == "value":
             args, kwargs = [get(node.params[0][1])], {}
         elif node.mode == "dict":
@@ -160,76 +187,106 @@ class Scheduler:
             args, kwargs = [], {name: get(src) for name, src in node.params}
         else:
             args, kwargs = [], {}
-        for dep in node.deps:  # free outputs nobody needs any more
+        self._release(node)
+        return args, kwargs
+
+    def _release(self, node: Node) -> None:
+        """Free outputs nobody needs any more (big intermediate values)."""
+        for dep in node.deps:
             self._consumers[dep] -= 1
             if self._consumers[dep] <= 0 and dep not in self._sinks:
                 self._values.pop(dep, None)
-        return args, kwargs
+
+    def set_state(self, state: str, wake_at: float | None = None, signal: str | None = None) -> None:
+        self.state = state
+        if self.on_state is not None:
+            self.on_state(state, wake_at, signal)
 
     def _on_stop(self) -> None:
         """Called on the loop when a stop is requested: cancel what can be cancelled."""
         requested = self.control.requested
-        if requested is None or requested[0] == "paused":
-            return  # a pause lets running tasks finish and checkpoint
-        for tctx in self._contexts.values():
-            tctx.cancel_event.set()
-        for task in self._running:
-            task.cancel()
+        if requested is None:
+            return
+        for task, task_id in self._running.items():
+            if requested[0] != "paused" or self.wf.node(task_id).kind in ("delay", "signal"):
+                task.cancel()  # a pause lets running tasks finish and checkpoint, but stops waits
+        if requested[0] != "paused":
+            for tctx in self._contexts.values():
+                tctx.cancel_event.set()
 
-    # -- one task ---------------------------------------------------------------------
-    async def _execute(self, node: Node, inline: bool) -> None:
-        assert node.fn is not None
-        args, kwargs = self._arguments(node)
+    # -- attempts and commits -----------------------------------------------------------
+    async def attempts(
+        self, node: Node, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], task_id: str, inline: bool
+    ) -> tuple[Any, Capture, int, float]:
+        """Run ``fn`` with ``node``'s retry policy and timeout; raises StepFailed."""
         policy = node.spec.retry
         attempt = 0
         while True:
             attempt += 1
             started = time.time()
-            self._publish(ev.TaskStarted, task_id=node.id, attempt=attempt, worker=self.worker)
-            tctx = TaskContext(self.wf.name, self.instance_id, node.id, attempt, self.wf.metadata)
-            self._contexts[node.id] = tctx
+            self.publish(ev.TaskStarted, task_id=task_id, attempt=attempt, worker=self.worker)
+            tctx = TaskContext(self.wf.name, self.instance_id, task_id, attempt, self.wf.metadata)
+            self._contexts[task_id] = tctx
             try:
                 value, cap = await run_attempt(
-                    node.fn,
-                    args,
-                    kwargs,
-                    tctx,
-                    timeout=node.spec.timeout,
-                    inline=inline,
-                    executor=self.executor,
-                    echo=self.echo,
+                    fn, args, kwargs, tctx,
+                    timeout=node.spec.timeout, inline=inline, executor=self.executor, echo=self.echo,
                 )
             except Exception as exc:
                 if attempt <= policy.max_retries and self.control.poll() is None:
                     delay = policy.delay_before(attempt)
-                    self._publish(ev.TaskRetrying, task_id=node.id, attempt=attempt, delay=delay, error=_short(exc))
+                    self.publish(ev.TaskRetrying, task_id=task_id, attempt=attempt, delay=delay, error=_short(exc))
                     await asyncio.sleep(delay)
                     continue
-                self._fail(node, exc, attempt)
+                raise self.failure(task_id, exc, attempt) from exc
             finally:
-                self._contexts.pop(node.id, None)
-            break
+                self._contexts.pop(task_id, None)
+            return value, cap, attempt, started
+
+    def failure(self, task_id: str, exc: BaseException, attempt: int = 1, message: str | None = None) -> StepFailed:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        error = TaskError(task_id, type(exc).__name__, message or str(exc), tb, attempt)
+        self.publish(ev.TaskFailed, task_id=task_id, attempt=attempt, error=f"{error.type}: {error.message}", traceback=tb)
+        return StepFailed(error)
+
+    def commit(
+        self,
+        node: Node,
+        value: Any,
+        *,
+        attempt: int = 1,
+        started: float | None = None,
+        cap: Capture | None = None,
+        extra: dict[str, Any] | None = None,
+        ref: str | None = None,
+        record: CheckpointRecord | None = None,
+    ) -> None:
+        """Checkpoint a step's output (or a reference to where it already lives), then
+        announce it. After this returns, the step is durably done."""
         finished = time.time()
-        try:
-            record = self.io.write(
-                node.id,
-                node.fingerprint,
-                value,
-                attempt=attempt,
-                started_at=started,
-                finished_at=finished,
-                preview=preview(value),
-                stdout=cap.stdout.getvalue(),
-                stderr=cap.stderr.getvalue(),
-                worker=self.worker,
-            )
-        except CodecError as exc:
-            self._fail(node, exc, attempt)
+        started = finished if started is None else started
+        fields: dict[str, Any] = {
+            "attempt": attempt,
+            "started_at": started,
+            "finished_at": finished,
+            "preview": preview(value),
+            "worker": self.worker,
+        }
+        if cap is not None:
+            fields["stdout"], fields["stderr"] = cap.stdout.getvalue(), cap.stderr.getvalue()
+        if record is None:
+            try:
+                if ref is not None or (extra and "items" in extra):
+                    record = self.io.write_ref(node.id, node.fingerprint, {**(extra or {}), **({"ref": ref} if ref else {})}, **fields)
+                else:
+                    record = self.io.write(node.id, node.fingerprint, value, extra=extra or {}, **fields)
+            except CodecError as exc:
+                raise self.failure(node.id, exc, attempt) from exc
         self.records[node.id] = record
         if self._consumers[node.id] or node.id in self._sinks:
             self._values[node.id] = value
         self.done += 1
-        self._publish(
+        self.publish(
             ev.TaskFinished,
             task_id=node.id,
             attempt=attempt,
@@ -240,11 +297,51 @@ class Scheduler:
             worker=self.worker,
         )
 
-    def _fail(self, node: Node, exc: BaseException, attempt: int) -> None:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        error = TaskError(node.id, type(exc).__name__, str(exc), tb, attempt)
-        self._publish(ev.TaskFailed, task_id=node.id, attempt=attempt, error=f"{error.type}: {error.message}", traceback=tb)
-        raise _Failed(error) from exc
+    # -- one step ---------------------------------------------------------------------
+    async def _execute(self, node: Node, inline: bool) -> None:
+        from nbflow.run import steps
+
+        kind = node.kind
+        if kind == "task":
+            assert node.fn is not None
+            args, kwargs = self._arguments(node)
+            value, cap, attempt, started = await self.attempts(node, node.fn, args, kwargs, node.id, inline)
+            self.commit(node, value, attempt=attempt, started=started, cap=cap)
+        elif kind == "route":
+            await self._route(node, inline)
+        elif kind == "merge":
+            taken = next(src.task for _, src in node.params if src.task not in self._skipped)
+            assert taken is not None
+            self._release(node)
+            self.commit(node, self._value(taken), ref=taken)
+        elif kind == "collect":
+            args, _ = self._arguments(node)
+            self.commit(node, args[0])
+        elif kind == "loop":
+            await steps.run_loop(self, node, inline)
+        elif kind == "map":
+            await steps.run_map(self, node)
+        elif kind == "delay":
+            await steps.run_delay(self, node)
+        elif kind == "signal":
+            await steps.run_signal(self, node)
+        else:  # pragma: no cover - the builder makes only the kinds above
+            raise RuntimeError(f"unknown step kind {kind!r}")
+
+    async def _route(self, node: Node, inline: bool) -> None:
+        assert node.fn is not None
+        args, kwargs = self._arguments(node)
+        key, cap, attempt, started = await self.attempts(node, node.fn, args, kwargs, node.id, inline)
+        labels = {n.options.get("when") for n in self.wf.nodes if n.options.get("guard") == node.id}
+        label = branch_label(key)
+        if label not in labels:
+            if DEFAULT_BRANCH not in labels:
+                declared = node.options.get("keys") or sorted(lbl for lbl in labels if lbl != DEFAULT_BRANCH)
+                exc = RouteKeyError(self.wf.name, node.id, key, declared)
+                raise self.failure(node.id, exc, attempt) from None
+            label = DEFAULT_BRANCH
+        self._branch_of[node.id] = label
+        self.commit(node, key, attempt=attempt, started=started, cap=cap, extra={"branch": label})
 
     # -- the loop ---------------------------------------------------------------------
     async def run(self) -> Outcome:
@@ -254,46 +351,76 @@ class Scheduler:
         order = {n.id: i for i, n in enumerate(wf.nodes)}
         waiting: dict[str, int] = {}
         ready: list[tuple[int, int, str]] = []
+
+        def push(task_id: str) -> None:
+            heapq.heappush(ready, (-wf.node(task_id).spec.priority, order[task_id], task_id))
+
         for node in wf.nodes:
-            if self.plan[node.id] == RESTORE:
+            step = self.plan[node.id]
+            if step == RESTORE:
                 rec = self.records[node.id]
+                if node.kind == "route":
+                    self._branch_of[node.id] = rec.extra.get("branch", "")
                 self.done += 1
-                self._publish(
-                    ev.TaskRestored,
-                    task_id=node.id,
-                    duration=rec.duration,
-                    attempt=rec.attempt,
-                    preview=rec.preview,
-                    stdout=rec.stdout,
-                    stderr=rec.stderr,
-                    worker=rec.worker,
+                self.publish(
+                    ev.TaskRestored, task_id=node.id, duration=rec.duration, attempt=rec.attempt,
+                    preview=rec.preview, stdout=rec.stdout, stderr=rec.stderr, worker=rec.worker,
                 )
-                continue
-            missing = sum(1 for d in node.deps if self.plan[d] != RESTORE)
-            waiting[node.id] = missing
-            if missing == 0:
-                heapq.heappush(ready, (-node.spec.priority, order[node.id], node.id))
+            elif step == SKIP:
+                self._skip_one(node.id, "route took another branch")
+            else:
+                missing = sum(1 for d in node.deps if self.plan[d] not in (RESTORE, SKIP))
+                waiting[node.id] = missing
+                if missing == 0:
+                    push(node.id)
+
+        def resolve(child: str) -> None:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                cnode = wf.node(child)
+                if cnode.kind == "merge" and all(d in self._skipped for d in cnode.deps):
+                    skip(child)
+                else:
+                    push(child)
+
+        def skip(task_id: str) -> None:
+            waiting.pop(task_id, None)
+            self._skip_one(task_id, "route took another branch")
+            for child in wf.children(task_id):
+                if child not in waiting:
+                    continue
+                if wf.node(child).kind == "merge":
+                    resolve(child)
+                else:
+                    skip(child)
 
         def finish(task_id: str) -> None:
+            node = wf.node(task_id)
             for child in wf.children(task_id):
-                if child in waiting:
-                    waiting[child] -= 1
-                    if waiting[child] == 0:
-                        node = wf.node(child)
-                        heapq.heappush(ready, (-node.spec.priority, order[child], child))
+                if child not in waiting:
+                    continue
+                cnode = wf.node(child)
+                if node.kind == "route" and cnode.options.get("guard") == task_id and cnode.options.get("when") != self._branch_of.get(task_id):
+                    skip(child)
+                else:
+                    resolve(child)
 
-        stopped: tuple[str, str] | None = None
         while True:
-            stopped = self.control.poll()
-            if stopped is None and self._error is None:
+            if self.control.poll() is None and self._error is None and self._parked is None:
                 while ready:
                     _, _, task_id = heapq.heappop(ready)
                     node = wf.node(task_id)
                     alone = not ready and not self._running
-                    if alone and self.inline_sync and not is_async(node.fn) and node.spec.timeout is None:
+                    if (
+                        alone
+                        and self.inline_sync
+                        and node.kind in _INLINE_KINDS
+                        and (node.fn is None or not is_async(node.fn))
+                        and node.spec.timeout is None
+                    ):
                         try:
                             await self._execute(node, inline=True)
-                        except _Failed as failed:
+                        except StepFailed as failed:
                             self._error = failed.error
                             break
                         finish(task_id)
@@ -302,7 +429,6 @@ class Scheduler:
                         continue
                     task = loop.create_task(self._execute(node, inline=False))
                     self._running[task] = task_id
-                stopped = self.control.requested
             if not self._running:
                 break
             done, _ = await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
@@ -313,25 +439,41 @@ class Scheduler:
                 exc = task.exception()
                 if exc is None:
                     finish(task_id)
-                elif isinstance(exc, _Failed):
+                elif isinstance(exc, StepFailed):
                     self._error = self._error or exc.error
+                elif isinstance(exc, Parked):
+                    self._parked = self._parked or exc
+                    for other, other_id in self._running.items():  # waits hold no work: stop them
+                        if wf.node(other_id).kind in ("delay", "signal"):
+                            other.cancel()
                 else:  # a store problem (e.g. an unreadable checkpoint): stop and report it
                     self._crash = self._crash or exc
                     self.control.request("failed", str(exc))
 
         if self._crash is not None:
             raise self._crash
-
         total = len(wf.nodes)
         if self._error is not None:
             return Outcome("failed", error=self._error, done=self.done, total=total)
         stopped = self.control.requested
         if stopped is not None and self.done < total:
             return Outcome(stopped[0], reason=stopped[1], done=self.done, total=total)
+        if self._parked is not None:
+            return Outcome(
+                "awaiting_signal", reason=f"waiting for signal {self._parked.signal!r}",
+                done=self.done, total=total, signal=self._parked.signal,
+            )
         return Outcome("completed", output=self._output(), done=self.done, total=total)
 
+    def _skip_one(self, task_id: str, reason: str) -> None:
+        if task_id in self._skipped:
+            return
+        self._skipped.add(task_id)
+        self.done += 1
+        self.publish(ev.TaskSkipped, task_id=task_id, reason=reason)
+
     def _output(self) -> Any:
-        sinks = self.wf.sinks
+        sinks = [s for s in self.wf.sinks if s not in self._skipped]
         if len(sinks) == 1:
             return self._value(sinks[0])
         return {sink: self._value(sink) for sink in sinks}
@@ -340,4 +482,3 @@ class Scheduler:
 def _short(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= 300 else text[:297] + "..."
-

@@ -69,6 +69,9 @@ class CheckpointRecord:
     stdout: str = ""
     stderr: str = ""
     worker: str | None = None
+    # Kind-specific facts (a route's branch, a delay's wake-up time, a reference to the
+    # record that holds the value); JSON-able.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def duration(self) -> float:
@@ -155,6 +158,7 @@ class Backend(Protocol):
     # signals and control requests (pause / cancel from another process)
     def push_signal(self, instance_id: str, name: str, payload: bytes) -> None: ...
     def pop_signal(self, instance_id: str, name: str) -> bytes | None: ...
+    def consume_signal(self, instance_id: str, name: str, record: CheckpointRecord) -> CheckpointRecord | None: ...
     def set_control(self, instance_id: str, action: str | None, reason: str = "") -> None: ...
     def get_control(self, instance_id: str) -> tuple[str, str] | None: ...
 

@@ -60,6 +60,20 @@ _CACHE_SETTINGS: dict[str, Any] = {
 }
 _META = "meta"
 _CONTROL = "control"
+_RECORD_PREFIX, _SIGNAL_PREFIX = "t:", "s:"
+
+
+def _rkey(task_id: str) -> str:
+    """The cache key of a task's record. A str, not a tuple: diskcache pickles tuple
+    keys, and pickle's memo makes ("t", "t") encode differently depending on whether the
+    two strings are one object, so one record could end up under two keys."""
+    return _RECORD_PREFIX + task_id
+
+
+def _skey(name: str) -> str:
+    """The cache key of a signal's FIFO queue (a str, for the same reason)."""
+    return _SIGNAL_PREFIX + name
+
 _MAX_OPEN = 64
 
 
@@ -248,13 +262,15 @@ class DiskcacheBackend:
         for path in sorted((self.directory / "instances").iterdir()):
             if not (path / "cache.db").exists():
                 continue
-            cache = diskcache.Cache(str(path), **_CACHE_SETTINGS)
-            try:
+            cache = None
+            try:  # opening can fail too (a damaged cache.db): one bad instance must not hide the rest
+                cache = diskcache.Cache(str(path), **_CACHE_SETTINGS)
                 data = cache.get(_META)
             except Exception:  # noqa: BLE001 - a damaged instance is listed as such
                 data = {"instance_id": path.name, "workflow": "?", "definition_hash": "", "state": "damaged"}
             finally:
-                cache.close()
+                if cache is not None:
+                    cache.close()
             if isinstance(data, dict):
                 out.append(InstanceMeta.from_dict(data))
         return out
@@ -275,11 +291,11 @@ class DiskcacheBackend:
             record.size = sink.size
         if len(items) == 1:
             record = items[0][0]
-            cache.set(("t", record.task_id), record.to_dict())
+            cache.set(_rkey(record.task_id), record.to_dict())
         else:
             with cache.transact():  # one commit for the whole batch
                 for record, _ in items:
-                    cache.set(("t", record.task_id), record.to_dict())
+                    cache.set(_rkey(record.task_id), record.to_dict())
         return [record for record, _ in items]
 
     def get_records(self, instance_id: str) -> dict[str, CheckpointRecord]:
@@ -289,16 +305,16 @@ class DiskcacheBackend:
         out = {}
         try:
             for key in cache.iterkeys():
-                if isinstance(key, tuple) and len(key) == 2 and key[0] == "t":
+                if isinstance(key, str) and key.startswith(_RECORD_PREFIX):
                     data = self._read(instance_id, key, cache)
                     if data is not None:
-                        out[key[1]] = CheckpointRecord.from_dict(data)
+                        out[key[len(_RECORD_PREFIX) :]] = CheckpointRecord.from_dict(data)
         except sqlite3.DatabaseError as exc:
             raise CheckpointCorruptError(instance_id, f"SQLite says: {exc}", cache.directory) from None
         return out
 
     def get_record(self, instance_id: str, task_id: str) -> CheckpointRecord | None:
-        data = self._read(instance_id, ("t", task_id))
+        data = self._read(instance_id, _rkey(task_id))
         return None if data is None else CheckpointRecord.from_dict(data)
 
     def open_payload(self, instance_id: str, record: CheckpointRecord) -> IO[bytes]:
@@ -319,10 +335,10 @@ class DiskcacheBackend:
         blobs = []
         with cache.transact():
             for tid in task_ids:
-                data = cache.get(("t", tid))
+                data = cache.get(_rkey(tid))
                 if isinstance(data, dict) and data.get("blob"):
                     blobs.append(data["blob"])
-                cache.delete(("t", tid))
+                cache.delete(_rkey(tid))
         for name in blobs:
             (self._instance_dir(instance_id) / "blobs" / name).unlink(missing_ok=True)
 
@@ -370,21 +386,36 @@ class DiskcacheBackend:
         cache = self._cache(instance_id)
         assert cache is not None
         with cache.transact():
-            queue = list(cache.get(("s", name), []))
+            queue = list(cache.get(_skey(name), []))
             queue.append(payload)
-            cache.set(("s", name), queue)
+            cache.set(_skey(name), queue)
 
     def pop_signal(self, instance_id: str, name: str) -> bytes | None:
         cache = self._cache(instance_id, create=False)
         if cache is None:
             return None
         with cache.transact():
-            queue = list(cache.get(("s", name), []))
+            queue = list(cache.get(_skey(name), []))
             if not queue:
                 return None
             first = queue.pop(0)
-            cache.set(("s", name), queue)
+            cache.set(_skey(name), queue)
             return bytes(first)
+
+    def consume_signal(self, instance_id: str, name: str, record: CheckpointRecord) -> CheckpointRecord | None:
+        """Atomically take the oldest ``name`` signal and store it as ``record``: one
+        transaction, so a kill can neither lose the signal nor deliver it twice."""
+        cache = self._cache(instance_id)
+        assert cache is not None
+        with cache.transact():
+            queue = list(cache.get(_skey(name), []))
+            if not queue:
+                return None
+            record.payload = bytes(queue.pop(0))
+            record.size, record.blob = len(record.payload), None
+            cache.set(_skey(name), queue)
+            cache.set(_rkey(record.task_id), record.to_dict())
+        return record
 
     def set_control(self, instance_id: str, action: str | None, reason: str = "") -> None:
         cache = self._cache(instance_id)

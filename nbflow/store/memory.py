@@ -121,6 +121,7 @@ class InMemoryBackend:
 
     # -- exclusivity --------------------------------------------------------------------
     def lock(self, instance_id: str, holder: str) -> _MemoryLease:
+        validate_instance_id(instance_id)  # same refusals as the disk store (contract)
         with self._lock:
             if instance_id in self._locks:
                 raise InstanceLockedError(instance_id, self._locks[instance_id])
@@ -140,6 +141,18 @@ class InMemoryBackend:
         with self._lock:
             queue = self._get(instance_id).signals.get(name)
             return queue.popleft() if queue else None
+
+    def consume_signal(self, instance_id: str, name: str, record: CheckpointRecord) -> CheckpointRecord | None:
+        """Atomically take the oldest ``name`` signal and store it as ``record``."""
+        with self._lock:
+            inst = self._get(instance_id)
+            queue = inst.signals.get(name)
+            if not queue:
+                return None
+            record.payload = queue.popleft()
+            record.size, record.blob = len(record.payload), None
+            inst.records[record.task_id] = record
+            return record
 
     def set_control(self, instance_id: str, action: str | None, reason: str = "") -> None:
         with self._lock:

@@ -1,0 +1,249 @@
+"""Control-flow steps: loop, map, durable delay, signal wait.
+
+Each is durable at every point: loop iterations and map items are checkpointed one by
+one (``<step>#<n>``, ``<step>[<i>]``), a delay stores its wake-up time, a signal wait
+its deadline, so a process killed anywhere resumes where it stopped. The scheduler
+decides *when* a step runs; these functions decide *how*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from nbflow.core.errors import SignalTimeoutError
+from nbflow.core.graph import Node
+from nbflow.core.status import LoopResult
+from nbflow.run import events as ev
+from nbflow.run.checkpoint import preview
+from nbflow.run.plan import RUN
+from nbflow.store.base import CheckpointRecord
+
+if TYPE_CHECKING:
+    from nbflow.run.scheduler import Scheduler
+
+__all__ = ["run_delay", "run_loop", "run_map", "run_signal"]
+
+SIGNAL_POLL = 0.2  # seconds between looks for a signal sent from another process
+MAP_BATCH = 256  # map items committed in one transaction at most
+MAP_FLUSH = 0.05  # seconds: the longest a finished item waits for its commit
+
+
+class LoopLimitError(RuntimeError):
+    """A loop hit max_iterations with on_max="fail"."""
+
+
+def _reusable(sched: Scheduler, node: Node, key: str) -> CheckpointRecord | None:
+    """An auxiliary record (iteration, item, deadline) is reused only while the step
+    itself had no valid checkpoint and nothing upstream changed (plan says RUN)."""
+    if sched.plan.get(node.id) != RUN:
+        return None
+    rec = sched.records.get(key)
+    return rec if rec is not None and rec.fingerprint == node.fingerprint else None
+
+
+# -- loop ---------------------------------------------------------------------------------
+async def run_loop(sched: Scheduler, node: Node, inline: bool) -> None:
+    assert node.fn is not None
+    args, _ = sched._arguments(node)
+    current = args[0]
+    max_iterations: int = node.options["max_iterations"]
+    on_max: str = node.options["on_max"]
+    started = time.time()
+    for i in range(1, max_iterations + 1):
+        key = f"{node.id}#{i}"
+        rec = _reusable(sched, node, key)
+        if rec is not None:
+            finished, value = sched.io.read(rec)
+        else:
+            result, cap, attempt, _ = await sched.attempts(node, node.fn, [current], {}, key, inline)
+            if not isinstance(result, LoopResult):
+                exc = TypeError(
+                    f"loop body {node.id!r} returned {type(result).__name__}; it must return "
+                    "LoopResult.again(value) to go round again or LoopResult.done(value) to leave"
+                )
+                raise sched.failure(node.id, exc, attempt) from None
+            finished, value = result.finished, result.value
+            sched.records[key] = sched.io.write(
+                key, node.fingerprint, [finished, value], attempt=attempt, preview=preview(value),
+                stdout=cap.stdout.getvalue(), stderr=cap.stderr.getvalue(), worker=sched.worker,
+            )
+        sched.publish(ev.MapProgress, task_id=node.id, done=i, total=max_iterations)
+        current = value
+        if finished:
+            sched.commit(node, current, started=started, extra={"iterations": i})
+            return
+        if sched.control.poll() is not None:
+            raise asyncio.CancelledError
+    if on_max == "exit_with_last":
+        sched.commit(node, current, started=started, extra={"iterations": max_iterations})
+        return
+    exc = LoopLimitError(
+        f"loop {node.id!r} did not finish within max_iterations={max_iterations}; raise "
+        "max_iterations, or use on_max='exit_with_last' to go on with the last value"
+    )
+    raise sched.failure(node.id, exc) from None
+
+
+# -- map ----------------------------------------------------------------------------------
+async def run_map(sched: Scheduler, node: Node) -> None:
+    """Fan out over the previous output with ``concurrency`` items in flight.
+
+    Finished items are committed in batches (one transaction per batch) and only then
+    counted as done, so a kill never loses an item that was reported done."""
+    assert node.fn is not None
+    args, _ = sched._arguments(node)
+    try:
+        items = list(args[0])
+    except TypeError:
+        exc = TypeError(f"map {node.id!r} needs an iterable input, got {type(args[0]).__name__}")
+        raise sched.failure(node.id, exc) from None
+    total = len(items)
+    started = time.time()
+    results: dict[int, Any] = {}
+    todo = []
+    for i in range(total):
+        if _reusable(sched, node, f"{node.id}[{i}]") is None:
+            todo.append(i)
+    done = total - len(todo)
+    sched.publish(ev.MapProgress, task_id=node.id, done=done, total=total)
+
+    queue: asyncio.Queue[tuple[int, Any, Any, int] | BaseException] = asyncio.Queue()
+    next_index = iter(todo)
+    stop = False
+
+    async def worker() -> None:
+        for i in next_index:
+            if stop:
+                return
+            try:
+                value, cap, attempt, _ = await sched.attempts(node, node.fn, [items[i]], {}, f"{node.id}[{i}]", False)
+            except BaseException as exc:  # noqa: BLE001 - reported through the queue
+                await queue.put(exc if not isinstance(exc, asyncio.CancelledError) else exc)
+                return
+            await queue.put((i, value, cap, attempt))
+
+    concurrency = min(node.options["concurrency"], max(1, len(todo)))
+    workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)] if todo else []
+    pending: list[tuple[CheckpointRecord, Any]] = []
+    failure: BaseException | None = None
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal pending, done, last_flush
+        if pending:
+            for record in sched.io.write_many(pending):
+                sched.records[record.task_id] = record
+            done += len(pending)
+            pending = []
+            sched.publish(ev.MapProgress, task_id=node.id, done=done, total=total)
+        last_flush = time.monotonic()
+
+    received = 0
+    try:
+        while received < len(todo) and workers:
+            try:
+                item = await asyncio.wait_for(queue.get(), MAP_FLUSH) if pending else await queue.get()
+            except TimeoutError:
+                flush()
+                continue
+            if isinstance(item, BaseException):
+                failure = failure or item
+                stop = True
+                if all(w.done() for w in workers) and queue.empty():
+                    break
+                continue
+            received += 1
+            i, value, cap, attempt = item
+            results[i] = value
+            pending.append(
+                sched.io.encode(
+                    f"{node.id}[{i}]", node.fingerprint, value, attempt=attempt, preview=preview(value),
+                    stdout=cap.stdout.getvalue(), stderr=cap.stderr.getvalue(), worker=sched.worker,
+                )
+            )
+            if len(pending) >= MAP_BATCH or time.monotonic() - last_flush >= MAP_FLUSH:
+                flush()
+            if stop and all(w.done() for w in workers) and queue.empty():
+                break
+    finally:
+        stop = True
+        flush()  # whatever finished is kept, even when the step is cancelled
+        for w in workers:
+            w.cancel()
+    if failure is not None:
+        if isinstance(failure, BaseException) and not isinstance(failure, Exception):
+            raise failure
+        raise failure
+    output = [results[i] if i in results else sched.io.read(sched.records[f"{node.id}[{i}]"], sched.lookup) for i in range(total)]
+    sched.commit(node, output, started=started, extra={"items": total})
+
+
+# -- durable delay ------------------------------------------------------------------------
+async def _deadline(sched: Scheduler, node: Node, suffix: str, seconds: float) -> float:
+    """The stored deadline of a wait, written the first time the step is reached."""
+    key = f"{node.id}#{suffix}"
+    rec = _reusable(sched, node, key)
+    if rec is not None:
+        return float(rec.extra["at"])
+    at = time.time() + seconds
+    sched.records[key] = sched.io.write(key, node.fingerprint, None, extra={"at": at})
+    return at
+
+
+async def run_delay(sched: Scheduler, node: Node) -> None:
+    value_src = node.params[0][1]
+    wake_at = await _deadline(sched, node, "wake", node.options["seconds"])
+    remaining = wake_at - time.time()
+    if remaining > 0:
+        sched.publish(ev.TaskWaiting, task_id=node.id, wake_at=wake_at)
+        sched.set_state("waiting", wake_at=wake_at)
+        try:
+            await asyncio.sleep(remaining)
+        finally:
+            sched.set_state("running")
+    value = sched.get(value_src)
+    sched._release(node)
+    ref = value_src.task if value_src.task is not None and value_src.key is None else None
+    if ref is None:
+        sched.commit(node, value)
+    else:
+        sched.commit(node, value, ref=ref)
+
+
+# -- signals ------------------------------------------------------------------------------
+async def run_signal(sched: Scheduler, node: Node) -> None:
+    from nbflow.run.scheduler import Parked
+
+    name: str = node.options["signal"]
+    timeout: float | None = node.options.get("timeout")
+    deadline = await _deadline(sched, node, "deadline", timeout) if timeout is not None else None
+    backend = sched.io.backend
+    announced = False
+    started = time.time()
+    try:
+        while True:
+            template = CheckpointRecord(
+                task_id=node.id, fingerprint=node.fingerprint, codec="pickle",
+                started_at=started, finished_at=time.time(), worker=sched.worker,
+            )
+            record = backend.consume_signal(sched.instance_id, name, template)
+            if record is not None:
+                payload = sched.io.read(record)
+                record.preview = preview(payload)
+                sched.commit(node, payload, started=started, record=record)
+                return
+            if deadline is not None and time.time() >= deadline:
+                exc = SignalTimeoutError(sched.instance_id, name, timeout or 0.0)
+                raise sched.failure(node.id, exc) from None
+            if not announced:
+                announced = True
+                sched.publish(ev.TaskWaiting, task_id=node.id, signal=name, wake_at=deadline)
+                sched.set_state("awaiting_signal", wake_at=deadline, signal=name)
+                if sched.park_on_signal:
+                    raise Parked(node.id, name)
+            await asyncio.sleep(SIGNAL_POLL)
+    finally:
+        if announced:
+            sched.set_state("running")
