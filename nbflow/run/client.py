@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from nbflow.core.codecs import PickleCodec, codec_by_name
-from nbflow.core.errors import ConfigurationError, UnknownInstanceError, UnknownTaskError
+from nbflow.core.codecs import PickleCodec
+from nbflow.core.errors import ConfigurationError, InstanceExistsError, UnknownInstanceError, UnknownTaskError
 from nbflow.core.status import RunState, TaskError, WorkflowStatus
 from nbflow.run.checkpoint import CheckpointIO
 from nbflow.store.base import INPUT_KEY, Backend, InstanceMeta, validate_instance_id
@@ -56,12 +56,11 @@ class WorkflowClient:
 
     def _status(self, meta: InstanceMeta, with_output: bool) -> WorkflowStatus:
         records = self.backend.get_records(meta.instance_id) if meta.state != "damaged" else {}
-        records.pop(INPUT_KEY, None)
         output = None
         state = _state(meta)
         if with_output and state == RunState.COMPLETED and meta.sinks:
             io = CheckpointIO(self.backend, meta.instance_id, PickleCodec())
-            values = {s: io.read(records[s]) for s in meta.sinks if s in records}
+            values = {s: io.read(records[s], records.get) for s in meta.sinks if s in records}
             output = values[meta.sinks[0]] if len(meta.sinks) == 1 else values
         return WorkflowStatus(
             workflow=meta.workflow,
@@ -69,7 +68,7 @@ class WorkflowClient:
             state=state,
             output=output,
             error=TaskError.from_dict(meta.error) if meta.error else None,
-            tasks_done=len(records),
+            tasks_done=sum(1 for line in meta.shape if line.split("|", 1)[0] in records),
             tasks_total=meta.tasks_total,
             wake_at=meta.wake_at,
             signal=meta.signal,
@@ -87,7 +86,6 @@ class WorkflowClient:
         if record is None or task_id == INPUT_KEY:
             known = [line.split("|", 1)[0] for line in meta.shape]
             raise UnknownTaskError(meta.workflow, f"{task_id} (no checkpoint yet)", known)
-        codec_by_name(record.codec)
         return CheckpointIO(self.backend, instance_id, PickleCodec()).read(record)
 
     # -- steering -----------------------------------------------------------------------
@@ -113,6 +111,26 @@ class WorkflowClient:
         if not self.backend.is_locked(instance_id) and not RunState(_state(meta)).finished:
             meta.state, meta.message, meta.updated_at = action, reason, time.time()
             self.backend.save_instance(meta)
+
+    def submit(self, wf: Any, instance_id: str, input: Any = None) -> WorkflowStatus:  # noqa: A002
+        """Enqueue a new instance (state "pending") for a ``PooledWorker`` to run.
+
+        Raises ``InstanceExistsError`` if the id is taken."""
+        from nbflow.run.runner import as_definition, new_instance
+
+        definition = as_definition(wf)
+        validate_instance_id(instance_id)
+        lease = self.backend.lock(instance_id, holder="submit")
+        try:
+            existing = self.backend.load_instance(instance_id)
+            if existing is not None:
+                raise InstanceExistsError(existing.workflow, instance_id, existing.state)
+            io = CheckpointIO(self.backend, instance_id, definition.codec or PickleCodec())
+            meta, _ = new_instance(definition, io, input, state=RunState.PENDING.value)
+            self.backend.save_instance(meta)
+        finally:
+            lease.release()
+        return self._status(meta, with_output=False)
 
     def send_signal(self, instance_id: str, name: str, payload: Any = None) -> None:
         """Buffer a signal (FIFO per name); it may arrive before the workflow waits."""

@@ -266,17 +266,7 @@ class CheckpointingRunner:
                 input_value = io.read(input_record) if input_record is not None else None
                 resumed = True
             else:
-                _check_input(definition, input_value)
-                meta = InstanceMeta(
-                    instance_id=instance_id,
-                    workflow=definition.name,
-                    definition_hash=definition.definition_hash,
-                    shape=definition.shape(),
-                    tasks_total=len(definition.nodes),
-                    sinks=definition.sinks,
-                )
-                record = io.write(INPUT_KEY, "", input_value, started_at=time.time(), finished_at=time.time())
-                meta.input_digest = hashlib.sha256(record.payload or (record.blob or "").encode()).hexdigest()[:16]
+                meta, record = new_instance(definition, io, input_value)
                 records = {INPUT_KEY: record}
                 resumed = False
             if self.on_change == "fail":
@@ -416,6 +406,24 @@ class CheckpointingRunner:
 
     def __repr__(self) -> str:
         return f"CheckpointingRunner({self._backend!r}, conflict_policy={self.conflict_policy.name})"
+
+
+def new_instance(definition: WorkflowDefinition, io: CheckpointIO, input_value: Any, state: str = "running") -> tuple[InstanceMeta, CheckpointRecord]:
+    """Check the input, store it, and make the record of a new instance (not saved)."""
+    _check_input(definition, input_value)
+    meta = InstanceMeta(
+        instance_id=io.instance_id,
+        workflow=definition.name,
+        definition_hash=definition.definition_hash,
+        shape=definition.shape(),
+        tasks_total=len(definition.nodes),
+        sinks=definition.sinks,
+        state=state,
+    )
+    now = time.time()
+    record = io.write(INPUT_KEY, "", input_value, started_at=now, finished_at=now)
+    meta.input_digest = hashlib.sha256(record.payload or (record.blob or "").encode()).hexdigest()[:16]
+    return meta, record
 
 
 def _check_input(wf: WorkflowDefinition, value: Any) -> None:
