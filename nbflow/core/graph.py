@@ -14,6 +14,7 @@ This module holds no execution logic and imports nothing outside ``nbflow.core``
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 from collections.abc import Callable, Iterator, Mapping
@@ -76,7 +77,7 @@ class Node:
     # Extra dependencies that pass no value (e.g. the branches of a route feed their merge).
     after: tuple[str, ...] = ()
 
-    @property
+    @functools.cached_property
     def deps(self) -> tuple[str, ...]:
         """Upstream task ids, in parameter order, without repeats."""
         seen: dict[str, None] = {}
@@ -120,7 +121,7 @@ class WorkflowDefinition:
     fingerprints (``node.fingerprint``) track the bodies.
     """
 
-    __slots__ = ("_by_id", "_children", "codec", "definition_hash", "metadata", "name", "nodes", "sinks")
+    __slots__ = ("_by_id", "_children", "_shape", "codec", "definition_hash", "metadata", "name", "nodes", "sinks")
 
     name: str
     nodes: tuple[Node, ...]
@@ -162,7 +163,8 @@ class WorkflowDefinition:
         setter(self, "_by_id", MappingProxyType(by_id))
         setter(self, "_children", MappingProxyType({k: tuple(v) for k, v in children.items()}))
         setter(self, "sinks", tuple(n.id for n in order if not children[n.id]))
-        setter(self, "definition_hash", stable_digest(name, *(n.shape_line() for n in order)))
+        setter(self, "_shape", tuple(n.shape_line() for n in order))
+        setter(self, "definition_hash", stable_digest(name, *self._shape))
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError(f"a built workflow is immutable (tried to set {key!r}); build a new one")
@@ -213,7 +215,7 @@ class WorkflowDefinition:
 
     def shape(self) -> tuple[str, ...]:
         """The lines the definition hash is made of; stored to explain shape changes."""
-        return tuple(n.shape_line() for n in self.nodes)
+        return self._shape
 
     def fingerprints(self) -> dict[str, str]:
         return {n.id: n.fingerprint for n in self.nodes}

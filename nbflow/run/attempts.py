@@ -26,7 +26,7 @@ def is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
-def _call_sync(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], tctx: TaskContext, echo: bool) -> tuple[Any, capture.Capture]:
+def call_sync(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], tctx: TaskContext, echo: bool) -> tuple[Any, capture.Capture]:
     token = set_task_context(tctx)
     cap, ctoken = capture.begin(echo)
     try:
@@ -59,6 +59,7 @@ async def run_attempt(
     inline: bool,
     executor: Executor | Any,
     echo: bool,
+    is_coroutine: bool | None = None,
 ) -> tuple[Any, capture.Capture]:
     """Run ``fn`` once; returns (output, captured streams) or raises what it raised.
 
@@ -66,7 +67,7 @@ async def run_attempt(
     Executor or any object with ``submit_task(fn, args, kwargs, tctx)`` returning an
     awaitable (the Dask and process executors).
     """
-    if is_async(fn):
+    if is_coroutine if is_coroutine is not None else is_async(fn):
         coro = _call_async(fn, args, kwargs, tctx, echo)
         if timeout is None:
             return await coro
@@ -76,7 +77,7 @@ async def run_attempt(
             raise TaskTimeoutError(tctx.task_id, timeout) from None
 
     if inline and timeout is None:
-        result, cap = _call_sync(fn, args, kwargs, tctx, echo)
+        result, cap = call_sync(fn, args, kwargs, tctx, echo)
         if inspect.isawaitable(result):  # a plain function that returned a coroutine
             result = await result
         return result, cap
@@ -87,14 +88,15 @@ async def run_attempt(
     else:
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
-        future = loop.run_in_executor(executor, ctx.run, _call_sync, fn, args, kwargs, tctx, echo)
+        future = loop.run_in_executor(executor, ctx.run, call_sync, fn, args, kwargs, tctx, echo)
     try:
         if timeout is None:
             result, cap = await future
         else:
             result, cap = await asyncio.wait_for(future, timeout)
     except TimeoutError:
-        tctx.cancel_event.set()  # a cooperative task can notice and stop
+        # The thread cannot be killed; it finishes in the background and its result is
+        # discarded. (The cancel flag is shared by the run, so it is not set here.)
         raise TaskTimeoutError(tctx.task_id, timeout or 0.0) from None
     if inspect.isawaitable(result):
         result = await result

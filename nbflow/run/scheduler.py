@@ -53,12 +53,17 @@ class RunControl:
         self.requested: tuple[str, str] | None = None  # (state, reason)
         self._callback: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._notify: Callable[[], None] | None = None
         self._backend, self._instance_id = backend, instance_id
         self._next_poll = 0.0
 
-    def attach(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    def attach(
+        self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None], notify: Callable[[], None] | None = None
+    ) -> None:
+        """``callback`` runs on the loop; ``notify`` runs at once on the requesting thread
+        (a sync task running inline blocks the loop, so only ``notify`` can reach it)."""
         with self._lock:
-            self._loop, self._callback = loop, callback
+            self._loop, self._callback, self._notify = loop, callback, notify
             pending = self.requested
         if pending:
             loop.call_soon_threadsafe(callback)
@@ -68,7 +73,9 @@ class RunControl:
         with self._lock:
             if self.requested is None or state != "paused":
                 self.requested = (state, reason)
-            loop, callback = self._loop, self._callback
+            loop, callback, notify = self._loop, self._callback, self._notify
+        if notify is not None and state != "paused":
+            notify()
         if loop is not None and callback is not None and not loop.is_closed():
             try:
                 loop.call_soon_threadsafe(callback)
@@ -154,7 +161,16 @@ class Scheduler:
         self._error: TaskError | None = None
         self._crash: BaseException | None = None
         self._parked: Parked | None = None
+        self._cancel_event = threading.Event()  # what get_task_context().cancelled reads
+        self._async_cache: dict[int, bool] = {}
         self.done = 0
+
+    def _async(self, fn: Callable[..., Any]) -> bool:
+        """is_async(fn), computed once per function per run (inspect is slow)."""
+        flag = self._async_cache.get(id(fn))
+        if flag is None:
+            flag = self._async_cache[id(fn)] = is_async(fn)
+        return flag
 
     # -- values -----------------------------------------------------------------------
     def publish(self, event_type: type[ev.RunEvent], **fields: Any) -> None:
@@ -202,6 +218,11 @@ class Scheduler:
         if self.on_state is not None:
             self.on_state(state, wake_at, signal)
 
+    def _tell_tasks(self) -> None:
+        """Set running tasks' ``cancelled`` flags from the thread asking for the stop."""
+        for tctx in list(self._contexts.values()):
+            tctx.cancel_event.set()
+
     def _on_stop(self) -> None:
         """Called on the loop when a stop is requested: cancel what can be cancelled."""
         requested = self.control.requested
@@ -211,8 +232,7 @@ class Scheduler:
             if requested[0] != "paused" or self.wf.node(task_id).kind in ("delay", "signal"):
                 task.cancel()  # a pause lets running tasks finish and checkpoint, but stops waits
         if requested[0] != "paused":
-            for tctx in self._contexts.values():
-                tctx.cancel_event.set()
+            self._cancel_event.set()
 
     # -- attempts and commits -----------------------------------------------------------
     async def attempts(
@@ -225,14 +245,20 @@ class Scheduler:
             attempt += 1
             started = time.time()
             self.publish(ev.TaskStarted, task_id=task_id, attempt=attempt, worker=self.worker)
-            tctx = TaskContext(self.wf.name, self.instance_id, task_id, attempt, self.wf.metadata)
+            tctx = TaskContext(self.wf.name, self.instance_id, task_id, attempt, self.wf.metadata, self._cancel_event)
             self._contexts[task_id] = tctx
             try:
                 value, cap = await run_attempt(
                     fn, args, kwargs, tctx,
                     timeout=node.spec.timeout, inline=inline, executor=self.executor, echo=self.echo,
+                    is_coroutine=self._async(fn),
                 )
             except Exception as exc:
+                stop = self.control.requested
+                if stop is not None and stop[0] != "paused":
+                    # It gave up because the run is being stopped (it saw ctx.cancelled):
+                    # a stop, not a failure, as when a task running in a thread is cancelled.
+                    raise asyncio.CancelledError(stop[1]) from exc
                 if attempt <= policy.max_retries and self.control.poll() is None:
                     delay = policy.delay_before(attempt)
                     self.publish(ev.TaskRetrying, task_id=task_id, attempt=attempt, delay=delay, error=_short(exc))
@@ -336,7 +362,7 @@ class Scheduler:
         label = branch_label(key)
         if label not in labels:
             if DEFAULT_BRANCH not in labels:
-                declared = node.options.get("keys") or sorted(lbl for lbl in labels if lbl != DEFAULT_BRANCH)
+                declared = node.options.get("keys") or node.options.get("branches") or []
                 exc = RouteKeyError(self.wf.name, node.id, key, declared)
                 raise self.failure(node.id, exc, attempt) from None
             label = DEFAULT_BRANCH
@@ -347,7 +373,7 @@ class Scheduler:
     async def run(self) -> Outcome:
         wf = self.wf
         loop = asyncio.get_running_loop()
-        self.control.attach(loop, self._on_stop)
+        self.control.attach(loop, self._on_stop, notify=self._tell_tasks)
         order = {n.id: i for i, n in enumerate(wf.nodes)}
         waiting: dict[str, int] = {}
         ready: list[tuple[int, int, str]] = []
@@ -415,7 +441,7 @@ class Scheduler:
                         alone
                         and self.inline_sync
                         and node.kind in _INLINE_KINDS
-                        and (node.fn is None or not is_async(node.fn))
+                        and (node.fn is None or not self._async(node.fn))
                         and node.spec.timeout is None
                     ):
                         try:
@@ -423,6 +449,10 @@ class Scheduler:
                         except StepFailed as failed:
                             self._error = failed.error
                             break
+                        except asyncio.CancelledError:
+                            if self.control.requested is None:
+                                raise
+                            break  # the inline task stopped on request: the run ends as requested
                         finish(task_id)
                         if self.control.poll() is not None:
                             break
@@ -431,7 +461,9 @@ class Scheduler:
                     self._running[task] = task_id
             if not self._running:
                 break
-            done, _ = await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+            # Wake up now and then even if nothing finishes: a cancel or pause sent from
+            # another process (the backend's control key) must reach a long task or a wait.
+            done, _ = await asyncio.wait(self._running, timeout=_POLL_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task_id = self._running.pop(task)
                 if task.cancelled():

@@ -9,13 +9,17 @@ decides *when* a step runs; these functions decide *how*.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
+from nbflow.core.context import TaskContext
 from nbflow.core.errors import SignalTimeoutError
 from nbflow.core.graph import Node
 from nbflow.core.status import LoopResult
 from nbflow.run import events as ev
+from nbflow.run.attempts import call_sync
 from nbflow.run.checkpoint import preview
 from nbflow.run.plan import RUN
 from nbflow.store.base import CheckpointRecord
@@ -28,6 +32,7 @@ __all__ = ["run_delay", "run_loop", "run_map", "run_signal"]
 SIGNAL_POLL = 0.2  # seconds between looks for a signal sent from another process
 MAP_BATCH = 256  # map items committed in one transaction at most
 MAP_FLUSH = 0.05  # seconds: the longest a finished item waits for its commit
+CHUNK_SECONDS = 0.02  # a sync map sends about this much work per thread hop
 
 
 class LoopLimitError(RuntimeError):
@@ -91,8 +96,11 @@ async def run_map(sched: Scheduler, node: Node) -> None:
     """Fan out over the previous output with ``concurrency`` items in flight.
 
     Finished items are committed in batches (one transaction per batch) and only then
-    counted as done, so a kill never loses an item that was reported done."""
+    counted as done, so a kill never loses an item that was reported done. A sync
+    function without a timeout runs in chunks: each thread hop carries as many items
+    as take about 20 ms, which keeps tiny items cheap and slow items committed soon."""
     assert node.fn is not None
+    fn = node.fn
     args, _ = sched._arguments(node)
     try:
         items = list(args[0])
@@ -102,27 +110,52 @@ async def run_map(sched: Scheduler, node: Node) -> None:
     total = len(items)
     started = time.time()
     results: dict[int, Any] = {}
-    todo = []
-    for i in range(total):
-        if _reusable(sched, node, f"{node.id}[{i}]") is None:
-            todo.append(i)
+    todo = [i for i in range(total) if _reusable(sched, node, f"{node.id}[{i}]") is None]
     done = total - len(todo)
     sched.publish(ev.MapProgress, task_id=node.id, done=done, total=total)
 
-    queue: asyncio.Queue[tuple[int, Any, Any, int] | BaseException] = asyncio.Queue()
+    # Each queue entry: ("ok", i, value, capture, attempt) | ("error", exc) | ("exit",)
+    queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
     next_index = iter(todo)
     stop = False
+    chunked = (
+        not sched._async(fn)
+        and node.spec.timeout is None
+        and not hasattr(sched.executor, "submit_task")
+    )
+    item_seconds = [0.0, 0]  # total, count: sizes the chunks
+
+    def chunk_size() -> int:
+        if not chunked or item_seconds[1] == 0:
+            return 1
+        mean = item_seconds[0] / item_seconds[1]
+        return max(1, min(64, int(CHUNK_SECONDS / max(mean, 1e-6))))
 
     async def worker() -> None:
-        for i in next_index:
-            if stop:
-                return
-            try:
-                value, cap, attempt, _ = await sched.attempts(node, node.fn, [items[i]], {}, f"{node.id}[{i}]", False)
-            except BaseException as exc:  # noqa: BLE001 - reported through the queue
-                await queue.put(exc if not isinstance(exc, asyncio.CancelledError) else exc)
-                return
-            await queue.put((i, value, cap, attempt))
+        try:
+            while not stop:
+                batch = list(itertools.islice(next_index, chunk_size()))
+                if not batch:
+                    return
+                if chunked and len(batch) > 1:
+                    outcome = await _run_chunk(sched, node, fn, items, batch, item_seconds)
+                    for entry in outcome:
+                        await queue.put(entry)
+                    if any(e[0] == "error" for e in outcome):
+                        return
+                    continue
+                i = batch[0]
+                t0 = time.perf_counter()
+                try:
+                    value, cap, attempt, _ = await sched.attempts(node, fn, [items[i]], {}, f"{node.id}[{i}]", False)
+                except Exception as exc:  # StepFailed: retries exhausted
+                    await queue.put(("error", exc))
+                    return
+                item_seconds[0] += time.perf_counter() - t0
+                item_seconds[1] += 1
+                await queue.put(("ok", i, value, cap, attempt))
+        finally:
+            queue.put_nowait(("exit",))
 
     concurrency = min(node.options["concurrency"], max(1, len(todo)))
     workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)] if todo else []
@@ -140,44 +173,93 @@ async def run_map(sched: Scheduler, node: Node) -> None:
             sched.publish(ev.MapProgress, task_id=node.id, done=done, total=total)
         last_flush = time.monotonic()
 
-    received = 0
+    exited = 0
     try:
-        while received < len(todo) and workers:
+        while exited < len(workers):
             try:
-                item = await asyncio.wait_for(queue.get(), MAP_FLUSH) if pending else await queue.get()
+                entry = await asyncio.wait_for(queue.get(), MAP_FLUSH) if pending else await queue.get()
             except TimeoutError:
                 flush()
                 continue
-            if isinstance(item, BaseException):
-                failure = failure or item
-                stop = True
-                if all(w.done() for w in workers) and queue.empty():
-                    break
-                continue
-            received += 1
-            i, value, cap, attempt = item
-            results[i] = value
-            pending.append(
-                sched.io.encode(
-                    f"{node.id}[{i}]", node.fingerprint, value, attempt=attempt, preview=preview(value),
-                    stdout=cap.stdout.getvalue(), stderr=cap.stderr.getvalue(), worker=sched.worker,
+            if entry[0] == "exit":
+                exited += 1
+            elif entry[0] == "error":
+                failure = failure or entry[1]
+                stop = True  # no new items; those in flight finish and are kept
+            else:
+                _, i, value, cap, attempt = entry
+                results[i] = value
+                pending.append(
+                    sched.io.encode(
+                        f"{node.id}[{i}]", node.fingerprint, value, attempt=attempt, preview=preview(value),
+                        stdout=cap.stdout.getvalue() if cap else "", stderr=cap.stderr.getvalue() if cap else "",
+                        worker=sched.worker,
+                    )
                 )
-            )
-            if len(pending) >= MAP_BATCH or time.monotonic() - last_flush >= MAP_FLUSH:
-                flush()
-            if stop and all(w.done() for w in workers) and queue.empty():
-                break
+                if len(pending) >= MAP_BATCH or time.monotonic() - last_flush >= MAP_FLUSH:
+                    flush()
     finally:
         stop = True
         flush()  # whatever finished is kept, even when the step is cancelled
         for w in workers:
             w.cancel()
     if failure is not None:
-        if isinstance(failure, BaseException) and not isinstance(failure, Exception):
-            raise failure
         raise failure
-    output = [results[i] if i in results else sched.io.read(sched.records[f"{node.id}[{i}]"], sched.lookup) for i in range(total)]
+    output = [
+        results[i] if i in results else sched.io.read(sched.records[f"{node.id}[{i}]"], sched.lookup)
+        for i in range(total)
+    ]
     sched.commit(node, output, started=started, extra={"items": total})
+
+
+async def _run_chunk(
+    sched: Scheduler, node: Node, fn: Any, items: list[Any], batch: list[int], item_seconds: list[Any]
+) -> list[tuple[Any, ...]]:
+    """Run several items of a sync map function in one thread hop (retries included)."""
+    loop = asyncio.get_running_loop()
+    policy = node.spec.retry
+    cancel = sched._cancel_event
+
+    def publish_retry(task_id: str, attempt: int, delay: float, exc: BaseException) -> None:
+        sched.publish(ev.TaskRetrying, task_id=task_id, attempt=attempt, delay=delay, error=f"{type(exc).__name__}: {exc}")
+
+    def body() -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        for i in batch:
+            task_id = f"{node.id}[{i}]"
+            attempt = 0
+            while True:
+                attempt += 1
+                tctx = TaskContext(sched.wf.name, sched.instance_id, task_id, attempt, sched.wf.metadata, cancel)
+                t0 = time.perf_counter()
+                try:
+                    value, cap = call_sync(fn, [items[i]], {}, tctx, sched.echo)
+                except Exception as exc:
+                    if attempt <= policy.max_retries and not cancel.is_set():
+                        delay = policy.delay_before(attempt)
+                        loop.call_soon_threadsafe(publish_retry, task_id, attempt, delay, exc)
+                        time.sleep(delay)
+                        continue
+                    out.append(("error", exc, task_id, attempt))
+                    return out
+                item_seconds[0] += time.perf_counter() - t0
+                item_seconds[1] += 1
+                out.append(("ok", i, value, cap, attempt))
+                break
+            if cancel.is_set():
+                break
+        return out
+
+    ctx = contextvars.copy_context()
+    outcome = await loop.run_in_executor(sched.executor, ctx.run, body)
+    entries: list[tuple[Any, ...]] = []
+    for entry in outcome:
+        if entry[0] == "error":
+            _, exc, task_id, attempt = entry
+            entries.append(("error", sched.failure(task_id, exc, attempt)))
+        else:
+            entries.append(entry)
+    return entries
 
 
 # -- durable delay ------------------------------------------------------------------------

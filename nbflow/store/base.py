@@ -78,12 +78,17 @@ class CheckpointRecord:
         return max(0.0, self.finished_at - self.started_at)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow on purpose: dataclasses.asdict deep-copies the payload bytes.
+        data = {name: getattr(self, name) for name in _RECORD_FIELDS}
+        data["extra"] = dict(self.extra)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CheckpointRecord:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(CheckpointRecord))
 
 
 @dataclass
