@@ -43,8 +43,10 @@ from nbflow.core.status import ConflictPolicy, LoopResult, RunState, TaskError, 
 from nbflow.core.task import task
 from nbflow.run.client import WorkflowClient
 from nbflow.run.events import EventBus, TextProgress
+from nbflow.run.executors import DaskExecutor, ProcessExecutor
 from nbflow.run.handle import RunHandle
 from nbflow.run.runner import CheckpointingRunner
+from nbflow.run.worker import PooledWorker
 from nbflow.store.disk import DiskcacheBackend
 from nbflow.store.memory import InMemoryBackend
 
@@ -56,6 +58,7 @@ __all__ = [
     "CodecError",
     "ConfigurationError",
     "ConflictPolicy",
+    "DaskExecutor",
     "DiskcacheBackend",
     "EventBus",
     "ForkBuilder",
@@ -69,6 +72,8 @@ __all__ = [
     "MissingDependencyError",
     "NbflowError",
     "PickleCodec",
+    "PooledWorker",
+    "ProcessExecutor",
     "RetryPolicy",
     "RouteKeyError",
     "RunHandle",
@@ -102,3 +107,10 @@ def load_ipython_extension(ipython: Any) -> None:
     from nbflow.jupyter import load_ipython_extension as load
 
     load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext nbflow``: close the stores the magics opened."""
+    from nbflow.jupyter import unload_ipython_extension as unload
+
+    unload(ipython)

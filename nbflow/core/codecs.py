@@ -45,6 +45,16 @@ class PickleCodec:
     name = "pickle"
 
     def dump(self, obj: Any, file: IO[bytes]) -> None:
+        # Fast path: plain pickle (10x cheaper than cloudpickle on small values) for
+        # builtin values that reference nothing defined in __main__ (a notebook).
+        if type(obj).__module__ == "builtins":
+            try:
+                data = pickle.dumps(obj, protocol=5)
+            except Exception:  # noqa: BLE001 - lambdas, local classes...: cloudpickle copes
+                data = None
+            if data is not None and b"__main__" not in data:
+                file.write(data)
+                return
         import cloudpickle
 
         cloudpickle.dump(obj, file, protocol=5)

@@ -29,7 +29,7 @@ import json
 import keyword
 import pickle
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,9 +226,12 @@ def _check_cycles(name: str, functions: tuple[CellFunction, ...]) -> None:
         stack.append(node)
         for dep in deps[node]:
             if state.get(dep) == 1:
-                cycle = stack[stack.index(dep) :]
-                path = " -> ".join([*cycle, cycle[0]])  # producer -> consumer
-                line = min(lines[n] for n in cycle)
+                cycle = stack[stack.index(dep) :]  # consumer -> producer
+                cycle.reverse()  # report in data-flow order, from the first-defined task
+                first = min(range(len(cycle)), key=lambda i: lines[cycle[i]])
+                cycle = cycle[first:] + cycle[:first]
+                path = " -> ".join([*cycle, cycle[0]])
+                line = lines[cycle[0]]
                 if len(cycle) == 1:
                     problem = f"task {dep!r} takes its own output (a parameter named {dep!r}): a cycle {path}"
                 else:
@@ -337,7 +340,7 @@ def compile_cell(
     source: str,
     inputs: Mapping[str, Any] | None = None,
     *,
-    namespace: MutableMapping[str, Any] | None = None,
+    namespace: dict[str, Any] | None = None,
     filename: str = "<nbflow-cell>",
 ) -> CellWorkflow:
     """Analyze, run and build a cell in one go (tests, scripts).
@@ -352,7 +355,7 @@ def compile_cell(
     inputs = dict(inputs or {})
     analysis = analyze_cell(name, source)
     check_inputs(analysis, inputs)
-    ns: MutableMapping[str, Any] = namespace if namespace is not None else {"__name__": "__main__"}
+    ns: dict[str, Any] = namespace if namespace is not None else {"__name__": "__main__"}
     exec(compile(source, filename, "exec"), ns)  # noqa: S102 - running the user's cell is the point
     return build_cell_workflow(analysis, ns, inputs)
 
@@ -372,11 +375,12 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return {type(value).__name__: [_canonical(v) for v in value]}
     if isinstance(value, set | frozenset):
-        items = sorted((json.dumps(_canonical(v), sort_keys=True) for v in value))
+        items = sorted(json.dumps(_canonical(v), sort_keys=True) for v in value)
         return {"set": items}
     if isinstance(value, dict):
-        items = sorted((json.dumps(_canonical(k), sort_keys=True), _canonical(v)) for k, v in value.items())
-        return {"dict": items}
+        pairs = [(json.dumps(_canonical(k), sort_keys=True), _canonical(v)) for k, v in value.items()]
+        pairs.sort(key=lambda kv: kv[0])
+        return {"dict": pairs}
     kind = f"{type(value).__module__}.{type(value).__qualname__}"
     try:
         data = pickle.dumps(value, protocol=4)

@@ -8,6 +8,15 @@ exclusive per-instance lock so two runners never run one instance at once.
 ``tests/store/test_contract.py`` runs one suite over every implementation; a new
 backend (a server-backed one, say) must pass it. The records are plain data so any
 medium can hold them.
+
+Claims (``PooledWorker``): several worker processes share one store and split the
+steps of its instances. A worker *claims* one step (or one map item) for a while
+(``claim``: an atomic add with an expiry, refused while someone else's claim is live
+or when the step's record changed since the worker looked), renews it by heartbeat
+(``renew_claim``), and stores the step's records with ``commit_claimed``: a
+compare-and-set that writes only while the claim's token is still its own, in the
+same transaction. A worker whose claim expired and was taken over therefore cannot
+commit a second result. ``tests/store/test_claims.py`` checks this over every backend.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ __all__ = [
     "INPUT_KEY",
     "Backend",
     "CheckpointRecord",
+    "Claim",
     "InstanceMeta",
     "Lease",
     "PayloadSink",
@@ -77,6 +87,10 @@ class CheckpointRecord:
     def duration(self) -> float:
         return max(0.0, self.finished_at - self.started_at)
 
+    def as_tuple(self) -> tuple[Any, ...]:
+        """The fields in declaration order (a compact form for stores)."""
+        return tuple(getattr(self, name) for name in _RECORD_FIELDS)
+
     def to_dict(self) -> dict[str, Any]:
         # Shallow on purpose: dataclasses.asdict deep-copies the payload bytes.
         data = {name: getattr(self, name) for name in _RECORD_FIELDS}
@@ -111,7 +125,7 @@ class InstanceMeta:
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}  # shallow: asdict deep-copies
         data["shape"] = list(self.shape)
         data["sinks"] = list(self.sinks)
         return data
@@ -123,6 +137,38 @@ class InstanceMeta:
         meta.shape = tuple(meta.shape)
         meta.sinks = tuple(meta.sinks)
         return meta
+
+
+@dataclass
+class Claim:
+    """A step (or map item) held by one worker until ``expires_at`` (wall clock)."""
+
+    task_id: str
+    worker: str
+    token: str
+    expires_at: float
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at <= time.time()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Claim:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def record_version(record: CheckpointRecord | dict[str, Any] | None) -> float | None:
+    """What ``claim(seen=...)`` compares: the finish time of a stored record, or None."""
+    if record is None:
+        return None
+    if isinstance(record, dict):
+        value = record.get("finished_at")
+        return None if value is None else float(value)
+    return float(record.finished_at)
 
 
 class PayloadSink(Protocol):
@@ -166,6 +212,31 @@ class Backend(Protocol):
     def consume_signal(self, instance_id: str, name: str, record: CheckpointRecord) -> CheckpointRecord | None: ...
     def set_control(self, instance_id: str, action: str | None, reason: str = "") -> None: ...
     def get_control(self, instance_id: str) -> tuple[str, str] | None: ...
+
+    # claims: steps shared out between PooledWorker processes (see the module docstring)
+    def claim(self, instance_id: str, task_id: str, worker: str, ttl: float, seen: float | None = None) -> str | None:
+        """Atomically claim ``task_id`` for ``ttl`` seconds; returns a token, or None if a
+        live claim of someone else exists or the task's record version is not ``seen``."""
+        ...
+
+    def renew_claim(self, instance_id: str, task_id: str, token: str, ttl: float) -> bool:
+        """Extend our claim to now + ``ttl``; False if it is no longer ours."""
+        ...
+
+    def release_claim(self, instance_id: str, task_id: str, token: str) -> bool:
+        """Drop our claim (idempotent); False if it was not ours any more."""
+        ...
+
+    def commit_claimed(
+        self, instance_id: str, task_id: str, token: str, items: list[tuple[CheckpointRecord, PayloadSink]]
+    ) -> list[CheckpointRecord] | None:
+        """Store ``items`` in one transaction only if the claim on ``task_id`` still
+        carries ``token``; else store nothing and return None."""
+        ...
+
+    def get_claims(self, instance_id: str) -> dict[str, Claim]:
+        """The claims stored for an instance (expired ones included)."""
+        ...
 
 
 class MemorySink(io.BytesIO):

@@ -36,14 +36,14 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import diskcache
 
 from nbflow.core.errors import CheckpointCorruptError, ConfigurationError, InstanceLockedError
-from nbflow.store.base import CheckpointRecord, InstanceMeta, PayloadSink, validate_instance_id
+from nbflow.store.base import CheckpointRecord, Claim, InstanceMeta, PayloadSink, record_version, validate_instance_id
 
 __all__ = ["DiskcacheBackend"]
 
@@ -61,7 +61,7 @@ _CACHE_SETTINGS: dict[str, Any] = {
 }
 _META = "meta"
 _CONTROL = "control"
-_RECORD_PREFIX, _SIGNAL_PREFIX = "t:", "s:"
+_RECORD_PREFIX, _SIGNAL_PREFIX, _CLAIM_PREFIX = "t:", "s:", "c:"
 
 
 def _rkey(task_id: str) -> str:
@@ -72,18 +72,50 @@ def _rkey(task_id: str) -> str:
 
 
 def _pack(record: CheckpointRecord) -> bytes:
-    """A record as bytes. diskcache stores bytes as they are, whereas a dict would be
-    pickled *and* run through pickletools.optimize on every write (~100 us)."""
-    return pickle.dumps(record.to_dict(), protocol=5)
+    """A record as bytes: a version tag and the fields in declaration order.
+
+    diskcache stores bytes as they are, whereas a dict would be pickled *and* run
+    through pickletools.optimize on every write (~100 us); a tuple also decodes in a
+    third of the time of a dict on resume. New fields are only ever appended, so old
+    tuples still load."""
+    return pickle.dumps((1, record.as_tuple()), protocol=5)
 
 
 def _unpack(data: Any) -> CheckpointRecord:
-    """Inverse of _pack; also reads records written as dicts by earlier versions."""
+    """Inverse of _pack; also reads records stored as dicts."""
     if isinstance(data, bytes):
         data = pickle.loads(data)
+    if isinstance(data, tuple) and len(data) == 2 and data[0] == 1:
+        return CheckpointRecord(*data[1])
     if not isinstance(data, dict):
         raise ValueError(f"a record is a {type(data).__name__}, not a dict")
     return CheckpointRecord.from_dict(data)
+
+
+def _scan(cache: diskcache.Cache, prefix: str) -> Iterator[tuple[str, Any]]:
+    """(key, value) of every str key starting with ``prefix``, in ONE query.
+
+    Resume reads all of an instance's records; one ``get`` per key would cost two
+    queries each. This reads diskcache's table directly (its layout is stable since
+    diskcache 4) and decodes values with diskcache's own ``Disk.fetch``; should that
+    layout ever change, it falls back to the public, slower iteration.
+    """
+    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    try:
+        rows = cache._sql(
+            "SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key >= ? AND key < ?",
+            (prefix, upper),
+        ).fetchall()
+        fetch = cache._disk.fetch
+    except (AttributeError, sqlite3.OperationalError):
+        for key in cache.iterkeys():
+            if isinstance(key, str) and key.startswith(prefix):
+                value = cache.get(key)
+                if value is not None:
+                    yield key, value
+        return
+    for key, mode, filename, value in rows:
+        yield key, fetch(mode, filename, value, False)
 
 
 def _skey(name: str) -> str:
@@ -121,16 +153,18 @@ class _SpillSink(io.RawIOBase):
         n = len(memoryview(data).cast("B"))
         self.size += n
         if self._file is None:
-            self._buf += data
-            if len(self._buf) > self._limit:
-                blob_dir = self._instance_dir / "blobs"
-                blob_dir.mkdir(parents=True, exist_ok=True)
-                self.tmp_path = blob_dir / f".tmp-{uuid.uuid4().hex}"
-                self._file = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in commit()
-                self._file.write(self._buf)
-                self._buf = bytearray()
-        else:
-            self._file.write(data)
+            if len(self._buf) + n <= self._limit:
+                self._buf += data
+                return n
+            # Over the limit: spill what is buffered, then write `data` straight through
+            # (never copy a large buffer into memory first).
+            blob_dir = self._instance_dir / "blobs"
+            blob_dir.mkdir(parents=True, exist_ok=True)
+            self.tmp_path = blob_dir / f".tmp-{uuid.uuid4().hex}"
+            self._file = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in commit()
+            self._file.write(self._buf)
+            self._buf = bytearray()
+        self._file.write(data)
         return n
 
     def commit(self) -> tuple[bytes | None, str | None]:
@@ -241,7 +275,8 @@ class DiskcacheBackend:
             return cache
 
     def _read(self, instance_id: str, key: Any, cache: diskcache.Cache | None = None) -> Any:
-        cache = cache or self._cache(instance_id, create=False)
+        if cache is None:  # not `cache or ...`: a Cache's truth value runs a COUNT query
+            cache = self._cache(instance_id, create=False)
         if cache is None:
             return None
         try:
@@ -326,11 +361,8 @@ class DiskcacheBackend:
             return {}
         out = {}
         try:
-            for key in cache.iterkeys():
-                if isinstance(key, str) and key.startswith(_RECORD_PREFIX):
-                    data = self._read(instance_id, key, cache)
-                    if data is not None:
-                        out[key[len(_RECORD_PREFIX) :]] = self._record(instance_id, data)
+            for key, data in _scan(cache, _RECORD_PREFIX):
+                out[key[len(_RECORD_PREFIX) :]] = self._record(instance_id, data)
         except sqlite3.DatabaseError as exc:
             raise CheckpointCorruptError(instance_id, f"SQLite says: {exc}", cache.directory) from None
         return out
@@ -464,3 +496,78 @@ class DiskcacheBackend:
     def get_control(self, instance_id: str) -> tuple[str, str] | None:
         value = self._read(instance_id, _CONTROL)
         return tuple(value) if value else None  # type: ignore[return-value]
+
+    # -- claims (PooledWorker) ----------------------------------------------------------
+    # Each call is one SQLite transaction (BEGIN IMMEDIATE: writers across processes are
+    # serialised), so "check, then write" cannot interleave with another worker's.
+    def claim(self, instance_id: str, task_id: str, worker: str, ttl: float, seen: float | None = None) -> str | None:
+        cache = self._cache(instance_id)
+        assert cache is not None
+        with cache.transact():
+            now = time.time()
+            current = cache.get(_ckey(task_id))
+            if isinstance(current, dict) and current.get("expires_at", 0.0) > now:
+                return None
+            if record_version(cache.get(_rkey(task_id))) != seen:
+                return None
+            token = uuid.uuid4().hex
+            cache.set(_ckey(task_id), Claim(task_id, worker, token, now + ttl).to_dict())
+        return token
+
+    def renew_claim(self, instance_id: str, task_id: str, token: str, ttl: float) -> bool:
+        cache = self._cache(instance_id, create=False)
+        if cache is None:
+            return False
+        with cache.transact():
+            current = cache.get(_ckey(task_id))
+            if not isinstance(current, dict) or current.get("token") != token:
+                return False
+            current["expires_at"] = time.time() + ttl
+            cache.set(_ckey(task_id), current)
+        return True
+
+    def release_claim(self, instance_id: str, task_id: str, token: str) -> bool:
+        cache = self._cache(instance_id, create=False)
+        if cache is None:
+            return False
+        with cache.transact():
+            current = cache.get(_ckey(task_id))
+            if not isinstance(current, dict) or current.get("token") != token:
+                return False
+            cache.delete(_ckey(task_id))
+        return True
+
+    def commit_claimed(
+        self, instance_id: str, task_id: str, token: str, items: list[tuple[CheckpointRecord, PayloadSink]]
+    ) -> list[CheckpointRecord] | None:
+        cache = self._cache(instance_id, create=False)
+        if cache is None:
+            return None
+        for record, sink in items:  # large outputs become files first (outside the transaction)
+            assert isinstance(sink, _SpillSink)
+            record.payload, record.blob = sink.commit()
+            record.size = sink.size
+        with cache.transact():
+            current = cache.get(_ckey(task_id))
+            ours = isinstance(current, dict) and current.get("token") == token
+            if ours:
+                for record, _ in items:
+                    cache.set(_rkey(record.task_id), record.to_dict())
+        if not ours:
+            for record, _ in items:  # a rejected commit leaves no orphan file behind
+                if record.blob:
+                    (self._instance_dir(instance_id) / "blobs" / record.blob).unlink(missing_ok=True)
+            return None
+        return [record for record, _ in items]
+
+    def get_claims(self, instance_id: str) -> dict[str, Claim]:
+        cache = self._cache(instance_id, create=False)
+        if cache is None:
+            return {}
+        out = {}
+        for key in list(cache.iterkeys()):
+            if isinstance(key, str) and key.startswith(_CLAIM_PREFIX):
+                data = cache.get(key)
+                if isinstance(data, dict):
+                    out[key[len(_CLAIM_PREFIX) :]] = Claim.from_dict(data)
+        return out
