@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import struct
 from typing import IO, Any, Protocol, runtime_checkable
 
 from nbflow.core.errors import CodecError, ConfigurationError
@@ -57,10 +58,38 @@ class PickleCodec:
                 return
         import cloudpickle
 
-        cloudpickle.dump(obj, file, protocol=5)
+        buffers: list[pickle.PickleBuffer] = []
+        head = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        if not buffers:
+            file.write(head)
+            return
+        # Large buffers (numpy arrays...) go out of band: written raw, straight from the
+        # object's memory, and read back with one readinto — no extra in-memory copy.
+        views = [b.raw() for b in buffers]
+        file.write(_OOB_MAGIC + struct.pack("<QI", len(head), len(views)))
+        file.write(struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views)))
+        file.write(head)
+        for view in views:
+            file.write(view)
 
     def load(self, file: IO[bytes]) -> Any:
-        return pickle.load(file)
+        start = file.read(len(_OOB_MAGIC))
+        if start != _OOB_MAGIC:
+            return pickle.load(_Prefixed(start, file))
+        head_len, count = struct.unpack("<QI", file.read(12))
+        sizes = struct.unpack(f"<{count}Q", file.read(8 * count))
+        head = file.read(head_len)
+        buffers = []
+        for size in sizes:
+            buf = bytearray(size)
+            view, got = memoryview(buf), 0
+            while got < size:
+                n = file.readinto(view[got:])  # type: ignore[attr-defined]
+                if not n:
+                    raise EOFError(f"out-of-band buffer truncated ({got} of {size} bytes)")
+                got += n
+            buffers.append(buf)
+        return pickle.loads(head, buffers=buffers)
 
     def dumps(self, obj: Any) -> bytes:
         buf = io.BytesIO()
@@ -72,6 +101,52 @@ class PickleCodec:
 
     def __repr__(self) -> str:
         return "PickleCodec()"
+
+
+_OOB_MAGIC = b"NBFLOOB1"  # never the start of a pickle (those start with b"\x80")
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream with some already-read bytes put back in front (for pickle.load)."""
+
+    def __init__(self, prefix: bytes, rest: IO[bytes]) -> None:
+        super().__init__()
+        self._prefix, self._rest = prefix, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._prefix:
+            n = min(len(view), len(self._prefix))
+            view[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        return self._rest.readinto(view)  # type: ignore[attr-defined]
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._prefix:
+            return self._rest.read(size)
+        if size is None or size < 0:
+            data, self._prefix = self._prefix + self._rest.read(), b""
+            return data
+        data, self._prefix = self._prefix[:size], self._prefix[size:]
+        if len(data) < size:
+            data += self._rest.read(size - len(data))
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        # pickle.load needs readline only for protocol 0-1 text opcodes: byte-wise is fine.
+        out = bytearray()
+        while size is None or size < 0 or len(out) < size:
+            ch = self.read(1)
+            if not ch:
+                break
+            out += ch
+            if ch == b"\n":
+                break
+        return bytes(out)
 
 
 class JsonCodec:
