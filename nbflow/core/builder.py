@@ -12,6 +12,7 @@ fed by named upstream tasks or workflow inputs, in any order (edges are resolved
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
@@ -199,7 +200,7 @@ class WorkflowBuilder:
         """Add a control-flow node fed by the cursor, and move the cursor onto it."""
         if task_id in self._ids:
             raise self._fail(f"step id {task_id!r} is used twice", f"Give the {kind} step another name")
-        if not isinstance(task_id, str) or not task_id or "/" in task_id:
+        if not isinstance(task_id, str) or not task_id or ("/" in task_id and kind != "collect"):
             raise self._fail(f"invalid step id {task_id!r}", "Use a non-empty name without '/'")
         opts = dict(options or {})
         fp = fingerprint(fn, (spec or TaskSpec()).version) if fn is not None else stable_digest(kind, repr(sorted(opts.items())))
@@ -209,8 +210,12 @@ class WorkflowBuilder:
         self._cursor = Source(task_id)
         return node
 
-    def route(self, key_fn: Step, keys: Iterable[Any] | None = None, *, name: str | None = None) -> RouteBuilder[Self]:
+    def route(self, key_fn: str | Step, fn_or_keys: Step | Iterable[Any] | None = None,
+              keys: Iterable[Any] | None = None, *, name: str | None = None) -> RouteBuilder[Self]:
         """Branch on a key: ``key_fn(previous output)`` picks the branch to run.
+
+        ``route(key_fn, keys=[...])``, or ``route("name", key_fn, keys=[...])`` like
+        every other step.
 
         ``keys`` declares every key ``key_fn`` may return; ``.branch(key, ...)`` must use
         declared keys, and every declared key needs a branch unless a
@@ -218,7 +223,15 @@ class WorkflowBuilder:
         taken show as skipped; the step after ``.done()`` receives the output of the
         branch that ran.
         """
-        task_id, func, spec = self._resolve("route", name or key_fn, key_fn if name else None, {})
+        if isinstance(key_fn, str):  # the ("name", fn) form
+            task_id, func, spec = self._resolve("route", key_fn, fn_or_keys, {})  # type: ignore[arg-type]
+        else:
+            if fn_or_keys is not None:
+                if callable(fn_or_keys) or keys is not None:
+                    raise self._fail(".route() got two functions or keys twice",
+                                     "Use .route(key_fn, keys=[...]) or .route('name', key_fn, keys=[...])")
+                keys = fn_or_keys
+            task_id, func, spec = self._resolve("route", name or key_fn, key_fn if name else None, {})
         declared = tuple(keys) if keys is not None else None
         if declared is not None and len(set(map(repr, declared))) != len(declared):
             raise self._fail(f"route {task_id!r} declares a key twice: {list(declared)!r}", "List each key once")
@@ -485,6 +498,11 @@ class RouteBuilder(Generic[B]):
                     f"route {self._route!r} has no branch for declared key(s) {missing!r} and no default",
                     "Add .branch(key, fn) for each, or .default_branch(fn)",
                 )
+        if self._declared is None:  # remember the branch keys to name them in a run-time error
+            at = [n.id for n in parent._nodes].index(self._route)
+            parent._nodes[at] = dataclasses.replace(
+                parent._nodes[at], options={**parent._nodes[at].options, "branches": [k for k, _, _ in self._branches]}
+            )
         ends = [(branch_label(k), last) for k, _, last in self._branches]
         if self._default is not None:
             ends.append((DEFAULT_BRANCH, self._default[1]))

@@ -93,6 +93,11 @@ class RunControl:
                     self.request(ctl[0], ctl[1])
         return self.requested
 
+    def boundary(self) -> None:
+        """A step just finished: the next ``poll`` reads the backend whatever the time,
+        so a cancel or pause sent while the step ran stops the run right here."""
+        self._next_poll = 0.0
+
 
 @dataclass
 class Outcome:
@@ -296,7 +301,8 @@ class Scheduler:
             "started_at": started,
             "finished_at": finished,
             "preview": preview(value),
-            "worker": self.worker,
+            # where the body ran: a remote executor's capture names its process/Dask worker
+            "worker": getattr(cap, "worker", None) or self.worker,
         }
         if cap is not None:
             fields["stdout"], fields["stderr"] = cap.stdout.getvalue(), cap.stderr.getvalue()
@@ -312,6 +318,7 @@ class Scheduler:
         if self._consumers[node.id] or node.id in self._sinks:
             self._values[node.id] = value
         self.done += 1
+        self.control.boundary()
         self.publish(
             ev.TaskFinished,
             task_id=node.id,
@@ -320,7 +327,7 @@ class Scheduler:
             preview=record.preview,
             stdout=record.stdout,
             stderr=record.stderr,
-            worker=self.worker,
+            worker=record.worker or self.worker,
         )
 
     # -- one step ---------------------------------------------------------------------

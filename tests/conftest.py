@@ -1,0 +1,34 @@
+"""Shared fixtures: every runner test runs on both stores (``backend``), with a
+``runner`` built on it. Tests count executions with nonlocal counters (DBOS style),
+never with wall-clock assertions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import nbflow as nf
+
+BACKENDS = ["memory", "disk"]
+
+
+def make_backend(kind: str, tmp_path: Path) -> nf.InMemoryBackend | nf.DiskcacheBackend:
+    if kind == "memory":
+        return nf.InMemoryBackend()
+    return nf.DiskcacheBackend(tmp_path / "store")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[nf.InMemoryBackend | nf.DiskcacheBackend]:
+    store = make_backend(request.param, tmp_path)
+    yield store
+    close = getattr(store, "close", None)
+    if close is not None:
+        close()
+
+
+@pytest.fixture
+def runner(backend: nf.InMemoryBackend | nf.DiskcacheBackend) -> nf.CheckpointingRunner:
+    return nf.CheckpointingRunner(backend, echo_output=False)

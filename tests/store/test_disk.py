@@ -1,0 +1,142 @@
+"""DiskcacheBackend specifics: blob files for large outputs, locks of dead processes,
+reopening from another process, damaged instances."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nbflow import CheckpointCorruptError, ConfigurationError, DiskcacheBackend, InstanceLockedError
+from nbflow.store.base import CheckpointRecord, InstanceMeta
+from nbflow.store.disk import INLINE_LIMIT
+
+
+def _put(store: DiskcacheBackend, instance_id: str, task_id: str, data: bytes) -> CheckpointRecord:
+    sink = store.new_sink(instance_id)
+    sink.write(data)
+    return store.put_record(instance_id, CheckpointRecord(task_id, "fp", "pickle"), sink)
+
+
+def _blobs(store: DiskcacheBackend, instance_id: str) -> list[Path]:
+    folder = store._instance_dir(instance_id) / "blobs"
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def test_small_payload_is_inline_large_goes_to_a_blob_file(tmp_path: Path) -> None:
+    store = DiskcacheBackend(tmp_path)
+    small = _put(store, "i", "small", b"s" * INLINE_LIMIT)
+    assert small.blob is None and small.payload == b"s" * INLINE_LIMIT
+    big = _put(store, "i", "big", b"b" * (INLINE_LIMIT + 1))
+    assert big.payload is None and big.blob is not None
+    files = _blobs(store, "i")
+    assert [f.name for f in files] == [big.blob]
+    assert files[0].stat().st_size == INLINE_LIMIT + 1
+    assert not any(f.name.startswith(".tmp-") for f in files)
+
+
+def test_delete_records_removes_blob_files(tmp_path: Path) -> None:
+    store = DiskcacheBackend(tmp_path)
+    _put(store, "i", "big", b"b" * (INLINE_LIMIT + 10))
+    assert len(_blobs(store, "i")) == 1
+    store.delete_records("i", ["big"])
+    assert _blobs(store, "i") == []
+
+
+def test_missing_blob_file_is_a_clear_error(tmp_path: Path) -> None:
+    store = DiskcacheBackend(tmp_path)
+    rec = _put(store, "i", "big", b"b" * (INLINE_LIMIT + 10))
+    _blobs(store, "i")[0].unlink()
+    with pytest.raises(CheckpointCorruptError) as err:
+        store.open_payload("i", rec)
+    assert "'i'" in str(err.value) and "missing" in str(err.value) and "clear" in str(err.value)
+
+
+def test_second_backend_on_same_directory_sees_the_data(tmp_path: Path) -> None:
+    first = DiskcacheBackend(tmp_path)
+    first.save_instance(InstanceMeta("i", "wf", "h"))
+    _put(first, "i", "t", b"data")
+    second = DiskcacheBackend(tmp_path)
+    assert second.load_instance("i").workflow == "wf"
+    with second.open_payload("i", second.get_record("i", "t")) as f:
+        assert f.read() == b"data"
+    # Locks are per process *and* per open file: a second backend object is refused too.
+    lease = first.lock("i", "first")
+    with pytest.raises(InstanceLockedError):
+        second.lock("i", "second")
+    lease.release()
+
+
+def test_backend_pickles_as_its_directory(tmp_path: Path) -> None:
+    store = DiskcacheBackend(tmp_path)
+    store.save_instance(InstanceMeta("i", "wf", "h"))
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.directory == store.directory
+    assert clone.load_instance("i").workflow == "wf"
+
+
+def test_lock_held_by_a_killed_process_is_freed(tmp_path: Path) -> None:
+    marker = tmp_path / "locked"
+    script = textwrap.dedent(
+        f"""
+        import pathlib, time
+        from nbflow import DiskcacheBackend
+        lease = DiskcacheBackend({str(tmp_path / 'store')!r}).lock("i", "child")
+        pathlib.Path({str(marker)!r}).write_text("1")
+        time.sleep(120)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        for _ in range(600):
+            if marker.exists() or proc.poll() is not None:
+                break
+            import time
+
+            time.sleep(0.05)
+        assert marker.exists(), "child never took the lock"
+        store = DiskcacheBackend(tmp_path / "store")
+        assert store.is_locked("i")
+        with pytest.raises(InstanceLockedError) as err:
+            store.lock("i", "parent")
+        assert f"pid {proc.pid}" in str(err.value)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        assert not store.is_locked("i")
+        store.lock("i", "parent").release()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_directory_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "a-file"
+    path.write_text("not a folder")
+    with pytest.raises(ConfigurationError) as err:
+        DiskcacheBackend(path)
+    assert "directory" in str(err.value) and "folder" in str(err.value)
+
+
+def test_damaged_instance_is_a_clear_error_and_others_are_unaffected(tmp_path: Path) -> None:
+    store = DiskcacheBackend(tmp_path)
+    store.save_instance(InstanceMeta("good", "wf", "h"))
+    store.save_instance(InstanceMeta("bad", "wf", "h"))
+    store.close()
+    db = tmp_path / "instances" / "bad" / "cache.db"
+    db.write_bytes(b"this is not sqlite" * 100)
+    for name in ("cache.db-wal", "cache.db-shm"):
+        (db.parent / name).unlink(missing_ok=True)
+    fresh = DiskcacheBackend(tmp_path)
+    with pytest.raises(CheckpointCorruptError) as err:
+        fresh.load_instance("bad")
+    assert "'bad'" in str(err.value) and "clear" in str(err.value)
+    assert fresh.load_instance("good").workflow == "wf"
+    states = {m.instance_id: m.state for m in fresh.list_instances()}
+    assert states["good"] == "running" and states.get("bad") == "damaged"
