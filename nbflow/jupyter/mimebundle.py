@@ -42,8 +42,12 @@ _NODE = re.compile(
 
 
 def _unescape(text: str) -> str:
-    return text.replace("&quot;", '"').replace("&#x27;", "'").replace("&lt;", "<").replace("&gt;", ">").replace(
-        "&amp;", "&"
+    return (
+        text.replace("&quot;", '"')
+        .replace("&#x27;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
     )
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from nbflow.run import events as ev
@@ -33,18 +33,9 @@ __all__ = [
 
 #: Every state a task can be painted in (the CSS classes are ``nbflow-state-<state>``).
 STATES = (
-    "pending",
-    "stale",
-    "running",
-    "retrying",
-    "waiting",
-    "awaiting_signal",
-    "done",
-    "restored",
-    "failed",
-    "cancelled",
-    "skipped",
-)
+    "pending", "stale", "running", "retrying", "waiting", "awaiting_signal",
+    "done", "restored", "failed", "cancelled", "skipped",
+)  # fmt: skip
 #: States of a task that is in flight: a stopped run turns them into "cancelled".
 ACTIVE_STATES = frozenset({"running", "retrying", "waiting", "awaiting_signal"})
 #: States that count towards "done/total" on the progress bar.
@@ -103,24 +94,11 @@ class TaskInfo:
 
     def detail(self, task_id: str) -> dict[str, Any]:
         """A JSON-ready view of this task for the detail pane."""
-        return {
-            "task": task_id,
-            "state": self.state,
-            "kind": self.kind,
-            "attempts": self.attempts,
-            "duration": self.duration,
-            "duration_text": format_seconds(self.duration),
-            "worker": self.worker,
-            "preview": self.preview,
-            "stdout": self.stdout,
-            "stderr": self.stderr,
-            "error": self.error,
-            "traceback": self.traceback,
-            "map": None if self.map_total is None else [self.map_done or 0, self.map_total, self.map_failed],
-            "signal": self.signal,
-            "wake_at": self.wake_at,
-            "reason": self.reason,
-        }
+        out = asdict(self)
+        del out["started_at"]
+        out.update(task=task_id, duration_text=format_seconds(self.duration))
+        out["map"] = None if self.map_total is None else [self.map_done or 0, self.map_total, self.map_failed]
+        return out
 
 
 class ProgressModel:
@@ -201,6 +179,8 @@ class ProgressModel:
     def apply(self, event: ev.RunEvent) -> bool:
         """Fold one event in; returns False for events this model does not know."""
         with self._lock:
+            self.workflow = self.workflow or event.workflow
+            self.instance_id = self.instance_id or event.instance_id
             changed = self._apply(event)
             if changed:
                 self.version += 1
@@ -208,7 +188,7 @@ class ProgressModel:
 
     __call__ = apply  # so a model can be subscribed to an EventBus directly
 
-    def _apply(self, e: ev.RunEvent) -> bool:  # noqa: C901, PLR0912 - one branch per event type
+    def _apply(self, e: ev.RunEvent) -> bool:
         if isinstance(e, ev.RunStarted):
             self.workflow, self.instance_id = e.workflow, e.instance_id
             self._reset(tuple(e.tasks), e.kinds or {k: i.kind for k, i in self._tasks.items()})
@@ -325,32 +305,33 @@ class ProgressModel:
             parallelism = max(1.0, self._exec_total / wall) if wall > 0 else 1.0
             return mean * remaining / parallelism
 
+    def _headline(self) -> str:
+        counts = self._counts
+        text = f"{self.completed}/{self.total} done"
+        if counts["restored"]:
+            text += f" ({counts['restored']} restored)"
+        return text + (f", {counts['failed']} failed" if counts["failed"] else "")
+
     def progress(self, now: float | None = None) -> dict[str, Any]:
-        """The progress bar's data (JSON-ready); ``text`` is what the bar says."""
+        """The progress bar's data (JSON-ready): ``text`` is what the bar says, ``base``
+        the same without timings (the front end ticks elapsed/ETA between updates)."""
         with self._lock:
             now = self._clock() if now is None else now
-            elapsed, eta = self.elapsed(now), self.eta(now)
-            counts = self.counts()
+            elapsed, eta, base = self.elapsed(now), self.eta(now), self._headline()
+            timing = "" if elapsed is None else f" · elapsed {format_seconds(elapsed)}"
+            timing += "" if eta is None else f" · ETA {format_seconds(eta)}"
             done, total = self.completed, self.total
-            text = f"{done}/{total} done"
-            if counts.get("restored"):
-                text += f" ({counts['restored']} restored)"
-            if counts.get("failed"):
-                text += f", {counts['failed']} failed"
-            if elapsed is not None:
-                text += f" · elapsed {format_seconds(elapsed)}"
-            if eta is not None:
-                text += f" · ETA {format_seconds(eta)}"
             return {
                 "done": done,
                 "total": total,
                 "fraction": done / total if total else 0.0,
-                "counts": counts,
+                "counts": self.counts(),
                 "run_state": self.run_state,
                 "error": self.run_error,
                 "elapsed": elapsed,
                 "eta": eta,
-                "text": text,
+                "base": base,
+                "text": base + timing,
             }
 
     def summary(self, *, max_tasks: int = 50) -> str:
@@ -360,12 +341,7 @@ class ProgressModel:
         stopped run says so (``etl: 2/5 done, 1 failed [failed] | ...``).
         """
         with self._lock:
-            counts = self.counts()
-            head = f"{self.workflow or 'workflow'}: {self.completed}/{self.total} done"
-            if counts.get("restored"):
-                head += f" ({counts['restored']} restored)"
-            if counts.get("failed"):
-                head += f", {counts['failed']} failed"
+            head = f"{self.workflow or 'workflow'}: {self._headline()}"
             if self.run_state not in ("idle", "running", "completed"):
                 head += f" [{self.run_state}]"
             parts = [head]

@@ -20,12 +20,12 @@ import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from nbflow.core.graph import WorkflowDefinition
 
-__all__ = ["Layout", "dom_id", "layout", "clear_cache", "MAX_NODES"]
+__all__ = ["MAX_NODES", "Layout", "clear_cache", "dom_id", "layout"]
 
 #: Above this many nodes the layout is skipped (dot takes minutes, the picture is a
 #: hairball); the widget shows the progress bar and table instead.
@@ -112,7 +112,7 @@ def layout(wf: WorkflowDefinition, *, rankdir: str = "LR", max_nodes: int = MAX_
             _cache.move_to_end(key)
             return hit
     try:
-        import graphviz
+        import graphviz  # type: ignore[import-untyped]
     except ImportError:
         _warn_once(PACKAGE_HINT)
         return None
@@ -130,12 +130,19 @@ def layout(wf: WorkflowDefinition, *, rankdir: str = "LR", max_nodes: int = MAX_
     return result
 
 
-def _digraph(graphviz: object, wf: WorkflowDefinition, rankdir: str) -> tuple[object, dict[str, str]]:
+def _digraph(graphviz: Any, wf: WorkflowDefinition, rankdir: str) -> tuple[Any, dict[str, str]]:
     """Build the graphviz.Digraph; node names are DOM ids so task ids need no quoting."""
     font = "Helvetica,Arial,sans-serif"
-    dot = graphviz.Digraph(  # type: ignore[attr-defined]
+    dot = graphviz.Digraph(
         wf.name,
-        graph_attr={"rankdir": rankdir, "bgcolor": "transparent", "nodesep": "0.25", "ranksep": "0.35", "fontname": font, "fontsize": "11"},
+        graph_attr={
+            "rankdir": rankdir,
+            "bgcolor": "transparent",
+            "nodesep": "0.25",
+            "ranksep": "0.35",
+            "fontname": font,
+            "fontsize": "11",
+        },
         node_attr={"fontname": font, "fontsize": "11", "fillcolor": "white", "color": "#555555", "height": "0.3"},
         edge_attr={"color": "#888888", "arrowsize": "0.6"},
     )
@@ -149,32 +156,31 @@ def _digraph(graphviz: object, wf: WorkflowDefinition, rankdir: str) -> tuple[ob
             did = f"{base}-{n}"
         taken.add(did)
         node_ids[node.id] = did
+
+    def add(target: Any, tid: str) -> None:
+        node = wf.node(tid)
+        attrs = dict(_SHAPES.get(node.kind, _SHAPES["task"]))
+        attrs.update(id=f"nbflow-node-{node_ids[tid]}", label=tid if node.kind == "task" else f"{tid} [{node.kind}]")
+        attrs["class"] = f"nbflow-node nbflow-kind-{node.kind}"
+        target.node(node_ids[tid], **attrs)
+
     groups: dict[str, list[str]] = {}
     for node in wf.nodes:
-        attrs = dict(_SHAPES.get(node.kind, _SHAPES["task"]))
-        label = node.id if node.kind == "task" else f"{node.id} [{node.kind}]"
-        attrs.update(id=f"nbflow-node-{node_ids[node.id]}", label=label)
-        attrs["class"] = f"nbflow-node nbflow-kind-{node.kind}"
         if node.group:
             groups.setdefault(node.group, []).append(node.id)
-            continue
-        dot.node(node_ids[node.id], **attrs)
+        else:
+            add(dot, node.id)
     for group, members in groups.items():
         with dot.subgraph(name=f"cluster_{dom_id(group)}") as sub:
             sub.attr(label=group, id=f"nbflow-cluster-{dom_id(group)}", style="rounded,dashed", color="#999999")
             for tid in members:
-                node = wf.node(tid)
-                attrs = dict(_SHAPES.get(node.kind, _SHAPES["task"]))
-                label = node.id if node.kind == "task" else f"{node.id} [{node.kind}]"
-                attrs.update(id=f"nbflow-node-{node_ids[tid]}", label=label)
-                attrs["class"] = f"nbflow-node nbflow-kind-{node.kind}"
-                sub.node(node_ids[tid], **attrs)
+                add(sub, tid)
     for up, down in wf.edges:
         dot.edge(node_ids[up], node_ids[down], id=f"nbflow-edge-{node_ids[up]}-{node_ids[down]}")
     return dot, node_ids
 
 
-_COMMENT = re.compile(r"<!--.*?-->\s*", re.S)
+_COMMENT = re.compile(r"<!--.*?-->\s*", re.DOTALL)
 _NODE_G = re.compile(r'<g id="nbflow-node-([^"]+)" class="([^"]*)">\s*<title>[^<]*</title>')
 
 

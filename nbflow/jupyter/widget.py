@@ -1,0 +1,320 @@
+"""WorkflowWidget: the live DAG, progress bar, task table and task detail of a run.
+
+An anywidget (one ipywidgets ``DOMWidget``), so it renders the same in JupyterLab 4,
+Notebook 7 and VS Code. The DAG is laid out once (``render.layout``) and shipped as SVG
+*markup* into the widget's own DOM — not as an ``image/svg+xml`` output, which Lab shows
+as an ``<img>`` whose nodes cannot be painted, clicked or tested. States are painted by
+the front end (``static/widget.js``) as ``nbflow-state-<state>`` classes on the nodes.
+
+Threading: events arrive on the engine's thread and are folded into a pure
+:class:`~nbflow.jupyter.progress.ProgressModel` (cheap). Synced traits are assigned in
+exactly one place, :meth:`WorkflowWidget._push`, which runs from a throttling timer (at
+most once per ``min_interval``), from :meth:`flush` and when the user selects a task —
+so a 10,000-task run sends a handful of comm messages per second, not 10,000.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import traitlets as t
+
+from nbflow.core.errors import MissingDependencyError
+from nbflow.jupyter import render
+from nbflow.jupyter.mimebundle import static_bundle
+from nbflow.jupyter.progress import Coalescer, ProgressModel, format_seconds
+
+try:
+    import anywidget
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError("anywidget", "The nbflow widget", 'pip install "nbflow[jupyter]"') from exc
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nbflow.core.graph import WorkflowDefinition
+    from nbflow.run.events import EventBus, RunEvent
+
+__all__ = ["MAX_ROWS", "WidgetControls", "WorkflowWidget"]
+
+STATIC = Path(__file__).parent / "static"
+#: The task table shows at most this many rows (the most interesting first).
+MAX_ROWS = 500
+# Table order when there are more tasks than rows: what needs attention comes first.
+_ROW_PRIORITY = {
+    "failed": 0,
+    "retrying": 1,
+    "running": 2,
+    "awaiting_signal": 3,
+    "waiting": 4,
+    "cancelled": 5,
+    "stale": 6,
+}
+
+
+class WidgetControls(Protocol):
+    """What the widget's buttons call; given only for ``--background`` runs (a blocking
+    cell cannot receive clicks while it runs)."""
+
+    def cancel(self) -> None: ...
+    def send_signal(self, name: str, payload: Any) -> None: ...
+    def rerun_from(self, task_id: str) -> None: ...
+
+
+class WorkflowWidget(anywidget.AnyWidget):
+    """Live view of one workflow instance; subscribe it with :meth:`listen`.
+
+    ``plan`` (from ``runner.plan(wf, instance_id)``) paints stale tasks before the run
+    starts. ``min_interval`` bounds how often the browser is updated.
+    """
+
+    _esm = STATIC / "widget.js"
+    _css = STATIC / "widget.css"
+
+    workflow = t.Unicode("").tag(sync=True)
+    instance_id = t.Unicode("").tag(sync=True)
+    svg = t.Unicode("").tag(sync=True)  # laid out once; never re-sent
+    svg_note = t.Unicode("").tag(sync=True)  # why there is no graph, if there is none
+    tasks: t.List[list[Any]] = t.List().tag(sync=True)  # [[task id, kind], ...] in topological order
+    states = t.Dict().tag(sync=True)  # {task id: state}
+    progress = t.Dict().tag(sync=True)  # done, total, counts, elapsed, eta, text, ...
+    rows: t.List[list[Any]] = t.List().tag(sync=True)  # table rows: [task, state, attempts, duration, items]
+    selected = t.Unicode("").tag(sync=True)  # set by the front end (node or row click)
+    detail = t.Dict().tag(sync=True)  # the selected task: stdout, stderr, traceback, ...
+    controls_enabled = t.Bool(False).tag(sync=True)
+    message = t.Unicode("").tag(sync=True)  # outcome of the last button action
+
+    def __init__(
+        self,
+        wf: WorkflowDefinition,
+        *,
+        instance_id: str = "",
+        plan: Mapping[str, str] | None = None,
+        controls: WidgetControls | None = None,
+        min_interval: float = 0.2,
+    ) -> None:
+        lay = render.layout(wf)
+        if lay is None:
+            note = (
+                f"Graph not drawn: {len(wf.nodes)} tasks is more than {render.MAX_NODES}."
+                if len(wf.nodes) > render.MAX_NODES
+                else "Graph not drawn: graphviz is not installed (apt-get install graphviz, or conda install graphviz)."
+            )
+        else:
+            note = ""
+        super().__init__(
+            workflow=wf.name,
+            instance_id=instance_id,
+            svg=lay.svg if lay is not None else "",
+            svg_note=note,
+            tasks=[[n.id, n.kind] for n in wf.nodes],
+            controls_enabled=controls is not None,
+        )
+        self._wf = wf
+        self._layout = lay
+        self._model = ProgressModel(
+            wf.task_ids, workflow=wf.name, instance_id=instance_id, kinds={n.id: n.kind for n in wf.nodes}, plan=plan
+        )
+        self._controls = controls
+        self._coalescer = Coalescer(min_interval)
+        self._push_lock = threading.RLock()
+        self._timer_lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._unsubscribers: list[Callable[[], None]] = []
+        self._pending_message = ""
+        self._display_handle: Any = None
+        self.on_msg(self._on_front_end_message)
+        self.observe(self._on_selected, names=["selected"])
+        self._push(force=True)
+
+    # -- public contract ------------------------------------------------------------------
+    @property
+    def model(self) -> ProgressModel:
+        """The pure progress model behind the view (read it, don't feed it directly)."""
+        return self._model
+
+    def listen(self, bus: EventBus) -> Callable[[], None]:
+        """Subscribe to a runner's events; returns the function that unsubscribes."""
+        unsubscribe_bus = bus.subscribe(self._on_event)
+
+        def unsubscribe() -> None:
+            unsubscribe_bus()
+            if unsubscribe in self._unsubscribers:
+                self._unsubscribers.remove(unsubscribe)
+            if not self._unsubscribers:
+                self._cancel_timer()
+
+        self._unsubscribers.append(unsubscribe)
+        return unsubscribe
+
+    def set_controls(self, controls: WidgetControls | None) -> None:
+        """Attach (background run) or detach (run over) the cancel/signal/re-run buttons."""
+        self._controls = controls
+        self._push(force=True)
+
+    def set_plan(self, plan: Mapping[str, str]) -> None:
+        """Show a resume's plan (stale tasks) before it runs."""
+        self._model.set_plan(plan)
+        self._push(force=True)
+
+    def flush(self) -> None:
+        """Push the latest state now (call it at run end: the throttle may hold the last
+        events back). On the kernel's main thread it also refreshes the saved fallback."""
+        self._cancel_timer()
+        self._push(force=True)
+        if self._display_handle is not None and threading.current_thread() is threading.main_thread():
+            self.update_display()
+
+    def summary(self) -> str:
+        """Deterministic plain text (no timings or addresses): ``etl: 5/5 done (2 restored) | ...``."""
+        return self._model.summary()
+
+    def display(self) -> None:
+        """Display the widget with a display id, so :meth:`update_display` (called by
+        :meth:`flush` on the main thread) can replace the saved text/SVG fallback with the
+        final states; plain ``display(widget)`` keeps the fallback of display time."""
+        from IPython.display import display
+
+        self._display_handle = display(self, display_id=True)  # type: ignore[no-untyped-call]
+
+    def update_display(self) -> None:
+        """Re-send the output of :meth:`display` (same live model, fresh static fallback)."""
+        if self._display_handle is not None:
+            self._display_handle.update(self)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Live widget view plus a static fallback: text/plain summary and painted SVG."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is None:  # pragma: no cover - anywidget returns None only without a view
+            return None
+        data, metadata = bundle
+        data = {**data, **static_bundle(self._model, self._layout)}
+        return data, metadata
+
+    def __repr__(self) -> str:
+        model = self._model
+        return (
+            f"<WorkflowWidget {self.workflow!r} instance {self.instance_id!r}: "
+            f"{model.completed}/{model.total} done, {model.run_state}>"
+        )
+
+    # -- engine side --------------------------------------------------------------------------
+    def _on_event(self, event: RunEvent) -> None:
+        """Runs on the engine thread: fold (cheap) and make sure a push is scheduled."""
+        if self._model.apply(event):
+            self._schedule()
+
+    def _schedule(self) -> None:
+        with self._timer_lock:
+            if self._timer is not None:
+                return
+            delay = self._coalescer.delay(self._model.version)
+            if delay is None:
+                return
+            timer = threading.Timer(delay, self._on_timer)
+            timer.daemon = True
+            self._timer = timer
+        timer.start()
+
+    def _on_timer(self) -> None:
+        try:
+            self._push()
+        finally:
+            with self._timer_lock:
+                self._timer = None
+        self._schedule()  # events that arrived during the push get a trailing update
+
+    def _cancel_timer(self) -> None:
+        with self._timer_lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    # -- the one place synced traits are assigned -------------------------------------------
+    def _push(self, *, force: bool = False) -> None:
+        with self._push_lock:
+            version = self._model.version
+            if not force and self._coalescer.delay(version) is None:
+                return
+            self._coalescer.mark(version)
+            states = self._model.states()
+            progress = self._model.progress()
+            progress["signals"] = sorted(
+                {i.signal for i in map(self._model.info, states) if i.state == "awaiting_signal" and i.signal}
+            )
+            with self.hold_sync():
+                self.instance_id = self._model.instance_id or self.instance_id
+                self.states = states
+                self.progress = progress
+                self.rows = self._rows(states)
+                self.controls_enabled = self._controls is not None
+                self.detail = self._detail(self.selected) if self.selected else {}
+                if self._pending_message:
+                    self.message, self._pending_message = self._pending_message, ""
+
+    def _rows(self, states: Mapping[str, str]) -> list[list[Any]]:
+        order = list(states)
+        if len(order) > MAX_ROWS:
+            position = {tid: i for i, tid in enumerate(order)}
+            order.sort(key=lambda tid: (_ROW_PRIORITY.get(states[tid], 9), position[tid]))
+            order = order[:MAX_ROWS]
+        rows = []
+        for tid in order:
+            info = self._model.info(tid)
+            items = "" if info.map_total is None else f"{info.map_done or 0}/{info.map_total}"
+            duration = format_seconds(info.duration) if info.duration is not None else ""
+            rows.append([tid, info.state, info.attempts, duration, items])
+        return rows
+
+    def _detail(self, task_id: str) -> dict[str, Any]:
+        if task_id not in self._wf:
+            return {}
+        detail = self._model.info(task_id).detail(task_id)
+        spec = self._wf.node(task_id).spec
+        detail["description"] = spec.description
+        detail["tags"] = list(spec.tags)
+        detail["deps"] = list(self._wf.node(task_id).deps)
+        return detail
+
+    # -- front-end side -------------------------------------------------------------------
+    def _on_selected(self, change: Mapping[str, Any]) -> None:
+        self._push(force=True)
+
+    def _on_front_end_message(self, _widget: Any, content: Any, _buffers: Any = None) -> None:
+        """Button actions from widget.js: ``{"action": "cancel" | "signal" | "rerun", ...}``."""
+        if not isinstance(content, dict):
+            return
+        self._pending_message = self.handle_action(content)
+        self._push(force=True)
+
+    def handle_action(self, content: Mapping[str, Any]) -> str:
+        """Run one button action; returns the line shown under the buttons."""
+        controls = self._controls
+        action = content.get("action")
+        if controls is None:
+            return "Controls need a background run (%%workflow ... --background)."
+        try:
+            if action == "cancel":
+                controls.cancel()
+                return "Cancel requested."
+            if action == "signal":
+                name = str(content.get("name") or "").strip()
+                if not name:
+                    return "Type the name of the signal to send."
+                try:
+                    payload = json.loads(str(content.get("payload") or "null"))
+                except json.JSONDecodeError as exc:
+                    return f'The payload is not valid JSON ({exc.msg}); e.g. true, 42 or {{"ok": true}}.'
+                controls.send_signal(name, payload)
+                return f"Signal {name!r} sent."
+            if action == "rerun":
+                task_id = str(content.get("task") or self.selected)
+                if task_id not in self._wf:
+                    return "Select a task in the graph or the table first."
+                controls.rerun_from(task_id)
+                return f"Re-running from {task_id!r}."
+        except Exception as exc:  # noqa: BLE001 - shown to the user instead of a lost traceback
+            return f"{action} failed: {type(exc).__name__}: {exc}"
+        return f"Unknown action {action!r}."

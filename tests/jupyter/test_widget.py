@@ -1,0 +1,255 @@
+"""WorkflowWidget without a front end: a real runner's events, the synced traits, the
+number of comm messages, the static fallback and the button actions."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nbflow as nf
+from nbflow.jupyter import render
+from nbflow.jupyter.mimebundle import STATE_COLORS
+from nbflow.jupyter.progress import STATES
+
+pytest.importorskip("anywidget")
+from nbflow.jupyter.widget import MAX_ROWS, WorkflowWidget
+
+STATIC = Path(__file__).parents[2] / "nbflow" / "jupyter" / "static"
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def etl(clean_body: str = "x + 1") -> nf.WorkflowDefinition:
+    clean = eval(f"lambda x: {clean_body}")
+
+    def load(x: int) -> int:
+        print(f"loading {x}")
+        return x * 2
+
+    return nf.Workflow("etl").then("extract", lambda x: x).then("load", load).then("clean", clean).build()
+
+
+@pytest.fixture
+def runner() -> nf.CheckpointingRunner:
+    return nf.CheckpointingRunner(nf.InMemoryBackend(), echo_output=False)
+
+
+def count_comm_messages(widget: WorkflowWidget) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    real_send = widget.comm.send
+
+    def send(data: Any = None, *args: Any, **kwargs: Any) -> Any:
+        sent.append(data)
+        return real_send(data, *args, **kwargs)
+
+    widget.comm.send = send
+    return sent
+
+
+def test_widget_follows_a_real_run(runner: nf.CheckpointingRunner) -> None:
+    wf = etl()
+    widget = WorkflowWidget(wf, instance_id="e-1", plan=runner.plan(wf, "e-1"))
+    assert widget.states == {"extract": "pending", "load": "pending", "clean": "pending"}
+    assert widget.svg.startswith("<svg") or "graphviz" in widget.svg_note
+    unsubscribe = widget.listen(runner.events)
+    assert runner.run(wf, "e-1", 1).output == 3
+    widget.flush()
+    unsubscribe()
+    assert widget.states == {"extract": "done", "load": "done", "clean": "done"}
+    assert (widget.progress["done"], widget.progress["total"], widget.progress["run_state"]) == (3, 3, "completed")
+    assert widget.progress["text"].startswith("3/3 done · elapsed ")
+    assert [row[:3] for row in widget.rows] == [["extract", "done", 1], ["load", "done", 1], ["clean", "done", 1]]
+    assert widget.summary() == "etl: 3/3 done | extract done | load done | clean done"
+    assert widget.controls_enabled is False
+
+
+def test_resume_shows_stale_then_restored(runner: nf.CheckpointingRunner) -> None:
+    runner.run(etl(), "e-2", 1)
+    edited = etl("x + 2")
+    plan = runner.plan(edited, "e-2")
+    assert plan == {"extract": "restore", "load": "restore", "clean": "stale"}
+    widget = WorkflowWidget(edited, instance_id="e-2", plan=plan)
+    assert widget.states["clean"] == "stale"
+    widget.listen(runner.events)
+    runner.resume(edited, "e-2")
+    widget.flush()
+    assert widget.states == {"extract": "restored", "load": "restored", "clean": "done"}
+    assert widget.summary() == "etl: 3/3 done (2 restored) | extract restored | load restored | clean done"
+    widget.selected = "load"  # what a click in the graph does
+    assert widget.detail["task"] == "load"
+    assert widget.detail["state"] == "restored"
+    assert widget.detail["stdout"] == "loading 1\n"  # restored tasks still show their output
+    assert widget.detail["deps"] == ["extract"]
+
+
+def test_failure_shows_traceback_in_detail(runner: nf.CheckpointingRunner) -> None:
+    def explode(x: int) -> int:
+        raise ValueError("bad row 7")
+
+    wf = nf.Workflow("boom").then("extract", lambda x: x).then("explode", explode).then("never", lambda x: x).build()
+    widget = WorkflowWidget(wf, instance_id="b-1")
+    widget.listen(runner.events)
+    assert runner.run(wf, "b-1", 1).state == "failed"
+    widget.flush()
+    assert widget.states["extract"] == "done"
+    assert widget.states["explode"] == "failed"
+    assert widget.states["never"] == "pending"
+    assert widget.progress["run_state"] == "failed"
+    widget.selected = "explode"
+    assert "ValueError" in widget.detail["error"]
+    assert "bad row 7" in widget.detail["traceback"]
+    assert widget.summary() == "boom: 1/3 done, 1 failed [failed] | extract done | explode failed | never pending"
+
+
+def test_a_thousand_task_run_sends_few_comm_messages(runner: nf.CheckpointingRunner) -> None:
+    n = 1000
+    builder = nf.Workflow("wide")
+    for i in range(n):
+        builder.add(f"t{i:04d}", lambda: 1)
+    wf = builder.build()
+    widget = WorkflowWidget(wf, instance_id="w-1")
+    assert widget.svg == "" and "more than" in widget.svg_note  # too big to draw; table still works
+    sent = count_comm_messages(widget)
+    notifications: list[str] = []
+    widget.observe(lambda change: notifications.append(change["name"]), names=["states", "progress", "rows"])
+    widget.listen(runner.events)
+    started = time.monotonic()
+    runner.run(wf, "w-1")
+    widget.flush()
+    seconds = time.monotonic() - started
+    assert widget.progress["done"] == n
+    assert set(widget.states.values()) == {"done"}
+    assert len(widget.rows) == min(n, MAX_ROWS)
+    # >= 2,000 events; the widget pushes at most 5 snapshots a second plus a final flush,
+    # each push is ONE comm message (hold_sync). Target: <= 20 messages per second of run.
+    updates = [m for m in sent if m and m.get("method") == "update"]
+    assert len(updates) == len(sent)
+    assert len(sent) <= 5 * seconds + 3
+    assert len(sent) <= max(20 * seconds, 3)
+    assert notifications.count("states") <= len(sent)
+
+
+def test_throttled_pushes_arrive_without_flush(runner: nf.CheckpointingRunner) -> None:
+    """The trailing timer pushes the last events even if nobody calls flush()."""
+    wf = etl()
+    widget = WorkflowWidget(wf, instance_id="e-3", min_interval=0.05)
+    widget.listen(runner.events)
+    runner.run(wf, "e-3", 1)
+    deadline = time.monotonic() + 10
+    while widget.progress.get("run_state") != "completed" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert widget.progress["run_state"] == "completed"
+
+
+def test_unsubscribed_widget_stops_following(runner: nf.CheckpointingRunner) -> None:
+    wf = etl()
+    widget = WorkflowWidget(wf, instance_id="e-4")
+    widget.listen(runner.events)()
+    runner.run(wf, "e-4", 1)
+    widget.flush()
+    assert set(widget.states.values()) == {"pending"}
+
+
+def test_mimebundle_has_live_view_and_static_fallback(runner: nf.CheckpointingRunner) -> None:
+    wf = etl()
+    widget = WorkflowWidget(wf, instance_id="e-5")
+    widget.listen(runner.events)
+    runner.run(wf, "e-5", 1)
+    widget.flush()
+    data, _metadata = widget._repr_mimebundle_()
+    assert data["text/plain"] == widget.summary()
+    assert data[WIDGET_MIME]["model_id"] == widget.model_id
+    if render.layout(wf) is not None:
+        svg = data["image/svg+xml"]
+        assert svg.count("nbflow-state-done") == 3
+        assert f'fill="{STATE_COLORS["done"]}"' in svg
+    assert repr(widget) == "<WorkflowWidget 'etl' instance 'e-5': 3/3 done, completed>"
+    assert "0x" not in repr(widget)
+
+
+class FakeControls:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def cancel(self) -> None:
+        self.calls.append(("cancel",))
+
+    def send_signal(self, name: str, payload: Any) -> None:
+        self.calls.append(("signal", name, payload))
+
+    def rerun_from(self, task_id: str) -> None:
+        if task_id == "extract":
+            raise nf.NbflowError("cannot re-run now")
+        self.calls.append(("rerun", task_id))
+
+
+def test_buttons_call_the_controls() -> None:
+    widget = WorkflowWidget(etl(), instance_id="e-6")
+    press = widget._on_front_end_message
+    press(widget, {"action": "cancel"})
+    assert widget.message == "Controls need a background run (%%workflow ... --background)."
+    controls = FakeControls()
+    widget.set_controls(controls)
+    assert widget.controls_enabled is True
+    press(widget, {"action": "cancel"})
+    assert widget.message == "Cancel requested."
+    press(widget, {"action": "signal", "name": "approve", "payload": '{"ok": true}'})
+    press(widget, {"action": "signal", "name": "approve", "payload": "{nope"})
+    assert widget.message.startswith("The payload is not valid JSON")
+    press(widget, {"action": "rerun"})
+    assert widget.message == "Select a task in the graph or the table first."
+    widget.selected = "load"
+    press(widget, {"action": "rerun"})
+    press(widget, {"action": "rerun", "task": "extract"})
+    assert widget.message == "rerun failed: NbflowError: cannot re-run now"
+    assert controls.calls == [("cancel",), ("signal", "approve", {"ok": True}), ("rerun", "load")]
+    widget.set_controls(None)
+    assert widget.controls_enabled is False
+
+
+def test_missing_dot_still_gives_progress_and_table(
+    runner: nf.CheckpointingRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    render.clear_cache()
+    monkeypatch.setattr(render, "_warned", False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.warns(RuntimeWarning, match="apt-get install graphviz"):
+        widget = WorkflowWidget(etl("x * 5"), instance_id="e-7")
+    render.clear_cache()
+    assert widget.svg == ""
+    assert "apt-get install graphviz" in widget.svg_note
+    widget.listen(runner.events)
+    runner.run(etl("x * 5"), "e-7", 1)
+    widget.flush()
+    assert widget.progress["done"] == 3 and len(widget.rows) == 3
+    data, _ = widget._repr_mimebundle_()
+    assert "image/svg+xml" not in data and data["text/plain"].startswith("etl: 3/3 done")
+
+
+def test_css_paints_every_state_in_the_static_colours() -> None:
+    css = (STATIC / "widget.css").read_text()
+    assert set(STATE_COLORS) == set(STATES)
+    for state, color in STATE_COLORS.items():
+        assert re.search(rf"\.nbflow-state-{state} [^{{]*\{{ fill: {color}; background: {color}; \}}", css), state
+
+
+def test_front_end_files_and_selectors_exist() -> None:
+    js = (STATIC / "widget.js").read_text()
+    assert "export default { render }" in js
+    for selector in (
+        "nbflow-widget",
+        "nbflow-dag",
+        "nbflow-progress",
+        "nbflow-progress-bar",
+        "nbflow-table",
+        "nbflow-detail",
+        "nbflow-cancel",
+        "nbflow-rerun",
+        "nbflow-approve",
+        "nbflow-signal-payload",
+    ):
+        assert f'"{selector}' in js, selector
+    assert WorkflowWidget._esm is not None and WorkflowWidget._css is not None
