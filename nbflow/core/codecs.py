@@ -123,7 +123,7 @@ class _Prefixed(io.RawIOBase):
             view[:n] = self._prefix[:n]
             self._prefix = self._prefix[n:]
             return n
-        return self._rest.readinto(view)  # type: ignore[attr-defined]
+        return int(self._rest.readinto(view))  # type: ignore[attr-defined]
 
     def read(self, size: int = -1) -> bytes:
         if not self._prefix:

@@ -56,7 +56,7 @@ def _describe_callable(fn: Any, seen: set[int], depth: int) -> str:
         return f"partial:{inner}:{_value(fn.args, seen, depth)}:{_value(fn.keywords, seen, depth)}"
     code = getattr(fn, "__code__", None)
     if not isinstance(code, types.CodeType):
-        call = getattr(type(fn), "__call__", None)
+        call = getattr(type(fn), "__call__", None)  # noqa: B004 - we want the method, not callable()
         if call is not None and hasattr(call, "__code__"):
             return f"callable:{type(fn).__qualname__}:{_describe_callable(call, seen, depth)}"
         return f"opaque:{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"

@@ -129,6 +129,9 @@ class WorkflowDefinition:
     metadata: Mapping[str, Any]
     definition_hash: str
     sinks: tuple[str, ...]
+    _by_id: Mapping[str, Node]
+    _children: Mapping[str, tuple[str, ...]]
+    _shape: tuple[str, ...]
 
     def __init__(self, name: str, nodes: list[Node], codec: Any = None, metadata: Mapping[str, Any] | None = None):
         if not nodes:

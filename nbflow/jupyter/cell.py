@@ -356,7 +356,7 @@ def compile_cell(
     analysis = analyze_cell(name, source)
     check_inputs(analysis, inputs)
     ns: dict[str, Any] = namespace if namespace is not None else {"__name__": "__main__"}
-    exec(compile(source, filename, "exec"), ns)  # noqa: S102 - running the user's cell is the point
+    exec(compile(source, filename, "exec"), ns)
     return build_cell_workflow(analysis, ns, inputs)
 
 

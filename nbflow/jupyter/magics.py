@@ -409,7 +409,7 @@ class WorkflowMagics(Magics):
         help="a task whose code changed: re-run it and its descendants (default), or refuse",
     )
     @no_var_expand
-    @cell_magic("workflow")
+    @cell_magic("workflow")  # type: ignore[arg-type]  # IPython types its decorators as taking Never
     def workflow_cell(self, line: str, cell: str) -> Any:
         """Turn the cell's functions into a durable workflow and run it.
 
@@ -610,7 +610,7 @@ class WorkflowMagics(Magics):
 
     # -- %workflow ----------------------------------------------------------------------
     @no_var_expand
-    @line_magic("workflow")
+    @line_magic("workflow")  # type: ignore[arg-type]  # IPython types its decorators as taking Never
     def workflow_line(self, line: str) -> Any:
         """Steer workflows: list, status, resume, cancel, pause, unpause, signal, show, clear.
 

@@ -112,7 +112,7 @@ def layout(wf: WorkflowDefinition, *, rankdir: str = "LR", max_nodes: int = MAX_
             _cache.move_to_end(key)
             return hit
     try:
-        import graphviz  # type: ignore[import-untyped]
+        import graphviz
     except ImportError:
         _warn_once(PACKAGE_HINT)
         return None

@@ -23,7 +23,7 @@ __all__ = ["is_async", "run_attempt"]
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
 
 
 def call_sync(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], tctx: TaskContext, echo: bool) -> tuple[Any, capture.Capture]:

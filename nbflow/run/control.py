@@ -6,7 +6,7 @@ from __future__ import annotations
 __all__ = ["RunCancelled", "RunPaused", "RunStop"]
 
 
-class RunStop(BaseException):  # noqa: N818 - a control signal, not an error
+class RunStop(BaseException):
     """Base of the signals that stop a run at a task boundary."""
 
     state = "cancelled"

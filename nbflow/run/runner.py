@@ -30,7 +30,6 @@ from nbflow.core.errors import (
     ShapeChangedError,
     TaskChangedError,
     UnknownInstanceError,
-    UnknownTaskError,
     WorkflowMismatchError,
 )
 from nbflow.core.graph import WorkflowDefinition
@@ -306,7 +305,8 @@ class CheckpointingRunner:
             control=prep.control,
             executor=self._threads(),
             echo=self.echo_output,
-            inline_sync=self.inline_sync,
+            # a remote executor (Dask, processes) runs every body remotely, even a lone one
+            inline_sync=self.inline_sync and not hasattr(self.executor, "submit_task"),
             worker=self.worker_id,
             on_state=on_state,
             park_on_signal=park,

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nbflow.core.builder import branch_label, DEFAULT_BRANCH
+from nbflow.core.builder import DEFAULT_BRANCH, branch_label
 from nbflow.core.context import TaskContext
 from nbflow.core.errors import CodecError, RouteKeyError
 from nbflow.core.graph import Node, Source, WorkflowDefinition
@@ -110,7 +110,7 @@ class Outcome:
     signal: str | None = None
 
 
-class StepFailed(Exception):
+class StepFailed(Exception):  # noqa: N818 - an internal outcome carrying a TaskError
     """A step failed for good; carries the TaskError that the run reports."""
 
     def __init__(self, error: TaskError) -> None:
@@ -200,6 +200,8 @@ class Scheduler:
 
     def _arguments(self, node: Node) -> tuple[list[Any], dict[str, Any]]:
         get = self.get
+        args: list[Any]
+        kwargs: dict[str, Any]
         if node.mode == "value":
             args, kwargs = [get(node.params[0][1])], {}
         elif node.mode == "dict":

@@ -72,7 +72,7 @@ async def run_loop(sched: Scheduler, node: Node, inline: bool) -> None:
             finished, value = result.finished, result.value
             sched.records[key] = sched.io.write(
                 key, node.fingerprint, [finished, value], attempt=attempt, preview=preview(value),
-                stdout=cap.stdout.getvalue(), stderr=cap.stderr.getvalue(), worker=sched.worker,
+                stdout=cap.stdout.getvalue(), stderr=cap.stderr.getvalue(), worker=getattr(cap, "worker", None) or sched.worker,
             )
         sched.publish(ev.MapProgress, task_id=node.id, done=i, total=max_iterations)
         current = value
@@ -84,11 +84,11 @@ async def run_loop(sched: Scheduler, node: Node, inline: bool) -> None:
     if on_max == "exit_with_last":
         sched.commit(node, current, started=started, extra={"iterations": max_iterations})
         return
-    exc = LoopLimitError(
+    limit = LoopLimitError(
         f"loop {node.id!r} did not finish within max_iterations={max_iterations}; raise "
         "max_iterations, or use on_max='exit_with_last' to go on with the last value"
     )
-    raise sched.failure(node.id, exc) from None
+    raise sched.failure(node.id, limit) from None
 
 
 # -- map ----------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ async def run_map(sched: Scheduler, node: Node) -> None:
                 t0 = time.perf_counter()
                 try:
                     value, cap, attempt, _ = await sched.attempts(node, fn, [items[i]], {}, f"{node.id}[{i}]", False)
-                except Exception as exc:  # StepFailed: retries exhausted
+                except Exception as exc:  # noqa: BLE001 - StepFailed (retries exhausted), reported via the queue
                     await queue.put(("error", exc))
                     return
                 item_seconds[0] += time.perf_counter() - t0
@@ -193,7 +193,7 @@ async def run_map(sched: Scheduler, node: Node) -> None:
                     sched.io.encode(
                         f"{node.id}[{i}]", node.fingerprint, value, attempt=attempt, preview=preview(value),
                         stdout=cap.stdout.getvalue() if cap else "", stderr=cap.stderr.getvalue() if cap else "",
-                        worker=sched.worker,
+                        worker=getattr(cap, "worker", None) or sched.worker,
                     )
                 )
                 if len(pending) >= MAP_BATCH or time.monotonic() - last_flush >= MAP_FLUSH:
@@ -234,7 +234,7 @@ async def _run_chunk(
                 t0 = time.perf_counter()
                 try:
                     value, cap = call_sync(fn, [items[i]], {}, tctx, sched.echo)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - the user function failed; retried or reported
                     if attempt <= policy.max_retries and not cancel.is_set():
                         delay = policy.delay_before(attempt)
                         loop.call_soon_threadsafe(publish_retry, task_id, attempt, delay, exc)
