@@ -1,0 +1,164 @@
+"""Shared bench machinery: configuration, timing, result rows.
+
+Every number the bench prints is a *ratio* against a baseline measured in the same
+process and the same run, because the machines are shared and noisy (2 cores). Timings
+are never asserted anywhere; ``met`` only says whether the ratio is inside the target
+from the issue, for a human to read.
+
+Variants are measured *round-robin* (A, B, C, A, B, C, ...) rather than A-A-A, B-B-B,
+so a burst of load from a neighbour hits every variant alike; the best of the rounds
+is the reported value and (worst - best) / best is the spread.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Config",
+    "Row",
+    "Timing",
+    "round_robin",
+    "scaled",
+    "scratch_dir",
+]
+
+
+@dataclass
+class Config:
+    """What the command line asked for."""
+
+    quick: bool = False
+    scale: float = 1.0  # multiplies task counts / payload sizes (the smoke test uses a tiny one)
+    repeats: int | None = None  # override the per-bench default number of rounds
+    workdir: Path | None = None  # where scratch stores go (default: a fresh temp dir)
+    verbose: bool = False
+
+    def rounds(self, full: int, quick: int) -> int:
+        if self.repeats is not None:
+            return max(1, self.repeats)
+        return quick if self.quick else full
+
+
+def scaled(cfg: Config, n: int, minimum: int = 10) -> int:
+    return max(minimum, round(n * cfg.scale))
+
+
+@dataclass
+class Timing:
+    """Seconds for one variant over several rounds."""
+
+    samples: list[float]
+
+    @property
+    def best(self) -> float:
+        return min(self.samples)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def worst(self) -> float:
+        return max(self.samples)
+
+    @property
+    def spread(self) -> float:
+        """(worst - best) / best: how noisy the rounds were."""
+        return (self.worst - self.best) / self.best if self.best > 0 else 0.0
+
+    def spread_text(self) -> str:
+        if len(self.samples) < 2:
+            return "n=1"
+        return f"+{self.spread * 100:.0f}% (n={len(self.samples)})"
+
+
+@dataclass
+class Row:
+    """One line of the results table (and one object in artifacts/bench.json)."""
+
+    bench: str
+    measure: str
+    value: float | None
+    unit: str
+    baseline: str | None = None
+    baseline_value: float | None = None
+    ratio: float | None = None  # value / baseline_value (or as described in `measure`)
+    target: str | None = None  # e.g. "<= 1.5x"
+    target_max: float | None = None  # ratio must be <= this for `met`
+    met: bool | None = None
+    spread: str = ""
+    note: str = ""
+    samples: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.ratio is None and self.value is not None and self.baseline_value:
+            self.ratio = self.value / self.baseline_value
+        if self.met is None and self.target_max is not None and self.ratio is not None:
+            self.met = self.ratio <= self.target_max
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextmanager
+def scratch_dir(cfg: Config, prefix: str) -> Iterator[Path]:
+    """A fresh directory for one store, removed afterwards (not timed)."""
+    base = cfg.workdir
+    if base is not None:
+        base.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"nbflow-bench-{prefix}-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def round_robin(variants: dict[str, Callable[[], float]], rounds: int, log: Callable[[str], None] | None = None) -> dict[str, Timing]:
+    """Run each variant once per round, in turn; each returns the seconds it measured
+    itself (so its set-up and tear-down stay outside the clock)."""
+    out: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(rounds):
+        for name, fn in variants.items():
+            gc.collect()
+            seconds = fn()
+            out[name].append(seconds)
+            if log is not None:
+                log(f"  round {r + 1}/{rounds} {name}: {seconds:.4f} s")
+    return {name: Timing(samples) for name, samples in out.items()}
+
+
+def clock() -> float:
+    return time.perf_counter()
+
+
+def host_info() -> dict[str, Any]:
+    import platform
+    import sys
+
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
+    try:
+        info["loadavg"] = os.getloadavg()
+    except OSError:
+        pass
+    for mod in ("nbflow", "sayiir", "diskcache", "numpy"):
+        try:
+            module = __import__(mod)
+            info[mod] = getattr(module, "__version__", "?")
+        except ImportError:
+            info[mod] = None
+    return info

@@ -1,0 +1,50 @@
+"""Smoke test for the benchmark harness (``python -m bench``).
+
+It checks structure only — the command runs, exits 0, prints ratio lines and writes
+its JSON — never speed: timings are not asserted anywhere in nbflow's test suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytest.importorskip("diskcache")
+
+
+@pytest.mark.slow
+def test_bench_quick_chain_runs_and_prints_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, NBFLOW_BENCH_SCALE="0.02")  # 20 and 80 tasks: structure, not speed
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "chain", "--repeats", "1",
+         "--out", str(out), "--workdir", str(tmp_path / "scratch")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ratio_lines = [line for line in proc.stdout.splitlines() if line.startswith("RATIO chain")]
+    assert ratio_lines, proc.stdout
+    assert any(re.search(r"nbflow disk = [\d.,]+x vs raw set \(target <= 1\.5x\) (met|MISSED)$", line) for line in ratio_lines), ratio_lines
+    assert any("flatness nbflow disk" in line for line in ratio_lines), ratio_lines
+
+    data = json.loads(out.read_text())
+    assert data["errors"] == {}
+    measures = {row["measure"] for row in data["rows"]}
+    assert any(m.endswith("tasks: nbflow disk") for m in measures), measures
+    for row in data["rows"]:
+        if row["target_max"] is not None and row["value"] is not None:
+            assert row["ratio"] is not None and row["ratio"] > 0
+            assert isinstance(row["met"], bool)
