@@ -8,6 +8,7 @@ For instances started from scripts, or left behind by a dead kernel::
     nbflow cancel ID [--reason TEXT] | pause ID | unpause ID
     nbflow signal ID NAME [JSON]
     nbflow clear ID
+    nbflow worker --module my_flows [--id NAME] [--concurrency N]   # a PooledWorker on the store
 
 Everything goes through the public ``WorkflowClient`` / ``CheckpointingRunner``; no
 IPython is imported.
@@ -122,6 +123,14 @@ def _parser() -> argparse.ArgumentParser:
     sg.add_argument("payload", nargs="?", default="null", help="JSON payload (default null)")
     cl = sub.add_parser("clear", help="delete an instance and its checkpoints")
     cl.add_argument("instance")
+    wk = sub.add_parser("worker", help="run a PooledWorker on the store until Ctrl-C / SIGTERM")
+    wk.add_argument("--module", required=True, help="module name or .py file defining the workflows")
+    wk.add_argument("--id", default=None, help="worker name (default host:pid)")
+    wk.add_argument("--concurrency", type=int, default=1, help="units run at once (default 1)")
+    wk.add_argument("--claim-ttl", default="5m", help="claim lifetime without heartbeat (default 5m)")
+    wk.add_argument("--heartbeat", default="30s", help="claim renewal interval (default 30s)")
+    wk.add_argument("--poll-interval", default="1s", help="look for work this often when idle (default 1s)")
+    wk.add_argument("--until-idle", action="store_true", help="exit once no instance is pending or running")
     return parser
 
 
@@ -188,7 +197,34 @@ def _run(args: argparse.Namespace) -> int:
         removed = client.clear(args.instance)
         print(f"cleared {args.instance}" if removed else f"nothing stored for {args.instance}")
         return 0
+    if cmd == "worker":
+        return _worker(backend, args)
     raise AssertionError(cmd)  # pragma: no cover - argparse restricts the commands
+
+
+def _worker(backend: DiskcacheBackend, args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import socket
+
+    from nbflow.run.worker import PooledWorker
+
+    flows = find_workflows(load_module(args.module))
+    if not flows:
+        raise ConfigurationError("--module", args.module, "a module defining at least one workflow")
+    worker = PooledWorker(
+        args.id or f"{socket.gethostname()}:{os.getpid()}", backend, list(flows.values()),
+        claim_ttl=args.claim_ttl, heartbeat=args.heartbeat, poll_interval=args.poll_interval,
+        concurrency=args.concurrency,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: worker.request_stop(finish=True))
+    print(f"worker {worker.worker_id} on {backend.directory}: {', '.join(sorted(flows))}", flush=True)
+    try:
+        worker.run(until_idle=args.until_idle)
+    except KeyboardInterrupt:
+        pass
+    print(f"worker {worker.worker_id} stopped: {worker.stats}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

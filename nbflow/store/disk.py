@@ -118,6 +118,11 @@ def _scan(cache: diskcache.Cache, prefix: str) -> Iterator[tuple[str, Any]]:
         yield key, fetch(mode, filename, value, False)
 
 
+def _ckey(task_id: str) -> str:
+    """The cache key of a PooledWorker's claim on a step."""
+    return _CLAIM_PREFIX + task_id
+
+
 def _skey(name: str) -> str:
     """The cache key of a signal's FIFO queue (a str, for the same reason)."""
     return _SIGNAL_PREFIX + name
@@ -495,7 +500,7 @@ class DiskcacheBackend:
 
     def get_control(self, instance_id: str) -> tuple[str, str] | None:
         value = self._read(instance_id, _CONTROL)
-        return tuple(value) if value else None  # type: ignore[return-value]
+        return (str(value[0]), str(value[1])) if value else None
 
     # -- claims (PooledWorker) ----------------------------------------------------------
     # Each call is one SQLite transaction (BEGIN IMMEDIATE: writers across processes are

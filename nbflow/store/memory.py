@@ -9,13 +9,23 @@ from __future__ import annotations
 import copy
 import io
 import threading
+import time
+import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO
 
 from nbflow.core.errors import InstanceLockedError
-from nbflow.store.base import CheckpointRecord, InstanceMeta, MemorySink, PayloadSink, validate_instance_id
+from nbflow.store.base import (
+    CheckpointRecord,
+    Claim,
+    InstanceMeta,
+    MemorySink,
+    PayloadSink,
+    record_version,
+    validate_instance_id,
+)
 
 __all__ = ["InMemoryBackend"]
 
@@ -26,6 +36,7 @@ class _Instance:
     records: dict[str, CheckpointRecord] = field(default_factory=dict)
     signals: dict[str, deque[bytes]] = field(default_factory=dict)
     control: tuple[str, str] | None = None
+    claims: dict[str, Claim] = field(default_factory=dict)
 
 
 class _MemoryLease:
@@ -162,3 +173,50 @@ class InMemoryBackend:
         with self._lock:
             inst = self._instances.get(instance_id)
             return inst.control if inst else None
+
+    # -- claims (PooledWorker) ----------------------------------------------------------
+    def claim(self, instance_id: str, task_id: str, worker: str, ttl: float, seen: float | None = None) -> str | None:
+        now = time.time()
+        with self._lock:
+            inst = self._get(instance_id)
+            current = inst.claims.get(task_id)
+            if current is not None and current.expires_at > now:
+                return None
+            if record_version(inst.records.get(task_id)) != seen:
+                return None
+            token = uuid.uuid4().hex
+            inst.claims[task_id] = Claim(task_id, worker, token, now + ttl)
+            return token
+
+    def renew_claim(self, instance_id: str, task_id: str, token: str, ttl: float) -> bool:
+        with self._lock:
+            inst = self._instances.get(instance_id)
+            current = inst.claims.get(task_id) if inst else None
+            if current is None or current.token != token:
+                return False
+            current.expires_at = time.time() + ttl
+            return True
+
+    def release_claim(self, instance_id: str, task_id: str, token: str) -> bool:
+        with self._lock:
+            inst = self._instances.get(instance_id)
+            current = inst.claims.get(task_id) if inst else None
+            if current is None or current.token != token:
+                return False
+            del inst.claims[task_id]  # type: ignore[union-attr]
+            return True
+
+    def commit_claimed(
+        self, instance_id: str, task_id: str, token: str, items: list[tuple[CheckpointRecord, PayloadSink]]
+    ) -> list[CheckpointRecord] | None:
+        with self._lock:
+            inst = self._instances.get(instance_id)
+            current = inst.claims.get(task_id) if inst else None
+            if current is None or current.token != token:
+                return None
+            return self.put_records(instance_id, items)
+
+    def get_claims(self, instance_id: str) -> dict[str, Claim]:
+        with self._lock:
+            inst = self._instances.get(instance_id)
+            return {k: copy.copy(v) for k, v in inst.claims.items()} if inst else {}

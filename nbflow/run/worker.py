@@ -1,0 +1,617 @@
+"""PooledWorker: several processes share one store and split the steps of its instances.
+
+``WorkflowClient(backend).submit(wf, instance_id, input)`` stores a "pending" instance;
+every ``PooledWorker`` on the same store (a ``DiskcacheBackend`` directory on one
+machine) repeatedly:
+
+1. looks at the instances of the workflows it knows (pending, running — also one a
+   dead runner left "running" — waiting for a delay, awaiting a signal), skipping any a
+   ``CheckpointingRunner`` holds locked;
+2. computes the ready steps from the stored records alone (``compute_plan``: a step is
+   ready when everything it reads has a record and no route skipped it). Fork branches
+   are separate steps and every map item is its own unit (``step[i]``), so the branches
+   and items of one instance spread over all workers;
+3. *claims* a ready unit: an atomic add with an expiry (``claim_ttl``) in the
+   instance's store, refused while another worker's claim is live or if the unit's
+   record changed since step 2 looked (so a unit finished meanwhile never runs again);
+4. runs it with the single-process engine's own step code (retries, timeouts, loop
+   iteration checkpoints, route branch choice, merge, collect, delay, signal), while a
+   heartbeat thread renews its claims every ``heartbeat``;
+5. *commits* the unit's records with ``commit_claimed``: a compare-and-set in one
+   transaction that writes only while the claim still carries this worker's token. A
+   worker whose heartbeat was too slow — its claim expired and another worker took
+   the unit over — gets its commit refused: one unit never has two committed results;
+6. releases the claim. Whoever finds every step done marks the instance completed
+   (its output is read from the sinks' records); a step that fails after its retries
+   marks it failed.
+
+A worker killed mid-unit simply stops renewing: after ``claim_ttl`` another worker
+claims the unit and runs it again (at-least-once execution, exactly-once commit; use
+``get_task_context().idempotency_key`` for side effects). A delay is skipped until its
+stored wake-up time; a signal wait is retried each poll and consumes a buffered
+signal atomically (``backend.consume_signal``). Graceful shutdown (``shutdown()``,
+Ctrl-C, SIGTERM for ``nbflow worker``) claims nothing new and finishes the units in
+hand (``finish=False`` releases them at once instead).
+
+What a server-backed store (Redis, Postgres, ...) would need to host workers on many
+machines: (a) an atomic "add if absent or expired" with an expiry per claim (Redis
+``SET NX PX`` guarded by a Lua check of the record version; Postgres ``INSERT ... ON
+CONFLICT DO UPDATE ... WHERE expires_at < now()``), (b) a compare-and-set commit: write
+the records and check the claim token in one transaction (Lua script / row lock), (c)
+a queue index of runnable instances and ready units, so workers do not scan every
+instance's records each poll (here the scan reads them; fine on one machine, not at
+thousands of instances), and (d) a server clock for expiries (here workers share the
+machine's wall clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from nbflow.core.codecs import Codec, PickleCodec
+from nbflow.core.errors import ConfigurationError, NbflowError
+from nbflow.core.graph import Node, Source, WorkflowDefinition
+from nbflow.core.retry import parse_duration
+from nbflow.core.status import RunState, TaskError
+from nbflow.run import events as ev
+from nbflow.run import steps
+from nbflow.run.checkpoint import CheckpointIO, preview
+from nbflow.run.plan import RESTORE, RUN, SKIP, compute_plan
+from nbflow.run.scheduler import Parked, RunControl, Scheduler, StepFailed
+from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta, record_version
+
+__all__ = ["ClaimLostError", "PooledWorker", "WorkerHandle"]
+
+log = logging.getLogger("nbflow.worker")
+
+RUNNABLE = (RunState.PENDING, RunState.RUNNING, RunState.WAITING, RunState.AWAITING_SIGNAL)
+_BUSY = (RunState.PENDING, RunState.RUNNING, RunState.WAITING)  # keeps ``run(until_idle=True)`` going
+
+
+class ClaimLostError(NbflowError):
+    """This worker's claim on a unit expired and another worker took it over: the
+    result computed here is dropped (the other worker's is the one kept)."""
+
+    def __init__(self, instance_id: str, task_id: str, worker: str) -> None:
+        self.instance_id, self.task_id, self.worker = instance_id, task_id, worker
+        super().__init__(
+            f"worker {worker!r} lost its claim on {task_id!r} of instance {instance_id!r} (it expired and "
+            "another worker took the step over); its result was not stored. Make heartbeat shorter than claim_ttl."
+        )
+
+
+class _NotDue(Exception):  # noqa: N818 - control flow: a delay that has not elapsed yet
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+
+class _ClaimedIO(CheckpointIO):
+    """CheckpointIO whose every write is a compare-and-set on one claim."""
+
+    def __init__(self, backend: Backend, instance_id: str, codec: Codec, key: str, token: str, worker: str) -> None:
+        super().__init__(backend, instance_id, codec)
+        self.key, self.token, self.worker = key, token, worker
+
+    def _commit(self, items: list[tuple[CheckpointRecord, Any]]) -> list[CheckpointRecord]:
+        stored = self.backend.commit_claimed(self.instance_id, self.key, self.token, items)
+        if stored is None:
+            raise ClaimLostError(self.instance_id, self.key, self.worker)
+        return stored
+
+    def write(self, task_id: str, fingerprint: str, value: Any, **fields: Any) -> CheckpointRecord:
+        return self._commit([self.encode(task_id, fingerprint, value, **fields)])[0]
+
+    def write_many(self, items: list[tuple[CheckpointRecord, Any]]) -> list[CheckpointRecord]:
+        return self._commit(items)
+
+    def write_ref(self, task_id: str, fingerprint: str, extra: dict[str, Any], **fields: Any) -> CheckpointRecord:
+        record = CheckpointRecord(task_id=task_id, fingerprint=fingerprint, codec="ref", extra=extra, **fields)
+        return self._commit([(record, self.backend.new_sink(self.instance_id))])[0]
+
+
+@dataclass
+class _View:
+    """One instance as the stored records say it stands."""
+
+    meta: InstanceMeta
+    wf: WorkflowDefinition
+    records: dict[str, CheckpointRecord]
+    plan: dict[str, str]
+    io: CheckpointIO
+    _values: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, task_id: str) -> Any:
+        if task_id not in self._values:
+            self._values[task_id] = self.io.read(self.records[task_id], self.records.get)
+        return self._values[task_id]
+
+    def get(self, src: Source) -> Any:
+        value = self.value(INPUT_KEY if src.task is None else src.task)
+        return value if src.key is None else value[src.key]
+
+
+@dataclass
+class _Unit:
+    view: _View
+    node: Node
+    key: str  # the claim key, and the id of the record the unit commits
+    seen: float | None  # that record's version when the unit was planned
+    item: int | None = None  # a map item
+    chunk: tuple[int, int] | None = None  # a chunk of map items [start, stop)
+    finalize: bool = False  # a map whose items are all done: store the step's record
+    token: str = ""
+
+
+class WorkerHandle:
+    """A worker running in a background thread (what ``PooledWorker.start()`` returns)."""
+
+    def __init__(self, worker: PooledWorker, thread: threading.Thread) -> None:
+        self.worker, self._thread = worker, thread
+
+    def shutdown(self, wait: bool = True, *, finish: bool = True, timeout: float | None = None) -> None:
+        """Stop claiming; ``finish=True`` lets the units in hand finish and commit,
+        ``finish=False`` releases their claims at once (another worker re-runs them)."""
+        self.worker.request_stop(finish=finish)
+        if wait:
+            self.join(timeout)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the worker has stopped (after ``shutdown``, or when idle with
+        ``until_idle=True``); re-raises a crash of the worker loop."""
+        self._thread.join(timeout)
+        if self.worker.crash is not None and not self._thread.is_alive():
+            raise self.worker.crash
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def __repr__(self) -> str:
+        return f"<WorkerHandle {self.worker.worker_id!r} {'running' if self.is_alive() else 'stopped'}>"
+
+
+class PooledWorker:
+    """One worker of a pool sharing ``backend``; runs units of the ``workflows`` it knows.
+
+    Args:
+        worker_id: a name, stored in every record it commits (the widget shows it).
+        backend: the shared store (``DiskcacheBackend(path)``; pickles as its path).
+        workflows: the workflow definitions (or builders) this worker can run.
+        claim_ttl: how long a claim lives without a heartbeat ("5m", 300, ...).
+        heartbeat: how often claims in hand are renewed; keep it well under claim_ttl.
+        poll_interval: how often to look for work when there is none.
+        concurrency: units this worker runs at once (sync bodies in threads).
+        executor: run task bodies elsewhere (``ProcessExecutor``, ``DaskExecutor``).
+        codec: default codec for outputs (a workflow's own codec wins).
+
+    >>> from nbflow import InMemoryBackend, Workflow, WorkflowClient
+    >>> store = InMemoryBackend()
+    >>> wf = Workflow("inc").then(lambda x: x + 1).build()
+    >>> _ = WorkflowClient(store).submit(wf, "i-1", 41)
+    >>> PooledWorker("w1", store, [wf], poll_interval=0.05).run(until_idle=True)
+    >>> WorkflowClient(store).status("i-1").output
+    42
+    """
+
+    def __init__(
+        self,
+        worker_id: str,
+        backend: Backend,
+        workflows: Iterable[Any],
+        *,
+        claim_ttl: str | float = "5m",
+        heartbeat: str | float = "30s",
+        poll_interval: str | float = "1s",
+        concurrency: int = 1,
+        executor: Any = None,
+        codec: Codec | None = None,
+        echo_output: bool = False,
+    ) -> None:
+        from nbflow.run.runner import as_definition
+
+        if not isinstance(worker_id, str) or not worker_id.strip():
+            raise ConfigurationError("worker_id", worker_id, "a non-empty name such as 'worker-1'")
+        if not isinstance(backend, Backend):
+            raise ConfigurationError("backend", backend, "DiskcacheBackend(path), InMemoryBackend() or another Backend")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError("concurrency", concurrency, "a whole number >= 1")
+        defs = [as_definition(w) for w in workflows]
+        if not defs:
+            raise ConfigurationError("workflows", [], "at least one workflow this worker can run")
+        self.worker_id = worker_id
+        self.backend = backend
+        self.workflows: dict[str, WorkflowDefinition] = {d.name: d for d in defs}
+        self.claim_ttl = parse_duration(claim_ttl, "claim_ttl")
+        self.heartbeat = parse_duration(heartbeat, "heartbeat")
+        self.poll_interval = parse_duration(poll_interval, "poll_interval")
+        if self.claim_ttl <= 0 or self.heartbeat <= 0 or self.poll_interval <= 0:
+            raise ConfigurationError("claim_ttl/heartbeat/poll_interval", (claim_ttl, heartbeat, poll_interval), "positive durations")
+        self.concurrency = concurrency
+        self.executor = executor
+        self.codec = codec or PickleCodec()
+        self.echo_output = echo_output
+        self.events = ev.EventBus()
+        self.stats = {"units": 0, "committed": 0, "lost": 0, "failed": 0, "released": 0}
+        self.crash: BaseException | None = None
+        self._held: dict[tuple[str, str], str] = {}
+        self._held_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._finish = True
+        self._warned: set[str] = set()
+        self._known: list[str] = []
+        self._known_at = 0.0
+        self._items: dict[tuple[str, str, float | None], list[Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"PooledWorker({self.worker_id!r}, {self.backend!r}, workflows={sorted(self.workflows)})"
+
+    def subscribe(self, subscriber: Callable[[ev.RunEvent], None]) -> Callable[[], None]:
+        """Receive this worker's task events (they carry ``worker``)."""
+        return self.events.subscribe(subscriber)
+
+    # -- running ----------------------------------------------------------------------
+    def start(self, *, until_idle: bool = False) -> WorkerHandle:
+        """Run in a background thread; returns a handle with ``shutdown()``/``join()``."""
+        self._stop.clear()
+        thread = threading.Thread(target=self._thread_main, args=(until_idle,), name=f"nbflow-worker-{self.worker_id}", daemon=True)
+        thread.start()
+        return WorkerHandle(self, thread)
+
+    def run(self, *, until_idle: bool = False) -> None:
+        """Work until ``request_stop()``/Ctrl-C (graceful), or — ``until_idle=True`` —
+        until no instance of its workflows is pending, running or waiting for a delay."""
+        handle = self.start(until_idle=until_idle)
+        try:
+            while handle.is_alive():
+                handle.join(0.2)
+        except KeyboardInterrupt:
+            handle.shutdown(finish=True)
+            raise
+        handle.join()
+
+    def request_stop(self, *, finish: bool = True) -> None:
+        """Ask the loop to stop (thread-safe); see ``WorkerHandle.shutdown``."""
+        self._finish = finish
+        self._stop.set()
+
+    def _thread_main(self, until_idle: bool) -> None:
+        try:
+            asyncio.run(self._main(until_idle))
+        except BaseException as exc:
+            self.crash = exc
+            log.exception("worker %s crashed", self.worker_id)
+
+    async def _main(self, until_idle: bool) -> None:
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"nbflow-{self.worker_id}")
+        executor = self.executor if self.executor is not None else pool
+        beat_stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(beat_stop,), name=f"nbflow-heartbeat-{self.worker_id}", daemon=True)
+        beat.start()
+        running: dict[asyncio.Task[None], _Unit] = {}
+        next_scan = 0.0
+        try:
+            while not self._stop.is_set():
+                free = self.concurrency - len(running)
+                now = time.monotonic()
+                if free > 0 and now >= next_scan:
+                    units, busy = self._scan(free)
+                    for unit in units:
+                        running[asyncio.ensure_future(self._run_unit(unit, executor))] = unit
+                    if not units:
+                        next_scan = now + self.poll_interval
+                        if until_idle and not running and not busy:
+                            break
+                timeout = max(0.01, min(self.poll_interval, next_scan - time.monotonic())) if free > 0 else None
+                if running:
+                    done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        running.pop(task)
+                        task.result()  # _run_unit handles its own errors; a raise here is a bug
+                    if done:
+                        next_scan = 0.0  # a unit finished: look again at once
+                else:
+                    await asyncio.sleep(min(timeout or self.poll_interval, 0.1))
+            # graceful stop: claim nothing new; finish (or give back) what is in hand
+            if running and not self._finish:
+                self._release_all()
+                for task in running:
+                    task.cancel()
+            if running:
+                await asyncio.wait(running)
+        finally:
+            beat_stop.set()
+            beat.join(5)
+            self._release_all()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat):
+            with self._held_lock:
+                held = list(self._held.items())
+            for (iid, key), token in held:
+                try:
+                    if not self.backend.renew_claim(iid, key, token, self.claim_ttl):
+                        log.warning("worker %s: claim on %s/%s was taken over", self.worker_id, iid, key)
+                except Exception:  # a store hiccup: the next beat tries again
+                    log.exception("heartbeat of %s failed", self.worker_id)
+
+    def _release_all(self) -> None:
+        with self._held_lock:
+            held, self._held = dict(self._held), {}
+        for (iid, key), token in held.items():
+            try:
+                if self.backend.release_claim(iid, key, token):
+                    self.stats["released"] += 1
+            except Exception:  # noqa: BLE001 - the claim expires on its own anyway
+                pass
+
+    # -- finding work -----------------------------------------------------------------
+    def _instances(self) -> list[str]:
+        now = time.monotonic()
+        if now >= self._known_at:
+            metas = [m for m in self.backend.list_instances() if m.workflow in self.workflows]
+            metas.sort(key=lambda m: m.created_at)  # oldest first: instances finish in order
+            self._known = [m.instance_id for m in metas]
+            self._known_at = now + self.poll_interval
+        return self._known
+
+    def _scan(self, free: int) -> tuple[list[_Unit], bool]:
+        """Claim up to ``free`` ready units; also returns whether any instance is busy."""
+        claimed: list[_Unit] = []
+        busy = False
+        for iid in self._instances():
+            meta = self.backend.load_instance(iid)
+            if meta is None or meta.state not in RUNNABLE:
+                continue
+            wf = self.workflows[meta.workflow]
+            if meta.definition_hash != wf.definition_hash:
+                if iid not in self._warned:
+                    self._warned.add(iid)
+                    log.warning("worker %s skips %s: it was submitted with another shape of %r", self.worker_id, iid, wf.name)
+                continue
+            if meta.state in _BUSY:
+                busy = True
+            if self.backend.is_locked(iid):  # a CheckpointingRunner runs it in one process
+                continue
+            control = self.backend.get_control(iid)
+            if control is not None and control[0] in ("cancelled", "paused"):
+                self._set_state(iid, control[0], message=control[1])
+                continue
+            view = self._view(meta, wf)
+            if all(p in (RESTORE, SKIP) for p in view.plan.values()):
+                self._complete(view)
+                continue
+            units = self._ready(view)
+            random.shuffle(units)  # workers spread over the branches and items
+            for unit in units:
+                token = self.backend.claim(iid, unit.key, self.worker_id, self.claim_ttl, seen=unit.seen)
+                if token is None:
+                    continue
+                unit.token = token
+                with self._held_lock:
+                    self._held[(iid, unit.key)] = token
+                if meta.state != RunState.RUNNING and unit.node.kind not in ("delay", "signal"):
+                    self._set_state(iid, RunState.RUNNING.value)
+                    meta.state = RunState.RUNNING.value
+                claimed.append(unit)
+                if len(claimed) >= free:
+                    return claimed, True
+        return claimed, busy
+
+    def _view(self, meta: InstanceMeta, wf: WorkflowDefinition) -> _View:
+        records = self.backend.get_records(meta.instance_id)
+        io = CheckpointIO(self.backend, meta.instance_id, wf.codec or self.codec)
+        return _View(meta, wf, records, compute_plan(wf, records), io)
+
+    def _ready(self, view: _View) -> list[_Unit]:
+        units: list[_Unit] = []
+        plan, records = view.plan, view.records
+        now = time.time()
+        for node in view.wf.nodes:
+            state = plan[node.id]
+            if state in (RESTORE, SKIP) or any(plan[d] not in (RESTORE, SKIP) for d in node.deps):
+                continue
+            seen = record_version(records.get(node.id))
+            if node.kind == "map" and state == RUN:
+                items = self._map_items(view, node)
+                if items is None:  # not iterable: let the step itself fail with the message
+                    units.append(_Unit(view, node, node.id, seen))
+                    continue
+                size = _chunk_size(len(items))
+                todo = []
+                for start in range(0, len(items), size):
+                    stop = min(start + size, len(items))
+                    missing = [i for i in range(start, stop) if not _valid(records.get(f"{node.id}[{i}]"), node)]
+                    if not missing:
+                        continue
+                    if size == 1:
+                        rec = records.get(f"{node.id}[{start}]")
+                        todo.append(_Unit(view, node, f"{node.id}[{start}]", record_version(rec), item=start))
+                    else:  # claimed and committed as one unit; its marker record ends it
+                        key = f"{node.id}[{start}:{stop}]"
+                        todo.append(_Unit(view, node, key, record_version(records.get(key)), chunk=(start, stop)))
+                units.extend(todo or [_Unit(view, node, node.id, seen, finalize=True)])
+                continue
+            if node.kind == "delay" and state == RUN:
+                wake = records.get(f"{node.id}#wake")
+                if wake is not None and wake.fingerprint == node.fingerprint and float(wake.extra.get("at", 0)) > now:
+                    continue  # not due yet
+            units.append(_Unit(view, node, node.id, seen))
+        return units
+
+    def _map_items(self, view: _View, node: Node) -> list[Any] | None:
+        src = node.params[0][1]
+        dep = src.task or INPUT_KEY
+        cache_key = (view.meta.instance_id, node.id, record_version(view.records.get(dep)))
+        items = self._items.get(cache_key)
+        if items is None:
+            try:
+                items = list(view.get(src))
+            except TypeError:
+                return None
+            if len(self._items) > 256:
+                self._items.clear()
+            self._items[cache_key] = items
+        return items
+
+    # -- running one unit -------------------------------------------------------------
+    async def _run_unit(self, unit: _Unit, executor: Any) -> None:
+        view, node = unit.view, unit.node
+        iid = view.meta.instance_id
+        io = _ClaimedIO(self.backend, iid, view.io.codec, unit.key, unit.token, self.worker_id)
+        sched = Scheduler(
+            wf=view.wf,
+            instance_id=iid,
+            plan=dict(view.plan),
+            records=dict(view.records),
+            input_value=view.value(INPUT_KEY) if INPUT_KEY in view.records else None,
+            io=io,
+            bus=self.events,
+            control=RunControl(self.backend, iid),
+            executor=executor,
+            echo=self.echo_output,
+            inline_sync=False,
+            worker=self.worker_id,
+            park_on_signal=True,
+        )
+        sched._skipped.update(t for t, p in view.plan.items() if p == SKIP)
+        self.stats["units"] += 1
+        try:
+            if unit.item is not None:
+                await self._run_item(sched, unit)
+            elif unit.chunk is not None:
+                await self._run_chunk(sched, unit)
+            elif unit.finalize:
+                total = len(self._map_items(view, node) or [])
+                output = [view.value(f"{node.id}[{i}]") for i in range(total)]
+                sched.commit(node, output, extra={"items": total})
+            elif node.kind == "delay":
+                at = await steps._deadline(sched, node, "wake", node.options["seconds"])
+                if at > time.time():
+                    raise _NotDue(at)
+                await steps.run_delay(sched, node)
+            else:
+                await sched._execute(node, inline=False)
+        except ClaimLostError as exc:
+            self.stats["lost"] += 1
+            log.warning("%s", exc)
+        except StepFailed as failed:
+            self.stats["failed"] += 1
+            self._fail(iid, failed.error)
+        except Parked as parked:
+            self._set_state(iid, RunState.AWAITING_SIGNAL.value, signal=parked.signal)
+        except _NotDue as due:
+            self._set_state(iid, RunState.WAITING.value, wake_at=due.at)
+        except asyncio.CancelledError:
+            pass  # shutdown(finish=False): the claim is released below
+        except Exception as exc:  # noqa: BLE001 - a store problem (unreadable checkpoint, ...)
+            self.stats["failed"] += 1
+            self._fail(iid, TaskError(unit.key, type(exc).__name__, str(exc)))
+        else:
+            self.stats["committed"] += 1
+        finally:
+            with self._held_lock:
+                token = self._held.pop((iid, unit.key), None)
+            if token is not None:
+                try:
+                    self.backend.release_claim(iid, unit.key, token)
+                except Exception:  # noqa: BLE001 - it expires on its own
+                    pass
+
+    async def _run_item(self, sched: Scheduler, unit: _Unit) -> None:
+        node, i = unit.node, unit.item
+        assert node.fn is not None and i is not None
+        items = self._map_items(unit.view, node) or []
+        value, cap, attempt, started = await sched.attempts(node, node.fn, [items[i]], {}, unit.key, False)
+        finished = time.time()
+        record = sched.io.write(
+            unit.key, node.fingerprint, value, attempt=attempt, started_at=started, finished_at=finished,
+            preview=preview(value), stdout=cap.stdout.getvalue(), stderr=cap.stderr.getvalue(),
+            worker=getattr(cap, "worker", None) or self.worker_id,
+        )
+        sched.publish(
+            ev.TaskFinished, task_id=unit.key, attempt=attempt, duration=finished - started,
+            preview=record.preview, stdout=record.stdout, stderr=record.stderr, worker=record.worker,
+        )
+
+    async def _run_chunk(self, sched: Scheduler, unit: _Unit) -> None:
+        """Several items of a map, one claim and one commit (plus a marker record under
+        the chunk's key, so a worker that planned before the commit cannot re-claim it)."""
+        node, (start, stop) = unit.node, unit.chunk or (0, 0)
+        assert node.fn is not None
+        items = self._map_items(unit.view, node) or []
+        batch: list[tuple[CheckpointRecord, Any]] = []
+        failure: StepFailed | None = None
+        for i in range(start, stop):
+            key = f"{node.id}[{i}]"
+            if _valid(unit.view.records.get(key), node):
+                continue
+            try:
+                value, cap, attempt, started = await sched.attempts(node, node.fn, [items[i]], {}, key, False)
+            except StepFailed as failed:
+                failure = failed
+                break
+            batch.append(sched.io.encode(
+                key, node.fingerprint, value, attempt=attempt, started_at=started, finished_at=time.time(),
+                preview=preview(value), stdout=cap.stdout.getvalue(), stderr=cap.stderr.getvalue(),
+                worker=getattr(cap, "worker", None) or self.worker_id,
+            ))
+        if failure is None:
+            marker = CheckpointRecord(task_id=unit.key, fingerprint=node.fingerprint, codec="ref",
+                                      finished_at=time.time(), worker=self.worker_id, extra={"chunk": [start, stop]})
+            batch.append((marker, self.backend.new_sink(sched.instance_id)))
+        if batch:
+            sched.io.write_many(batch)  # the items that finished are kept even if one failed
+            known = sum(1 for i in range(len(items)) if f"{node.id}[{i}]" in sched.records)
+            done = known + sum(1 for record, _ in batch if record.codec != "ref")
+            sched.publish(ev.MapProgress, task_id=node.id, done=done, total=len(items))  # as far as this worker knows
+        if failure is not None:
+            raise failure
+
+    # -- instance states --------------------------------------------------------------
+    def _set_state(self, iid: str, state: str, *, wake_at: float | None = None, signal: str | None = None, message: str = "") -> None:
+        meta = self.backend.load_instance(iid)
+        if meta is None or RunState(meta.state).finished or meta.state in ("cancelled",):
+            return
+        if (meta.state, meta.wake_at, meta.signal) == (state, wake_at, signal):
+            return
+        meta.state, meta.wake_at, meta.signal, meta.updated_at = state, wake_at, signal, time.time()
+        meta.message = message or meta.message
+        self.backend.save_instance(meta)
+
+    def _fail(self, iid: str, error: TaskError) -> None:
+        meta = self.backend.load_instance(iid)
+        if meta is None or meta.state == RunState.COMPLETED:
+            return
+        meta.state, meta.error, meta.updated_at = RunState.FAILED.value, error.to_dict(), time.time()
+        meta.message = f"failed on worker {self.worker_id}"
+        self.backend.save_instance(meta)
+        self.events.publish(
+            ev.RunFinished(workflow=meta.workflow, instance_id=iid, state="failed", error=str(error), failed_task=error.task_id)
+        )
+
+    def _complete(self, view: _View) -> None:
+        meta = self.backend.load_instance(view.meta.instance_id)
+        if meta is None or RunState(meta.state).finished:
+            return
+        meta.state, meta.wake_at, meta.signal, meta.error = RunState.COMPLETED.value, None, None, None
+        meta.updated_at, meta.message = time.time(), f"completed by worker {self.worker_id}"
+        self.backend.save_instance(meta)
+        self.events.publish(ev.RunFinished(workflow=meta.workflow, instance_id=meta.instance_id, state="completed"))
+
+
+def _valid(record: CheckpointRecord | None, node: Node) -> bool:
+    return record is not None and record.fingerprint == node.fingerprint
+
+
+def _chunk_size(items: int) -> int:
+    """Map items per claim: one by one for small maps (they spread best); up to 32 for
+    big ones, so tiny items do not pay three store transactions each."""
+    return max(1, min(32, items // 16))

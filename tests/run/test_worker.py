@@ -1,0 +1,159 @@
+"""PooledWorker in-process: every step kind, on both backends, several workers at once."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+import nbflow as nf
+from nbflow.core.status import LoopResult
+
+
+@pytest.fixture(params=["memory", "disk"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    return nf.InMemoryBackend() if request.param == "memory" else nf.DiskcacheBackend(tmp_path / "s")
+
+
+def _drain(store, wfs, n: int = 2, **kw) -> list[nf.PooledWorker]:  # type: ignore[no-untyped-def]
+    workers = [nf.PooledWorker(f"w{i}", store, wfs, poll_interval=0.05, concurrency=2, **kw) for i in range(n)]
+    handles = [w.start(until_idle=True) for w in workers]
+    for h in handles:
+        h.join(60)
+        assert not h.is_alive()
+    return workers
+
+
+def _grow(x: int) -> LoopResult:
+    return LoopResult.done(x) if x >= 20 else LoopResult.again(x + 6)
+
+
+def _child() -> nf.WorkflowDefinition:
+    return nf.Workflow("child").fork().branch("lo", lambda x: x - 1).branch("hi", lambda x: x + 1).join("pair", lambda d: d).build()
+
+
+def test_every_step_kind(store) -> None:  # type: ignore[no-untyped-def]
+    def area(w: int, h: int) -> int:
+        return w * h
+
+    wf = (
+        nf.Workflow("kinds")
+        .then("start", lambda x: x)
+        .fork().branch("dbl", lambda x: 2 * x).branch("tri", lambda x: 3 * x).join("join", lambda d: d["dbl"] + d["tri"])
+        .then("items", lambda s: list(range(s)))
+        .map("sq", lambda i: i * i)
+        .then("total", sum)
+        .loop("grow", _grow)
+        .route(lambda x: "big" if x > 100 else "small", keys=["big", "small"])
+        .branch("big", ("b", lambda x: f"big {x}"))
+        .branch("small", ("s", lambda x: f"small {x}"))
+        .done()
+        .delay("nap", 0.2)
+        .then_flow(nf.Workflow("c2").fork().branch("up", str.upper).branch("ln", len).join("both", lambda d: d).build())
+        .build()
+    )
+    wf2 = (
+        nf.Workflow("kw")
+        .add("w", lambda: 3)
+        .add("h", lambda x: x, inputs={"x": nf.InputRef("h")})
+        .add("area", area, inputs={"w": "w", "h": "h"})
+        .build()
+    )
+    client = nf.WorkflowClient(store)
+    for i in range(3):
+        client.submit(wf, f"k-{i}", i + 1)
+    client.submit(wf2, "kw-1", {"h": 7})
+    workers = _drain(store, [wf, wf2])
+    expected = nf.CheckpointingRunner(nf.InMemoryBackend()).run(wf, "ref", 2).output
+    assert client.status("k-1").output == expected
+    for i in range(3):
+        status = client.status(f"k-{i}")
+        assert status.state == "completed", status
+        records = store.get_records(f"k-{i}")
+        assert "s" not in records or "b" not in records  # one route branch ran, the other was skipped
+        ran = [t for t in records if t in wf or t.startswith("sq[")]
+        assert ran and all(records[t].worker in ("w0", "w1") for t in ran), {t: records[t].worker for t in ran}
+    assert client.status("kw-1").output == 21
+    assert sum(w.stats["committed"] for w in workers) > 40
+
+
+def test_big_map_is_chunked_over_workers(store) -> None:  # type: ignore[no-untyped-def]
+    wf = nf.Workflow("big").then("items", lambda n: list(range(n))).map("m", lambda i: i * 2).then("total", sum).build()
+    client = nf.WorkflowClient(store)
+    client.submit(wf, "big-1", 300)
+    _drain(store, [wf], n=3)
+    assert client.status("big-1").output == sum(range(0, 600, 2))
+    records = store.get_records("big-1")
+    assert all(f"m[{i}]" in records for i in range(300))
+    chunks = [t for t in records if t.startswith("m[") and ":" in t]
+    assert chunks and all(records[c].codec == "ref" for c in chunks)
+    assert client.get_task_result("big-1", "m") == [i * 2 for i in range(300)]
+
+
+def test_signal_is_consumed_once(store) -> None:  # type: ignore[no-untyped-def]
+    wf = nf.Workflow("sig").then("a", lambda x: x).wait_for_signal("go").then("b", lambda p: p["n"] * 2).build()
+    client = nf.WorkflowClient(store)
+    client.submit(wf, "s-1", 1)
+    worker = nf.PooledWorker("w", store, [wf], poll_interval=0.05)
+    handle = worker.start()
+    deadline = time.time() + 20
+    while client.status("s-1").state != "awaiting_signal" and time.time() < deadline:
+        time.sleep(0.05)
+    assert client.status("s-1").state == "awaiting_signal"
+    client.send_signal("s-1", "go", {"n": 21})
+    while client.status("s-1").state != "completed" and time.time() < deadline:
+        time.sleep(0.05)
+    handle.shutdown(timeout=10)
+    assert client.status("s-1").output == 42
+    assert store.pop_signal("s-1", "go") is None
+
+
+def test_failure_after_retries_marks_the_instance_failed(store) -> None:  # type: ignore[no-untyped-def]
+    calls = []
+
+    @nf.task(retries=1)
+    def bad(x: int) -> int:
+        calls.append(x)
+        raise ValueError("nope")
+
+    wf = nf.Workflow("bad").then(bad).then("after", lambda x: x).build()
+    client = nf.WorkflowClient(store)
+    client.submit(wf, "b-1", 1)
+    _drain(store, [wf], n=1)
+    status = client.status("b-1")
+    assert status.state == "failed" and status.error.task_id == "bad" and status.error.type == "ValueError"
+    assert len(calls) == 2  # the retry policy applies inside the worker
+
+
+def test_events_carry_the_worker(store) -> None:  # type: ignore[no-untyped-def]
+    wf = nf.Workflow("ev").then("a", lambda x: x + 1).map("m", lambda i: i).build()
+    nf.WorkflowClient(store).submit(wf, "e-1", 1)
+    seen = []
+    worker = nf.PooledWorker("named", store, [wf], poll_interval=0.05)
+    worker.subscribe(seen.append)
+    worker.run(until_idle=True)
+    finished = [e for e in seen if type(e).__name__ == "TaskFinished"]
+    assert finished and {e.worker for e in finished} == {"named"}
+    assert store.get_record("e-1", "a").worker == "named"
+
+
+def test_unknown_shape_is_left_alone(store) -> None:  # type: ignore[no-untyped-def]
+    wf = nf.Workflow("shape").then("a", lambda x: x).build()
+    other = nf.Workflow("shape").then("a", lambda x: x).then("b", lambda x: x).build()
+    nf.WorkflowClient(store).submit(other, "x-1", 1)
+    nf.PooledWorker("w", store, [wf], poll_interval=0.05).run(until_idle=True)
+    assert nf.WorkflowClient(store).status("x-1").state == "pending"
+
+
+def test_worker_validates_options() -> None:
+    store = nf.InMemoryBackend()
+    wf = nf.Workflow("v").then(lambda x: x).build()
+    with pytest.raises(nf.ConfigurationError):
+        nf.PooledWorker("", store, [wf])
+    with pytest.raises(nf.ConfigurationError):
+        nf.PooledWorker("w", store, [wf], concurrency=0)
+    with pytest.raises(nf.ConfigurationError):
+        nf.PooledWorker("w", store, [])
+    with pytest.raises(nf.ConfigurationError):
+        nf.PooledWorker("w", store, [wf], claim_ttl="soon")
