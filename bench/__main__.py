@@ -29,16 +29,13 @@ BENCHES: dict[str, str] = {
     "resume": "bench.resume",
     "large": "bench.large",
     "map": "bench.map",  # issue 4; skips itself when Workflow.map is missing
+    "scale": "bench.scale",  # issue 5
 }
 
 #: Benches from later issues: listed so `--only` knows them, skipped until the feature
 #: they measure exists. To add one: write bench/<name>.py with ``run(cfg, log)``, move
 #: the entry to BENCHES.
 PLANNED: dict[str, tuple[str, Callable[[], bool]]] = {
-    "widget": ("issue 3: live-widget overhead on 1k/10k-task runs and comm messages/s; 200-node DAG layout",
-               lambda: _importable("nbflow.jupyter.widget")),
-    "scale": ("issue 5: CPU-bound 8-branch fork inline vs process vs Dask executor; PooledWorker throughput",
-              lambda: _has_attr("nbflow", "PooledWorker")),
 }
 
 

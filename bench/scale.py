@@ -183,6 +183,38 @@ def bench_pool(instances: int, items: int, workers: tuple[int, ...] = (1, 2, 4))
     return out
 
 
+def run(cfg: Any, log: Any) -> list[Any]:
+    """The ``python -m bench --only scale`` entry: the same measures as table rows.
+
+    A speed-up target of >= 1.7x is expressed as executor wall / inline wall <= 0.59."""
+    from bench.core import Row
+
+    quick = bool(getattr(cfg, "quick", False))
+    log("scale: calibrating the CPU burner")
+    n = calibrate(0.2 if quick else 1.0)
+    log(f"scale: CPU fork of {BRANCHES} branches")
+    cpu = bench_cpu(n)
+    rows = [Row("scale", f"CPU fork {BRANCHES} branches: inline (threads)", cpu["inline_s"], "s")]
+    for key, label in (("process", "ProcessExecutor(2)"), ("dask", "DaskExecutor(LocalCluster 2)"), ("sayiir", "sayiir 1.0")):
+        value = cpu.get(f"{key}_s")
+        if value is None:
+            rows.append(Row("scale", f"CPU fork: {label}", None, "s", note="skipped: not installed"))
+            continue
+        target = {"target": "<= 0.59x (speed-up >= 1.7x)", "target_max": 0.59} if key != "sayiir" else {}
+        rows.append(Row("scale", f"CPU fork: {label} wall / inline wall", value, "s", baseline="inline",
+                        baseline_value=cpu["inline_s"], note=f"speed-up {cpu[f'{key}_speedup']}x", **target))
+    log("scale: worker pool throughput")
+    pool = bench_pool(4 if quick else INSTANCES, 100 if quick else ITEMS)
+    single = pool["single_process_runner_tasks_per_s"]
+    rows.append(Row("scale", f"{pool['tasks']} trivial tasks: single-process runner", single, "tasks/s"))
+    for w in (1, 2, 4):
+        value = pool.get(f"pool_{w}_workers_tasks_per_s")
+        if value is not None:
+            rows.append(Row("scale", f"{pool['tasks']} trivial tasks: PooledWorker x{w}", value, "tasks/s",
+                            baseline="single-process runner", baseline_value=single))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="~0.2 s branches and 400 pool tasks")

@@ -20,7 +20,6 @@ def test_design_name_exists(name: str) -> None:
     assert name in nf.__all__
 
 
-@pytest.mark.xfail(reason="issue 5: PooledWorker and DaskExecutor are not built yet", strict=True)
 def test_issue_5_scaling_out_names_exist() -> None:
     for name in LATER_NAMES:
         assert hasattr(nf, name), name
