@@ -30,6 +30,7 @@ BENCHES: dict[str, str] = {
     "large": "bench.large",
     "map": "bench.map",  # issue 4; skips itself when Workflow.map is missing
     "scale": "bench.scale",  # issue 5
+    "widget": "bench.widget",  # issue 3; skips itself without the jupyter extra
 }
 
 #: Benches from later issues: listed so `--only` knows them, skipped until the feature

@@ -13,6 +13,7 @@ Nothing here draws or imports a UI toolkit; layout lives in ``render.py``, paint
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -41,6 +42,9 @@ ACTIVE_STATES = frozenset({"running", "retrying", "waiting", "awaiting_signal"})
 #: States that count towards "done/total" on the progress bar.
 COMPLETE_STATES = frozenset({"done", "restored", "skipped"})
 _PARKED_RUN_STATES = frozenset({"paused", "waiting", "awaiting_signal"})
+
+# Ids of map items and loop iterations: "<node>[<index>]", "<node>#<iteration>".
+_ITEM_ID = re.compile(r"^(.+)(?:\[\d+\]|#\d+)$")
 
 # Text shown to the user is capped: a task printing megabytes must not be shipped to
 # the browser several times a second.
@@ -210,6 +214,9 @@ class ProgressModel:
         task_id = getattr(e, "task_id", None)
         if task_id is None:
             return False
+        owner = self._item_owner(task_id)
+        if owner is not None:
+            return self._apply_item(self._tasks[owner], e)
         info = self._info(task_id)
         if isinstance(e, ev.TaskStarted):
             self._set(info, "running")
@@ -244,6 +251,32 @@ class ProgressModel:
             info.map_done, info.map_total, info.map_failed = e.done, e.total, e.failed
             if info.state in ("pending", "stale"):
                 self._set(info, "running")
+        else:
+            return False
+        return True
+
+    def _item_owner(self, task_id: str) -> str | None:
+        """The map/loop node of an item id (``square[3]``, ``newton#2``), else None."""
+        if task_id in self._tasks:
+            return None
+        m = _ITEM_ID.match(task_id)
+        return m.group(1) if m is not None and m.group(1) in self._tasks else None
+
+    def _apply_item(self, info: TaskInfo, e: ev.RunEvent) -> bool:
+        """One map item's or loop iteration's event, folded into its node: items are
+        never rows of their own (a 10,000-item map is one node with a counter)."""
+        if isinstance(e, ev.TaskStarted):
+            if info.state not in ("pending", "stale", "retrying"):
+                return False
+            self._set(info, "running")
+            info.started_at = info.started_at or e.time
+        elif isinstance(e, ev.TaskRetrying):
+            self._set(info, "retrying")
+            info.error = e.error
+        elif isinstance(e, ev.TaskFailed):
+            self._set(info, "failed")
+            info.attempts, info.error, info.traceback = e.attempt, e.error, _clip(e.traceback)
+            info.stdout, info.stderr = _clip(e.stdout), _clip(e.stderr)
         else:
             return False
         return True
