@@ -375,10 +375,10 @@ The widget paints every task in its state:
 
 | colour | state | meaning |
 | --- | --- | --- |
-| white | pending | not run yet (or will be restored from its checkpoint on resume) |
+| white | pending | not run yet |
 | blue | running | executing now |
 | green | done | ran in this run and is checkpointed |
-| light green | restored | its checkpoint was reused; it did not run |
+| light green | restored | its checkpoint was reused (before a resume: will be reused); it does not run |
 | red | failed | raised (after its retries); click it for the traceback |
 | orange | retrying | failed, will try again |
 | yellow | stale | its code changed since its checkpoint: it and its descendants will run again |
@@ -426,7 +426,7 @@ task's code, so it knows that the checkpoint of `clean` was made by other code: 
 untouched and will be restored.
 
 `--no-run` builds the workflow and shows the widget **without running**, so you see what
-would happen first: stale tasks are yellow.
+would happen first: stale tasks are yellow, tasks whose checkpoints will be reused light green.
 """),
         code(IGNORE + SALES_V3_NO_RUN),
         md("""

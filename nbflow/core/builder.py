@@ -380,15 +380,36 @@ class ForkBuilder(Generic[B]):
         return self
 
     def join(self, name_or_fn: str | Step, fn: Step | None = None, **options: Any) -> B:
-        """Close the fork with a task receiving ``{branch_key: output}``."""
+        """Close the fork with a task receiving ``{branch_key: output}``.
+
+        When the join function's parameters are exactly the branch keys (``def
+        report(stats, plot)`` after ``.branch(stats).branch(plot)``), it is called with
+        them as keyword arguments instead — the same function then works in a
+        ``%%workflow`` cell and in the builder.
+        """
         parent = self._parent
         if not self._branches:
             raise parent._fail(".join() after .fork() with no branches", "Add .branch(fn) before .join(...)")
         task_id, func, spec = parent._resolve("join", name_or_fn, fn, options)
         params = tuple((key, Source(last)) for key, last in self._branches)
-        parent._add_node(Node(task_id, "task", func, spec, "dict", params, fingerprint(func, spec.version)))
+        mode = "kwargs" if _takes_exactly(func, [key for key, _ in self._branches]) else "dict"
+        parent._add_node(Node(task_id, "task", func, spec, mode, params, fingerprint(func, spec.version)))
         parent._cursor = Source(task_id)
         return parent
+
+
+def _takes_exactly(fn: Step, names: list[str]) -> bool:
+    """True if ``fn``'s parameters are exactly ``names`` (two or more), all passable by
+    keyword: a join written like a notebook task."""
+    if len(names) < 2:
+        return False
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = list(sig.parameters.values())
+    return all(p.kind in kinds for p in params) and sorted(p.name for p in params) == sorted(names)
 
 
 def _pair_steps(parent: WorkflowBuilder, steps: tuple[Any, ...]) -> list[tuple[str | None, Step]]:

@@ -83,9 +83,28 @@ class RunLog:
         self.state = ""
         self.error = ""
 
+    def _owner(self, task_id: str) -> str | None:
+        """The step an event is about: map items (``sq[3]``) and loop rounds
+        (``newton#2``) belong to their map or loop step."""
+        if task_id in self.tasks:
+            return task_id
+        base = re.sub(r"(\[\d+\]|#\d+)$", "", task_id)
+        return base if base in self.tasks else None
+
     def __call__(self, event: ev.RunEvent) -> None:
         if event.instance_id != self.instance_id:
             return
+        task_id = getattr(event, "task_id", None)
+        if task_id is not None and not isinstance(event, ev.RunStarted):
+            owner = self._owner(task_id)
+            if owner is None:
+                return
+            if owner != task_id:  # an item: only its start, retry and failure show on the step
+                if isinstance(event, ev.TaskStarted | ev.TaskRetrying | ev.TaskFailed):
+                    self.tasks[owner] = {ev.TaskStarted: "running", ev.TaskRetrying: "retrying"}.get(
+                        type(event), "failed"
+                    )
+                return
         if isinstance(event, ev.RunStarted):
             self.tasks = {t: ("stale" if event.plan.get(t) == "stale" else "pending") for t in event.tasks}
             self.attempts, self.state, self.error = {}, "running", ""

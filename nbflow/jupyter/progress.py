@@ -172,12 +172,14 @@ class ProgressModel:
             info.state = state
 
     def set_plan(self, plan: Mapping[str, str]) -> None:
-        """Show what a resume will do before it runs: ``"stale"`` tasks are painted stale."""
+        """Show what a resume will do before it runs: tasks with a valid checkpoint are
+        painted restored, ``"stale"`` ones stale, branches a route did not take skipped."""
+        painted = {"stale": "stale", "restore": "restored", "skip": "skipped"}
         with self._lock:
             for tid, what in plan.items():
                 info = self._info(tid)
-                if info.state in ("pending", "stale"):
-                    self._set(info, "stale" if what == "stale" else "pending")
+                if info.state in ("pending", "stale", "restored", "skipped"):
+                    self._set(info, painted.get(what, "pending"))
             self.version += 1
 
     def apply(self, event: ev.RunEvent) -> bool:

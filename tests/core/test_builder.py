@@ -184,3 +184,28 @@ def test_workflow_definition_pickles() -> None:
     wf = nf.Workflow("w").then(load).then(clean).build()
     clone = pickle.loads(cloudpickle.dumps(wf))
     assert clone.definition_hash == wf.definition_hash and clone.task_ids == wf.task_ids
+
+
+def test_join_whose_parameters_are_the_branch_keys_gets_keywords() -> None:
+    def load(path: str) -> list[int]:
+        return [1, 2, 3]
+
+    def stats(rows: list[int]) -> int:
+        return len(rows)
+
+    def plot(rows: list[int]) -> str:
+        return "#" * len(rows)
+
+    def report(stats: int, plot: str) -> dict[str, object]:  # notebook style: one parameter per branch
+        return {"rows": stats, "plot": plot}
+
+    def combine(parts: dict[str, object]) -> dict[str, object]:  # seed style: one dict
+        return parts
+
+    runner = nf.CheckpointingRunner(nf.InMemoryBackend())
+    kw = nf.Workflow("kw").then(load).fork().branch(stats).branch(plot).join(report).build()
+    assert kw.node("report").mode == "kwargs"
+    assert runner.run(kw, "k", "x").output == {"rows": 3, "plot": "###"}
+    seed = nf.Workflow("seed").then(load).fork().branch(stats).branch(plot).join(combine).build()
+    assert seed.node("combine").mode == "dict"
+    assert runner.run(seed, "s", "x").output == {"stats": 3, "plot": "###"}
