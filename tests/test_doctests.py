@@ -8,8 +8,6 @@ import pkgutil
 
 import pytest
 
-import nbflow
-
 PACKAGES = ["nbflow.core", "nbflow.store", "nbflow.run"]
 
 

@@ -19,10 +19,8 @@ printed to stderr and the cell's value is None.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
-import re
 import shlex
 import sys
 import threading
@@ -36,7 +34,6 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
-import nbflow
 from nbflow import (
     CheckpointingRunner,
     ConflictPolicy,
@@ -49,87 +46,14 @@ from nbflow import (
     WorkflowStatus,
 )
 from nbflow.jupyter.cell import analyze_cell, build_cell_workflow, check_inputs
+from nbflow.jupyter.lineparse import USAGE, parse_inputs, split_line
+from nbflow.jupyter.reports import RunLog, StatusReport, format_failure
 from nbflow.run import events as ev
 
-__all__ = ["BackgroundControls", "RunLog", "StatusReport", "WorkflowMagics", "parse_inputs"]
+__all__ = ["BackgroundControls", "WorkflowMagics"]
 
 DEFAULT_DIR = ".nbflow"
-USAGE = """\
-%workflow list                      instances in the store(s) used by this kernel
-%workflow status NAME               state of a workflow (or instance id) and its tasks
-%workflow resume NAME               continue an instance (--background, --no-widget)
-%workflow cancel NAME               stop a running instance (finished tasks are kept)
-%workflow pause NAME                stop after the running tasks finish
-%workflow unpause NAME              lift a pause (then resume)
-%workflow signal NAME SIGNAL JSON   send a signal with a JSON payload
-%workflow show NAME                 show the widget (or text) with what a resume would do
-%workflow clear NAME                delete an instance and its checkpoints
-NAME is a workflow defined by a %%workflow cell in this kernel, or a stored instance id.
-Every command takes --dir PATH (default: the cell's --dir, else ./.nbflow)."""
 
-
-# -- run bookkeeping ------------------------------------------------------------------------
-class RunLog:
-    """Folds one runner's events into per-task states, for ``%workflow status``.
-
-    Subscribed to the runner next to the widget, so the text view works with
-    ``--no-widget`` too. Thread-safe enough: events come from one engine thread.
-    """
-
-    def __init__(self, instance_id: str, tasks: tuple[str, ...] = ()) -> None:
-        self.instance_id = instance_id
-        self.tasks: dict[str, str] = dict.fromkeys(tasks, "pending")
-        self.attempts: dict[str, int] = {}
-        self.state = ""
-        self.error = ""
-
-    def _owner(self, task_id: str) -> str | None:
-        """The step an event is about: map items (``sq[3]``) and loop rounds
-        (``newton#2``) belong to their map or loop step."""
-        if task_id in self.tasks:
-            return task_id
-        base = re.sub(r"(\[\d+\]|#\d+)$", "", task_id)
-        return base if base in self.tasks else None
-
-    def __call__(self, event: ev.RunEvent) -> None:
-        if event.instance_id != self.instance_id:
-            return
-        task_id = getattr(event, "task_id", None)
-        if task_id is not None and not isinstance(event, ev.RunStarted):
-            owner = self._owner(task_id)
-            if owner is None:
-                return
-            if owner != task_id:  # an item: only its start, retry and failure show on the step
-                if isinstance(event, ev.TaskStarted | ev.TaskRetrying | ev.TaskFailed):
-                    self.tasks[owner] = {ev.TaskStarted: "running", ev.TaskRetrying: "retrying"}.get(
-                        type(event), "failed"
-                    )
-                return
-        if isinstance(event, ev.RunStarted):
-            self.tasks = {t: ("stale" if event.plan.get(t) == "stale" else "pending") for t in event.tasks}
-            self.attempts, self.state, self.error = {}, "running", ""
-        elif isinstance(event, ev.TaskStarted):
-            self.tasks[event.task_id] = "running"
-            self.attempts[event.task_id] = event.attempt
-        elif isinstance(event, ev.TaskRestored):
-            self.tasks[event.task_id] = "restored"
-        elif isinstance(event, ev.TaskFinished):
-            self.tasks[event.task_id] = "done"
-        elif isinstance(event, ev.TaskRetrying):
-            self.tasks[event.task_id] = "retrying"
-        elif isinstance(event, ev.TaskFailed):
-            self.tasks[event.task_id] = "failed"
-        elif isinstance(event, ev.TaskSkipped):
-            self.tasks[event.task_id] = "skipped"
-        elif isinstance(event, ev.TaskWaiting):
-            self.tasks[event.task_id] = "awaiting_signal" if event.signal else "waiting"
-        elif isinstance(event, ev.RunFinished):
-            self.state = event.state
-            self.error = event.error or ""
-            if event.state not in ("completed", "failed"):
-                for tid, st in self.tasks.items():
-                    if st == "running":
-                        self.tasks[tid] = event.state  # cancelled / interrupted / paused
 
 
 @dataclass
@@ -159,161 +83,6 @@ class _Entry:
             inline_sync=False,
         )
         return self.runner
-
-
-class StatusReport:
-    """What ``%workflow status`` returns: the stored status plus per-task states.
-
-    Displays as deterministic text; ``.status`` is the ``WorkflowStatus`` and
-    ``.tasks`` maps task ids to their state in this kernel's last run (or to
-    "checkpointed" / "not run" / "stale" from the store when there was none).
-    """
-
-    def __init__(self, name: str, status: WorkflowStatus, tasks: dict[str, str], note: str = "") -> None:
-        self.name, self.status, self.tasks, self.note = name, status, tasks, note
-
-    @property
-    def text(self) -> str:
-        st = self.status
-        head = f"{self.name} [{st.instance_id}]: {st.state} ({st.tasks_done}/{st.tasks_total} tasks checkpointed)"
-        lines = [head]
-        if st.error is not None:
-            lines.append(f"  error: {st.error}")
-        if st.message and st.state != "completed":
-            lines.append(f"  note: {st.message}")
-        if st.signal:
-            lines.append(f"  waiting for signal {st.signal!r}")
-        width = max((len(t) for t in self.tasks), default=0)
-        lines += [f"  {tid.ljust(width)}  {state}" for tid, state in self.tasks.items()]
-        if self.note:
-            lines.append(self.note)
-        return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        return self.text
-
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        p.text(self.text)
-
-
-# -- parsing helpers ------------------------------------------------------------------------
-def parse_inputs(items: list[str], namespace: dict[str, Any]) -> dict[str, Any]:
-    """``["path=data.csv", "n=3", "rows=$rows"]`` -> ``{"path": "data.csv", "n": 3, "rows": <rows>}``.
-
-    A value is a Python literal when it parses as one, else a string; ``$name`` is the
-    value of ``name`` in the notebook's namespace.
-    """
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise UsageError(f"--input {item!r}: expected KEY=VALUE, e.g. --input path=data.csv or --input rows=$rows")
-        if key in out:
-            raise UsageError(f"--input {key!r} is given twice")
-        if raw.startswith("$"):
-            var = raw[1:]
-            if not var.isidentifier():
-                raise UsageError(f"--input {item!r}: after '$' put a variable name, e.g. --input {key}=$my_{key}")
-            if var not in namespace:
-                raise UsageError(f"--input {key}=${var}: there is no variable {var!r} in the notebook; define it first")
-            out[key] = namespace[var]
-        else:
-            try:
-                out[key] = ast.literal_eval(raw)
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                out[key] = raw
-    return out
-
-
-_TOKEN = re.compile(r"""\s*("(?:[^"\\]|\\.)*"|'[^']*'|\S+)""")
-
-
-def _split_line(line: str, n_positional: Callable[[str], int]) -> tuple[list[str], dict[str, Any], str]:
-    """Split a line-magic line into positionals and flags, leaving the rest raw.
-
-    Flags (``--dir PATH``, ``--no-widget``, ``--background``) may appear anywhere
-    before the raw tail; the tail (a signal's JSON payload) is not tokenized.
-    """
-    pos: list[str] = []
-    opts: dict[str, Any] = {"dir": None, "no_widget": False, "background": False}
-    rest = line
-    while True:
-        m = _TOKEN.match(rest)
-        if m is None:
-            break
-        token = m.group(1)
-        want = n_positional(pos[0]) + 1 if pos else 1
-        if len(pos) >= want and not token.startswith("--"):
-            break  # the raw tail (a signal's payload)
-        if token[:1] in "\"'" and token[-1:] == token[:1] and len(token) >= 2:
-            token = token[1:-1]
-        rest = rest[m.end() :]
-        if token in ("--dir", "-d") or token.startswith("--dir="):
-            if "=" in token:
-                opts["dir"] = token.split("=", 1)[1]
-            else:
-                m = _TOKEN.match(rest)
-                if m is None:
-                    raise UsageError("--dir needs a folder, e.g. --dir .nbflow")
-                value = m.group(1)
-                opts["dir"] = value[1:-1] if value[:1] in "\"'" else value
-                rest = rest[m.end() :]
-        elif token == "--no-widget":
-            opts["no_widget"] = True
-        elif token == "--background":
-            opts["background"] = True
-        elif token.startswith("--"):
-            raise UsageError(f"unknown option {token!r}.\n{USAGE}")
-        else:
-            pos.append(token)
-    return pos, opts, rest.strip()
-
-
-_PLUMBING = (os.sep + "concurrent" + os.sep, os.sep + "asyncio" + os.sep, os.sep + "threading.py", "contextvars")
-_NBFLOW_DIR = os.path.dirname(os.path.abspath(nbflow.__file__)) + os.sep
-_FRAME = re.compile(r'^\s*File "([^"]+)", line \d+')
-
-
-def user_traceback(text: str) -> str:
-    """A task's traceback without nbflow's and the event loop's own frames."""
-    out: list[str] = []
-    skipping = False
-    for line in text.rstrip("\n").splitlines():
-        m = _FRAME.match(line)
-        if m:
-            path = m.group(1)
-            skipping = path.startswith(_NBFLOW_DIR) or any(p in path for p in _PLUMBING)
-            if not skipping:
-                out.append(line)
-            continue
-        if skipping and line.startswith("    "):
-            continue
-        skipping = False
-        out.append(line)
-    return "\n".join(out)
-
-
-def format_failure(name: str, status: WorkflowStatus) -> str:
-    """The compact message printed when a task fails for good."""
-    err = status.error
-    if err is None:
-        return f"workflow {name!r} failed: {status.message or 'no error recorded'}"
-    if not err.task_id:
-        head = f"workflow {name!r} failed: {err.type}: {err.message}"
-    else:
-        tries = f" (after {err.attempt} attempts)" if err.attempt > 1 else ""
-        head = f"workflow {name!r} failed: task {err.task_id!r} raised {err.type}: {err.message}{tries}"
-    lines = [head]
-    tb = user_traceback(err.traceback) if err.traceback else ""
-    if tb:
-        lines += ["", tb, ""]
-    if err.task_id:
-        lines.append(
-            f"{status.tasks_done}/{status.tasks_total} tasks are checkpointed. Fix {err.task_id!r} and re-run "
-            f"the cell: finished tasks are restored, {err.task_id!r} and what depends on it run again."
-        )
-    return "\n".join(lines)
 
 
 def _usage_error(exc: NbflowError, name: str) -> UsageError:
@@ -637,7 +406,7 @@ class WorkflowMagics(Magics):
         unpause NAME | signal NAME SIGNAL JSON | show NAME | clear NAME  [--dir PATH]
         """
         arity = {"list": 0, "help": 0, "signal": 2}
-        pos, opts, rest = _split_line(line, lambda cmd: arity.get(cmd, 1))
+        pos, opts, rest = split_line(line, lambda cmd: arity.get(cmd, 1))
         if not pos or pos[0] == "help":
             print(USAGE)
             return None

@@ -288,7 +288,7 @@ class DiskcacheBackend:
             return cache.get(key)
         except (sqlite3.DatabaseError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
             raise CheckpointCorruptError(instance_id, f"{type(exc).__name__}: {exc}", cache.directory) from None
-        except Exception as exc:  # noqa: BLE001 - an unpickling error of any kind
+        except Exception as exc:
             if "pickle" in type(exc).__name__.lower() or isinstance(exc, IndexError | KeyError):
                 raise CheckpointCorruptError(instance_id, f"{type(exc).__name__}: {exc}", cache.directory) from None
             raise
@@ -390,7 +390,7 @@ class DiskcacheBackend:
             return io.BytesIO(record.payload or b"")
         path = self._instance_dir(instance_id) / "blobs" / record.blob
         try:
-            return open(path, "rb")  # noqa: SIM115 - the caller closes it
+            return open(path, "rb")
         except FileNotFoundError:
             raise CheckpointCorruptError(
                 instance_id, f"the output file of task {record.task_id!r} is missing", str(path)

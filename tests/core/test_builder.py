@@ -178,8 +178,9 @@ def test_task_name_option_sets_id() -> None:
 
 
 def test_workflow_definition_pickles() -> None:
-    import cloudpickle
     import pickle
+
+    import cloudpickle
 
     wf = nf.Workflow("w").then(load).then(clean).build()
     clone = pickle.loads(cloudpickle.dumps(wf))

@@ -9,8 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 import nbflow as nf
 from nbflow.core.fingerprint import fingerprint
 

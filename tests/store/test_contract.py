@@ -7,7 +7,6 @@ test_disk.py.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
