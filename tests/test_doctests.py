@@ -8,7 +8,7 @@ import pkgutil
 
 import pytest
 
-PACKAGES = ["nbflow.core", "nbflow.store", "nbflow.run"]
+PACKAGES = ["nbflow.core", "nbflow.store", "nbflow.run", "nbflow.jupyter"]
 
 
 def _modules() -> list[str]:

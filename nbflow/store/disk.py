@@ -61,6 +61,7 @@ _CACHE_SETTINGS: dict[str, Any] = {
 }
 _META = "meta"
 _CONTROL = "control"
+_CONTROL_FLAG = "control.flag"
 _RECORD_PREFIX, _SIGNAL_PREFIX, _CLAIM_PREFIX = "t:", "s:", "c:"
 
 
@@ -234,6 +235,9 @@ class DiskcacheBackend:
         self._caches: OrderedDict[str, diskcache.Cache] = OrderedDict()
         self._caches_lock = threading.Lock()
         self._dirs: dict[str, Path] = {}
+        self._keys: dict[str, str] = {}
+        self._flags: dict[str, str] = {}
+        self._control_seen: dict[str, tuple[int, tuple[str, str] | None]] = {}
 
     def __repr__(self) -> str:
         return f"DiskcacheBackend({str(self.directory)!r})"
@@ -260,7 +264,9 @@ class DiskcacheBackend:
         return path
 
     def _cache(self, instance_id: str, create: bool = True) -> diskcache.Cache | None:
-        key = _dirname(validate_instance_id(instance_id))
+        key = self._keys.get(instance_id)
+        if key is None:  # cached: this runs on every checkpoint write
+            key = self._keys[instance_id] = _dirname(validate_instance_id(instance_id))
         with self._caches_lock:
             cache = self._caches.get(key)
             if cache is not None:
@@ -310,6 +316,7 @@ class DiskcacheBackend:
     def delete_instance(self, instance_id: str) -> bool:
         path = self._instance_dir(instance_id)
         key = path.name
+        self._control_seen.pop(instance_id, None)
         with self._caches_lock:
             cache = self._caches.pop(key, None)
             if cache is not None:
@@ -497,10 +504,26 @@ class DiskcacheBackend:
             cache.delete(_CONTROL)
         else:
             cache.set(_CONTROL, (action, reason))
+        # Then touch the flag file: readers stat it (a microsecond) instead of querying
+        # SQLite at every task boundary, and re-read the cache only when it changed.
+        flag = self._instance_dir(instance_id) / _CONTROL_FLAG
+        flag.write_text(str(time.time_ns()))
 
     def get_control(self, instance_id: str) -> tuple[str, str] | None:
-        value = self._read(instance_id, _CONTROL)
-        return (str(value[0]), str(value[1])) if value else None
+        flag = self._flags.get(instance_id)
+        if flag is None:
+            flag = self._flags[instance_id] = str(self._instance_dir(instance_id) / _CONTROL_FLAG)
+        try:
+            stamp = os.stat(flag).st_mtime_ns
+        except FileNotFoundError:
+            return None  # never set
+        seen = self._control_seen.get(instance_id)
+        if seen is not None and seen[0] == stamp:
+            return seen[1]
+        raw = self._read(instance_id, _CONTROL)
+        value = (str(raw[0]), str(raw[1])) if raw else None
+        self._control_seen[instance_id] = (stamp, value)
+        return value
 
     # -- claims (PooledWorker) ----------------------------------------------------------
     # Each call is one SQLite transaction (BEGIN IMMEDIATE: writers across processes are
