@@ -46,24 +46,25 @@ def compute_plan(
     forced = set(force)
     plan: dict[str, str] = {}
     branch_of: dict[str, str] = {}
+    routed = any(node.kind == "route" for node in wf.nodes)  # no route: nothing can be skipped
     for node in wf.nodes:
-        if skipped_by(node, plan, branch_of):
-            plan[node.id] = SKIP
+        nid = node.id
+        if routed and skipped_by(node, plan, branch_of):
+            plan[nid] = SKIP
             continue
-        record = records.get(node.id)
-        live_deps = [d for d in node.deps if plan[d] != SKIP]
+        record = records.get(nid)
         if record is None:
-            plan[node.id] = RUN
-        elif (
-            node.id in forced
-            or record.fingerprint != node.fingerprint
-            or any(plan[dep] != RESTORE for dep in live_deps)
-        ):
-            plan[node.id] = STALE
-        else:
-            plan[node.id] = RESTORE
-            if node.kind == "route" and "branch" in record.extra:
-                branch_of[node.id] = record.extra["branch"]
+            plan[nid] = RUN
+            continue
+        valid = nid not in forced and record.fingerprint == node.fingerprint
+        if valid:
+            for dep in node.deps:  # a skipped input (a route's other branch) does not count
+                if plan[dep] != RESTORE and plan[dep] != SKIP:
+                    valid = False
+                    break
+        plan[nid] = RESTORE if valid else STALE
+        if valid and node.kind == "route" and "branch" in record.extra:
+            branch_of[nid] = record.extra["branch"]
     return plan
 
 
