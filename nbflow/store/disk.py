@@ -93,6 +93,11 @@ def _unpack(data: Any) -> CheckpointRecord:
     return CheckpointRecord.from_dict(data)
 
 
+def _meta_dict(data: Any) -> Any:
+    """An instance record as a dict (stored as pickled bytes; dicts from older stores)."""
+    return pickle.loads(data) if isinstance(data, bytes) else data
+
+
 def _scan(cache: diskcache.Cache, prefix: str) -> Iterator[tuple[str, Any]]:
     """(key, value) of every str key starting with ``prefix``, in ONE query.
 
@@ -304,6 +309,7 @@ class DiskcacheBackend:
         data = self._read(instance_id, _META)
         if data is None:
             return None
+        data = _meta_dict(data)
         if not isinstance(data, dict):
             raise CheckpointCorruptError(instance_id, "the instance record is not a dict", str(self._instance_dir(instance_id)))
         return InstanceMeta.from_dict(data)
@@ -311,7 +317,9 @@ class DiskcacheBackend:
     def save_instance(self, meta: InstanceMeta) -> None:
         cache = self._cache(meta.instance_id)
         assert cache is not None
-        cache.set(_META, meta.to_dict())
+        # Bytes, like records: a dict value would go through pickletools.optimize, which
+        # is slow on a 10,000-task workflow's shape.
+        cache.set(_META, pickle.dumps(meta.to_dict(), protocol=5))
 
     def delete_instance(self, instance_id: str) -> bool:
         path = self._instance_dir(instance_id)
@@ -334,7 +342,7 @@ class DiskcacheBackend:
             cache = None
             try:  # opening can fail too (a damaged cache.db): one bad instance must not hide the rest
                 cache = diskcache.Cache(str(path), **_CACHE_SETTINGS)
-                data = cache.get(_META)
+                data = _meta_dict(cache.get(_META))
             except Exception:  # noqa: BLE001 - a damaged instance is listed as such
                 data = {"instance_id": path.name, "workflow": "?", "definition_hash": "", "state": "damaged"}
             finally:
