@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nbflow.core.builder import DEFAULT_BRANCH, branch_label
+from nbflow.core.branching import DEFAULT_BRANCH, branch_label
 from nbflow.core.context import TaskContext
 from nbflow.core.errors import CodecError, RouteKeyError
 from nbflow.core.graph import Node, Source, WorkflowDefinition
