@@ -8,9 +8,10 @@ for a missing extra, ``TimeoutError`` for a task timeout), the class inherits it
 Errors survive pickling (``__reduce__`` re-creates them from their arguments) so they
 cross worker processes intact.
 
-Control signals (cancel, pause) are *not* here on purpose: they derive from
-``BaseException`` in :mod:`nbflow.run.control`, so a task's ``except Exception`` can
-never swallow them.
+Control signals (cancel, pause) are *not* errors: a run is stopped by cancelling its
+asyncio tasks (``CancelledError`` derives from ``BaseException``) and by the flag sync
+tasks read through ``get_task_context().cancelled`` (see :mod:`nbflow.run.control`), so
+a task's ``except Exception`` can never swallow them.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from nbflow.core.status import WorkflowStatus
-from nbflow.run.scheduler import RunControl
+from nbflow.run.control import RunControl
 
 __all__ = ["RunHandle", "launch"]
 

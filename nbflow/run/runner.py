@@ -37,9 +37,10 @@ from nbflow.core.status import ConflictPolicy, RunState, TaskError, WorkflowStat
 from nbflow.run import capture
 from nbflow.run import events as ev
 from nbflow.run.checkpoint import CheckpointIO
+from nbflow.run.control import RunControl
 from nbflow.run.handle import RunHandle, launch
 from nbflow.run.plan import changed_tasks, compute_plan
-from nbflow.run.scheduler import RunControl, Scheduler
+from nbflow.run.scheduler import Scheduler
 from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta, Lease, validate_instance_id
 
 __all__ = ["CheckpointingRunner"]

@@ -36,67 +36,13 @@ from nbflow.run import events as ev
 from nbflow.run.attempts import is_async, run_attempt
 from nbflow.run.capture import Capture
 from nbflow.run.checkpoint import CheckpointIO, preview
+from nbflow.run.control import POLL_INTERVAL, RunControl
 from nbflow.run.plan import RESTORE, SKIP
-from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord
+from nbflow.store.base import INPUT_KEY, CheckpointRecord
 
-__all__ = ["Outcome", "Parked", "RunControl", "Scheduler", "StepFailed"]
+__all__ = ["Outcome", "Parked", "RunControl", "Scheduler", "StepFailed"]  # RunControl: re-exported
 
-_POLL_INTERVAL = 0.25  # seconds between reads of the backend's control key
 _INLINE_KINDS = ("task", "route", "merge", "collect", "loop")
-
-
-class RunControl:
-    """Thread-safe stop requests for one run (cancel, interrupt, pause)."""
-
-    def __init__(self, backend: Backend | None = None, instance_id: str = "") -> None:
-        self._lock = threading.Lock()
-        self.requested: tuple[str, str] | None = None  # (state, reason)
-        self._callback: Callable[[], None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._notify: Callable[[], None] | None = None
-        self._backend, self._instance_id = backend, instance_id
-        self._next_poll = 0.0
-
-    def attach(
-        self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None], notify: Callable[[], None] | None = None
-    ) -> None:
-        """``callback`` runs on the loop; ``notify`` runs at once on the requesting thread
-        (a sync task running inline blocks the loop, so only ``notify`` can reach it)."""
-        with self._lock:
-            self._loop, self._callback, self._notify = loop, callback, notify
-            pending = self.requested
-        if pending:
-            loop.call_soon_threadsafe(callback)
-
-    def request(self, state: str, reason: str = "") -> None:
-        """Ask the run to stop with ``state`` ("cancelled", "interrupted", "paused")."""
-        with self._lock:
-            if self.requested is None or state != "paused":
-                self.requested = (state, reason)
-            loop, callback, notify = self._loop, self._callback, self._notify
-        if notify is not None and state != "paused":
-            notify()
-        if loop is not None and callback is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(callback)
-            except RuntimeError:  # the loop closed in between: the run is over anyway
-                pass
-
-    def poll(self) -> tuple[str, str] | None:
-        """The pending request; reads the backend's control key at most every 0.25 s."""
-        if self.requested is None and self._backend is not None:
-            now = time.monotonic()
-            if now >= self._next_poll:
-                self._next_poll = now + _POLL_INTERVAL
-                ctl = self._backend.get_control(self._instance_id)
-                if ctl and ctl[0] in ("cancelled", "paused"):
-                    self.request(ctl[0], ctl[1])
-        return self.requested
-
-    def boundary(self) -> None:
-        """A step just finished: the next ``poll`` reads the backend whatever the time,
-        so a cancel or pause sent while the step ran stops the run right here."""
-        self._next_poll = 0.0
 
 
 @dataclass
@@ -472,7 +418,7 @@ class Scheduler:
                 break
             # Wake up now and then even if nothing finishes: a cancel or pause sent from
             # another process (the backend's control key) must reach a long task or a wait.
-            done, _ = await asyncio.wait(self._running, timeout=_POLL_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(self._running, timeout=POLL_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task_id = self._running.pop(task)
                 if task.cancelled():
