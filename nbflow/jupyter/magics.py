@@ -121,6 +121,12 @@ class BackgroundControls:
 
     def rerun_from(self, task_id: str) -> None:
         entry = self._entry
+        # Refuse while a run is in flight: the re-run would only fail on the instance lock in
+        # its thread (the widget saying "Re-running ..." meanwhile), and attaching it would
+        # replace the run log that %workflow status reads for the run still going.
+        busy = (entry.handle is not None and not entry.handle.done()) or any(t.is_alive() for t in entry.threads)
+        if busy or WorkflowClient(entry.backend).is_running(entry.instance_id):
+            raise InstanceLockedError(entry.instance_id, "a run of this widget is still going; cancel it or wait")
         runner = entry.new_runner()
         detach = self._magics._attach(entry, runner, entry.widget)
 

@@ -14,50 +14,29 @@ All Cells and checks the nbflow widget in the DOM:
 
 Screenshots go to ``artifacts/`` (``NBFLOW_ARTIFACTS`` overrides). Browser console errors
 are collected, printed and must be none. Proven commands and gotchas:
-``../shared/recipes/RECIPE.md``. No timing is asserted.
+``../shared/recipes/RECIPE.md``; the server/page helpers are in ``_lab.py`` and the
+``browser`` fixture in ``conftest.py`` (shared with ``test_controls.py``). No timing is asserted.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import os
-import re
-import secrets
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-REPO = Path(__file__).resolve().parents[2]
+from ._lab import ARTIFACTS, CHROMIUM, KERNEL_READY_JS, REPO, known_page_error, run_all, start_server, stop_server
+
 NOTEBOOK = REPO / "notebooks" / "01-quickstart.ipynb"
-ARTIFACTS = Path(os.environ.get("NBFLOW_ARTIFACTS", REPO / "artifacts"))
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
 ]
-
-KERNEL_READY_JS = """(nCells) => {
-  const cells = document.querySelectorAll('.jp-Notebook .jp-Cell').length;
-  const ind = document.querySelector('.jp-Notebook-ExecutionIndicator');
-  const name = document.querySelector('.jp-Toolbar-kernelName');
-  return cells === nCells && ind && ind.getAttribute('data-status') === 'idle'
-         && name && /Python 3/.test(name.textContent);
-}"""
 
 # One poll of the page: the first widget's live attributes and how many cells finished.
 SNAPSHOT_JS = """() => {
@@ -102,103 +81,6 @@ def _clean_copy(src: Path, dst: Path) -> Any:
     return nb
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_server(app: str, root: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], str, str, Any]:
-    token = secrets.token_hex(16)
-    env = dict(os.environ)
-    env.update(
-        JUPYTER_CONFIG_DIR=str(tmp / "jcfg"),
-        JUPYTERLAB_SETTINGS_DIR=str(tmp / "lab-settings"),
-        JUPYTERLAB_WORKSPACES_DIR=str(tmp / "lab-workspaces"),
-        JUPYTER_RUNTIME_DIR=str(tmp / "jruntime"),
-        IPYTHONDIR=str(tmp / "ipython"),
-    )
-    # No "get notified about Jupyter news?" toast over the screenshots (Notebook 7 too).
-    notif = tmp / "lab-settings" / "@jupyterlab" / "apputils-extension"
-    notif.mkdir(parents=True, exist_ok=True)
-    (notif / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})
-    )
-    log = open(tmp / f"jupyter-{app}.log", "w")  # noqa: SIM115 - closed by _stop_server
-    last_error: Exception | None = None
-    for _attempt in range(3):  # a free port can be taken between bind and listen: retry
-        port = _free_port()
-        cmd = [
-            sys.executable, "-m", "jupyter", app, "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-            f"--IdentityProvider.token={token}", "--allow-root", f"--ServerApp.root_dir={root}",
-            "--ServerApp.port_retries=0",
-        ]  # fmt: skip
-        if app == "lab":
-            cmd += ["--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                last_error = RuntimeError(f"jupyter {app} exited: {(tmp / f'jupyter-{app}.log').read_text()[-2000:]}")
-                break
-            try:
-                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as r:
-                    if r.status == 200:
-                        return proc, base, token, log
-            except OSError:
-                time.sleep(0.25)
-        else:
-            _stop_server(proc, None)
-            last_error = TimeoutError(f"jupyter {app} did not start in 60 s")
-    log.close()
-    assert last_error is not None
-    raise last_error
-
-
-def _stop_server(proc: subprocess.Popen[bytes], log: Any) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)  # our own process group (start_new_session)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-    if log is not None:
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-def _known_page_error(app: str, exc: Any) -> bool:
-    """Notebook 7.6 throws this while it loads its settings, as soon as the page opens and
-    before any cell runs (so before any nbflow code is loaded), whatever the settings file
-    says (checked by hand). Its stack is Notebook's own bundle only: reported, not failed."""
-    stack = str(getattr(exc, "stack", "") or "")
-    return (
-        app == "notebook"
-        and "reading 'schema'" in str(exc)
-        and "/static/notebook/" in stack
-        and "nbflow" not in stack
-        and "anywidget" not in stack
-    )
-
-
-def _run_all(page: Any) -> None:
-    """Run > Run All Cells by its label (Lab 4.6 names the command runmenu:run-all)."""
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator("li.lm-Menu-item[data-type=command]").filter(
-        has=page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$"))
-    ).click()
-
-
 def _watch_run(page: Any, n_widgets: int, timeout: float = 90.0) -> list[dict[str, Any]]:
     """Poll every ~50 ms until every cell ran and n_widgets widgets exist; returns the
     distinct snapshots seen (in order)."""
@@ -219,7 +101,7 @@ def _watch_run(page: Any, n_widgets: int, timeout: float = 90.0) -> list[dict[st
 def _check(page: Any, app: str, tasks: list[str], timings: dict[str, float]) -> dict[str, Any]:
     n = len(tasks)
     t1 = time.monotonic()
-    _run_all(page)
+    run_all(page)
     page.locator(".nbflow-widget").first.wait_for(state="attached", timeout=60_000)
     timings["first_widget_s"] = round(time.monotonic() - t1, 2)
     seen = _watch_run(page, n_widgets=2)
@@ -292,7 +174,7 @@ def test_quickstart_runs_live_in_the_browser(app: str, browser: Any, tmp_path: P
     tasks = _workflow_tasks(nb)
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    proc, base, token, log = _start_server(app, root, tmp_path)
+    proc, base, token, log = start_server(app, root, tmp_path)
     timings["server_start_s"] = round(time.monotonic() - t0, 2)
     context = browser.new_context(viewport={"width": 1280, "height": 1100})
     page = context.new_page()
@@ -302,7 +184,7 @@ def test_quickstart_runs_live_in_the_browser(app: str, browser: Any, tmp_path: P
 
     def on_page_error(exc: Any) -> None:
         text = f"pageerror: {exc}"
-        (known if _known_page_error(app, exc) else console_errors).append(text)
+        (known if known_page_error(app, exc) else console_errors).append(text)
 
     page.on("pageerror", on_page_error)
     try:
@@ -319,7 +201,7 @@ def test_quickstart_runs_live_in_the_browser(app: str, browser: Any, tmp_path: P
         raise
     finally:
         context.close()
-        _stop_server(proc, log)
+        stop_server(proc, log)
     print(f"\n[{app}] timings: {json.dumps(timings)}; live: {live}")
     print(f"[{app}] console errors: {console_errors}; known Notebook 7 load errors (not ours): {known}")
     assert not console_errors, console_errors

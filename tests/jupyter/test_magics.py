@@ -544,6 +544,10 @@ def test_background_widget_controls(
     controls = made[-1].controls
     assert controls is not None
     assert started.wait(30)
+    # re-run from while the run is going: refused at once (the widget shows why), nothing started
+    with pytest.raises(nf.InstanceLockedError):
+        controls.rerun_from("slow")
+    assert ip.magics_manager.registry["WorkflowMagics"].entries["bg"].threads == []
     controls.cancel()
     assert handle.wait(timeout=60).state == "cancelled"
     release.set()
