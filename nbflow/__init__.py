@@ -40,7 +40,7 @@ from nbflow.core.errors import (
 from nbflow.core.graph import InputRef, WorkflowDefinition
 from nbflow.core.retry import RetryPolicy, parse_duration
 from nbflow.core.status import ConflictPolicy, LoopResult, RunState, TaskError, WorkflowStatus
-from nbflow.core.task import task
+from nbflow.core.task import SignalWait, task, wait_for_signal
 from nbflow.run.client import WorkflowClient
 from nbflow.run.events import EventBus, TextProgress
 from nbflow.run.executors import DaskExecutor, ProcessExecutor
@@ -80,6 +80,7 @@ __all__ = [
     "RunState",
     "ShapeChangedError",
     "SignalTimeoutError",
+    "SignalWait",
     "TaskChangedError",
     "TaskContext",
     "TaskError",
@@ -99,6 +100,7 @@ __all__ = [
     "get_task_context",
     "parse_duration",
     "task",
+    "wait_for_signal",
 ]
 
 

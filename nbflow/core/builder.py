@@ -293,6 +293,22 @@ class WorkflowBuilder:
                       options={"signal": signal, "timeout": seconds})
         return self
 
+    def add_signal(self, step_id: str, signal: str | None = None, *,
+                   timeout: str | float | timedelta | None = None, after: Iterable[str] = ()) -> Self:
+        """The DAG form of ``wait_for_signal`` (what a ``%%workflow`` cell uses): a step
+        ``step_id`` that waits for ``signal`` (default: the same name) once the tasks in
+        ``after`` finished; tasks with a parameter named ``step_id`` get the payload.
+        Like ``add``, it does not move the cursor used by ``then``."""
+        signal = step_id if signal is None else signal
+        if not isinstance(signal, str) or not signal:
+            raise self._fail(f"signal step {step_id!r} got signal name {signal!r}", "Use a non-empty string")
+        seconds = None if timeout is None else parse_duration(timeout, f"timeout of signal {signal!r}")
+        cursor = self._cursor
+        self._special("signal", step_id, mode="none", params=(), after=tuple(after),
+                      options={"signal": signal, "timeout": seconds})
+        self._cursor = cursor
+        return self
+
     def then_flow(self, child: WorkflowDefinition | WorkflowBuilder) -> Self:
         """Run a whole built workflow as the next step; it receives the current output.
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, overload
 from nbflow.core.errors import ConfigurationError
 from nbflow.core.retry import Duration, RetryPolicy, parse_duration
 
-__all__ = ["TaskSpec", "spec_of", "task"]
+__all__ = ["SignalWait", "TaskSpec", "spec_of", "task", "wait_for_signal"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -149,3 +149,36 @@ def spec_of(fn: Callable[..., Any]) -> TaskSpec:
     """The options attached by ``@task``, or the defaults."""
     spec = getattr(fn, _SPEC_ATTR, None)
     return spec if isinstance(spec, TaskSpec) else TaskSpec()
+
+
+@dataclass(frozen=True)
+class SignalWait:
+    """A wait for a human (or another program), declared in a ``%%workflow`` cell.
+
+    ``approval = nf.wait_for_signal("approval", after=["train"], timeout="1h")`` makes a
+    step ``approval`` that waits, once ``train`` finished, until
+    ``WorkflowClient.send_signal(instance, "approval", payload)`` (or the widget's
+    approve button, or ``%workflow signal``); a task with a parameter named
+    ``approval`` receives the payload.
+    """
+
+    signal: str
+    timeout: float | None = None
+    after: tuple[str, ...] = ()
+
+
+def wait_for_signal(
+    signal: str, *, timeout: Duration | None = None, after: Iterable[str] | str = ()
+) -> SignalWait:
+    """Declare a signal step in a ``%%workflow`` cell (see :class:`SignalWait`).
+
+    >>> wait_for_signal("approval", after="train", timeout="1h")
+    SignalWait(signal='approval', timeout=3600.0, after=('train',))
+    """
+    if not isinstance(signal, str) or not signal:
+        raise ConfigurationError("signal", signal, "a non-empty signal name such as 'approval'")
+    names = (after,) if isinstance(after, str) else tuple(after)
+    if not all(isinstance(n, str) and n for n in names):
+        raise ConfigurationError("after", after, "task names, e.g. after=['train']")
+    seconds = None if timeout is None else parse_duration(timeout, "timeout")
+    return SignalWait(signal, seconds, names)

@@ -10,6 +10,10 @@ A ``%%workflow`` cell is plain Python. Its rules:
 - Any other parameter is a workflow input, given with ``--input key=value``. A
   parameter with a default value is optional: it takes the ``--input`` value when one
   is given and keeps its default otherwise.
+- ``approval = nf.wait_for_signal("approval", after=["train"])`` at top level is a
+  signal step: once ``train`` finished it waits for the signal (the widget's button,
+  ``%workflow signal``, ``WorkflowClient.send_signal``); a parameter named ``approval``
+  receives the payload. ``after=`` must list the cell's function names literally.
 
 Turning a cell into a workflow happens in two steps so the magic can refuse a bad
 cell *before* running any of its code: :func:`analyze_cell` reads the source with
@@ -37,6 +41,7 @@ from nbflow.core.builder import WorkflowBuilder
 from nbflow.core.errors import NbflowError, WorkflowDefinitionError
 from nbflow.core.fingerprint import stable_digest
 from nbflow.core.graph import InputRef, WorkflowDefinition
+from nbflow.core.task import SignalWait
 
 __all__ = [
     "CellAnalysis",
@@ -73,10 +78,12 @@ class CellFunction:
     line: int
     params: tuple[CellParam, ...]
     is_async: bool = False
+    kind: str = "task"  # or "signal": ``name = nf.wait_for_signal(...)``
+    after: tuple[str, ...] = ()  # a signal step waits for these tasks first
 
     @property
     def deps(self) -> tuple[str, ...]:
-        return tuple(p.source for p in self.params if p.source is not None)
+        return tuple(p.source for p in self.params if p.source is not None) + self.after
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,7 @@ def analyze_cell(name: str, source: str, *, header_line: int | None = None) -> C
             "Write each step as a top-level def; a parameter named after another function is an edge",
             first,
         )
+    signals = [(target, call) for target, call in map(_signal_assignment, tree.body) if target is not None]
     seen: dict[str, int] = {}
     for node in defs:
         assert isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
@@ -174,7 +182,18 @@ def analyze_cell(name: str, source: str, *, header_line: int | None = None) -> C
                 f"Rename the function or the workflow (%%workflow {name}_wf)",
                 node.lineno,
             )
+    for target, call in signals:
+        assert target is not None and call is not None
+        if target.id in seen:
+            raise _fail(
+                name,
+                f"{target.id!r} is both a function and a signal step (line {seen[target.id]})",
+                "Give the signal step its own name",
+                target.lineno,
+            )
+        seen[target.id] = target.lineno
     functions = tuple(_function(name, node, seen) for node in defs)  # type: ignore[arg-type]
+    functions += tuple(_signal_step(name, target, call, seen) for target, call in signals)  # type: ignore[arg-type]
     _check_cycles(name, functions)
     return CellAnalysis(name, source, functions, header_line)
 
@@ -207,6 +226,51 @@ def _function(wf_name: str, node: ast.FunctionDef | ast.AsyncFunctionDef, names:
     for arg, default in zip(args.kwonlyargs, args.kw_defaults, strict=True):
         params.append(_param(arg, default is not None, names))
     return CellFunction(node.name, node.lineno, tuple(params), isinstance(node, ast.AsyncFunctionDef))
+
+
+def _signal_assignment(node: ast.stmt) -> tuple[ast.Name | None, ast.Call | None]:
+    """``name = nf.wait_for_signal(...)`` (or ``wait_for_signal(...)``) at top level."""
+    if (
+        isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+        and isinstance(node.value, ast.Call)
+    ):
+        func = node.value.func
+        called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        if called == "wait_for_signal":
+            return node.targets[0], node.value
+    return None, None
+
+
+def _signal_step(wf_name: str, target: ast.Name, call: ast.Call, names: Mapping[str, int]) -> CellFunction:
+    """A signal step: its ``after=`` names must be literal names of the cell's tasks."""
+    after: tuple[str, ...] = ()
+    for kw in call.keywords:
+        if kw.arg != "after":
+            continue
+        try:
+            value = ast.literal_eval(kw.value)
+        except ValueError:
+            value = None
+        items = (value,) if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+            raise _fail(
+                wf_name,
+                f"signal step {target.id!r}: after= must list task names as text",
+                "Write e.g. after=['train']",
+                kw.value.lineno,
+            )
+        unknown = [v for v in items if v not in names]
+        if unknown:
+            raise _fail(
+                wf_name,
+                f"signal step {target.id!r} waits after {unknown[0]!r}, which is not a function of the cell",
+                f"Use the names of the cell's functions: {sorted(names)}",
+                kw.value.lineno,
+            )
+        after = tuple(items)
+    return CellFunction(target.id, target.lineno, (), kind="signal", after=after)
 
 
 def _param(arg: ast.arg, has_default: bool, names: Mapping[str, int]) -> CellParam:
@@ -300,6 +364,17 @@ def build_cell_workflow(
     funcs: dict[str, Any] = {}
     for fn in analysis.functions:
         obj = namespace.get(fn.name)
+        if fn.kind == "signal":
+            if not isinstance(obj, SignalWait):
+                raise _fail(
+                    name,
+                    f"{fn.name!r} is not a signal step after the cell ran (it is {type(obj).__name__})",
+                    "Do not rebind it later in the cell",
+                    fn.line,
+                )
+            funcs[fn.name] = obj
+            task_ids[fn.name] = fn.name
+            continue
         if obj is None or not callable(obj):
             raise _fail(
                 name,
@@ -311,6 +386,13 @@ def build_cell_workflow(
         spec = getattr(obj, "__nbflow_task__", None)
         task_ids[fn.name] = getattr(spec, "name", None) or fn.name
     for fn in analysis.functions:
+        if fn.kind == "signal":
+            wait = funcs[fn.name]
+            try:
+                builder.add_signal(fn.name, wait.signal, timeout=wait.timeout, after=[task_ids[a] for a in fn.after])
+            except NbflowError as exc:
+                raise _with_line(name, exc, fn.line) from None
+            continue
         refs: dict[str, str | InputRef] = {}
         for p in fn.params:
             if p.source is not None:

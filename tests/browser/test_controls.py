@@ -14,11 +14,12 @@ by one (click + Shift+Enter):
    ``train`` and ``report`` again (``done``, not ``restored``) while ``extract`` stays
    ``restored``; the detail pane shows ``report``'s fresh output and ``%workflow status``
    in the kernel agrees.
-3. The signal box reaches the kernel (a bad JSON payload is refused with a message, a good
-   one is acknowledged). A *waiting* signal cannot be approved from the widget: a
-   ``%%workflow`` cell has no way to express a signal wait (only the builder's
-   ``.wait_for_signal`` does) and the magics only attach the widget's controls to workflows
-   defined by a ``%%workflow`` cell — a product gap, documented here instead of faked.
+3. The signal box checks its JSON (a bad payload is refused with a message, a good one
+   is acknowledged).
+4. A ``%%workflow review --background`` cell whose ``approval = nf.wait_for_signal(...)``
+   step waits after ``train``: the node is painted ``awaiting_signal``; typing a payload
+   and clicking **Approve** completes the run, and ``deploy``'s detail pane shows the
+   payload it received.
 
 Screenshots go to ``artifacts/`` (``NBFLOW_ARTIFACTS`` overrides); browser console errors
 must be none. Helpers: ``_lab.py``; gotchas: ``/work/shared/recipes/RECIPE.md``.
@@ -72,7 +73,22 @@ def report(train):
     return f"total={train}"
 """
 
-CELLS = ["%load_ext nbflow", WORKFLOW_CELL, "%workflow status slow"]
+# A human-in-the-loop cell: `approval` waits, once `train` finished, for a signal that
+# the widget's Approve button sends; `deploy` receives its payload.
+REVIEW_CELL = """\
+%%workflow review --background --dir store
+import nbflow as nf
+
+def train():
+    return 0.93
+
+approval = nf.wait_for_signal("approval", after=["train"])
+
+def deploy(train, approval):
+    return f"accuracy {train} approved by {approval['by']}"
+"""
+
+CELLS = ["%load_ext nbflow", WORKFLOW_CELL, "%workflow status slow", REVIEW_CELL]
 
 # The one widget of the workflow cell, as the test sees it on every poll.
 SNAPSHOT_JS = """(cellIndex) => {
@@ -156,6 +172,11 @@ class Lab:
 def _shot(page: Any, lab: Lab, name: str) -> None:
     lab.widget.scroll_into_view_if_needed()
     lab.widget.screenshot(path=str(ARTIFACTS / f"controls-{name}.png"))
+
+
+def _shot_of(widget: Any, name: str) -> None:
+    widget.scroll_into_view_if_needed()
+    widget.screenshot(path=str(ARTIFACTS / f"controls-{name}.png"))
 
 
 def _scenario(page: Any, lab: Lab, timings: dict[str, float]) -> None:
@@ -249,6 +270,38 @@ def _scenario(page: Any, lab: Lab, timings: dict[str, float]) -> None:
     approve.click()
     lab.wait("the signal-sent message", lambda s: s["message"] == "Signal 'approval' sent.", timeout=10)
 
+    # -- 4. approve a run that waits for a signal -----------------------------------------------
+    lab.run_cell(3)
+    lab.wait_prompt(3, timeout=30)
+    review = lab.cells.nth(3).locator(".nbflow-widget")
+
+    def review_snap() -> dict[str, Any]:
+        snap = page.evaluate(SNAPSHOT_JS, 3)
+        assert snap is not None
+        return snap  # type: ignore[no-any-return]
+
+    deadline = time.monotonic() + 20
+    while review_snap()["states"].get("approval") != "awaiting_signal":
+        assert time.monotonic() < deadline, review_snap()
+        time.sleep(0.05)
+    snap = review_snap()
+    assert snap["states"]["train"] == "done" and snap["states"]["deploy"] == "pending", snap
+    _shot_of(review, "awaiting-signal")
+    review.locator("input.nbflow-signal-name").fill("approval")
+    review.locator("textarea.nbflow-signal-payload").fill('{"by": "ana"}')
+    review.locator("button.nbflow-approve").click()
+    deadline = time.monotonic() + 20
+    while review_snap()["run"] != "completed":
+        assert time.monotonic() < deadline, review_snap()
+        time.sleep(0.05)
+    assert review_snap()["states"] == {"train": "done", "approval": "done", "deploy": "done"}, review_snap()
+    review.locator('.nbflow-dag svg g.node[data-task="deploy"]').click()
+    approved = review.locator('.nbflow-detail[data-task="deploy"] pre.nbflow-detail-preview')
+    approved.wait_for(state="visible", timeout=10_000)
+    assert "approved by ana" in approved.inner_text()
+    timings["approved_s"] = round(time.monotonic() - t0, 2)
+    _shot_of(review, "approved")
+
     # the kernel agrees: completed, and the tasks of the last run (the re-run-from)
     lab.run_cell(2)
     status = lab.wait_prompt(2, timeout=20)
@@ -258,7 +311,7 @@ def _scenario(page: Any, lab: Lab, timings: dict[str, float]) -> None:
     page.screenshot(path=str(ARTIFACTS / "controls-notebook.png"), full_page=True)
 
 
-def test_widget_controls_cancel_resume_rerun_from(browser: Any, tmp_path: Path) -> None:
+def test_widget_controls_cancel_resume_rerun_from_approve(browser: Any, tmp_path: Path) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     root = tmp_path / "root"
     root.mkdir()

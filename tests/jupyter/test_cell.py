@@ -321,3 +321,49 @@ def test_renamed_tasks_that_collide_report_a_line() -> None:
     err = definition_error("w", source)
     assert "'same' is used twice" in str(err)
     assert err.line == 6  # the def line of the second one
+
+
+# -- signal steps -------------------------------------------------------------------------
+REVIEW = cell(
+    """
+    import nbflow as nf
+
+    def train():
+        return 0.93
+
+    approval = nf.wait_for_signal("approval", after=["train"], timeout="1h")
+
+    def deploy(train, approval):
+        return (train, approval)
+    """
+)
+
+
+def test_a_signal_step_gates_its_readers_and_waits_after_its_tasks() -> None:
+    analysis = analyze_cell("review", REVIEW)
+    step = analysis.function("approval")
+    assert (step.kind, step.after, step.deps) == ("signal", ("train",), ("train",))
+    assert analysis.function("deploy").deps == ("train", "approval")
+    assert analysis.input_params == {}  # `approval` is an edge, not an input
+    cw = compile_cell("review", REVIEW)
+    node = cw.workflow.node("approval")  # type: ignore[attr-defined]
+    assert (node.kind, node.deps, node.options["signal"], node.options["timeout"]) == (
+        "signal", ("train",), "approval", 3600.0,
+    )
+    backend = nf.InMemoryBackend()
+    runner = nf.CheckpointingRunner(backend, echo_output=False)
+    parked = runner.run(cw.workflow, cw.instance_id, cw.inputs)  # type: ignore[attr-defined]
+    assert (parked.state, parked.signal) == ("awaiting_signal", "approval")
+    nf.WorkflowClient(backend).send_signal(cw.instance_id, "approval", {"by": "ana"})  # type: ignore[attr-defined]
+    assert runner.resume(cw.workflow, cw.instance_id).output == (0.93, {"by": "ana"})  # type: ignore[attr-defined]
+
+
+def test_signal_step_errors_name_the_problem_and_line() -> None:
+    err = definition_error("review", REVIEW.replace('after=["train"]', 'after=["trian"]'))
+    assert "'trian'" in str(err) and err.line == 6
+    err = definition_error("review", REVIEW.replace('after=["train"]', "after=names"))
+    assert "after= must list task names" in str(err) and err.line == 6
+    err = definition_error("review", REVIEW.replace("approval = nf", "train = nf"))
+    assert "both a function and a signal step" in str(err)
+    err = definition_error("review", REVIEW.replace("deploy(train, approval)", "deploy(train, approval, deploy)"))
+    assert "cycle" in str(err)

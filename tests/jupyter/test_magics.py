@@ -582,3 +582,61 @@ def test_real_widget_when_available(
     widget = magics.entries["etl"].widget
     assert widget is not None
     assert "restored" in widget.summary()
+
+
+REVIEW = cell(
+    """
+    import nbflow as nf
+
+    def train():
+        calls.append("train")
+        return 0.93
+
+    approval = nf.wait_for_signal("approval", after=["train"])
+
+    def deploy(train, approval):
+        calls.append("deploy")
+        return f"{train} approved by {approval['by']}"
+    """
+)
+
+
+def test_a_blocking_cell_parks_at_a_signal_then_signal_and_resume(ip: Any, calls: list[str], store: str) -> None:
+    assert run(ip, f"review --no-widget --dir {store}", REVIEW) is None  # parked, not failed
+    assert line(ip, "status review").status.state == "awaiting_signal"
+    line(ip, 'signal review approval {"by": "ana"}')
+    assert line(ip, "resume review --no-widget") == "0.93 approved by ana"
+    assert calls == ["train", "deploy"]  # train was not run again
+
+
+def test_the_widget_approves_a_background_run_waiting_for_a_signal(
+    ip: Any, calls: list[str], store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[Any] = []
+
+    class FakeWidget:  # records the controls the magic wires, as the real widget's buttons call them
+        def __init__(self, wf: Any, *, instance_id: str = "", plan: Any = None, controls: Any = None) -> None:
+            self.controls = controls
+            made.append(self)
+
+        def listen(self, bus: Any) -> Any:
+            return bus.subscribe(lambda event: None)
+
+        def set_controls(self, controls: Any) -> None:
+            self.controls = controls
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setitem(sys.modules, "nbflow.jupyter.widget", types.SimpleNamespace(WorkflowWidget=FakeWidget))
+    monkeypatch.setattr("nbflow.jupyter.magics.display", lambda obj: None)
+    handle = run(ip, f"review_bg --background --dir {store}", REVIEW)
+    deadline = threading.Event()
+    for _ in range(300):  # wait (on the state, not the clock) until the run waits for the signal
+        if handle.status.state == "awaiting_signal":
+            break
+        deadline.wait(0.05)
+    assert handle.status.state == "awaiting_signal"
+    made[-1].controls.send_signal("approval", {"by": "bo"})  # the approve button
+    assert handle.wait(timeout=60).output == "0.93 approved by bo"
+    assert calls == ["train", "deploy"]
