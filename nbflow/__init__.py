@@ -35,6 +35,7 @@ from nbflow.core.errors import (
     UnknownInstanceError,
     UnknownTaskError,
     WorkflowDefinitionError,
+    WorkflowFailedError,
     WorkflowMismatchError,
 )
 from nbflow.core.graph import InputRef, WorkflowDefinition
@@ -94,6 +95,7 @@ __all__ = [
     "WorkflowContext",
     "WorkflowDefinition",
     "WorkflowDefinitionError",
+    "WorkflowFailedError",
     "WorkflowMismatchError",
     "WorkflowStatus",
     "errors",

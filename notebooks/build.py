@@ -40,13 +40,17 @@ def md(text: str) -> nbformat.NotebookNode:
     return new_markdown_cell(text.strip("\n"))
 
 
-def code(text: str) -> nbformat.NotebookNode:
+def code(text: str, *, fails: bool = False) -> nbformat.NotebookNode:
     """A code cell; a leading CHECK / IGNORE marker becomes the equivalent nbval cell tag
-    (a ``%%workflow`` cell magic must be the first line, so no comment may precede it)."""
+    (a ``%%workflow`` cell magic must be the first line, so no comment may precede it).
+    ``fails``: the cell raises on purpose (a lesson about failures): tagged
+    ``raises-exception`` so nbval and Run All (nbclient) go on past it."""
     tags = []
     for marker, tag in ((CHECK, "nbval-check-output"), (IGNORE, "nbval-ignore-output")):
         if text.startswith(marker):
             text, tags = text[len(marker) :], [tag]
+    if fails:
+        tags.append("raises-exception")
     return new_code_cell(text.strip("\n"), metadata={"tags": tags} if tags else {})
 
 
@@ -251,9 +255,10 @@ os.makedirs(".nbflow/restart-demo")
 
 `fetch` and `features` finish and are checkpointed; `fit` raises. The cell prints the error
 with your part of the traceback (no nbflow internals) and says how to continue. The widget
-paints `fit` red and `evaluate` stays pending.
+paints `fit` red and `evaluate` stays pending. The cell is marked failed, like any failing
+cell, so "Run All" stops here.
 """),
-        code(IGNORE + RESTART_CELL),
+        code(IGNORE + RESTART_CELL, fails=True),
         code(
             CHECK
             + """
@@ -403,7 +408,7 @@ shutil.rmtree(".nbflow/inspection", ignore_errors=True)  # start clean: same out
 traceback. In the widget, **click `report`**: the detail pane shows the error and the
 traceback, and what the task printed before it failed.
 """),
-        code(IGNORE + SALES_V1),
+        code(IGNORE + SALES_V1, fails=True),
         code(CHECK + "%workflow status sales"),
         md("""
 Fix the bug and run the cell again: the four finished tasks are restored, only `report`

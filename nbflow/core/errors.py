@@ -36,6 +36,7 @@ __all__ = [
     "UnknownInstanceError",
     "UnknownTaskError",
     "WorkflowDefinitionError",
+    "WorkflowFailedError",
     "WorkflowMismatchError",
 ]
 
@@ -262,3 +263,20 @@ class MissingDependencyError(NbflowError, ImportError):
     def __init__(self, package: str, feature: str, install: str) -> None:
         self.package, self.feature, self.install = package, feature, install
         super().__init__(f"{feature} needs {package}, which is not installed. Install it: {install}")
+
+
+class WorkflowFailedError(NbflowError):
+    """A notebook run ended ``failed``: a task failed for good (retries exhausted).
+
+    The ``%%workflow`` magic raises it so the cell is marked failed and "Run All" stops
+    there, like any failing cell. The message is the compact report (the failing task,
+    its error, the user's frames of its traceback, and what to do); in IPython it is
+    shown *instead of* a traceback of nbflow's internals (``_render_traceback_``).
+    """
+
+    def __init__(self, workflow: str, instance_id: str, task_id: str, report: str) -> None:
+        self.workflow, self.instance_id, self.task_id = workflow, instance_id, task_id
+        super().__init__(report)
+
+    def _render_traceback_(self) -> list[str]:
+        return self.message.splitlines()

@@ -43,6 +43,7 @@ from nbflow import (
     RunHandle,
     WorkflowClient,
     WorkflowDefinition,
+    WorkflowFailedError,
     WorkflowStatus,
 )
 from nbflow.jupyter.cell import analyze_cell, build_cell_workflow, check_inputs
@@ -385,8 +386,10 @@ class WorkflowMagics(Magics):
         if state == "completed":
             return status.output
         if state == "failed":
-            print(format_failure(name, status), file=sys.stderr)
-        elif state == "awaiting_signal":
+            # Raised, not printed: the cell is marked failed and Run All stops here.
+            task = status.error.task_id if status.error else ""
+            raise WorkflowFailedError(name, status.instance_id, task, format_failure(name, status))
+        if state == "awaiting_signal":
             print(
                 f"{name}: waiting for signal {status.signal!r}. Send it with "
                 f"%workflow signal {name} {status.signal} JSON, then %workflow resume {name}",

@@ -272,13 +272,14 @@ def test_an_error_in_the_cells_own_code_is_one_line_and_runs_no_task(
     assert calls == []
 
 
-def test_a_failed_task_prints_its_error_compactly_and_returns_none(
-    ip: Any, calls: list[str], store: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_failed_task_fails_the_cell_with_a_compact_report(ip: Any, calls: list[str], store: str) -> None:
     broken = ETL.replace("return len(clean)", "return len(clean) / 0")
-    capsys.readouterr()
-    assert run(ip, f"etl --input path=a.csv --no-widget --dir {store}", broken) is None
-    err = capsys.readouterr().err
+    with pytest.raises(nf.WorkflowFailedError) as info:
+        run(ip, f"etl --input path=a.csv --no-widget --dir {store}", broken)
+    assert info.value.task_id == "stats"
+    err = str(info.value)
+    # IPython shows these lines instead of a traceback through nbflow's internals
+    assert info.value._render_traceback_() == err.splitlines()
     assert "workflow 'etl' failed: task 'stats' raised ZeroDivisionError: division by zero" in err
     assert "in stats" in err and "len(clean) / 0" in err  # the user's frame, with its source line
     assert "nbflow/run" not in err and "asyncio" not in err and "concurrent" not in err
