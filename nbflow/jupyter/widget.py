@@ -150,7 +150,8 @@ class WorkflowWidget(anywidget.AnyWidget):
         return unsubscribe
 
     def set_controls(self, controls: WidgetControls | None) -> None:
-        """Attach (background run) or detach (run over) the cancel/signal/re-run buttons."""
+        """Attach the cancel/signal/re-run buttons (a background run keeps them after it ends, so
+        re-run-from works), or detach them with None."""
         self._controls = controls
         self._push(force=True)
 
