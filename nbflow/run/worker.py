@@ -21,9 +21,15 @@ machine) repeatedly:
    transaction that writes only while the claim still carries this worker's token. A
    worker whose heartbeat was too slow — its claim expired and another worker took
    the unit over — gets its commit refused: one unit never has two committed results;
-6. releases the claim. Whoever finds every step done marks the instance completed
-   (its output is read from the sinks' records); a step that fails after its retries
-   marks it failed.
+6. releases the claim — for a map item, a chunk or a map's final record, in the same
+   transaction as that single commit (``commit_claimed(release=True)``). Whoever
+   finds every step done marks the instance completed (its output is read from the
+   sinks' records); a step that fails after its retries marks it failed.
+
+Between scans a worker keeps each instance's records and plan, and re-reads them
+only when the instance's ``change_stamp`` moved (any record written or deleted); a
+claim refused at one record version is not retried for a poll interval (whoever holds
+it either commits — a new version — or releases it).
 
 A worker killed mid-unit simply stops renewing: after ``claim_ttl`` another worker
 claims the unit and runs it again (at-least-once execution, exactly-once commit; use
@@ -39,8 +45,8 @@ machines: (a) an atomic "add if absent or expired" with an expiry per claim (Red
 CONFLICT DO UPDATE ... WHERE expires_at < now()``), (b) a compare-and-set commit: write
 the records and check the claim token in one transaction (Lua script / row lock), (c)
 a queue index of runnable instances and ready units, so workers do not scan every
-instance's records each poll (here the scan reads them; fine on one machine, not at
-thousands of instances), and (d) a server clock for expiries (here workers share the
+instance each poll (here the scan reads each one's meta and change stamp, and the
+records of those that changed; fine on one machine, not at thousands of instances), and (d) a server clock for expiries (here workers share the
 machine's wall clock).
 """
 
@@ -51,7 +57,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,16 +100,24 @@ class _NotDue(Exception):  # noqa: N818 - control flow: a delay that has not ela
 
 
 class _ClaimedIO(CheckpointIO):
-    """CheckpointIO whose every write is a compare-and-set on one claim."""
+    """CheckpointIO whose every write is a compare-and-set on one claim.
+
+    ``last_commit_releases``: for units that write exactly once (a map item, a chunk,
+    a map's final record), that write also drops the claim in the same transaction
+    (``released`` then says so), saving a separate ``release_claim`` per unit."""
 
     def __init__(self, backend: Backend, instance_id: str, codec: Codec, key: str, token: str, worker: str) -> None:
         super().__init__(backend, instance_id, codec)
         self.key, self.token, self.worker = key, token, worker
+        self.last_commit_releases = False
+        self.released = False
 
     def _commit(self, items: list[tuple[CheckpointRecord, Any]]) -> list[CheckpointRecord]:
-        stored = self.backend.commit_claimed(self.instance_id, self.key, self.token, items)
+        release = self.last_commit_releases
+        stored = self.backend.commit_claimed(self.instance_id, self.key, self.token, items, release=release)
         if stored is None:
             raise ClaimLostError(self.instance_id, self.key, self.worker)
+        self.released = release
         return stored
 
     def write(self, task_id: str, fingerprint: str, value: Any, **fields: Any) -> CheckpointRecord:
@@ -136,6 +150,15 @@ class _View:
     def get(self, src: Source) -> Any:
         value = self.value(INPUT_KEY if src.task is None else src.task)
         return value if src.key is None else value[src.key]
+
+
+@dataclass
+class _CachedView:
+    """A view kept between scans, valid while the instance's change stamp is ``stamp``."""
+
+    stamp: Hashable
+    definition_hash: str
+    view: _View
 
 
 @dataclass
@@ -248,6 +271,11 @@ class PooledWorker:
         self._known: list[str] = []
         self._known_at = 0.0
         self._items: dict[tuple[str, str, float | None], list[Any]] = {}
+        self._views: dict[str, _CachedView] = {}
+        # (instance, unit key, record version seen) -> monotonic time until which a
+        # refused claim is not retried: another worker holds it, and its commit changes
+        # the version (a new key) or its release lets us in after one poll interval.
+        self._refused: dict[tuple[str, str, float | None], float] = {}
 
     def __repr__(self) -> str:
         return f"PooledWorker({self.worker_id!r}, {self.backend!r}, workflows={sorted(self.workflows)})"
@@ -337,10 +365,15 @@ class PooledWorker:
                 held = list(self._held.items())
             for (iid, key), token in held:
                 try:
-                    if not self.backend.renew_claim(iid, key, token, self.claim_ttl):
+                    if not self.backend.renew_claim(iid, key, token, self.claim_ttl) and self._holds(iid, key, token):
                         log.warning("worker %s: claim on %s/%s was taken over", self.worker_id, iid, key)
                 except Exception:  # a store hiccup: the next beat tries again
                     log.exception("heartbeat of %s failed", self.worker_id)
+
+    def _holds(self, iid: str, key: str, token: str) -> bool:
+        """Still in hand? (A unit whose last commit released its claim is not.)"""
+        with self._held_lock:
+            return self._held.get((iid, key)) == token
 
     def _release_all(self) -> None:
         with self._held_lock:
@@ -369,6 +402,7 @@ class PooledWorker:
         for iid in self._instances():
             meta = self.backend.load_instance(iid)
             if meta is None or meta.state not in RUNNABLE:
+                self._views.pop(iid, None)
                 continue
             wf = self.workflows[meta.workflow]
             if meta.definition_hash != wf.definition_hash:
@@ -391,12 +425,9 @@ class PooledWorker:
             units = self._ready(view)
             random.shuffle(units)  # workers spread over the branches and items
             for unit in units:
-                token = self.backend.claim(iid, unit.key, self.worker_id, self.claim_ttl, seen=unit.seen)
+                token = self._claim(unit)
                 if token is None:
                     continue
-                unit.token = token
-                with self._held_lock:
-                    self._held[(iid, unit.key)] = token
                 if meta.state != RunState.RUNNING and unit.node.kind not in ("delay", "signal"):
                     self._set_state(iid, RunState.RUNNING.value)
                     meta.state = RunState.RUNNING.value
@@ -405,10 +436,43 @@ class PooledWorker:
                     return claimed, True
         return claimed, busy
 
+    def _claim(self, unit: _Unit) -> str | None:
+        """Claim ``unit`` for this worker, skipping the store round trip (a write
+        transaction, serialised across processes) when the answer is known to be no:
+        the unit is already in hand here, or was refused lately at this version."""
+        iid, now = unit.view.meta.instance_id, time.monotonic()
+        with self._held_lock:
+            if (iid, unit.key) in self._held:
+                return None
+        refused = (iid, unit.key, unit.seen)
+        if self._refused.get(refused, 0.0) > now:
+            return None
+        token = self.backend.claim(iid, unit.key, self.worker_id, self.claim_ttl, seen=unit.seen)
+        if token is None:
+            if len(self._refused) > 4096:
+                self._refused = {k: t for k, t in self._refused.items() if t > now}
+            self._refused[refused] = now + self.poll_interval
+            return None
+        unit.token = token
+        with self._held_lock:
+            self._held[(iid, unit.key)] = token
+        return token
+
     def _view(self, meta: InstanceMeta, wf: WorkflowDefinition) -> _View:
-        records = self.backend.get_records(meta.instance_id)
-        io = CheckpointIO(self.backend, meta.instance_id, wf.codec or self.codec)
-        return _View(meta, wf, records, compute_plan(wf, records), io)
+        """The instance's records and plan, re-read only when its change stamp moved
+        (the stamp is read first, so a kept view is never older than the stamp)."""
+        iid = meta.instance_id
+        stamp = self.backend.change_stamp(iid)
+        cached = self._views.get(iid)
+        if cached is not None and stamp is not None and cached.stamp == stamp and cached.definition_hash == wf.definition_hash:
+            cached.view.meta = meta
+            return cached.view
+        records = self.backend.get_records(iid)
+        io = CheckpointIO(self.backend, iid, wf.codec or self.codec)
+        view = _View(meta, wf, records, compute_plan(wf, records), io)
+        if stamp is not None:
+            self._views[iid] = _CachedView(stamp, wf.definition_hash, view)
+        return view
 
     def _ready(self, view: _View) -> list[_Unit]:
         units: list[_Unit] = []
@@ -466,6 +530,7 @@ class PooledWorker:
         view, node = unit.view, unit.node
         iid = view.meta.instance_id
         io = _ClaimedIO(self.backend, iid, view.io.codec, unit.key, unit.token, self.worker_id)
+        io.last_commit_releases = unit.item is not None or unit.chunk is not None or unit.finalize
         sched = Scheduler(
             wf=view.wf,
             instance_id=iid,
@@ -519,7 +584,7 @@ class PooledWorker:
         finally:
             with self._held_lock:
                 token = self._held.pop((iid, unit.key), None)
-            if token is not None:
+            if token is not None and not io.released:
                 try:
                     self.backend.release_claim(iid, unit.key, token)
                 except Exception:  # noqa: BLE001 - it expires on its own

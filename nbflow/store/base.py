@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import IO, Any, Protocol, runtime_checkable
 
@@ -199,6 +199,13 @@ class Backend(Protocol):
     def put_records(self, instance_id: str, items: list[tuple[CheckpointRecord, PayloadSink]]) -> list[CheckpointRecord]: ...
     def get_records(self, instance_id: str) -> dict[str, CheckpointRecord]: ...
     def get_record(self, instance_id: str, task_id: str) -> CheckpointRecord | None: ...
+    def change_stamp(self, instance_id: str) -> Hashable | None:
+        """A value that changes whenever a record of the instance is written or deleted
+        (None: no record was ever written). Read it *before* ``get_records``: records
+        read after a stamp are at least as new as the stamp, so a cache of records keyed
+        by it is never stale. Lets a PooledWorker skip re-reading unchanged instances."""
+        ...
+
     def open_payload(self, instance_id: str, record: CheckpointRecord) -> IO[bytes]: ...
     def delete_records(self, instance_id: str, task_ids: Iterable[str]) -> None: ...
 
@@ -228,10 +235,18 @@ class Backend(Protocol):
         ...
 
     def commit_claimed(
-        self, instance_id: str, task_id: str, token: str, items: list[tuple[CheckpointRecord, PayloadSink]]
+        self,
+        instance_id: str,
+        task_id: str,
+        token: str,
+        items: list[tuple[CheckpointRecord, PayloadSink]],
+        *,
+        release: bool = False,
     ) -> list[CheckpointRecord] | None:
         """Store ``items`` in one transaction only if the claim on ``task_id`` still
-        carries ``token``; else store nothing and return None."""
+        carries ``token``; else store nothing and return None. ``release=True`` also
+        drops the claim in that transaction (the unit's last commit: one round trip
+        instead of a commit and a ``release_claim``)."""
         ...
 
     def get_claims(self, instance_id: str) -> dict[str, Claim]:

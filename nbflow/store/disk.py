@@ -62,6 +62,7 @@ _CACHE_SETTINGS: dict[str, Any] = {
 _META = "meta"
 _CONTROL = "control"
 _CONTROL_FLAG = "control.flag"
+_STAMP = "stamp"  # a fresh token at every record write: see change_stamp
 _RECORD_PREFIX, _SIGNAL_PREFIX, _CLAIM_PREFIX = "t:", "s:", "c:"
 
 
@@ -272,6 +273,11 @@ class DiskcacheBackend:
         key = self._keys.get(instance_id)
         if key is None:  # cached: this runs on every checkpoint write
             key = self._keys[instance_id] = _dirname(validate_instance_id(instance_id))
+        return self._open(key, instance_id, create)
+
+    def _open(self, key: str, instance_id: str, create: bool) -> diskcache.Cache | None:
+        """The open cache of instance folder ``key`` (kept in a small LRU: opening one
+        runs a dozen SQLite statements, far more than a read)."""
         with self._caches_lock:
             cache = self._caches.get(key)
             if cache is not None:
@@ -339,15 +345,13 @@ class DiskcacheBackend:
         for path in sorted((self.directory / "instances").iterdir()):
             if not (path / "cache.db").exists():
                 continue
-            cache = None
+            # Through the same open caches as reads: a worker lists the store at every
+            # poll, and reopening each instance's SQLite file was most of its time.
             try:  # opening can fail too (a damaged cache.db): one bad instance must not hide the rest
-                cache = diskcache.Cache(str(path), **_CACHE_SETTINGS)
-                data = _meta_dict(cache.get(_META))
+                cache = self._open(path.name, path.name, create=False)
+                data = None if cache is None else _meta_dict(cache.get(_META))
             except Exception:  # noqa: BLE001 - a damaged instance is listed as such
                 data = {"instance_id": path.name, "workflow": "?", "definition_hash": "", "state": "damaged"}
-            finally:
-                if cache is not None:
-                    cache.close()
             if isinstance(data, dict):
                 out.append(InstanceMeta.from_dict(data))
         return out
@@ -366,14 +370,26 @@ class DiskcacheBackend:
             assert isinstance(sink, _SpillSink)
             record.payload, record.blob = sink.commit()
             record.size = sink.size
-        if len(items) == 1:
-            record = items[0][0]
-            cache.set(_rkey(record.task_id), _pack(record))
-        else:
-            with cache.transact():  # one commit for the whole batch
-                for record, _ in items:
-                    cache.set(_rkey(record.task_id), _pack(record))
+        with cache.transact():  # one commit for the whole batch and its change stamp
+            self._store_records(cache, [record for record, _ in items])
         return [record for record, _ in items]
+
+    @staticmethod
+    def _store_records(cache: diskcache.Cache, records: list[CheckpointRecord]) -> None:
+        """Write records and then a new change stamp; call inside ``cache.transact()``."""
+        for record in records:
+            cache.set(_rkey(record.task_id), _pack(record))
+        cache.set(_STAMP, uuid.uuid4().hex)
+
+    def change_stamp(self, instance_id: str) -> str | None:
+        """A token that changes whenever a record of the instance is written or deleted.
+
+        Set in the same transaction as the records, so a reader that reads the stamp
+        and *then* the records can never pair a stamp with records older than it (at
+        worst with newer ones: it re-reads once more). A random token, not a counter,
+        so a deleted and resubmitted instance never repeats an old stamp."""
+        raw = self._read(instance_id, _STAMP)
+        return None if raw is None else str(raw)
 
     def get_records(self, instance_id: str) -> dict[str, CheckpointRecord]:
         cache = self._cache(instance_id, create=False)
@@ -427,6 +443,7 @@ class DiskcacheBackend:
                     if blob:
                         blobs.append(blob)
                 cache.delete(_rkey(tid))
+            cache.set(_STAMP, uuid.uuid4().hex)
         for name in blobs:
             (self._instance_dir(instance_id) / "blobs" / name).unlink(missing_ok=True)
 
@@ -502,7 +519,7 @@ class DiskcacheBackend:
             record.payload = bytes(queue.pop(0))
             record.size, record.blob = len(record.payload), None
             cache.set(_skey(name), queue)
-            cache.set(_rkey(record.task_id), _pack(record))
+            self._store_records(cache, [record])
         return record
 
     def set_control(self, instance_id: str, action: str | None, reason: str = "") -> None:
@@ -544,7 +561,8 @@ class DiskcacheBackend:
             current = cache.get(_ckey(task_id))
             if isinstance(current, dict) and current.get("expires_at", 0.0) > now:
                 return None
-            if record_version(cache.get(_rkey(task_id))) != seen:
+            stored = cache.get(_rkey(task_id))
+            if record_version(None if stored is None else self._record(instance_id, stored)) != seen:
                 return None
             token = uuid.uuid4().hex
             cache.set(_ckey(task_id), Claim(task_id, worker, token, now + ttl).to_dict())
@@ -574,7 +592,13 @@ class DiskcacheBackend:
         return True
 
     def commit_claimed(
-        self, instance_id: str, task_id: str, token: str, items: list[tuple[CheckpointRecord, PayloadSink]]
+        self,
+        instance_id: str,
+        task_id: str,
+        token: str,
+        items: list[tuple[CheckpointRecord, PayloadSink]],
+        *,
+        release: bool = False,
     ) -> list[CheckpointRecord] | None:
         cache = self._cache(instance_id, create=False)
         if cache is None:
@@ -587,8 +611,9 @@ class DiskcacheBackend:
             current = cache.get(_ckey(task_id))
             ours = isinstance(current, dict) and current.get("token") == token
             if ours:
-                for record, _ in items:
-                    cache.set(_rkey(record.task_id), record.to_dict())
+                self._store_records(cache, [record for record, _ in items])
+                if release:  # the unit is done: drop the claim in the same transaction
+                    cache.delete(_ckey(task_id))
         if not ours:
             for record, _ in items:  # a rejected commit leaves no orphan file behind
                 if record.blob:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import threading
 import time
 import uuid
@@ -37,6 +38,7 @@ class _Instance:
     signals: dict[str, deque[bytes]] = field(default_factory=dict)
     control: tuple[str, str] | None = None
     claims: dict[str, Claim] = field(default_factory=dict)
+    stamp: int | None = None  # see change_stamp
 
 
 class _MemoryLease:
@@ -64,6 +66,9 @@ class InMemoryBackend:
         self._lock = threading.RLock()
         self._instances: dict[str, _Instance] = {}
         self._locks: dict[str, str] = {}
+        # One counter for the whole store: a deleted and resubmitted instance never
+        # repeats a stamp it had before.
+        self._stamps = itertools.count(1)
 
     def __repr__(self) -> str:
         return f"InMemoryBackend({len(self._instances)} instances)"
@@ -108,6 +113,7 @@ class InMemoryBackend:
             inst = self._get(instance_id)
             for record in stored:
                 inst.records[record.task_id] = record
+            inst.stamp = next(self._stamps)
         return stored
 
     def get_records(self, instance_id: str) -> dict[str, CheckpointRecord]:
@@ -129,6 +135,13 @@ class InMemoryBackend:
             if inst:
                 for tid in task_ids:
                     inst.records.pop(tid, None)
+                inst.stamp = next(self._stamps)
+
+    def change_stamp(self, instance_id: str) -> int | None:
+        """A value that changes whenever a record of the instance is written or deleted."""
+        with self._lock:
+            inst = self._instances.get(instance_id)
+            return inst.stamp if inst else None
 
     # -- exclusivity --------------------------------------------------------------------
     def lock(self, instance_id: str, holder: str) -> _MemoryLease:
@@ -163,6 +176,7 @@ class InMemoryBackend:
             record.payload = queue.popleft()
             record.size, record.blob = len(record.payload), None
             inst.records[record.task_id] = record
+            inst.stamp = next(self._stamps)
             return record
 
     def set_control(self, instance_id: str, action: str | None, reason: str = "") -> None:
@@ -207,14 +221,23 @@ class InMemoryBackend:
             return True
 
     def commit_claimed(
-        self, instance_id: str, task_id: str, token: str, items: list[tuple[CheckpointRecord, PayloadSink]]
+        self,
+        instance_id: str,
+        task_id: str,
+        token: str,
+        items: list[tuple[CheckpointRecord, PayloadSink]],
+        *,
+        release: bool = False,
     ) -> list[CheckpointRecord] | None:
         with self._lock:
             inst = self._instances.get(instance_id)
             current = inst.claims.get(task_id) if inst else None
-            if current is None or current.token != token:
+            if inst is None or current is None or current.token != token:
                 return None
-            return self.put_records(instance_id, items)
+            stored = self.put_records(instance_id, items)
+            if release:
+                del inst.claims[task_id]
+            return stored
 
     def get_claims(self, instance_id: str) -> dict[str, Claim]:
         with self._lock:

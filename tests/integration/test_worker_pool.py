@@ -175,8 +175,8 @@ def test_four_workers_survive_a_sigkill(tmp_path: Path) -> None:
 class _CountingStore(DiskcacheBackend):
     commits: ClassVar[Counter[str]] = Counter()
 
-    def commit_claimed(self, instance_id, task_id, token, items):  # type: ignore[no-untyped-def]
-        stored = super().commit_claimed(instance_id, task_id, token, items)
+    def commit_claimed(self, instance_id, task_id, token, items, **kw):  # type: ignore[no-untyped-def]
+        stored = super().commit_claimed(instance_id, task_id, token, items, **kw)
         if stored is not None:
             type(self).commits[f"{instance_id}/{task_id}"] += 1
         return stored

@@ -9,6 +9,7 @@ import pytest
 
 import nbflow as nf
 from nbflow.core.status import LoopResult
+from nbflow.store.base import CheckpointRecord
 
 
 @pytest.fixture(params=["memory", "disk"])
@@ -89,6 +90,47 @@ def test_big_map_is_chunked_over_workers(store) -> None:  # type: ignore[no-unty
     chunks = [t for t in records if t.startswith("m[") and ":" in t]
     assert chunks and all(records[c].codec == "ref" for c in chunks)
     assert client.get_task_result("big-1", "m") == [i * 2 for i in range(300)]
+    assert store.get_claims("big-1") == {}  # each unit's last commit dropped its claim
+
+
+def test_unchanged_instance_is_not_re_read(store) -> None:  # type: ignore[no-untyped-def]
+    """Between scans a worker keeps an instance's records while its change stamp holds."""
+    wf = nf.Workflow("nap").then("a", lambda x: x).delay("nap", 3600).then("b", lambda x: x).build()
+    client = nf.WorkflowClient(store)
+    client.submit(wf, "nap-1", 1)
+    calls = {"get_records": 0, "load_instance": 0}
+
+    def counting(name: str):  # type: ignore[no-untyped-def]
+        method = getattr(store, name)
+
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls[name] += 1
+            return method(*args, **kwargs)
+
+        return wrapper
+
+    worker = nf.PooledWorker("w", store, [wf], poll_interval=0.02)
+    handle = worker.start()
+    deadline = time.time() + 20
+
+    def wait_for(name: str, count: int) -> None:
+        while calls[name] < count and time.time() < deadline:
+            time.sleep(0.01)
+        assert calls[name] >= count
+
+    try:
+        while client.status("nap-1").state != "waiting" and time.time() < deadline:
+            time.sleep(0.02)
+        assert client.status("nap-1").state == "waiting"
+        store.get_records, store.load_instance = counting("get_records"), counting("load_instance")
+        wait_for("load_instance", 5)  # several scans ...
+        assert calls["get_records"] == 0  # ... and not one re-read of the unchanged records
+        sink = store.new_sink("nap-1")
+        sink.write(b"")
+        store.put_record("nap-1", CheckpointRecord(task_id="note", fingerprint="", codec="pickle"), sink)
+        wait_for("get_records", 1)  # a new record: read again
+    finally:
+        handle.shutdown(timeout=10)
 
 
 def test_signal_is_consumed_once(store) -> None:  # type: ignore[no-untyped-def]

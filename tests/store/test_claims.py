@@ -152,3 +152,68 @@ def test_claims_across_processes(tmp_path: Path) -> None:
 def _race(directory: str, worker: str) -> list[str]:
     store = DiskcacheBackend(directory)
     return [f"t{i}" for i in range(50) if store.claim(IID, f"t{i}", worker, ttl=60)]
+
+
+def test_commit_with_release_drops_the_claim_in_the_same_step(store: Backend) -> None:
+    token = store.claim(IID, "a", "w1", ttl=30)
+    assert token
+    stored = store.commit_claimed(IID, "a", token, [_item(store, "a", b"one")], release=True)
+    assert stored is not None and store.get_record(IID, "a").payload == b"one"  # type: ignore[union-attr]
+    assert "a" not in store.get_claims(IID)
+    assert not store.release_claim(IID, "a", token)  # already gone
+    assert not store.renew_claim(IID, "a", token, ttl=30)
+    # a worker that planned before the commit is refused by the record version, not by a claim
+    assert store.claim(IID, "a", "w2", ttl=30, seen=None) is None
+
+
+def test_refused_commit_with_release_keeps_the_other_workers_claim(store: Backend) -> None:
+    slow = store.claim(IID, "a", "slow", ttl=0.05)
+    assert slow
+    time.sleep(0.1)
+    fast = store.claim(IID, "a", "fast", ttl=30)
+    assert fast
+    assert store.commit_claimed(IID, "a", slow, [_item(store, "a", b"slow")], release=True) is None
+    assert store.get_record(IID, "a") is None
+    assert store.get_claims(IID)["a"].token == fast
+
+
+def test_change_stamp_moves_with_every_record_change(store: Backend) -> None:
+    seen = [store.change_stamp(IID)]
+
+    def changed() -> bool:
+        stamp = store.change_stamp(IID)
+        new = stamp not in seen
+        seen.append(stamp)
+        return new
+
+    record, sink = _item(store, "a")
+    store.put_record(IID, record, sink)
+    assert changed()
+    store.put_records(IID, [_item(store, "b"), _item(store, "c")])
+    assert changed()
+    token = store.claim(IID, "d", "w1", ttl=30)
+    assert token
+    assert not changed()  # claims are not records
+    store.commit_claimed(IID, "d", token, [_item(store, "d")], release=True)
+    assert changed()
+    assert store.commit_claimed(IID, "d", "not-the-token", [_item(store, "d")]) is None
+    assert not changed()  # a refused commit changes nothing
+    store.push_signal(IID, "go", b"payload")
+    assert store.consume_signal(IID, "go", CheckpointRecord(task_id="sig", fingerprint="f", codec="pickle"))
+    assert changed()
+    store.delete_records(IID, ["a"])
+    assert changed()
+    store.set_control(IID, "paused")
+    store.save_instance(InstanceMeta(IID, "wf", "hash", state="paused"))
+    assert not changed()  # only records count (the worker reloads the instance itself)
+
+
+def test_change_stamp_of_a_resubmitted_instance_is_new(store: Backend) -> None:
+    store.put_records(IID, [_item(store, "a")])
+    before = store.change_stamp(IID)
+    assert before is not None
+    store.delete_instance(IID)
+    assert store.change_stamp(IID) is None
+    store.save_instance(InstanceMeta(IID, "wf", "hash"))
+    store.put_records(IID, [_item(store, "a")])
+    assert store.change_stamp(IID) not in (None, before)
