@@ -500,26 +500,31 @@ NOTEBOOKS: dict[str, tuple[str, Callable[[], list[nbformat.NotebookNode]]]] = {
 }
 
 
-def build(name: str, *, execute: bool = True) -> Path:
-    filename, make = NOTEBOOKS[name]
+def write_notebook(cells: list[nbformat.NotebookNode], path: Path, *, execute: bool = True) -> Path:
+    """Make a notebook of ``cells``, run it top to bottom (nbclient) so its outputs are
+    stored for nbval, and write it to ``path``. The other notebook scripts use it too."""
     nb = new_notebook(
-        cells=make(),
+        cells=cells,
         metadata={
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
             "language_info": {"name": "python"},
         },
     )
-    path = HERE / filename
     if execute:
         from nbclient import NotebookClient
 
         t0 = time.monotonic()
         NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
-        print(f"executed {filename} in {time.monotonic() - t0:.1f} s")
+        print(f"executed {path.name} in {time.monotonic() - t0:.1f} s")
     nbformat.validate(nb)
     nbformat.write(nb, path)
     print("wrote", path)
     return path
+
+
+def build(name: str, *, execute: bool = True) -> Path:
+    filename, make = NOTEBOOKS[name]
+    return write_notebook(make(), HERE / filename, execute=execute)
 
 
 def main(argv: list[str]) -> int:

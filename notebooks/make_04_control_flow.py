@@ -14,8 +14,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from build import write_notebook  # notebooks/build.py: run it with nbclient, write it
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
 HERE = Path(__file__).parent
 NB = HERE / "04-control-flow.ipynb"
@@ -241,18 +241,4 @@ cells = [
     ),
 ]
 
-nb = new_notebook(
-    cells=cells,
-    metadata={
-        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-        "language_info": {"name": "python"},
-    },
-)
-
-if "--no-execute" not in sys.argv:
-    from nbclient import NotebookClient
-
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
-nbformat.validate(nb)
-nbformat.write(nb, NB)
-print("wrote", NB)
+write_notebook(cells, NB, execute="--no-execute" not in sys.argv)

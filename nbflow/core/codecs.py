@@ -29,7 +29,27 @@ class Codec(Protocol):
     def load(self, file: IO[bytes]) -> Any: ...
 
 
-class PickleCodec:
+class _BytesMixin:
+    """``dumps``/``loads`` for a codec that streams with ``dump``/``load``."""
+
+    def dump(self, obj: Any, file: IO[bytes]) -> None:
+        raise NotImplementedError
+
+    def load(self, file: IO[bytes]) -> Any:
+        raise NotImplementedError
+
+    def dumps(self, obj: Any) -> bytes:
+        """Encode ``obj`` to bytes."""
+        buf = io.BytesIO()
+        self.dump(obj, buf)
+        return buf.getvalue()
+
+    def loads(self, data: bytes) -> Any:
+        """Decode bytes made by :meth:`dumps`."""
+        return self.load(io.BytesIO(data))
+
+
+class PickleCodec(_BytesMixin):
     """The default codec: pickle protocol 5 through cloudpickle.
 
     cloudpickle stores functions and classes defined in a notebook (``__main__``) by
@@ -91,14 +111,6 @@ class PickleCodec:
             buffers.append(buf)
         return pickle.loads(head, buffers=buffers)
 
-    def dumps(self, obj: Any) -> bytes:
-        buf = io.BytesIO()
-        self.dump(obj, buf)
-        return buf.getvalue()
-
-    def loads(self, data: bytes) -> Any:
-        return self.load(io.BytesIO(data))
-
     def __repr__(self) -> str:
         return "PickleCodec()"
 
@@ -149,7 +161,7 @@ class _Prefixed(io.RawIOBase):
         return bytes(out)
 
 
-class JsonCodec:
+class JsonCodec(_BytesMixin):
     """Human-readable checkpoints, safe to load from an untrusted directory.
 
     Only JSON types round-trip (tuples come back as lists).
@@ -165,14 +177,6 @@ class JsonCodec:
 
     def load(self, file: IO[bytes]) -> Any:
         return json.loads(file.read().decode("utf-8"))
-
-    def dumps(self, obj: Any) -> bytes:
-        buf = io.BytesIO()
-        self.dump(obj, buf)
-        return buf.getvalue()
-
-    def loads(self, data: bytes) -> Any:
-        return self.load(io.BytesIO(data))
 
     def __repr__(self) -> str:
         return "JsonCodec()"

@@ -329,37 +329,33 @@ class CheckpointingRunner:
                     resumed=prep.resumed,
                 )
             )
-            try:
-                outcome = await scheduler.run()
-            except BaseException as exc:
-                meta.state, meta.updated_at = RunState.FAILED.value, time.time()
-                meta.error = TaskError("", type(exc).__name__, str(exc)).to_dict()
-                _save_quietly(self._backend, meta)
+            def finished(state: str, error: str | None = None, failed_task: str | None = None) -> None:
                 self.events.publish(
                     ev.RunFinished(
                         workflow=wf.name,
                         instance_id=meta.instance_id,
-                        state="failed",
+                        state=state,
                         duration=time.monotonic() - started,
-                        error=str(exc),
+                        error=error,
+                        failed_task=failed_task,
                     )
                 )
+
+            try:
+                outcome = await scheduler.run()
+            except BaseException as exc:  # a store problem: recorded, announced, re-raised
+                meta.state, meta.updated_at = RunState.FAILED.value, time.time()
+                meta.error = TaskError("", type(exc).__name__, str(exc)).to_dict()
+                _save_quietly(self._backend, meta)
+                finished("failed", str(exc))
                 raise
             meta.state, meta.signal = outcome.state, outcome.signal
             meta.wake_at = None
             meta.error = outcome.error.to_dict() if outcome.error else None
             meta.message, meta.updated_at = outcome.reason, time.time()
             self._backend.save_instance(meta)
-            self.events.publish(
-                ev.RunFinished(
-                    workflow=wf.name,
-                    instance_id=meta.instance_id,
-                    state=outcome.state,
-                    duration=time.monotonic() - started,
-                    error=str(outcome.error) if outcome.error else None,
-                    failed_task=outcome.error.task_id if outcome.error else None,
-                )
-            )
+            error = outcome.error
+            finished(outcome.state, str(error) if error else None, error.task_id if error else None)
             return WorkflowStatus(
                 workflow=wf.name,
                 instance_id=meta.instance_id,
