@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import io
 import json
 import os
 import pickle
-import re
 import shutil
 import socket
 import sqlite3
@@ -36,7 +34,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,172 +42,29 @@ import diskcache
 
 from nbflow.core.errors import CheckpointCorruptError, ConfigurationError, InstanceLockedError
 from nbflow.store.base import CheckpointRecord, Claim, InstanceMeta, PayloadSink, record_version, validate_instance_id
+from nbflow.store.disk_layout import (
+    CACHE_SETTINGS,
+    CLAIM_PREFIX,
+    CONTROL,
+    CONTROL_FLAG,
+    INLINE_LIMIT,
+    MAX_OPEN,
+    META,
+    RECORD_PREFIX,
+    STAMP,
+    FileLease,
+    SpillSink,
+    ckey,
+    instance_dirname,
+    meta_dict,
+    pack_record,
+    rkey,
+    scan_prefix,
+    skey,
+    unpack_record,
+)
 
-__all__ = ["DiskcacheBackend"]
-
-INLINE_LIMIT = 256 * 1024  # larger encoded outputs go to their own file
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_CACHE_SETTINGS: dict[str, Any] = {
-    # Checkpoints must never be evicted or culled, whatever their size.
-    "eviction_policy": "none",
-    "size_limit": 2**62,
-    "cull_limit": 0,
-    # Records stay in SQLite; nbflow writes large outputs to files itself.
-    "disk_min_file_size": 2**24,
-    "statistics": 0,
-    "tag_index": 0,
-}
-_META = "meta"
-_CONTROL = "control"
-_CONTROL_FLAG = "control.flag"
-_STAMP = "stamp"  # a fresh token at every record write: see change_stamp
-_RECORD_PREFIX, _SIGNAL_PREFIX, _CLAIM_PREFIX = "t:", "s:", "c:"
-
-
-def _rkey(task_id: str) -> str:
-    """The cache key of a task's record. A str, not a tuple: diskcache pickles tuple
-    keys, and pickle's memo makes ("t", "t") encode differently depending on whether the
-    two strings are one object, so one record could end up under two keys."""
-    return _RECORD_PREFIX + task_id
-
-
-def _pack(record: CheckpointRecord) -> bytes:
-    """A record as bytes: a version tag and the fields in declaration order.
-
-    diskcache stores bytes as they are, whereas a dict would be pickled *and* run
-    through pickletools.optimize on every write (~100 us); a tuple also decodes in a
-    third of the time of a dict on resume. New fields are only ever appended, so old
-    tuples still load."""
-    return pickle.dumps((1, record.as_tuple()), protocol=5)
-
-
-def _unpack(data: Any) -> CheckpointRecord:
-    """Inverse of _pack; also reads records stored as dicts."""
-    if isinstance(data, bytes):
-        data = pickle.loads(data)
-    if isinstance(data, tuple) and len(data) == 2 and data[0] == 1:
-        return CheckpointRecord(*data[1])
-    if not isinstance(data, dict):
-        raise ValueError(f"a record is a {type(data).__name__}, not a dict")
-    return CheckpointRecord.from_dict(data)
-
-
-def _meta_dict(data: Any) -> Any:
-    """An instance record as a dict (stored as pickled bytes; dicts from older stores)."""
-    return pickle.loads(data) if isinstance(data, bytes) else data
-
-
-def _scan(cache: diskcache.Cache, prefix: str) -> Iterator[tuple[str, Any]]:
-    """(key, value) of every str key starting with ``prefix``, in ONE query.
-
-    Resume reads all of an instance's records; one ``get`` per key would cost two
-    queries each. This reads diskcache's table directly (its layout is stable since
-    diskcache 4) and decodes values with diskcache's own ``Disk.fetch``; should that
-    layout ever change, it falls back to the public, slower iteration.
-    """
-    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    try:
-        rows = cache._sql(
-            "SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key >= ? AND key < ?",
-            (prefix, upper),
-        ).fetchall()
-        fetch = cache._disk.fetch
-    except (AttributeError, sqlite3.OperationalError):
-        for key in cache.iterkeys():
-            if isinstance(key, str) and key.startswith(prefix):
-                value = cache.get(key)
-                if value is not None:
-                    yield key, value
-        return
-    for key, mode, filename, value in rows:
-        yield key, fetch(mode, filename, value, False)
-
-
-def _ckey(task_id: str) -> str:
-    """The cache key of a PooledWorker's claim on a step."""
-    return _CLAIM_PREFIX + task_id
-
-
-def _skey(name: str) -> str:
-    """The cache key of a signal's FIFO queue (a str, for the same reason)."""
-    return _SIGNAL_PREFIX + name
-
-_MAX_OPEN = 64
-
-
-def _dirname(instance_id: str) -> str:
-    """A folder name for an instance id: the id itself when safe, else a safe
-    prefix plus a digest (so distinct ids never share a folder)."""
-    if _SAFE.match(instance_id):
-        return instance_id
-    digest = hashlib.sha256(instance_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", instance_id)[:80].lstrip("._-") or "id"
-    return f"{safe}~{digest}"
-
-
-class _SpillSink(io.RawIOBase):
-    """Buffers in memory up to INLINE_LIMIT, then streams to a temp file in ``blobs/``."""
-
-    def __init__(self, instance_dir: Path, limit: int = INLINE_LIMIT) -> None:
-        super().__init__()
-        self._instance_dir, self._limit = instance_dir, limit
-        self._buf = bytearray()
-        self._file: IO[bytes] | None = None
-        self.tmp_path: Path | None = None
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        n = len(memoryview(data).cast("B"))
-        self.size += n
-        if self._file is None:
-            if len(self._buf) + n <= self._limit:
-                self._buf += data
-                return n
-            # Over the limit: spill what is buffered, then write `data` straight through
-            # (never copy a large buffer into memory first).
-            blob_dir = self._instance_dir / "blobs"
-            blob_dir.mkdir(parents=True, exist_ok=True)
-            self.tmp_path = blob_dir / f".tmp-{uuid.uuid4().hex}"
-            self._file = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in commit()
-            self._file.write(self._buf)
-            self._buf = bytearray()
-        self._file.write(data)
-        return n
-
-    def commit(self) -> tuple[bytes | None, str | None]:
-        """Make the bytes durable; returns (inline payload, blob file name)."""
-        if self._file is None:
-            return bytes(self._buf), None
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        assert self.tmp_path is not None
-        name = self.tmp_path.name[len(".tmp-") :] + ".bin"
-        os.replace(self.tmp_path, self.tmp_path.with_name(name))
-        return None, name
-
-    def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            if self.tmp_path is not None:
-                self.tmp_path.unlink(missing_ok=True)
-
-
-class _FileLease:
-    def __init__(self, fd: int) -> None:
-        self._fd: int | None = fd
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
-
+__all__ = ["INLINE_LIMIT", "DiskcacheBackend"]
 
 class DiskcacheBackend:
     """Checkpoints in a directory on disk; safe to share between processes.
@@ -265,14 +120,14 @@ class DiskcacheBackend:
     def _instance_dir(self, instance_id: str) -> Path:
         path = self._dirs.get(instance_id)
         if path is None:  # cached: this is on the path of every checkpoint write
-            path = self.directory / "instances" / _dirname(validate_instance_id(instance_id))
+            path = self.directory / "instances" / instance_dirname(validate_instance_id(instance_id))
             self._dirs[instance_id] = path
         return path
 
     def _cache(self, instance_id: str, create: bool = True) -> diskcache.Cache | None:
         key = self._keys.get(instance_id)
         if key is None:  # cached: this runs on every checkpoint write
-            key = self._keys[instance_id] = _dirname(validate_instance_id(instance_id))
+            key = self._keys[instance_id] = instance_dirname(validate_instance_id(instance_id))
         return self._open(key, instance_id, create)
 
     def _open(self, key: str, instance_id: str, create: bool) -> diskcache.Cache | None:
@@ -287,11 +142,11 @@ class DiskcacheBackend:
             if not create and not (path / "cache.db").exists():
                 return None
             try:
-                cache = diskcache.Cache(str(path), **_CACHE_SETTINGS)
+                cache = diskcache.Cache(str(path), **CACHE_SETTINGS)
             except sqlite3.DatabaseError as exc:
                 raise CheckpointCorruptError(instance_id, f"SQLite says: {exc}", str(path)) from None
             self._caches[key] = cache
-            while len(self._caches) > _MAX_OPEN:
+            while len(self._caches) > MAX_OPEN:
                 _, old = self._caches.popitem(last=False)
                 old.close()
             return cache
@@ -312,10 +167,10 @@ class DiskcacheBackend:
 
     # -- instances ----------------------------------------------------------------------
     def load_instance(self, instance_id: str) -> InstanceMeta | None:
-        data = self._read(instance_id, _META)
+        data = self._read(instance_id, META)
         if data is None:
             return None
-        data = _meta_dict(data)
+        data = meta_dict(data)
         if not isinstance(data, dict):
             raise CheckpointCorruptError(instance_id, "the instance record is not a dict", str(self._instance_dir(instance_id)))
         return InstanceMeta.from_dict(data)
@@ -325,7 +180,7 @@ class DiskcacheBackend:
         assert cache is not None
         # Bytes, like records: a dict value would go through pickletools.optimize, which
         # is slow on a 10,000-task workflow's shape.
-        cache.set(_META, pickle.dumps(meta.to_dict(), protocol=5))
+        cache.set(META, pickle.dumps(meta.to_dict(), protocol=5))
 
     def delete_instance(self, instance_id: str) -> bool:
         path = self._instance_dir(instance_id)
@@ -349,7 +204,7 @@ class DiskcacheBackend:
             # poll, and reopening each instance's SQLite file was most of its time.
             try:  # opening can fail too (a damaged cache.db): one bad instance must not hide the rest
                 cache = self._open(path.name, path.name, create=False)
-                data = None if cache is None else _meta_dict(cache.get(_META))
+                data = None if cache is None else meta_dict(cache.get(META))
             except Exception:  # noqa: BLE001 - a damaged instance is listed as such
                 data = {"instance_id": path.name, "workflow": "?", "definition_hash": "", "state": "damaged"}
             if isinstance(data, dict):
@@ -358,7 +213,7 @@ class DiskcacheBackend:
 
     # -- checkpoints --------------------------------------------------------------------
     def new_sink(self, instance_id: str) -> PayloadSink:
-        return _SpillSink(self._instance_dir(instance_id))
+        return SpillSink(self._instance_dir(instance_id))
 
     def put_record(self, instance_id: str, record: CheckpointRecord, sink: PayloadSink) -> CheckpointRecord:
         return self.put_records(instance_id, [(record, sink)])[0]
@@ -367,7 +222,7 @@ class DiskcacheBackend:
         cache = self._cache(instance_id)
         assert cache is not None
         for record, sink in items:
-            assert isinstance(sink, _SpillSink)
+            assert isinstance(sink, SpillSink)
             record.payload, record.blob = sink.commit()
             record.size = sink.size
         with cache.transact():  # one commit for the whole batch and its change stamp
@@ -378,8 +233,8 @@ class DiskcacheBackend:
     def _store_records(cache: diskcache.Cache, records: list[CheckpointRecord]) -> None:
         """Write records and then a new change stamp; call inside ``cache.transact()``."""
         for record in records:
-            cache.set(_rkey(record.task_id), _pack(record))
-        cache.set(_STAMP, uuid.uuid4().hex)
+            cache.set(rkey(record.task_id), pack_record(record))
+        cache.set(STAMP, uuid.uuid4().hex)
 
     def change_stamp(self, instance_id: str) -> str | None:
         """A token that changes whenever a record of the instance is written or deleted.
@@ -388,7 +243,7 @@ class DiskcacheBackend:
         and *then* the records can never pair a stamp with records older than it (at
         worst with newer ones: it re-reads once more). A random token, not a counter,
         so a deleted and resubmitted instance never repeats an old stamp."""
-        raw = self._read(instance_id, _STAMP)
+        raw = self._read(instance_id, STAMP)
         return None if raw is None else str(raw)
 
     def get_records(self, instance_id: str) -> dict[str, CheckpointRecord]:
@@ -397,19 +252,19 @@ class DiskcacheBackend:
             return {}
         out = {}
         try:
-            for key, data in _scan(cache, _RECORD_PREFIX):
-                out[key[len(_RECORD_PREFIX) :]] = self._record(instance_id, data)
+            for key, data in scan_prefix(cache, RECORD_PREFIX):
+                out[key[len(RECORD_PREFIX) :]] = self._record(instance_id, data)
         except sqlite3.DatabaseError as exc:
             raise CheckpointCorruptError(instance_id, f"SQLite says: {exc}", cache.directory) from None
         return out
 
     def get_record(self, instance_id: str, task_id: str) -> CheckpointRecord | None:
-        data = self._read(instance_id, _rkey(task_id))
+        data = self._read(instance_id, rkey(task_id))
         return None if data is None else self._record(instance_id, data)
 
     def _record(self, instance_id: str, data: Any) -> CheckpointRecord:
         try:
-            return _unpack(data)
+            return unpack_record(data)
         except Exception as exc:  # noqa: BLE001 - any decoding failure means a damaged record
             raise CheckpointCorruptError(
                 instance_id, f"a checkpoint record cannot be decoded ({type(exc).__name__}: {exc})",
@@ -434,24 +289,24 @@ class DiskcacheBackend:
         blobs = []
         with cache.transact():
             for tid in task_ids:
-                data = cache.get(_rkey(tid))
+                data = cache.get(rkey(tid))
                 if data is not None:
                     try:
-                        blob = _unpack(data).blob
+                        blob = unpack_record(data).blob
                     except Exception:  # noqa: BLE001 - a damaged record is deleted all the same
                         blob = None
                     if blob:
                         blobs.append(blob)
-                cache.delete(_rkey(tid))
-            cache.set(_STAMP, uuid.uuid4().hex)
+                cache.delete(rkey(tid))
+            cache.set(STAMP, uuid.uuid4().hex)
         for name in blobs:
             (self._instance_dir(instance_id) / "blobs" / name).unlink(missing_ok=True)
 
     # -- exclusivity --------------------------------------------------------------------
     def _lock_path(self, instance_id: str) -> Path:
-        return self.directory / "locks" / (_dirname(validate_instance_id(instance_id)) + ".lock")
+        return self.directory / "locks" / (instance_dirname(validate_instance_id(instance_id)) + ".lock")
 
-    def lock(self, instance_id: str, holder: str) -> _FileLease:
+    def lock(self, instance_id: str, holder: str) -> FileLease:
         path = self._lock_path(instance_id)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -469,7 +324,7 @@ class DiskcacheBackend:
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "holder": holder, "since": time.time()})
         os.ftruncate(fd, 0)
         os.pwrite(fd, info.encode(), 0)
-        return _FileLease(fd)
+        return FileLease(fd)
 
     def is_locked(self, instance_id: str) -> bool:
         path = self._lock_path(instance_id)
@@ -491,20 +346,20 @@ class DiskcacheBackend:
         cache = self._cache(instance_id)
         assert cache is not None
         with cache.transact():
-            queue = list(cache.get(_skey(name), []))
+            queue = list(cache.get(skey(name), []))
             queue.append(payload)
-            cache.set(_skey(name), queue)
+            cache.set(skey(name), queue)
 
     def pop_signal(self, instance_id: str, name: str) -> bytes | None:
         cache = self._cache(instance_id, create=False)
         if cache is None:
             return None
         with cache.transact():
-            queue = list(cache.get(_skey(name), []))
+            queue = list(cache.get(skey(name), []))
             if not queue:
                 return None
             first = queue.pop(0)
-            cache.set(_skey(name), queue)
+            cache.set(skey(name), queue)
             return bytes(first)
 
     def consume_signal(self, instance_id: str, name: str, record: CheckpointRecord) -> CheckpointRecord | None:
@@ -513,12 +368,12 @@ class DiskcacheBackend:
         cache = self._cache(instance_id)
         assert cache is not None
         with cache.transact():
-            queue = list(cache.get(_skey(name), []))
+            queue = list(cache.get(skey(name), []))
             if not queue:
                 return None
             record.payload = bytes(queue.pop(0))
             record.size, record.blob = len(record.payload), None
-            cache.set(_skey(name), queue)
+            cache.set(skey(name), queue)
             self._store_records(cache, [record])
         return record
 
@@ -526,18 +381,18 @@ class DiskcacheBackend:
         cache = self._cache(instance_id)
         assert cache is not None
         if action is None:
-            cache.delete(_CONTROL)
+            cache.delete(CONTROL)
         else:
-            cache.set(_CONTROL, (action, reason))
+            cache.set(CONTROL, (action, reason))
         # Then touch the flag file: readers stat it (a microsecond) instead of querying
         # SQLite at every task boundary, and re-read the cache only when it changed.
-        flag = self._instance_dir(instance_id) / _CONTROL_FLAG
+        flag = self._instance_dir(instance_id) / CONTROL_FLAG
         flag.write_text(str(time.time_ns()))
 
     def get_control(self, instance_id: str) -> tuple[str, str] | None:
         flag = self._flags.get(instance_id)
         if flag is None:
-            flag = self._flags[instance_id] = str(self._instance_dir(instance_id) / _CONTROL_FLAG)
+            flag = self._flags[instance_id] = str(self._instance_dir(instance_id) / CONTROL_FLAG)
         try:
             stamp = os.stat(flag).st_mtime_ns
         except FileNotFoundError:
@@ -545,7 +400,7 @@ class DiskcacheBackend:
         seen = self._control_seen.get(instance_id)
         if seen is not None and seen[0] == stamp:
             return seen[1]
-        raw = self._read(instance_id, _CONTROL)
+        raw = self._read(instance_id, CONTROL)
         value = (str(raw[0]), str(raw[1])) if raw else None
         self._control_seen[instance_id] = (stamp, value)
         return value
@@ -558,14 +413,14 @@ class DiskcacheBackend:
         assert cache is not None
         with cache.transact():
             now = time.time()
-            current = cache.get(_ckey(task_id))
+            current = cache.get(ckey(task_id))
             if isinstance(current, dict) and current.get("expires_at", 0.0) > now:
                 return None
-            stored = cache.get(_rkey(task_id))
+            stored = cache.get(rkey(task_id))
             if record_version(None if stored is None else self._record(instance_id, stored)) != seen:
                 return None
             token = uuid.uuid4().hex
-            cache.set(_ckey(task_id), Claim(task_id, worker, token, now + ttl).to_dict())
+            cache.set(ckey(task_id), Claim(task_id, worker, token, now + ttl).to_dict())
         return token
 
     def renew_claim(self, instance_id: str, task_id: str, token: str, ttl: float) -> bool:
@@ -573,11 +428,11 @@ class DiskcacheBackend:
         if cache is None:
             return False
         with cache.transact():
-            current = cache.get(_ckey(task_id))
+            current = cache.get(ckey(task_id))
             if not isinstance(current, dict) or current.get("token") != token:
                 return False
             current["expires_at"] = time.time() + ttl
-            cache.set(_ckey(task_id), current)
+            cache.set(ckey(task_id), current)
         return True
 
     def release_claim(self, instance_id: str, task_id: str, token: str) -> bool:
@@ -585,10 +440,10 @@ class DiskcacheBackend:
         if cache is None:
             return False
         with cache.transact():
-            current = cache.get(_ckey(task_id))
+            current = cache.get(ckey(task_id))
             if not isinstance(current, dict) or current.get("token") != token:
                 return False
-            cache.delete(_ckey(task_id))
+            cache.delete(ckey(task_id))
         return True
 
     def commit_claimed(
@@ -604,16 +459,16 @@ class DiskcacheBackend:
         if cache is None:
             return None
         for record, sink in items:  # large outputs become files first (outside the transaction)
-            assert isinstance(sink, _SpillSink)
+            assert isinstance(sink, SpillSink)
             record.payload, record.blob = sink.commit()
             record.size = sink.size
         with cache.transact():
-            current = cache.get(_ckey(task_id))
+            current = cache.get(ckey(task_id))
             ours = isinstance(current, dict) and current.get("token") == token
             if ours:
                 self._store_records(cache, [record for record, _ in items])
                 if release:  # the unit is done: drop the claim in the same transaction
-                    cache.delete(_ckey(task_id))
+                    cache.delete(ckey(task_id))
         if not ours:
             for record, _ in items:  # a rejected commit leaves no orphan file behind
                 if record.blob:
@@ -627,8 +482,8 @@ class DiskcacheBackend:
             return {}
         out = {}
         for key in list(cache.iterkeys()):
-            if isinstance(key, str) and key.startswith(_CLAIM_PREFIX):
+            if isinstance(key, str) and key.startswith(CLAIM_PREFIX):
                 data = cache.get(key)
                 if isinstance(data, dict):
-                    out[key[len(_CLAIM_PREFIX) :]] = Claim.from_dict(data)
+                    out[key[len(CLAIM_PREFIX) :]] = Claim.from_dict(data)
         return out

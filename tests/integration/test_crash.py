@@ -26,7 +26,7 @@ SCRIPT = r'''
 import json, os, signal, sys, time
 from pathlib import Path
 import nbflow as nf
-from nbflow.store import disk
+from nbflow.store import disk_layout
 
 mode, root, action = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 KILL_AT = os.environ.get("KILL_AT", "")
@@ -84,7 +84,7 @@ else:  # fork
 
 if mode == "commit" and KILL_AT == "commit":
     # Fault injection: die after the blob file is durably written, before the record commit.
-    original = disk._SpillSink.commit
+    original = disk_layout.SpillSink.commit
 
     def commit_then_die(self):
         payload, blob = original(self)
@@ -93,7 +93,7 @@ if mode == "commit" and KILL_AT == "commit":
             os.kill(os.getpid(), signal.SIGKILL)
         return payload, blob
 
-    disk._SpillSink.commit = commit_then_die
+    disk_layout.SpillSink.commit = commit_then_die
 
 runner = nf.CheckpointingRunner(backend, echo_output=False)
 status = runner.run(wf, "inst", 1) if action == "run" else runner.resume(wf, "inst")
