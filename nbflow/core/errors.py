@@ -21,6 +21,7 @@ from typing import Any
 
 __all__ = [
     "CheckpointCorruptError",
+    "ClaimLostError",
     "CodecError",
     "ConfigurationError",
     "InstanceExistsError",
@@ -280,3 +281,15 @@ class WorkflowFailedError(NbflowError):
 
     def _render_traceback_(self) -> list[str]:
         return self.message.splitlines()
+
+
+class ClaimLostError(NbflowError):
+    """This worker's claim on a unit expired and another worker took it over: the
+    result computed here is dropped (the other worker's is the one kept)."""
+
+    def __init__(self, instance_id: str, task_id: str, worker: str) -> None:
+        self.instance_id, self.task_id, self.worker = instance_id, task_id, worker
+        super().__init__(
+            f"worker {worker!r} lost its claim on {task_id!r} of instance {instance_id!r} (it expired and "
+            "another worker took the step over); its result was not stored. Make heartbeat shorter than claim_ttl."
+        )

@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nbflow.core.codecs import Codec, PickleCodec
-from nbflow.core.errors import ConfigurationError, NbflowError
+from nbflow.core.errors import ClaimLostError, ConfigurationError
 from nbflow.core.graph import Node, Source, WorkflowDefinition
 from nbflow.core.retry import parse_duration
 from nbflow.core.status import RunState, TaskError
@@ -80,18 +80,6 @@ log = logging.getLogger("nbflow.worker")
 
 RUNNABLE = (RunState.PENDING, RunState.RUNNING, RunState.WAITING, RunState.AWAITING_SIGNAL)
 _BUSY = (RunState.PENDING, RunState.RUNNING, RunState.WAITING)  # keeps ``run(until_idle=True)`` going
-
-
-class ClaimLostError(NbflowError):
-    """This worker's claim on a unit expired and another worker took it over: the
-    result computed here is dropped (the other worker's is the one kept)."""
-
-    def __init__(self, instance_id: str, task_id: str, worker: str) -> None:
-        self.instance_id, self.task_id, self.worker = instance_id, task_id, worker
-        super().__init__(
-            f"worker {worker!r} lost its claim on {task_id!r} of instance {instance_id!r} (it expired and "
-            "another worker took the step over); its result was not stored. Make heartbeat shorter than claim_ttl."
-        )
 
 
 class _NotDue(Exception):  # noqa: N818 - control flow: a delay that has not elapsed yet
