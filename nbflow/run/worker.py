@@ -57,14 +57,13 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from nbflow.core.codecs import Codec, PickleCodec
 from nbflow.core.errors import ClaimLostError, ConfigurationError
-from nbflow.core.graph import Node, Source, WorkflowDefinition
+from nbflow.core.graph import Node, WorkflowDefinition
 from nbflow.core.retry import parse_duration
 from nbflow.core.status import RunState, TaskError
 from nbflow.run import events as ev
@@ -72,6 +71,7 @@ from nbflow.run import steps
 from nbflow.run.checkpoint import CheckpointIO, preview
 from nbflow.run.plan import RESTORE, RUN, SKIP, compute_plan
 from nbflow.run.scheduler import Parked, RunControl, Scheduler, StepFailed
+from nbflow.run.worker_units import CachedView, ClaimedIO, InstanceView, Unit, chunk_size, record_is_valid
 from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta, record_version
 
 __all__ = ["ClaimLostError", "PooledWorker", "WorkerHandle"]
@@ -85,80 +85,6 @@ _BUSY = (RunState.PENDING, RunState.RUNNING, RunState.WAITING)  # keeps ``run(un
 class _NotDue(Exception):  # noqa: N818 - control flow: a delay that has not elapsed yet
     def __init__(self, at: float) -> None:
         self.at = at
-
-
-class _ClaimedIO(CheckpointIO):
-    """CheckpointIO whose every write is a compare-and-set on one claim.
-
-    ``last_commit_releases``: for units that write exactly once (a map item, a chunk,
-    a map's final record), that write also drops the claim in the same transaction
-    (``released`` then says so), saving a separate ``release_claim`` per unit."""
-
-    def __init__(self, backend: Backend, instance_id: str, codec: Codec, key: str, token: str, worker: str) -> None:
-        super().__init__(backend, instance_id, codec)
-        self.key, self.token, self.worker = key, token, worker
-        self.last_commit_releases = False
-        self.released = False
-
-    def _commit(self, items: list[tuple[CheckpointRecord, Any]]) -> list[CheckpointRecord]:
-        release = self.last_commit_releases
-        stored = self.backend.commit_claimed(self.instance_id, self.key, self.token, items, release=release)
-        if stored is None:
-            raise ClaimLostError(self.instance_id, self.key, self.worker)
-        self.released = release
-        return stored
-
-    def write(self, task_id: str, fingerprint: str, value: Any, **fields: Any) -> CheckpointRecord:
-        return self._commit([self.encode(task_id, fingerprint, value, **fields)])[0]
-
-    def write_many(self, items: list[tuple[CheckpointRecord, Any]]) -> list[CheckpointRecord]:
-        return self._commit(items)
-
-    def write_ref(self, task_id: str, fingerprint: str, extra: dict[str, Any], **fields: Any) -> CheckpointRecord:
-        record = CheckpointRecord(task_id=task_id, fingerprint=fingerprint, codec="ref", extra=extra, **fields)
-        return self._commit([(record, self.backend.new_sink(self.instance_id))])[0]
-
-
-@dataclass
-class _View:
-    """One instance as the stored records say it stands."""
-
-    meta: InstanceMeta
-    wf: WorkflowDefinition
-    records: dict[str, CheckpointRecord]
-    plan: dict[str, str]
-    io: CheckpointIO
-    _values: dict[str, Any] = field(default_factory=dict)
-
-    def value(self, task_id: str) -> Any:
-        if task_id not in self._values:
-            self._values[task_id] = self.io.read(self.records[task_id], self.records.get)
-        return self._values[task_id]
-
-    def get(self, src: Source) -> Any:
-        value = self.value(INPUT_KEY if src.task is None else src.task)
-        return value if src.key is None else value[src.key]
-
-
-@dataclass
-class _CachedView:
-    """A view kept between scans, valid while the instance's change stamp is ``stamp``."""
-
-    stamp: Hashable
-    definition_hash: str
-    view: _View
-
-
-@dataclass
-class _Unit:
-    view: _View
-    node: Node
-    key: str  # the claim key, and the id of the record the unit commits
-    seen: float | None  # that record's version when the unit was planned
-    item: int | None = None  # a map item
-    chunk: tuple[int, int] | None = None  # a chunk of map items [start, stop)
-    finalize: bool = False  # a map whose items are all done: store the step's record
-    token: str = ""
 
 
 class WorkerHandle:
@@ -259,7 +185,7 @@ class PooledWorker:
         self._known: list[str] = []
         self._known_at = 0.0
         self._items: dict[tuple[str, str, float | None], list[Any]] = {}
-        self._views: dict[str, _CachedView] = {}
+        self._views: dict[str, CachedView] = {}
         # (instance, unit key, record version seen) -> monotonic time until which a
         # refused claim is not retried: another worker holds it, and its commit changes
         # the version (a new key) or its release lets us in after one poll interval.
@@ -310,7 +236,7 @@ class PooledWorker:
         beat_stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(beat_stop,), name=f"nbflow-heartbeat-{self.worker_id}", daemon=True)
         beat.start()
-        running: dict[asyncio.Task[None], _Unit] = {}
+        running: dict[asyncio.Task[None], Unit] = {}
         next_scan = 0.0
         try:
             while not self._stop.is_set():
@@ -383,9 +309,9 @@ class PooledWorker:
             self._known_at = now + self.poll_interval
         return self._known
 
-    def _scan(self, free: int) -> tuple[list[_Unit], bool]:
+    def _scan(self, free: int) -> tuple[list[Unit], bool]:
         """Claim up to ``free`` ready units; also returns whether any instance is busy."""
-        claimed: list[_Unit] = []
+        claimed: list[Unit] = []
         busy = False
         for iid in self._instances():
             meta = self.backend.load_instance(iid)
@@ -424,7 +350,7 @@ class PooledWorker:
                     return claimed, True
         return claimed, busy
 
-    def _claim(self, unit: _Unit) -> str | None:
+    def _claim(self, unit: Unit) -> str | None:
         """Claim ``unit`` for this worker, skipping the store round trip (a write
         transaction, serialised across processes) when the answer is known to be no:
         the unit is already in hand here, or was refused lately at this version."""
@@ -446,7 +372,7 @@ class PooledWorker:
             self._held[(iid, unit.key)] = token
         return token
 
-    def _view(self, meta: InstanceMeta, wf: WorkflowDefinition) -> _View:
+    def _view(self, meta: InstanceMeta, wf: WorkflowDefinition) -> InstanceView:
         """The instance's records and plan, re-read only when its change stamp moved
         (the stamp is read first, so a kept view is never older than the stamp)."""
         iid = meta.instance_id
@@ -457,13 +383,13 @@ class PooledWorker:
             return cached.view
         records = self.backend.get_records(iid)
         io = CheckpointIO(self.backend, iid, wf.codec or self.codec)
-        view = _View(meta, wf, records, compute_plan(wf, records), io)
+        view = InstanceView(meta, wf, records, compute_plan(wf, records), io)
         if stamp is not None:
-            self._views[iid] = _CachedView(stamp, wf.definition_hash, view)
+            self._views[iid] = CachedView(stamp, wf.definition_hash, view)
         return view
 
-    def _ready(self, view: _View) -> list[_Unit]:
-        units: list[_Unit] = []
+    def _ready(self, view: InstanceView) -> list[Unit]:
+        units: list[Unit] = []
         plan, records = view.plan, view.records
         now = time.time()
         for node in view.wf.nodes:
@@ -474,31 +400,31 @@ class PooledWorker:
             if node.kind == "map" and state == RUN:
                 items = self._map_items(view, node)
                 if items is None:  # not iterable: let the step itself fail with the message
-                    units.append(_Unit(view, node, node.id, seen))
+                    units.append(Unit(view, node, node.id, seen))
                     continue
-                size = _chunk_size(len(items))
+                size = chunk_size(len(items))
                 todo = []
                 for start in range(0, len(items), size):
                     stop = min(start + size, len(items))
-                    missing = [i for i in range(start, stop) if not _valid(records.get(f"{node.id}[{i}]"), node)]
+                    missing = [i for i in range(start, stop) if not record_is_valid(records.get(f"{node.id}[{i}]"), node)]
                     if not missing:
                         continue
                     if size == 1:
                         rec = records.get(f"{node.id}[{start}]")
-                        todo.append(_Unit(view, node, f"{node.id}[{start}]", record_version(rec), item=start))
+                        todo.append(Unit(view, node, f"{node.id}[{start}]", record_version(rec), item=start))
                     else:  # claimed and committed as one unit; its marker record ends it
                         key = f"{node.id}[{start}:{stop}]"
-                        todo.append(_Unit(view, node, key, record_version(records.get(key)), chunk=(start, stop)))
-                units.extend(todo or [_Unit(view, node, node.id, seen, finalize=True)])
+                        todo.append(Unit(view, node, key, record_version(records.get(key)), chunk=(start, stop)))
+                units.extend(todo or [Unit(view, node, node.id, seen, finalize=True)])
                 continue
             if node.kind == "delay" and state == RUN:
                 wake = records.get(f"{node.id}#wake")
                 if wake is not None and wake.fingerprint == node.fingerprint and float(wake.extra.get("at", 0)) > now:
                     continue  # not due yet
-            units.append(_Unit(view, node, node.id, seen))
+            units.append(Unit(view, node, node.id, seen))
         return units
 
-    def _map_items(self, view: _View, node: Node) -> list[Any] | None:
+    def _map_items(self, view: InstanceView, node: Node) -> list[Any] | None:
         src = node.params[0][1]
         dep = src.task or INPUT_KEY
         cache_key = (view.meta.instance_id, node.id, record_version(view.records.get(dep)))
@@ -514,10 +440,10 @@ class PooledWorker:
         return items
 
     # -- running one unit -------------------------------------------------------------
-    async def _run_unit(self, unit: _Unit, executor: Any) -> None:
+    async def _run_unit(self, unit: Unit, executor: Any) -> None:
         view, node = unit.view, unit.node
         iid = view.meta.instance_id
-        io = _ClaimedIO(self.backend, iid, view.io.codec, unit.key, unit.token, self.worker_id)
+        io = ClaimedIO(self.backend, iid, view.io.codec, unit.key, unit.token, self.worker_id)
         io.last_commit_releases = unit.item is not None or unit.chunk is not None or unit.finalize
         sched = Scheduler(
             wf=view.wf,
@@ -578,7 +504,7 @@ class PooledWorker:
                 except Exception:  # noqa: BLE001 - it expires on its own
                     pass
 
-    async def _run_item(self, sched: Scheduler, unit: _Unit) -> None:
+    async def _run_item(self, sched: Scheduler, unit: Unit) -> None:
         node, i = unit.node, unit.item
         assert node.fn is not None and i is not None
         items = self._map_items(unit.view, node) or []
@@ -594,7 +520,7 @@ class PooledWorker:
             preview=record.preview, stdout=record.stdout, stderr=record.stderr, worker=record.worker,
         )
 
-    async def _run_chunk(self, sched: Scheduler, unit: _Unit) -> None:
+    async def _run_chunk(self, sched: Scheduler, unit: Unit) -> None:
         """Several items of a map, one claim and one commit (plus a marker record under
         the chunk's key, so a worker that planned before the commit cannot re-claim it)."""
         node, (start, stop) = unit.node, unit.chunk or (0, 0)
@@ -604,7 +530,7 @@ class PooledWorker:
         failure: StepFailed | None = None
         for i in range(start, stop):
             key = f"{node.id}[{i}]"
-            if _valid(unit.view.records.get(key), node):
+            if record_is_valid(unit.view.records.get(key), node):
                 continue
             try:
                 value, cap, attempt, started = await sched.attempts(node, node.fn, [items[i]], {}, key, False)
@@ -650,7 +576,7 @@ class PooledWorker:
             ev.RunFinished(workflow=meta.workflow, instance_id=iid, state="failed", error=str(error), failed_task=error.task_id)
         )
 
-    def _complete(self, view: _View) -> None:
+    def _complete(self, view: InstanceView) -> None:
         meta = self.backend.load_instance(view.meta.instance_id)
         if meta is None or RunState(meta.state).finished:
             return
@@ -658,13 +584,3 @@ class PooledWorker:
         meta.updated_at, meta.message = time.time(), f"completed by worker {self.worker_id}"
         self.backend.save_instance(meta)
         self.events.publish(ev.RunFinished(workflow=meta.workflow, instance_id=meta.instance_id, state="completed"))
-
-
-def _valid(record: CheckpointRecord | None, node: Node) -> bool:
-    return record is not None and record.fingerprint == node.fingerprint
-
-
-def _chunk_size(items: int) -> int:
-    """Map items per claim: one by one for small maps (they spread best); up to 32 for
-    big ones, so tiny items do not pay three store transactions each."""
-    return max(1, min(32, items // 16))

@@ -1,0 +1,104 @@
+"""The units a PooledWorker claims and the views it plans them from.
+
+``InstanceView`` is one instance as its stored records say it stands; ``Unit`` is one
+claimable piece of it (a step, a map item or a chunk of items); ``ClaimedIO`` writes a
+unit's records only while its claim is still this worker's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nbflow.core.codecs import Codec
+from nbflow.core.errors import ClaimLostError
+from nbflow.core.graph import Node, Source, WorkflowDefinition
+from nbflow.run.checkpoint import CheckpointIO
+from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta
+
+__all__ = ["CachedView", "ClaimedIO", "InstanceView", "Unit", "chunk_size", "record_is_valid"]
+
+
+class ClaimedIO(CheckpointIO):
+    """CheckpointIO whose every write is a compare-and-set on one claim.
+
+    ``last_commit_releases``: for units that write exactly once (a map item, a chunk,
+    a map's final record), that write also drops the claim in the same transaction
+    (``released`` then says so), saving a separate ``release_claim`` per unit."""
+
+    def __init__(self, backend: Backend, instance_id: str, codec: Codec, key: str, token: str, worker: str) -> None:
+        super().__init__(backend, instance_id, codec)
+        self.key, self.token, self.worker = key, token, worker
+        self.last_commit_releases = False
+        self.released = False
+
+    def _commit(self, items: list[tuple[CheckpointRecord, Any]]) -> list[CheckpointRecord]:
+        release = self.last_commit_releases
+        stored = self.backend.commit_claimed(self.instance_id, self.key, self.token, items, release=release)
+        if stored is None:
+            raise ClaimLostError(self.instance_id, self.key, self.worker)
+        self.released = release
+        return stored
+
+    def write(self, task_id: str, fingerprint: str, value: Any, **fields: Any) -> CheckpointRecord:
+        return self._commit([self.encode(task_id, fingerprint, value, **fields)])[0]
+
+    def write_many(self, items: list[tuple[CheckpointRecord, Any]]) -> list[CheckpointRecord]:
+        return self._commit(items)
+
+    def write_ref(self, task_id: str, fingerprint: str, extra: dict[str, Any], **fields: Any) -> CheckpointRecord:
+        record = CheckpointRecord(task_id=task_id, fingerprint=fingerprint, codec="ref", extra=extra, **fields)
+        return self._commit([(record, self.backend.new_sink(self.instance_id))])[0]
+
+
+@dataclass
+class InstanceView:
+    """One instance as the stored records say it stands."""
+
+    meta: InstanceMeta
+    wf: WorkflowDefinition
+    records: dict[str, CheckpointRecord]
+    plan: dict[str, str]
+    io: CheckpointIO
+    _values: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, task_id: str) -> Any:
+        if task_id not in self._values:
+            self._values[task_id] = self.io.read(self.records[task_id], self.records.get)
+        return self._values[task_id]
+
+    def get(self, src: Source) -> Any:
+        value = self.value(INPUT_KEY if src.task is None else src.task)
+        return value if src.key is None else value[src.key]
+
+
+@dataclass
+class CachedView:
+    """A view kept between scans, valid while the instance's change stamp is ``stamp``."""
+
+    stamp: Hashable
+    definition_hash: str
+    view: InstanceView
+
+
+@dataclass
+class Unit:
+    view: InstanceView
+    node: Node
+    key: str  # the claim key, and the id of the record the unit commits
+    seen: float | None  # that record's version when the unit was planned
+    item: int | None = None  # a map item
+    chunk: tuple[int, int] | None = None  # a chunk of map items [start, stop)
+    finalize: bool = False  # a map whose items are all done: store the step's record
+    token: str = ""
+
+
+def record_is_valid(record: CheckpointRecord | None, node: Node) -> bool:
+    return record is not None and record.fingerprint == node.fingerprint
+
+
+def chunk_size(items: int) -> int:
+    """Map items per claim: one by one for small maps (they spread best); up to 32 for
+    big ones, so tiny items do not pay three store transactions each."""
+    return max(1, min(32, items // 16))
