@@ -20,6 +20,7 @@ from nbflow.core.codecs import JsonCodec, PickleCodec
 from nbflow.core.context import TaskContext, WorkflowContext, get_task_context
 from nbflow.core.errors import (
     CheckpointCorruptError,
+    ClaimLostError,
     CodecError,
     ConfigurationError,
     InstanceExistsError,
@@ -56,6 +57,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointCorruptError",
     "CheckpointingRunner",
+    "ClaimLostError",
     "CodecError",
     "ConfigurationError",
     "ConflictPolicy",
