@@ -7,7 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-test,bench,dask}"
 
+python=${PYTHON:-python3}
 need=()
+command -v "$python" >/dev/null 2>&1 || need+=(python3)
+# Debian's python3 lacks ensurepip (so `python3 -m venv` fails) until python3-venv is installed.
+"$python" -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 command -v dot >/dev/null 2>&1 || need+=(graphviz)
 if [[ ",$extras," == *",test,"* ]]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
@@ -20,7 +24,6 @@ if (( ${#need[@]} )); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q -o DPkg::Lock::Timeout=600 "${need[@]}"
 fi
 
-python=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv with $($python --version)"
   "$python" -m venv .venv
