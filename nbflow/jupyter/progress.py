@@ -411,8 +411,18 @@ class Coalescer:
     True
     """
 
-    def __init__(self, min_interval: float = 0.2, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        min_interval: float = 0.2,
+        *,
+        budget: float = 0.02,
+        max_interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.min_interval = max(0.0, float(min_interval))
+        self.max_interval = max(self.min_interval, float(max_interval))
+        self.budget = budget
+        self.interval = self.min_interval
         self._clock = clock
         self._lock = threading.Lock()
         self.pushed_version = -1
@@ -424,7 +434,24 @@ class Coalescer:
         with self._lock:
             if version == self.pushed_version:
                 return None
-            return max(0.0, self.last_push + self.min_interval - self._clock())
+            return max(0.0, self.last_push + self.interval - self._clock())
+
+    def spent(self, seconds: float) -> None:
+        """Record how long the last push took. Pushes may use at most ``budget`` of the
+        run's time (they hold the GIL the tasks need), so a slow push — a graph of
+        thousands of tasks — spaces the next ones out, up to ``max_interval``.
+
+        >>> c = Coalescer(0.2, budget=0.02)
+        >>> c.spent(0.001); c.interval
+        0.2
+        >>> c.spent(0.01); c.interval
+        0.5
+        >>> c.spent(1.0); c.interval
+        2.0
+        """
+        with self._lock:
+            wanted = seconds / self.budget if self.budget > 0 else 0.0
+            self.interval = min(self.max_interval, max(self.min_interval, wanted))
 
     def mark(self, version: int) -> None:
         """Record that ``version`` was pushed now."""

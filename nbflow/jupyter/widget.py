@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -240,6 +241,7 @@ class WorkflowWidget(anywidget.AnyWidget):
             if not force and self._coalescer.delay(version) is None:
                 return
             self._coalescer.mark(version)
+            started = time.perf_counter()
             states = self._model.states()
             progress = self._model.progress()
             progress["signals"] = sorted(
@@ -254,6 +256,7 @@ class WorkflowWidget(anywidget.AnyWidget):
                 self.detail = self._detail(self.selected) if self.selected else {}
                 if self._pending_message:
                     self.message, self._pending_message = self._pending_message, ""
+            self._coalescer.spent(time.perf_counter() - started)
 
     def _rows(self, states: Mapping[str, str]) -> list[list[Any]]:
         order = list(states)
