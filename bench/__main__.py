@@ -36,8 +36,7 @@ BENCHES: dict[str, str] = {
 #: Benches from later issues: listed so `--only` knows them, skipped until the feature
 #: they measure exists. To add one: write bench/<name>.py with ``run(cfg, log)``, move
 #: the entry to BENCHES.
-PLANNED: dict[str, tuple[str, Callable[[], bool]]] = {
-}
+PLANNED: dict[str, tuple[str, Callable[[], bool]]] = {}
 
 
 def _importable(module: str) -> bool:
@@ -132,12 +131,23 @@ def ratio_lines(rows: list[Row]) -> list[str]:
 
 # -- main -----------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer rounds (< 60 s)")
-    ap.add_argument("--only", action="append", metavar="NAME", choices=[*BENCHES, *PLANNED],
-                    help=f"run only this bench (repeatable): {', '.join([*BENCHES, *PLANNED])}")
-    ap.add_argument("--scale", type=float, default=float(os.environ.get("NBFLOW_BENCH_SCALE", "1")),
-                    help="multiply task counts and payload sizes (env NBFLOW_BENCH_SCALE; the smoke test uses 0.02)")
+    ap.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        choices=[*BENCHES, *PLANNED],
+        help=f"run only this bench (repeatable): {', '.join([*BENCHES, *PLANNED])}",
+    )
+    ap.add_argument(
+        "--scale",
+        type=float,
+        default=float(os.environ.get("NBFLOW_BENCH_SCALE", "1")),
+        help="multiply task counts and payload sizes (env NBFLOW_BENCH_SCALE; the smoke test uses 0.02)",
+    )
     ap.add_argument("--repeats", type=int, default=None, help="rounds per measurement (default: per bench)")
     ap.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench.json", help="JSON results file")
     ap.add_argument("--workdir", type=Path, default=None, help="where scratch stores go (default: system temp)")

@@ -112,7 +112,9 @@ def run(cfg: Config, log: Callable[[str], None]) -> list[Row]:
             per_task[(name, n)] = Timing([s / n * 1e6 for s in t.samples])  # µs per task
         us = {name: per_task[(name, n)] for name in timings}
 
-        def row(name: str, base: str, target: float | None = None, note: str = "", us: dict[str, Timing] = us, n: int = n) -> Row:
+        def row(
+            name: str, base: str, target: float | None = None, note: str = "", us: dict[str, Timing] = us, n: int = n
+        ) -> Row:
             return Row(
                 NAME,
                 f"{n} tasks: {name}",
@@ -133,7 +135,9 @@ def run(cfg: Config, log: Callable[[str], None]) -> list[Row]:
         if "sayiir memory" in us:
             rows.append(row("nbflow memory", "sayiir memory", note="both in memory"))
             rows.append(row("nbflow disk", "sayiir memory", note="nbflow on disk vs sayiir in memory"))
-        rows.append(Row(NAME, f"{n} tasks: build()", build_s * 1e3, "ms", note="workflow construction, outside the clocks"))
+        rows.append(
+            Row(NAME, f"{n} tasks: build()", build_s * 1e3, "ms", note="workflow construction, outside the clocks")
+        )
 
     for name, target in (("nbflow disk", 1.2), ("nbflow memory", 1.2), ("raw set", None)):
         a, b = per_task[(name, small)], per_task[(name, large)]
@@ -178,7 +182,13 @@ def _sayiir_scaling(cfg: Config, small: int, at_small: Timing, log: Callable[[st
         predicted = last_s * (n / last_n) ** 2
         if predicted > SAYIIR_BUDGET:
             rows.append(
-                Row(NAME, f"sayiir memory at {n} tasks", None, "", note=f"skipped: predicted {predicted:.0f} s (quadratic)")
+                Row(
+                    NAME,
+                    f"sayiir memory at {n} tasks",
+                    None,
+                    "",
+                    note=f"skipped: predicted {predicted:.0f} s (quadratic)",
+                )
             )
             break
         log(f"chain: sayiir at {n} tasks (predicted {predicted:.1f} s)")

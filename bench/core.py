@@ -124,7 +124,9 @@ def scratch_dir(cfg: Config, prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def round_robin(variants: dict[str, Callable[[], float]], rounds: int, log: Callable[[str], None] | None = None) -> dict[str, Timing]:
+def round_robin(
+    variants: dict[str, Callable[[], float]], rounds: int, log: Callable[[str], None] | None = None
+) -> dict[str, Timing]:
     """Run each variant once per round, in turn; each returns the seconds it measured
     itself (so its set-up and tear-down stay outside the clock)."""
     out: dict[str, list[float]] = {name: [] for name in variants}

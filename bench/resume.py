@@ -82,6 +82,13 @@ def run(cfg: Config, log: Callable[[str], None]) -> list[Row]:
             note=f"ratio = resume / its own original run; {res.best / (n - 1) * 1e6:.1f} µs per restored task",
             samples=resumes,
         ),
-        Row(NAME, f"{n}-task chain, last failed: original run", orig.best / n * 1e6, "µs/task", spread=orig.spread_text(),
-            note="informational", samples=originals),
+        Row(
+            NAME,
+            f"{n}-task chain, last failed: original run",
+            orig.best / n * 1e6,
+            "µs/task",
+            spread=orig.spread_text(),
+            note="informational",
+            samples=originals,
+        ),
     ]

@@ -89,9 +89,16 @@ def bench_cpu(n: int) -> dict[str, Any]:
 
     ex = nf.ProcessExecutor(max_workers=2)
     t0 = time.perf_counter()
-    _time_run(nf.CheckpointingRunner(nf.InMemoryBackend(), executor=ex, echo_output=False), nf.Workflow("warm").then(_identity).build(), 1, "warm")
+    _time_run(
+        nf.CheckpointingRunner(nf.InMemoryBackend(), executor=ex, echo_output=False),
+        nf.Workflow("warm").then(_identity).build(),
+        1,
+        "warm",
+    )
     out["process_startup_s"] = time.perf_counter() - t0
-    out["process_s"], got = _time_run(nf.CheckpointingRunner(nf.InMemoryBackend(), executor=ex, echo_output=False), wf, n, "proc")
+    out["process_s"], got = _time_run(
+        nf.CheckpointingRunner(nf.InMemoryBackend(), executor=ex, echo_output=False), wf, n, "proc"
+    )
     ex.shutdown()
     assert got == expected
 
@@ -101,7 +108,10 @@ def bench_cpu(n: int) -> dict[str, Any]:
         out["dask_s"] = None
     else:
         t0 = time.perf_counter()
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+            Client(cluster) as client,
+        ):
             client.submit(_identity, 1, pure=False).result()
             out["dask_startup_s"] = time.perf_counter() - t0
             runner = nf.CheckpointingRunner(nf.InMemoryBackend(), executor=nf.DaskExecutor(client), echo_output=False)
@@ -166,8 +176,21 @@ def bench_pool(instances: int, items: int, workers: tuple[int, ...] = (1, 2, 4))
         for n in workers:
             directory = root / f"pool-{n}"
             store = _submit(directory, instances, items)
-            cmd = [sys.executable, "-m", "nbflow", "--dir", str(directory), "worker", "--module", "bench.scale",
-                   "--concurrency", "4", "--poll-interval", "0.05s", "--until-idle"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "nbflow",
+                "--dir",
+                str(directory),
+                "worker",
+                "--module",
+                "bench.scale",
+                "--concurrency",
+                "4",
+                "--poll-interval",
+                "0.05s",
+                "--until-idle",
+            ]
             t0 = time.perf_counter()
             procs = [subprocess.Popen([*cmd, "--id", f"w{i}"], cwd=here, stdout=subprocess.DEVNULL) for i in range(n)]
             for p in procs:
@@ -195,14 +218,28 @@ def run(cfg: Any, log: Any) -> list[Any]:
     log(f"scale: CPU fork of {BRANCHES} branches")
     cpu = bench_cpu(n)
     rows = [Row("scale", f"CPU fork {BRANCHES} branches: inline (threads)", cpu["inline_s"], "s")]
-    for key, label in (("process", "ProcessExecutor(2)"), ("dask", "DaskExecutor(LocalCluster 2)"), ("sayiir", "sayiir 1.0")):
+    for key, label in (
+        ("process", "ProcessExecutor(2)"),
+        ("dask", "DaskExecutor(LocalCluster 2)"),
+        ("sayiir", "sayiir 1.0"),
+    ):
         value = cpu.get(f"{key}_s")
         if value is None:
             rows.append(Row("scale", f"CPU fork: {label}", None, "s", note="skipped: not installed"))
             continue
         target = {"target": "<= 0.59x (speed-up >= 1.7x)", "target_max": 0.59} if key != "sayiir" else {}
-        rows.append(Row("scale", f"CPU fork: {label} wall / inline wall", value, "s", baseline="inline",
-                        baseline_value=cpu["inline_s"], note=f"speed-up {cpu[f'{key}_speedup']}x", **target))
+        rows.append(
+            Row(
+                "scale",
+                f"CPU fork: {label} wall / inline wall",
+                value,
+                "s",
+                baseline="inline",
+                baseline_value=cpu["inline_s"],
+                note=f"speed-up {cpu[f'{key}_speedup']}x",
+                **target,
+            )
+        )
     log("scale: worker pool throughput")
     pool = bench_pool(4 if quick else INSTANCES, 100 if quick else ITEMS)
     single = pool["single_process_runner_tasks_per_s"]
@@ -210,8 +247,16 @@ def run(cfg: Any, log: Any) -> list[Any]:
     for w in (1, 2, 4):
         value = pool.get(f"pool_{w}_workers_tasks_per_s")
         if value is not None:
-            rows.append(Row("scale", f"{pool['tasks']} trivial tasks: PooledWorker x{w}", value, "tasks/s",
-                            baseline="single-process runner", baseline_value=single))
+            rows.append(
+                Row(
+                    "scale",
+                    f"{pool['tasks']} trivial tasks: PooledWorker x{w}",
+                    value,
+                    "tasks/s",
+                    baseline="single-process runner",
+                    baseline_value=single,
+                )
+            )
     return rows
 
 
@@ -228,12 +273,19 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     print(f"CPU-bound fork: {BRANCHES} branches x ~{1.0 if not args.quick else 0.2:.1f} s, {cpu['cores']} cores")
-    for key, label in (("inline", "inline (threads)"), ("process", "ProcessExecutor(2)"), ("dask", "DaskExecutor(LocalCluster 2)"), ("sayiir", "sayiir")):
+    for key, label in (
+        ("inline", "inline (threads)"),
+        ("process", "ProcessExecutor(2)"),
+        ("dask", "DaskExecutor(LocalCluster 2)"),
+        ("sayiir", "sayiir"),
+    ):
         value = cpu.get(f"{key}_s")
         speed = cpu.get(f"{key}_speedup")
         extra = f"  speed-up {speed:.2f}x" if speed else ""
         print(f"  {label:<30} {value:7.2f} s{extra}" if value is not None else f"  {label:<30}   n/a")
-    print(f"  (start-up outside the clock: processes {cpu['process_startup_s']:.2f} s, cluster {cpu.get('dask_startup_s', 0):.2f} s)")
+    print(
+        f"  (start-up outside the clock: processes {cpu['process_startup_s']:.2f} s, cluster {cpu.get('dask_startup_s', 0):.2f} s)"
+    )
     print(f"Worker pool: {pool['tasks']} trivial tasks over {pool['instances']} instances")
     print(f"  single-process runner          {pool['single_process_runner_tasks_per_s']:8.1f} tasks/s")
     for n in (1, 2, 4):

@@ -45,16 +45,7 @@ def report(parts: dict[str, int]) -> str:
     return f"total={parts['total']} biggest={parts['biggest']}"
 
 
-etl = (
-    nf.Workflow("example-etl")
-    .then(load)
-    .then(clean)
-    .fork()
-    .branch(total)
-    .branch(biggest)
-    .join(report)
-    .build()
-)
+etl = nf.Workflow("example-etl").then(load).then(clean).fork().branch(total).branch(biggest).join(report).build()
 
 
 def main() -> None:

@@ -213,8 +213,12 @@ def _worker(backend: DiskcacheBackend, args: argparse.Namespace) -> int:
     if not flows:
         raise ConfigurationError("--module", args.module, "a module defining at least one workflow")
     worker = PooledWorker(
-        args.id or f"{socket.gethostname()}:{os.getpid()}", backend, list(flows.values()),
-        claim_ttl=args.claim_ttl, heartbeat=args.heartbeat, poll_interval=args.poll_interval,
+        args.id or f"{socket.gethostname()}:{os.getpid()}",
+        backend,
+        list(flows.values()),
+        claim_ttl=args.claim_ttl,
+        heartbeat=args.heartbeat,
+        poll_interval=args.poll_interval,
         concurrency=args.concurrency,
     )
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop(finish=True))

@@ -34,8 +34,7 @@ cells = [
         "We use the fluent builder and a `CheckpointingRunner` on an on-disk store in a throw-away folder."
     ),
     new_code_cell(
-        IGNORE
-        + "import os\n"
+        IGNORE + "import os\n"
         "import tempfile\n"
         "\n"
         "import nbflow as nf\n"
@@ -57,8 +56,7 @@ cells = [
         "not in the middle of a run."
     ),
     new_code_cell(
-        CHECK
-        + "def size(order):\n"
+        CHECK + "def size(order):\n"
         "    return 'bulk' if order['qty'] >= 100 else 'retail'\n"
         "\n"
         "def bulk_price(order):\n"
@@ -88,8 +86,7 @@ cells = [
         "    print(f'{qty:>4} -> {status.output!r}; skipped: {skipped}')"
     ),
     new_code_cell(
-        CHECK
-        + "try:\n"
+        CHECK + "try:\n"
         "    nf.Workflow('broken').route(size, keys=['bulk', 'retail']).branch('bulk', bulk_price).done()\n"
         "except nf.WorkflowDefinitionError as exc:\n"
         "    print(exc)"
@@ -104,8 +101,7 @@ cells = [
         "instead of failing."
     ),
     new_code_cell(
-        CHECK
-        + "def newton(state):\n"
+        CHECK + "def newton(state):\n"
         "    x, target = state\n"
         "    better = (x + target / x) / 2\n"
         "    if abs(better - x) < 1e-9:\n"
@@ -129,8 +125,7 @@ cells = [
         "so one sent early (or while no kernel runs) is not lost."
     ),
     new_code_cell(
-        CHECK
-        + "def draft(topic):\n"
+        CHECK + "def draft(topic):\n"
         "    return f'A short note about {topic}'\n"
         "\n"
         "def publish(approval):\n"
@@ -152,8 +147,7 @@ cells = [
         "restored from its checkpoint, not computed again:"
     ),
     new_code_cell(
-        CHECK
-        + "client.send_signal('review-1', 'approval', {'approved': True, 'by': 'ana'})\n"
+        CHECK + "client.send_signal('review-1', 'approval', {'approved': True, 'by': 'ana'})\n"
         "status = runner.resume(review, 'review-1')\n"
         "print(status.state, '->', status.output)"
     ),
@@ -166,22 +160,13 @@ cells = [
         "  signal step is an assignment: `approval = nf.wait_for_signal('approval', after=['draft'])`;\n"
         "  a function with a parameter named `approval` receives the payload.\n"
         "\n"
-        "From a terminal, `nbflow --dir store signal review-2 approval '{\"approved\": false, \"by\": \"bo\"}'` does\n"
+        'From a terminal, `nbflow --dir store signal review-2 approval \'{"approved": false, "by": "bo"}\'` does\n'
         "the same. Here is the magic on a second instance:"
     ),
     new_code_cell("%load_ext nbflow"),
-    new_code_cell(
-        CHECK
-        + "print(runner.run(review, 'review-2', 'checkpoints').state)"
-    ),
-    new_code_cell(
-        CHECK
-        + '%workflow signal --dir store review-2 approval {"approved": false, "by": "bo"}'
-    ),
-    new_code_cell(
-        CHECK
-        + "print(runner.resume(review, 'review-2').output)"
-    ),
+    new_code_cell(CHECK + "print(runner.run(review, 'review-2', 'checkpoints').state)"),
+    new_code_cell(CHECK + '%workflow signal --dir store review-2 approval {"approved": false, "by": "bo"}'),
+    new_code_cell(CHECK + "print(runner.resume(review, 'review-2').output)"),
     # -- map ------------------------------------------------------------------------------------
     new_markdown_cell(
         "## 4. Map: fan out over a list\n"
@@ -192,8 +177,7 @@ cells = [
         "with its index. Retries apply per item."
     ),
     new_code_cell(
-        CHECK
-        + "calls = {}\n"
+        CHECK + "calls = {}\n"
         "broken = {137}\n"
         "\n"
         "def score(n):\n"
@@ -213,8 +197,7 @@ cells = [
         "print(status.state, '->', status.error)"
     ),
     new_code_cell(
-        CHECK
-        + "broken.clear()  # fix the bug, then resume: only the items without a checkpoint run again\n"
+        CHECK + "broken.clear()  # fix the bug, then resume: only the items without a checkpoint run again\n"
         "before = dict(calls)\n"
         "status = runner.resume(scoring, 'scores')\n"
         "rerun = sorted(n for n in calls if calls[n] > before.get(n, 0))\n"
@@ -222,10 +205,7 @@ cells = [
         "print('items re-run:', 137 in rerun, '| every item ran at most twice:', max(calls.values()) <= 2)\n"
         "print('items stored:', sum(1 for k in backend.get_records('scores') if k.startswith('score[')))"
     ),
-    new_code_cell(
-        CHECK
-        + "print(runner.get_task_result('scores', 'score')[:10])"
-    ),
+    new_code_cell(CHECK + "print(runner.get_task_result('scores', 'score')[:10])"),
     # -- overview -------------------------------------------------------------------------------
     new_markdown_cell(
         "## Everything in the store\n"
@@ -235,8 +215,7 @@ cells = [
         "task boundary, even from another process."
     ),
     new_code_cell(
-        CHECK
-        + "for s in sorted(client.list_instances(), key=lambda s: s.instance_id):\n"
+        CHECK + "for s in sorted(client.list_instances(), key=lambda s: s.instance_id):\n"
         "    print(f'{s.instance_id:<12} {s.workflow:<8} {s.state:<10} {s.tasks_done}/{s.tasks_total}')"
     ),
 ]

@@ -44,8 +44,7 @@ cells = [
         "Everything happens in a throw-away folder."
     ),
     new_code_cell(
-        IGNORE
-        + "import os\n"
+        IGNORE + "import os\n"
         "import subprocess\n"
         "import sys\n"
         "import tempfile\n"
@@ -68,8 +67,7 @@ cells = [
         "notebook (`__main__`)."
     ),
     new_code_cell(
-        IGNORE
-        + "from distributed import Client, LocalCluster\n"
+        IGNORE + "from distributed import Client, LocalCluster\n"
         "\n"
         "cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)\n"
         "dask_client = Client(cluster)\n"
@@ -77,7 +75,7 @@ cells = [
     ),
     new_code_cell(
         "class Score:\n"
-        "    \"\"\"A notebook-defined class: instances travel to the workers and back.\"\"\"\n"
+        '    """A notebook-defined class: instances travel to the workers and back."""\n'
         "    def __init__(self, name, value):\n"
         "        self.name, self.value = name, value\n"
         "    def __repr__(self):\n"
@@ -117,21 +115,14 @@ cells = [
         "Each checkpoint records *where* its body ran (the widget shows it too). The Dask worker addresses\n"
         "change from run to run, so we print them in a cell nbval does not compare:"
     ),
-    new_code_cell(
-        IGNORE
-        + "{task: records[task].worker for task in ('part0', 'part1', 'part2', 'part3')}"
-    ),
+    new_code_cell(IGNORE + "{task: records[task].worker for task in ('part0', 'part1', 'part2', 'part3')}"),
     new_markdown_cell(
         "If a Dask worker dies mid-task, Dask re-runs the task on another worker (up to\n"
         "`distributed.scheduler.allowed-failures` times), then raises `KilledWorker` — an ordinary task failure,\n"
         "so the task's `retries=` submit it again. A lost worker costs a retried task, never the run.\n"
         "Checkpoints never leave this kernel's store."
     ),
-    new_code_cell(
-        IGNORE
-        + "dask_client.close()\n"
-        "cluster.close()"
-    ),
+    new_code_cell(IGNORE + "dask_client.close()\ncluster.close()"),
     # -- worker pool -------------------------------------------------------------------------
     new_markdown_cell(
         "## 2. A worker pool on one store\n"
@@ -161,12 +152,9 @@ cells = [
         "sys.path.insert(0, workdir)\n"
         "import flows"
     ),
-    new_markdown_cell(
-        "`WorkflowClient.submit` stores an instance as **pending**; nothing runs yet."
-    ),
+    new_markdown_cell("`WorkflowClient.submit` stores an instance as **pending**; nothing runs yet."),
     new_code_cell(
-        CHECK
-        + "for k in range(3):\n"
+        CHECK + "for k in range(3):\n"
         "    client.submit(flows.squares, f'squares-{k}', 10 * (k + 1))\n"
         "for s in sorted(client.list_instances(workflow='squares'), key=lambda s: s.instance_id):\n"
         "    print(s.instance_id, s.state)"
@@ -177,26 +165,21 @@ cells = [
         "hand). `--claim-ttl` and `--heartbeat` set how fast a dead worker's step is taken over."
     ),
     new_code_cell(
-        IGNORE
-        + "cmd = [sys.executable, '-m', 'nbflow', '--dir', 'store', 'worker', '--module', 'flows.py',\n"
+        IGNORE + "cmd = [sys.executable, '-m', 'nbflow', '--dir', 'store', 'worker', '--module', 'flows.py',\n"
         "       '--concurrency', '2', '--claim-ttl', '30s', '--heartbeat', '5s', '--poll-interval', '0.1s', '--until-idle']\n"
         "procs = [subprocess.Popen(cmd + ['--id', f'w{i}'], stdout=subprocess.PIPE, text=True) for i in (1, 2)]\n"
         "logs = [p.communicate(timeout=120)[0] for p in procs]\n"
         "print(''.join(logs))"
     ),
     new_code_cell(
-        CHECK
-        + "for k in range(3):\n"
-        "    s = client.status(f'squares-{k}')\n"
-        "    print(s.instance_id, s.state, s.output)"
+        CHECK + "for k in range(3):\n    s = client.status(f'squares-{k}')\n    print(s.instance_id, s.state, s.output)"
     ),
     new_markdown_cell(
         "Which worker ran each map item is stored with its checkpoint (and shown by the widget). The split\n"
         "between `w1` and `w2` depends on timing:"
     ),
     new_code_cell(
-        IGNORE
-        + "from collections import Counter\n"
+        IGNORE + "from collections import Counter\n"
         "Counter(r.worker for k in range(3) for t, r in backend.get_records(f'squares-{k}').items() if t.startswith('square['))"
     ),
     new_code_cell(
@@ -213,8 +196,7 @@ cells = [
         "`executor=nf.ProcessExecutor()`."
     ),
     new_code_cell(
-        CHECK
-        + "def shout(text):\n"
+        CHECK + "def shout(text):\n"
         "    return text.upper() + '!'\n"
         "\n"
         "hello = nf.Workflow('hello').then(shout).then('length', lambda s: (s, len(s))).build()\n"

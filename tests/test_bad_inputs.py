@@ -42,7 +42,10 @@ BUILDER_CASES: dict[str, tuple[Callable[[], Any], tuple[str, ...]]] = {
     "slash in id": (lambda: nf.Workflow("w").then("x/y", a), ("invalid task id", "x/y")),
     "join without branches": (lambda: nf.Workflow("w").then(a).fork().join(b), ("no branches",)),
     "empty branch": (lambda: nf.Workflow("w").then(a).fork().branch(), ("at least one function",)),
-    "branch name without fn": (lambda: nf.Workflow("w").then(a).fork().branch("x"), ("'x'", "not followed by a function")),
+    "branch name without fn": (
+        lambda: nf.Workflow("w").then(a).fork().branch("x"),
+        ("'x'", "not followed by a function"),
+    ),
     "branch non-callable": (lambda: nf.Workflow("w").then(a).fork().branch(3), ("3", "not a function")),
     "branch duplicate id": (lambda: nf.Workflow("w").then(a).fork().branch(a), ("'a'", "used twice")),
     "unknown dependency": (
@@ -129,7 +132,10 @@ def test_task_on_non_callable() -> None:
         (lambda: nf.CheckpointingRunner(nf.InMemoryBackend(), on_change="maybe"), ("on_change", "'rerun'")),
         (lambda: nf.CheckpointingRunner(nf.InMemoryBackend(), max_threads=0), ("max_threads",)),
         (lambda: nf.CheckpointingRunner(nf.InMemoryBackend(), conflict_policy="sometimes"), ("conflict_policy",)),
-        (lambda: nf.CheckpointingRunner(nf.InMemoryBackend()).with_conflict_policy("x"), ("conflict_policy", "USE_EXISTING")),
+        (
+            lambda: nf.CheckpointingRunner(nf.InMemoryBackend()).with_conflict_policy("x"),
+            ("conflict_policy", "USE_EXISTING"),
+        ),
         (lambda: nf.DiskcacheBackend(42), ("directory",)),  # type: ignore[arg-type]
         (lambda: nf.WorkflowClient(object()), ("backend",)),  # type: ignore[arg-type]
         (lambda: nf.CheckpointingRunner(nf.InMemoryBackend()).run("wf", "i"), ("workflow",)),  # type: ignore[arg-type]
@@ -145,7 +151,9 @@ def test_store_path_that_is_a_file(tmp_path: Path) -> None:
     _check(lambda: nf.DiskcacheBackend(path), nf.ConfigurationError, "directory", str(path))
 
 
-@pytest.mark.parametrize(("bad", "why"), [("", "empty"), (5, "not a string"), ("x" * 300, "300 characters"), ("a\x00b", "control")])
+@pytest.mark.parametrize(
+    ("bad", "why"), [("", "empty"), (5, "not a string"), ("x" * 300, "300 characters"), ("a\x00b", "control")]
+)
 def test_bad_instance_ids(bad: Any, why: str) -> None:
     runner = nf.CheckpointingRunner(nf.InMemoryBackend())
     wf = nf.Workflow("w").then(a).build()
@@ -158,7 +166,9 @@ def test_instance_exists_under_fail_policy() -> None:
     runner = nf.CheckpointingRunner(nf.InMemoryBackend())
     wf = nf.Workflow("w").then(a).build()
     runner.run(wf, "i-1", 1)
-    _check(lambda: runner.run(wf, "i-1", 1), nf.InstanceExistsError, "'i-1'", "already exists", "resume", "USE_EXISTING")
+    _check(
+        lambda: runner.run(wf, "i-1", 1), nf.InstanceExistsError, "'i-1'", "already exists", "resume", "USE_EXISTING"
+    )
 
 
 def test_resume_unknown_instance() -> None:

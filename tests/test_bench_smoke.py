@@ -25,8 +25,20 @@ def test_bench_quick_chain_runs_and_prints_ratios(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     env = dict(os.environ, NBFLOW_BENCH_SCALE="0.02")  # 20 and 80 tasks: structure, not speed
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "chain", "--repeats", "1",
-         "--out", str(out), "--workdir", str(tmp_path / "scratch")],
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--only",
+            "chain",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path / "scratch"),
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -37,7 +49,9 @@ def test_bench_quick_chain_runs_and_prints_ratios(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     ratio_lines = [line for line in proc.stdout.splitlines() if line.startswith("RATIO chain")]
     assert ratio_lines, proc.stdout
-    assert any(re.search(r"nbflow disk = [\d.,]+x vs raw set \(target <= 1\.5x\) (met|MISSED)$", line) for line in ratio_lines), ratio_lines
+    assert any(
+        re.search(r"nbflow disk = [\d.,]+x vs raw set \(target <= 1\.5x\) (met|MISSED)$", line) for line in ratio_lines
+    ), ratio_lines
     assert any("flatness nbflow disk" in line for line in ratio_lines), ratio_lines
 
     data = json.loads(out.read_text())

@@ -96,8 +96,9 @@ def test_list_and_filters(store: Path, seeded: nf.CheckpointingRunner, capsys: p
     assert "no instances" in capsys.readouterr().out
 
 
-def test_list_marks_a_running_instance_whose_process_died(store: Path, seeded: nf.CheckpointingRunner,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_marks_a_running_instance_whose_process_died(
+    store: Path, seeded: nf.CheckpointingRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
     meta = seeded.backend.load_instance("dbl-1")
     assert meta is not None
     meta.state = "running"  # what a SIGKILLed runner leaves behind (no lock held)
@@ -128,8 +129,9 @@ def test_signal_then_resume_in_processes(store: Path, seeded: nf.CheckpointingRu
     assert nf.WorkflowClient(seeded.backend).status("appr-1").output == {"shipped": {"by": "ana", "ok": True}}
 
 
-def test_resume_still_waiting_exits_0(store: Path, seeded: nf.CheckpointingRunner, module: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_still_waiting_exits_0(
+    store: Path, seeded: nf.CheckpointingRunner, module: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["--dir", str(store), "resume", "appr-1", "--module", str(module)]) == 0
     assert "awaiting_signal" in capsys.readouterr().out
 
@@ -139,8 +141,9 @@ def test_signal_default_payload_is_null(store: Path, seeded: nf.CheckpointingRun
     assert seeded.resume(load(module)["approval"], "appr-1").output == {"shipped": None}
 
 
-def test_cancel_pause_unpause_a_stopped_instance(store: Path, seeded: nf.CheckpointingRunner,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_cancel_pause_unpause_a_stopped_instance(
+    store: Path, seeded: nf.CheckpointingRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
     client = nf.WorkflowClient(seeded.backend)
     assert main(["--dir", str(store), "pause", "appr-1", "--reason", "lunch"]) == 0
     assert "pause requested for appr-1" in capsys.readouterr().out
@@ -188,11 +191,23 @@ def test_list_in_a_process(store: Path, seeded: nf.CheckpointingRunner) -> None:
         (["resume", "appr-1", "--module", "json"], "'approval'"),
         (["status", ""], "instance id"),
     ],
-    ids=["status-unknown", "cancel-unknown", "pause-unknown", "unpause-unknown", "signal-unknown", "bad-json",
-         "resume-unknown", "no-module", "no-file", "module-without-workflow", "empty-id"],
+    ids=[
+        "status-unknown",
+        "cancel-unknown",
+        "pause-unknown",
+        "unpause-unknown",
+        "signal-unknown",
+        "bad-json",
+        "resume-unknown",
+        "no-module",
+        "no-file",
+        "module-without-workflow",
+        "empty-id",
+    ],
 )
-def test_bad_input_exits_2_with_a_message(store: Path, seeded: nf.CheckpointingRunner, args: list[str], needle: str,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_exits_2_with_a_message(
+    store: Path, seeded: nf.CheckpointingRunner, args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["--dir", str(store), *args]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("nbflow: ") and needle in captured.err
@@ -200,8 +215,11 @@ def test_bad_input_exits_2_with_a_message(store: Path, seeded: nf.CheckpointingR
     assert len(captured.err.strip().splitlines()) <= 3
 
 
-@pytest.mark.parametrize("args", [[], ["frobnicate"], ["status"], ["resume", "x"], ["signal", "x"]],
-                         ids=["nothing", "unknown-command", "status-no-id", "resume-no-module", "signal-no-name"])
+@pytest.mark.parametrize(
+    "args",
+    [[], ["frobnicate"], ["status"], ["resume", "x"], ["signal", "x"]],
+    ids=["nothing", "unknown-command", "status-no-id", "resume-no-module", "signal-no-name"],
+)
 def test_usage_errors_exit_2(store: Path, args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--dir", str(store), *args])

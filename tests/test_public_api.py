@@ -7,9 +7,22 @@ import pytest
 import nbflow as nf
 
 DESIGN_NAMES = [
-    "task", "Workflow", "WorkflowBuilder", "WorkflowContext", "CheckpointingRunner", "InMemoryBackend",
-    "DiskcacheBackend", "JsonCodec", "PickleCodec", "ConflictPolicy", "WorkflowStatus", "RetryPolicy",
-    "LoopResult", "WorkflowClient", "get_task_context", "NbflowError",
+    "task",
+    "Workflow",
+    "WorkflowBuilder",
+    "WorkflowContext",
+    "CheckpointingRunner",
+    "InMemoryBackend",
+    "DiskcacheBackend",
+    "JsonCodec",
+    "PickleCodec",
+    "ConflictPolicy",
+    "WorkflowStatus",
+    "RetryPolicy",
+    "LoopResult",
+    "WorkflowClient",
+    "get_task_context",
+    "NbflowError",
 ]
 LATER_NAMES = ["PooledWorker", "DaskExecutor"]  # issue 5 (scaling out)
 

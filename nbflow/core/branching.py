@@ -152,9 +152,17 @@ class RouteBuilder(Generic[B]):
                 parent.then(step_name, fn)
             if i == 0:
                 node = parent._nodes[-1]
-                parent._nodes[-1] = Node(node.id, node.kind, node.fn, node.spec, node.mode, node.params,
-                                         node.fingerprint, options={**node.options, "guard": self._route, "when": branch_label(when)},
-                                         after=(*node.after, self._route))
+                parent._nodes[-1] = Node(
+                    node.id,
+                    node.kind,
+                    node.fn,
+                    node.spec,
+                    node.mode,
+                    node.params,
+                    node.fingerprint,
+                    options={**node.options, "guard": self._route, "when": branch_label(when)},
+                    after=(*node.after, self._route),
+                )
                 first = node.id
         last = parent._cursor.task
         parent._cursor = saved
@@ -204,6 +212,11 @@ class RouteBuilder(Generic[B]):
             ends.append((DEFAULT_BRANCH, self._default[1]))
         merge_id = name or f"{self._route}.done"
         parent._cursor = Source(self._route)
-        parent._special("merge", merge_id, mode="first", params=tuple((k, Source(last)) for k, last in ends),
-                        options={"route": self._route})
+        parent._special(
+            "merge",
+            merge_id,
+            mode="first",
+            params=tuple((k, Source(last)) for k, last in ends),
+            options={"route": self._route},
+        )
         return parent

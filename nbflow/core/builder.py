@@ -73,7 +73,9 @@ class WorkflowBuilder:
     def _fail(self, problem: str, fix: str = "") -> WorkflowDefinitionError:
         return WorkflowDefinitionError(self.name, problem, fix)
 
-    def _resolve(self, method: str, name_or_fn: str | Step, fn: Step | None, options: Mapping[str, Any]) -> tuple[str, Step, TaskSpec]:
+    def _resolve(
+        self, method: str, name_or_fn: str | Step, fn: Step | None, options: Mapping[str, Any]
+    ) -> tuple[str, Step, TaskSpec]:
         if isinstance(name_or_fn, str):
             if fn is None or not callable(fn):
                 raise self._fail(
@@ -84,9 +86,7 @@ class WorkflowBuilder:
             func = fn
         else:
             if fn is not None:
-                raise self._fail(
-                    f".{method}() got two functions", f"Use .{method}(fn) or .{method}('name', fn)"
-                )
+                raise self._fail(f".{method}() got two functions", f"Use .{method}(fn) or .{method}('name', fn)")
             func = name_or_fn
             name = options.get("name")
         if not callable(func):
@@ -194,24 +194,52 @@ class WorkflowBuilder:
         return ForkBuilder(self)
 
     # -- control flow -----------------------------------------------------------------
-    def _special(self, kind: str, task_id: str, *, fn: Step | None = None, spec: TaskSpec | None = None,
-                 mode: str = "value", params: tuple[tuple[str, Source], ...] | None = None,
-                 after: tuple[str, ...] = (), options: Mapping[str, Any] | None = None) -> Node:
+    def _special(
+        self,
+        kind: str,
+        task_id: str,
+        *,
+        fn: Step | None = None,
+        spec: TaskSpec | None = None,
+        mode: str = "value",
+        params: tuple[tuple[str, Source], ...] | None = None,
+        after: tuple[str, ...] = (),
+        options: Mapping[str, Any] | None = None,
+    ) -> Node:
         """Add a control-flow node fed by the cursor, and move the cursor onto it."""
         if task_id in self._ids:
             raise self._fail(f"step id {task_id!r} is used twice", f"Give the {kind} step another name")
         if not isinstance(task_id, str) or not task_id or ("/" in task_id and kind != "collect"):
             raise self._fail(f"invalid step id {task_id!r}", "Use a non-empty name without '/'")
         opts = dict(options or {})
-        fp = fingerprint(fn, (spec or TaskSpec()).version) if fn is not None else stable_digest(kind, repr(sorted(opts.items())))
-        node = Node(task_id, kind, fn, spec or TaskSpec(), mode,
-                    params if params is not None else (("", self._cursor),), fp, after=after, options=opts)
+        fp = (
+            fingerprint(fn, (spec or TaskSpec()).version)
+            if fn is not None
+            else stable_digest(kind, repr(sorted(opts.items())))
+        )
+        node = Node(
+            task_id,
+            kind,
+            fn,
+            spec or TaskSpec(),
+            mode,
+            params if params is not None else (("", self._cursor),),
+            fp,
+            after=after,
+            options=opts,
+        )
         self._add_node(node)
         self._cursor = Source(task_id)
         return node
 
-    def route(self, key_fn: str | Step, fn_or_keys: Step | Iterable[Any] | None = None,
-              keys: Iterable[Any] | None = None, *, name: str | None = None) -> RouteBuilder[Self]:
+    def route(
+        self,
+        key_fn: str | Step,
+        fn_or_keys: Step | Iterable[Any] | None = None,
+        keys: Iterable[Any] | None = None,
+        *,
+        name: str | None = None,
+    ) -> RouteBuilder[Self]:
         """Branch on a key: ``key_fn(previous output)`` picks the branch to run.
 
         ``route(key_fn, keys=[...])``, or ``route("name", key_fn, keys=[...])`` like
@@ -228,19 +256,29 @@ class WorkflowBuilder:
         else:
             if fn_or_keys is not None:
                 if callable(fn_or_keys) or keys is not None:
-                    raise self._fail(".route() got two functions or keys twice",
-                                     "Use .route(key_fn, keys=[...]) or .route('name', key_fn, keys=[...])")
+                    raise self._fail(
+                        ".route() got two functions or keys twice",
+                        "Use .route(key_fn, keys=[...]) or .route('name', key_fn, keys=[...])",
+                    )
                 keys = fn_or_keys
             task_id, func, spec = self._resolve("route", name or key_fn, key_fn if name else None, {})
         declared = tuple(keys) if keys is not None else None
         if declared is not None and len(set(map(repr, declared))) != len(declared):
             raise self._fail(f"route {task_id!r} declares a key twice: {list(declared)!r}", "List each key once")
-        node = self._special("route", task_id, fn=func, spec=spec,
-                             options={"keys": list(declared) if declared is not None else None})
+        node = self._special(
+            "route", task_id, fn=func, spec=spec, options={"keys": list(declared) if declared is not None else None}
+        )
         return RouteBuilder(self, node.id, declared)
 
-    def loop(self, body: str | Step, fn: Step | None = None, *, max_iterations: int = 10,
-             on_max: str = "fail", **options: Any) -> Self:
+    def loop(
+        self,
+        body: str | Step,
+        fn: Step | None = None,
+        *,
+        max_iterations: int = 10,
+        on_max: str = "fail",
+        **options: Any,
+    ) -> Self:
         """Repeat ``body`` on its own output until it returns ``LoopResult.done(v)``.
 
         The body receives the previous output first, then whatever it passed to
@@ -253,8 +291,7 @@ class WorkflowBuilder:
             raise self._fail(f"loop {task_id!r} has max_iterations={max_iterations!r}", "Use a whole number >= 1")
         if on_max not in ("fail", "exit_with_last"):
             raise self._fail(f"loop {task_id!r} has on_max={on_max!r}", "Use on_max='fail' or 'exit_with_last'")
-        self._special("loop", task_id, fn=func, spec=spec,
-                      options={"max_iterations": max_iterations, "on_max": on_max})
+        self._special("loop", task_id, fn=func, spec=spec, options={"max_iterations": max_iterations, "on_max": on_max})
         return self
 
     def map(self, name_or_fn: str | Step, fn: Step | None = None, *, concurrency: int = 8, **options: Any) -> Self:
@@ -277,8 +314,9 @@ class WorkflowBuilder:
         self._special("delay", name, options={"seconds": seconds})
         return self
 
-    def wait_for_signal(self, signal: str, *, name: str | None = None,
-                        timeout: str | float | timedelta | None = None) -> Self:
+    def wait_for_signal(
+        self, signal: str, *, name: str | None = None, timeout: str | float | timedelta | None = None
+    ) -> Self:
         """Park until ``WorkflowClient.send_signal(instance, signal, payload)``.
 
         Signals are buffered (first in, first out), so one sent before the workflow
@@ -289,12 +327,24 @@ class WorkflowBuilder:
             raise self._fail(f"wait_for_signal got signal name {signal!r}", "Use a non-empty string")
         seconds = None if timeout is None else parse_duration(timeout, f"timeout of signal {signal!r}")
         after = (self._cursor.task,) if self._cursor.task else ()
-        self._special("signal", name or signal, mode="none", params=(), after=after,
-                      options={"signal": signal, "timeout": seconds})
+        self._special(
+            "signal",
+            name or signal,
+            mode="none",
+            params=(),
+            after=after,
+            options={"signal": signal, "timeout": seconds},
+        )
         return self
 
-    def add_signal(self, step_id: str, signal: str | None = None, *,
-                   timeout: str | float | timedelta | None = None, after: Iterable[str] = ()) -> Self:
+    def add_signal(
+        self,
+        step_id: str,
+        signal: str | None = None,
+        *,
+        timeout: str | float | timedelta | None = None,
+        after: Iterable[str] = (),
+    ) -> Self:
         """The DAG form of ``wait_for_signal`` (what a ``%%workflow`` cell uses): a step
         ``step_id`` that waits for ``signal`` (default: the same name) once the tasks in
         ``after`` finished; tasks with a parameter named ``step_id`` get the payload.
@@ -304,8 +354,14 @@ class WorkflowBuilder:
             raise self._fail(f"signal step {step_id!r} got signal name {signal!r}", "Use a non-empty string")
         seconds = None if timeout is None else parse_duration(timeout, f"timeout of signal {signal!r}")
         cursor = self._cursor
-        self._special("signal", step_id, mode="none", params=(), after=tuple(after),
-                      options={"signal": signal, "timeout": seconds})
+        self._special(
+            "signal",
+            step_id,
+            mode="none",
+            params=(),
+            after=tuple(after),
+            options={"signal": signal, "timeout": seconds},
+        )
         self._cursor = cursor
         return self
 
@@ -319,16 +375,23 @@ class WorkflowBuilder:
         if isinstance(child, WorkflowBuilder):
             child = child.build()
         if not isinstance(child, WorkflowDefinition):
-            raise self._fail(f".then_flow() needs a built workflow, got {type(child).__name__}",
-                             "Pass Workflow('child')...build()")
+            raise self._fail(
+                f".then_flow() needs a built workflow, got {type(child).__name__}", "Pass Workflow('child')...build()"
+            )
         prefix = child.name + "/"
         if any(i.startswith(prefix) for i in self._ids):
-            raise self._fail(f"child workflow {child.name!r} is composed twice", "Build the second copy under another name")
+            raise self._fail(
+                f"child workflow {child.name!r} is composed twice", "Build the second copy under another name"
+            )
         origin = self._cursor
 
         def rebase(src: Source) -> Source:
             if src.task is None:
-                return Source(origin.task, src.key) if origin.task else Source(None, src.key if origin.key is None else origin.key)
+                return (
+                    Source(origin.task, src.key)
+                    if origin.task
+                    else Source(None, src.key if origin.key is None else origin.key)
+                )
             return Source(prefix + src.task, src.key)
 
         for node in child.nodes:
@@ -339,9 +402,20 @@ class WorkflowBuilder:
             if not node.deps and origin.task and node.mode == "none":
                 after = (*after, origin.task)
             group = child.name if node.group is None else f"{child.name}/{node.group}"
-            self._add_node(Node(prefix + node.id, node.kind, node.fn, node.spec, node.mode,
-                                tuple((n, rebase(s)) for n, s in node.params), node.fingerprint,
-                                group=group, options=options, after=after))
+            self._add_node(
+                Node(
+                    prefix + node.id,
+                    node.kind,
+                    node.fn,
+                    node.spec,
+                    node.mode,
+                    tuple((n, rebase(s)) for n, s in node.params),
+                    node.fingerprint,
+                    group=group,
+                    options=options,
+                    after=after,
+                )
+            )
         if len(child.sinks) == 1:
             self._cursor = Source(prefix + child.sinks[0])
         else:
@@ -358,8 +432,18 @@ class WorkflowBuilder:
 
 
 def _regroup(node: Node, group: str) -> Node:
-    return Node(node.id, node.kind, node.fn, node.spec, node.mode, node.params, node.fingerprint,
-                group=group, options=node.options, after=node.after)
+    return Node(
+        node.id,
+        node.kind,
+        node.fn,
+        node.spec,
+        node.mode,
+        node.params,
+        node.fingerprint,
+        group=group,
+        options=node.options,
+        after=node.after,
+    )
 
 
 class Workflow(WorkflowBuilder):

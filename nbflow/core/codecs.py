@@ -198,6 +198,8 @@ def codec_by_name(name: str) -> Codec:
         return _REGISTRY[name]
     except KeyError:
         raise CodecError(
-            name, "?", f"no codec named {name!r} is registered (known: {sorted(_REGISTRY)}); "
-            "call nbflow.core.codecs.register_codec(...) before loading these checkpoints"
+            name,
+            "?",
+            f"no codec named {name!r} is registered (known: {sorted(_REGISTRY)}); "
+            "call nbflow.core.codecs.register_codec(...) before loading these checkpoints",
         ) from None

@@ -46,9 +46,7 @@ def parse_duration(value: Duration, option: str = "duration") -> float:
             try:
                 seconds = float(text)
             except ValueError:
-                raise ConfigurationError(
-                    option, value, "a duration like 30, '30s', '5m', '1h30m' or '250ms'"
-                ) from None
+                raise ConfigurationError(option, value, "a duration like 30, '30s', '5m', '1h30m' or '250ms'") from None
     else:
         raise ConfigurationError(option, value, "a duration like 30, '30s', '5m', '1h30m'")
     if seconds < 0 or seconds != seconds:

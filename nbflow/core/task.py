@@ -167,9 +167,7 @@ class SignalWait:
     after: tuple[str, ...] = ()
 
 
-def wait_for_signal(
-    signal: str, *, timeout: Duration | None = None, after: Iterable[str] | str = ()
-) -> SignalWait:
+def wait_for_signal(signal: str, *, timeout: Duration | None = None, after: Iterable[str] | str = ()) -> SignalWait:
     """Declare a signal step in a ``%%workflow`` cell (see :class:`SignalWait`).
 
     >>> wait_for_signal("approval", after="train", timeout="1h")

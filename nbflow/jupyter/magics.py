@@ -56,7 +56,6 @@ __all__ = ["BackgroundControls", "WorkflowMagics"]
 DEFAULT_DIR = ".nbflow"
 
 
-
 @dataclass
 class _Entry:
     """One workflow defined by a ``%%workflow`` cell in this kernel."""

@@ -115,7 +115,6 @@ class StatusReport:
         p.text(self.text)
 
 
-
 _PLUMBING = (os.sep + "concurrent" + os.sep, os.sep + "asyncio" + os.sep, os.sep + "threading.py", "contextvars")
 _NBFLOW_DIR = os.path.dirname(os.path.abspath(nbflow.__file__)) + os.sep
 _FRAME = re.compile(r'^\s*File "([^"]+)", line \d+')

@@ -26,7 +26,9 @@ def is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
 
 
-def call_sync(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], tctx: TaskContext, echo: bool) -> tuple[Any, capture.Capture]:
+def call_sync(
+    fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], tctx: TaskContext, echo: bool
+) -> tuple[Any, capture.Capture]:
     token = set_task_context(tctx)
     cap, ctoken = capture.begin(echo)
     try:
@@ -36,7 +38,9 @@ def call_sync(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], t
         reset_task_context(token)
 
 
-async def _call_async(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], tctx: TaskContext, echo: bool) -> tuple[Any, capture.Capture]:
+async def _call_async(
+    fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], tctx: TaskContext, echo: bool
+) -> tuple[Any, capture.Capture]:
     token = set_task_context(tctx)
     cap, ctoken = capture.begin(echo)
     try:

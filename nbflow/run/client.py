@@ -69,7 +69,8 @@ class WorkflowClient:
             output=output,
             error=TaskError.from_dict(meta.error) if meta.error else None,
             # a completed run's skipped route branches have no record but are done too
-            tasks_done=meta.tasks_total if state == RunState.COMPLETED
+            tasks_done=meta.tasks_total
+            if state == RunState.COMPLETED
             else sum(1 for line in meta.shape if line.split("|", 1)[0] in records),
             tasks_total=meta.tasks_total,
             wake_at=meta.wake_at,

@@ -249,8 +249,7 @@ class TextProgress:
             self._write(f"{tag} {event.task_id} {what} ({self._done}/{self._total})")
         elif isinstance(event, TaskRetrying):
             self._write(
-                f"{tag} {event.task_id} attempt {event.attempt} failed ({event.error}); "
-                f"retrying in {event.delay:.2f}s"
+                f"{tag} {event.task_id} attempt {event.attempt} failed ({event.error}); retrying in {event.delay:.2f}s"
             )
         elif isinstance(event, TaskFailed):
             self._write(f"{tag} {event.task_id} FAILED after {event.attempt} attempt(s): {event.error}")

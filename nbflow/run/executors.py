@@ -141,7 +141,9 @@ class ProcessExecutor:
     """
 
     def __init__(self, max_workers: int | None = None, *, mp_context: str = "spawn") -> None:
-        if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1):
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+        ):
             raise ConfigurationError("max_workers", max_workers, "a whole number >= 1, or None for one per CPU")
         if mp_context not in multiprocessing.get_all_start_methods():
             raise ConfigurationError("mp_context", mp_context, f"one of {multiprocessing.get_all_start_methods()}")
@@ -164,7 +166,9 @@ class ProcessExecutor:
                 self._pool = None
         pool.shutdown(wait=False, cancel_futures=True)
 
-    def submit_task(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], tctx: TaskContext) -> Awaitable[tuple[Any, RemoteCapture]]:
+    def submit_task(
+        self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], tctx: TaskContext
+    ) -> Awaitable[tuple[Any, RemoteCapture]]:
         """Called by the runner for each attempt; resolves to (output, capture)."""
         payload = ship(fn, args, kwargs, tctx)
         pool = self._get_pool()
@@ -176,7 +180,9 @@ class ProcessExecutor:
             future = pool.submit(run_shipped, payload)
         return self._result(asyncio.wrap_future(future), pool)
 
-    async def _result(self, future: asyncio.Future[bytes], pool: concurrent.futures.ProcessPoolExecutor) -> tuple[Any, RemoteCapture]:
+    async def _result(
+        self, future: asyncio.Future[bytes], pool: concurrent.futures.ProcessPoolExecutor
+    ) -> tuple[Any, RemoteCapture]:
         try:
             data = await future
         except BrokenProcessPool as exc:
@@ -240,7 +246,9 @@ class DaskExecutor:
             raise ConfigurationError("client", client, "a synchronous Client (asynchronous=False)")
         self.client = client
 
-    def submit_task(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], tctx: TaskContext) -> Awaitable[tuple[Any, RemoteCapture]]:
+    def submit_task(
+        self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], tctx: TaskContext
+    ) -> Awaitable[tuple[Any, RemoteCapture]]:
         """Called by the runner for each attempt; resolves to (output, capture)."""
         payload = ship(fn, args, kwargs, tctx)
         key = f"nbflow-{tctx.task_id}-{tctx.attempt}-{uuid.uuid4().hex[:12]}"

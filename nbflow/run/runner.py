@@ -197,11 +197,23 @@ class CheckpointingRunner:
         prepared = self._prepare(definition, instance_id, None, resume=True, force=(task_id,))
         return self._wait(self._launch(prepared, park=True))
 
-    def start(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str, input: Any = None, *, resume: bool = False) -> RunHandle:  # noqa: A002
+    def start(
+        self,
+        wf: WorkflowDefinition | WorkflowBuilder,
+        instance_id: str,
+        input: Any = None,  # noqa: A002 - the seed's (and DESIGN's) name
+        *,
+        resume: bool = False,
+    ) -> RunHandle:
         """Start a run in the background; returns a handle (wait, cancel, status)."""
         return self._launch(self._prepare(wf, instance_id, input, resume=resume))
 
-    async def run_async(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str, input: Any = None) -> WorkflowStatus:  # noqa: A002
+    async def run_async(
+        self,
+        wf: WorkflowDefinition | WorkflowBuilder,
+        instance_id: str,
+        input: Any = None,  # noqa: A002 - the seed's (and DESIGN's) name
+    ) -> WorkflowStatus:
         """``await`` form of ``run``: the caller's event loop stays free meanwhile."""
         return await self._await(self._launch(self._prepare(wf, instance_id, input, resume=False), park=True))
 
@@ -329,6 +341,7 @@ class CheckpointingRunner:
                     resumed=prep.resumed,
                 )
             )
+
             def finished(state: str, error: str | None = None, failed_task: str | None = None) -> None:
                 self.events.publish(
                     ev.RunFinished(
@@ -405,7 +418,9 @@ class CheckpointingRunner:
         return f"CheckpointingRunner({self._backend!r}, conflict_policy={self.conflict_policy.name})"
 
 
-def new_instance(definition: WorkflowDefinition, io: CheckpointIO, input_value: Any, state: str = "running") -> tuple[InstanceMeta, CheckpointRecord]:
+def new_instance(
+    definition: WorkflowDefinition, io: CheckpointIO, input_value: Any, state: str = "running"
+) -> tuple[InstanceMeta, CheckpointRecord]:
     """Check the input, store it, and make the record of a new instance (not saved)."""
     _check_input(definition, input_value)
     meta = InstanceMeta(
@@ -433,9 +448,7 @@ def _check_input(wf: WorkflowDefinition, value: Any) -> None:
     if not needs:
         return
     if not isinstance(value, Mapping):
-        raise ConfigurationError(
-            "input", value, f"a dict with the keys {sorted(needs)} (read by the workflow's tasks)"
-        )
+        raise ConfigurationError("input", value, f"a dict with the keys {sorted(needs)} (read by the workflow's tasks)")
     missing = sorted(k for k in needs if k not in value)
     if missing:
         who = "; ".join(f"{k!r} for task(s) {', '.join(needs[k])}" for k in missing)
@@ -447,4 +460,3 @@ def _save_quietly(backend: Backend, meta: InstanceMeta) -> None:
         backend.save_instance(meta)
     except Exception:  # noqa: BLE001 - the original error is the one to report
         pass
-

@@ -202,8 +202,14 @@ class Scheduler:
             self._contexts[task_id] = tctx
             try:
                 value, cap = await run_attempt(
-                    fn, args, kwargs, tctx,
-                    timeout=node.spec.timeout, inline=inline, executor=self.executor, echo=self.echo,
+                    fn,
+                    args,
+                    kwargs,
+                    tctx,
+                    timeout=node.spec.timeout,
+                    inline=inline,
+                    executor=self.executor,
+                    echo=self.echo,
                     is_coroutine=self._async(fn),
                 )
             except Exception as exc:
@@ -225,7 +231,9 @@ class Scheduler:
     def failure(self, task_id: str, exc: BaseException, attempt: int = 1, message: str | None = None) -> StepFailed:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         error = TaskError(task_id, type(exc).__name__, message or str(exc), tb, attempt)
-        self.publish(ev.TaskFailed, task_id=task_id, attempt=attempt, error=f"{error.type}: {error.message}", traceback=tb)
+        self.publish(
+            ev.TaskFailed, task_id=task_id, attempt=attempt, error=f"{error.type}: {error.message}", traceback=tb
+        )
         return StepFailed(error)
 
     def commit(
@@ -257,7 +265,9 @@ class Scheduler:
         if record is None:
             try:
                 if ref is not None or (extra and "items" in extra):
-                    record = self.io.write_ref(node.id, node.fingerprint, {**(extra or {}), **({"ref": ref} if ref else {})}, **fields)
+                    record = self.io.write_ref(
+                        node.id, node.fingerprint, {**(extra or {}), **({"ref": ref} if ref else {})}, **fields
+                    )
                 else:
                     record = self.io.write(node.id, node.fingerprint, value, extra=extra or {}, **fields)
             except CodecError as exc:
@@ -344,8 +354,14 @@ class Scheduler:
                     self._branch_of[node.id] = rec.extra.get("branch", "")
                 self.done += 1
                 self.publish(
-                    ev.TaskRestored, task_id=node.id, duration=rec.duration, attempt=rec.attempt,
-                    preview=rec.preview, stdout=rec.stdout, stderr=rec.stderr, worker=rec.worker,
+                    ev.TaskRestored,
+                    task_id=node.id,
+                    duration=rec.duration,
+                    attempt=rec.attempt,
+                    preview=rec.preview,
+                    stdout=rec.stdout,
+                    stderr=rec.stderr,
+                    worker=rec.worker,
                 )
             elif step == SKIP:
                 self._skip_one(node.id, "route took another branch")
@@ -381,7 +397,11 @@ class Scheduler:
                 if child not in waiting:
                     continue
                 cnode = wf.node(child)
-                if node.kind == "route" and cnode.options.get("guard") == task_id and cnode.options.get("when") != self._branch_of.get(task_id):
+                if (
+                    node.kind == "route"
+                    and cnode.options.get("guard") == task_id
+                    and cnode.options.get("when") != self._branch_of.get(task_id)
+                ):
                     skip(child)
                 else:
                     resolve(child)
@@ -447,8 +467,11 @@ class Scheduler:
             return Outcome(stopped[0], reason=stopped[1], done=self.done, total=total)
         if self._parked is not None:
             return Outcome(
-                "awaiting_signal", reason=f"waiting for signal {self._parked.signal!r}",
-                done=self.done, total=total, signal=self._parked.signal,
+                "awaiting_signal",
+                reason=f"waiting for signal {self._parked.signal!r}",
+                done=self.done,
+                total=total,
+                signal=self._parked.signal,
             )
         return Outcome("completed", output=self._output(), done=self.done, total=total)
 

@@ -71,8 +71,14 @@ async def run_loop(sched: Scheduler, node: Node, inline: bool) -> None:
                 raise sched.failure(node.id, exc, attempt) from None
             finished, value = result.finished, result.value
             sched.records[key] = sched.io.write(
-                key, node.fingerprint, [finished, value], attempt=attempt, preview=preview(value),
-                stdout=cap.stdout.getvalue(), stderr=cap.stderr.getvalue(), worker=getattr(cap, "worker", None) or sched.worker,
+                key,
+                node.fingerprint,
+                [finished, value],
+                attempt=attempt,
+                preview=preview(value),
+                stdout=cap.stdout.getvalue(),
+                stderr=cap.stderr.getvalue(),
+                worker=getattr(cap, "worker", None) or sched.worker,
             )
         sched.publish(ev.MapProgress, task_id=node.id, done=i, total=max_iterations)
         current = value
@@ -118,11 +124,7 @@ async def run_map(sched: Scheduler, node: Node) -> None:
     queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
     next_index = iter(todo)
     stop = False
-    chunked = (
-        not sched._async(fn)
-        and node.spec.timeout is None
-        and not hasattr(sched.executor, "submit_task")
-    )
+    chunked = not sched._async(fn) and node.spec.timeout is None and not hasattr(sched.executor, "submit_task")
     item_seconds = [0.0, 0]  # total, count: sizes the chunks
 
     def chunk_size() -> int:
@@ -191,8 +193,13 @@ async def run_map(sched: Scheduler, node: Node) -> None:
                 results[i] = value
                 pending.append(
                     sched.io.encode(
-                        f"{node.id}[{i}]", node.fingerprint, value, attempt=attempt, preview=preview(value),
-                        stdout=cap.stdout.getvalue() if cap else "", stderr=cap.stderr.getvalue() if cap else "",
+                        f"{node.id}[{i}]",
+                        node.fingerprint,
+                        value,
+                        attempt=attempt,
+                        preview=preview(value),
+                        stdout=cap.stdout.getvalue() if cap else "",
+                        stderr=cap.stderr.getvalue() if cap else "",
                         worker=getattr(cap, "worker", None) or sched.worker,
                     )
                 )
@@ -221,7 +228,9 @@ async def _run_chunk(
     cancel = sched._cancel_event
 
     def publish_retry(task_id: str, attempt: int, delay: float, exc: BaseException) -> None:
-        sched.publish(ev.TaskRetrying, task_id=task_id, attempt=attempt, delay=delay, error=f"{type(exc).__name__}: {exc}")
+        sched.publish(
+            ev.TaskRetrying, task_id=task_id, attempt=attempt, delay=delay, error=f"{type(exc).__name__}: {exc}"
+        )
 
     def body() -> list[tuple[Any, ...]]:
         out: list[tuple[Any, ...]] = []
@@ -307,8 +316,12 @@ async def run_signal(sched: Scheduler, node: Node) -> None:
     try:
         while True:
             template = CheckpointRecord(
-                task_id=node.id, fingerprint=node.fingerprint, codec="pickle",
-                started_at=started, finished_at=time.time(), worker=sched.worker,
+                task_id=node.id,
+                fingerprint=node.fingerprint,
+                codec="pickle",
+                started_at=started,
+                finished_at=time.time(),
+                worker=sched.worker,
             )
             record = backend.consume_signal(sched.instance_id, name, template)
             if record is not None:

@@ -169,7 +169,9 @@ class PooledWorker:
         self.heartbeat = parse_duration(heartbeat, "heartbeat")
         self.poll_interval = parse_duration(poll_interval, "poll_interval")
         if self.claim_ttl <= 0 or self.heartbeat <= 0 or self.poll_interval <= 0:
-            raise ConfigurationError("claim_ttl/heartbeat/poll_interval", (claim_ttl, heartbeat, poll_interval), "positive durations")
+            raise ConfigurationError(
+                "claim_ttl/heartbeat/poll_interval", (claim_ttl, heartbeat, poll_interval), "positive durations"
+            )
         self.concurrency = concurrency
         self.executor = executor
         self.codec = codec or PickleCodec()
@@ -202,7 +204,9 @@ class PooledWorker:
     def start(self, *, until_idle: bool = False) -> WorkerHandle:
         """Run in a background thread; returns a handle with ``shutdown()``/``join()``."""
         self._stop.clear()
-        thread = threading.Thread(target=self._thread_main, args=(until_idle,), name=f"nbflow-worker-{self.worker_id}", daemon=True)
+        thread = threading.Thread(
+            target=self._thread_main, args=(until_idle,), name=f"nbflow-worker-{self.worker_id}", daemon=True
+        )
         thread.start()
         return WorkerHandle(self, thread)
 
@@ -234,7 +238,9 @@ class PooledWorker:
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"nbflow-{self.worker_id}")
         executor = self.executor if self.executor is not None else pool
         beat_stop = threading.Event()
-        beat = threading.Thread(target=self._beat, args=(beat_stop,), name=f"nbflow-heartbeat-{self.worker_id}", daemon=True)
+        beat = threading.Thread(
+            target=self._beat, args=(beat_stop,), name=f"nbflow-heartbeat-{self.worker_id}", daemon=True
+        )
         beat.start()
         running: dict[asyncio.Task[None], Unit] = {}
         next_scan = 0.0
@@ -322,7 +328,9 @@ class PooledWorker:
             if meta.definition_hash != wf.definition_hash:
                 if iid not in self._warned:
                     self._warned.add(iid)
-                    log.warning("worker %s skips %s: it was submitted with another shape of %r", self.worker_id, iid, wf.name)
+                    log.warning(
+                        "worker %s skips %s: it was submitted with another shape of %r", self.worker_id, iid, wf.name
+                    )
                 continue
             if meta.state in _BUSY:
                 busy = True
@@ -378,7 +386,12 @@ class PooledWorker:
         iid = meta.instance_id
         stamp = self.backend.change_stamp(iid)
         cached = self._views.get(iid)
-        if cached is not None and stamp is not None and cached.stamp == stamp and cached.definition_hash == wf.definition_hash:
+        if (
+            cached is not None
+            and stamp is not None
+            and cached.stamp == stamp
+            and cached.definition_hash == wf.definition_hash
+        ):
             cached.view.meta = meta
             return cached.view
         records = self.backend.get_records(iid)
@@ -406,7 +419,9 @@ class PooledWorker:
                 todo = []
                 for start in range(0, len(items), size):
                     stop = min(start + size, len(items))
-                    missing = [i for i in range(start, stop) if not record_is_valid(records.get(f"{node.id}[{i}]"), node)]
+                    missing = [
+                        i for i in range(start, stop) if not record_is_valid(records.get(f"{node.id}[{i}]"), node)
+                    ]
                     if not missing:
                         continue
                     if size == 1:
@@ -511,13 +526,26 @@ class PooledWorker:
         value, cap, attempt, started = await sched.attempts(node, node.fn, [items[i]], {}, unit.key, False)
         finished = time.time()
         record = sched.io.write(
-            unit.key, node.fingerprint, value, attempt=attempt, started_at=started, finished_at=finished,
-            preview=preview(value), stdout=cap.stdout.getvalue(), stderr=cap.stderr.getvalue(),
+            unit.key,
+            node.fingerprint,
+            value,
+            attempt=attempt,
+            started_at=started,
+            finished_at=finished,
+            preview=preview(value),
+            stdout=cap.stdout.getvalue(),
+            stderr=cap.stderr.getvalue(),
             worker=getattr(cap, "worker", None) or self.worker_id,
         )
         sched.publish(
-            ev.TaskFinished, task_id=unit.key, attempt=attempt, duration=finished - started,
-            preview=record.preview, stdout=record.stdout, stderr=record.stderr, worker=record.worker,
+            ev.TaskFinished,
+            task_id=unit.key,
+            attempt=attempt,
+            duration=finished - started,
+            preview=record.preview,
+            stdout=record.stdout,
+            stderr=record.stderr,
+            worker=record.worker,
         )
 
     async def _run_chunk(self, sched: Scheduler, unit: Unit) -> None:
@@ -537,14 +565,29 @@ class PooledWorker:
             except StepFailed as failed:
                 failure = failed
                 break
-            batch.append(sched.io.encode(
-                key, node.fingerprint, value, attempt=attempt, started_at=started, finished_at=time.time(),
-                preview=preview(value), stdout=cap.stdout.getvalue(), stderr=cap.stderr.getvalue(),
-                worker=getattr(cap, "worker", None) or self.worker_id,
-            ))
+            batch.append(
+                sched.io.encode(
+                    key,
+                    node.fingerprint,
+                    value,
+                    attempt=attempt,
+                    started_at=started,
+                    finished_at=time.time(),
+                    preview=preview(value),
+                    stdout=cap.stdout.getvalue(),
+                    stderr=cap.stderr.getvalue(),
+                    worker=getattr(cap, "worker", None) or self.worker_id,
+                )
+            )
         if failure is None:
-            marker = CheckpointRecord(task_id=unit.key, fingerprint=node.fingerprint, codec="ref",
-                                      finished_at=time.time(), worker=self.worker_id, extra={"chunk": [start, stop]})
+            marker = CheckpointRecord(
+                task_id=unit.key,
+                fingerprint=node.fingerprint,
+                codec="ref",
+                finished_at=time.time(),
+                worker=self.worker_id,
+                extra={"chunk": [start, stop]},
+            )
             batch.append((marker, self.backend.new_sink(sched.instance_id)))
         if batch:
             sched.io.write_many(batch)  # the items that finished are kept even if one failed
@@ -555,7 +598,9 @@ class PooledWorker:
             raise failure
 
     # -- instance states --------------------------------------------------------------
-    def _set_state(self, iid: str, state: str, *, wake_at: float | None = None, signal: str | None = None, message: str = "") -> None:
+    def _set_state(
+        self, iid: str, state: str, *, wake_at: float | None = None, signal: str | None = None, message: str = ""
+    ) -> None:
         meta = self.backend.load_instance(iid)
         if meta is None or RunState(meta.state).finished or meta.state in ("cancelled",):
             return
@@ -573,7 +618,9 @@ class PooledWorker:
         meta.message = f"failed on worker {self.worker_id}"
         self.backend.save_instance(meta)
         self.events.publish(
-            ev.RunFinished(workflow=meta.workflow, instance_id=iid, state="failed", error=str(error), failed_task=error.task_id)
+            ev.RunFinished(
+                workflow=meta.workflow, instance_id=iid, state="failed", error=str(error), failed_task=error.task_id
+            )
         )
 
     def _complete(self, view: InstanceView) -> None:

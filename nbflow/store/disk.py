@@ -66,6 +66,7 @@ from nbflow.store.disk_layout import (
 
 __all__ = ["INLINE_LIMIT", "DiskcacheBackend"]
 
+
 class DiskcacheBackend:
     """Checkpoints in a directory on disk; safe to share between processes.
 
@@ -172,7 +173,9 @@ class DiskcacheBackend:
             return None
         data = meta_dict(data)
         if not isinstance(data, dict):
-            raise CheckpointCorruptError(instance_id, "the instance record is not a dict", str(self._instance_dir(instance_id)))
+            raise CheckpointCorruptError(
+                instance_id, "the instance record is not a dict", str(self._instance_dir(instance_id))
+            )
         return InstanceMeta.from_dict(data)
 
     def save_instance(self, meta: InstanceMeta) -> None:
@@ -218,7 +221,9 @@ class DiskcacheBackend:
     def put_record(self, instance_id: str, record: CheckpointRecord, sink: PayloadSink) -> CheckpointRecord:
         return self.put_records(instance_id, [(record, sink)])[0]
 
-    def put_records(self, instance_id: str, items: list[tuple[CheckpointRecord, PayloadSink]]) -> list[CheckpointRecord]:
+    def put_records(
+        self, instance_id: str, items: list[tuple[CheckpointRecord, PayloadSink]]
+    ) -> list[CheckpointRecord]:
         cache = self._cache(instance_id)
         assert cache is not None
         for record, sink in items:
@@ -267,7 +272,8 @@ class DiskcacheBackend:
             return unpack_record(data)
         except Exception as exc:  # noqa: BLE001 - any decoding failure means a damaged record
             raise CheckpointCorruptError(
-                instance_id, f"a checkpoint record cannot be decoded ({type(exc).__name__}: {exc})",
+                instance_id,
+                f"a checkpoint record cannot be decoded ({type(exc).__name__}: {exc})",
                 str(self._instance_dir(instance_id)),
             ) from None
 

@@ -133,6 +133,7 @@ def skey(name: str) -> str:
     """The cache key of a signal's FIFO queue (a str, for the same reason)."""
     return SIGNAL_PREFIX + name
 
+
 MAX_OPEN = 64
 
 

@@ -102,7 +102,9 @@ class InMemoryBackend:
     def put_record(self, instance_id: str, record: CheckpointRecord, sink: PayloadSink) -> CheckpointRecord:
         return self.put_records(instance_id, [(record, sink)])[0]
 
-    def put_records(self, instance_id: str, items: list[tuple[CheckpointRecord, PayloadSink]]) -> list[CheckpointRecord]:
+    def put_records(
+        self, instance_id: str, items: list[tuple[CheckpointRecord, PayloadSink]]
+    ) -> list[CheckpointRecord]:
         stored = []
         for record, sink in items:
             assert isinstance(sink, MemorySink)

@@ -50,16 +50,7 @@ def test_seed_spelling_with_context() -> None:
 
 
 def test_fork_with_chained_branch_and_join() -> None:
-    wf = (
-        nf.Workflow("etl")
-        .then(load)
-        .then(clean)
-        .fork()
-        .branch(train)
-        .branch(summarize, plot)
-        .join(report)
-        .build()
-    )
+    wf = nf.Workflow("etl").then(load).then(clean).fork().branch(train).branch(summarize, plot).join(report).build()
     assert set(wf.edges) == {
         ("load", "clean"),
         ("clean", "train"),

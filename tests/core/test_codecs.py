@@ -107,8 +107,12 @@ def test_pickle_loads_a_main_defined_class_in_another_process(tmp_path: Path) ->
     for name, src in (("writer.py", _WRITER), ("reader.py", _READER)):
         (tmp_path / name).write_text(textwrap.dedent(src.format(store=store)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    w = subprocess.run([sys.executable, str(tmp_path / "writer.py")], capture_output=True, text=True, timeout=60, env=env)
+    w = subprocess.run(
+        [sys.executable, str(tmp_path / "writer.py")], capture_output=True, text=True, timeout=60, env=env
+    )
     assert w.returncode == 0, w.stderr
-    r = subprocess.run([sys.executable, str(tmp_path / "reader.py")], capture_output=True, text=True, timeout=60, env=env)
+    r = subprocess.run(
+        [sys.executable, str(tmp_path / "reader.py")], capture_output=True, text=True, timeout=60, env=env
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["42", "10"]

@@ -47,8 +47,19 @@ def test_tags_as_one_string_and_retry_policy() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30s", 30.0), ("5m", 300.0), ("1h30m", 5400.0), ("250ms", 0.25), ("2d", 172800.0), (" 1 m ", 60.0),
-     ("1.5s", 1.5), ("10", 10.0), (3, 3.0), (0.5, 0.5), (timedelta(minutes=2), 120.0)],
+    [
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("250ms", 0.25),
+        ("2d", 172800.0),
+        (" 1 m ", 60.0),
+        ("1.5s", 1.5),
+        ("10", 10.0),
+        (3, 3.0),
+        (0.5, 0.5),
+        (timedelta(minutes=2), 120.0),
+    ],
 )
 def test_parse_duration(text: object, seconds: float) -> None:
     assert nf.parse_duration(text) == seconds  # type: ignore[arg-type]

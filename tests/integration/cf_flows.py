@@ -57,16 +57,31 @@ def body(x: int) -> nf.LoopResult:
     return nf.LoopResult.done(x) if x >= 12 else nf.LoopResult.again(x + 1)
 
 
-LOOP = nf.Workflow("cf-loop").then("a", counted("a", lambda x: x)).loop("body", body, max_iterations=20).then(
-    "z", counted("z", lambda x: x * 100)).build()
+LOOP = (
+    nf.Workflow("cf-loop")
+    .then("a", counted("a", lambda x: x))
+    .loop("body", body, max_iterations=20)
+    .then("z", counted("z", lambda x: x * 100))
+    .build()
+)
 
 # -- delay: killed while waiting -------------------------------------------------------------
-DELAY = nf.Workflow("cf-delay").then("a", counted("a", lambda x: x + 1)).delay("nap", 3.0).then(
-    "b", counted("b", lambda x: x * 10)).build()
+DELAY = (
+    nf.Workflow("cf-delay")
+    .then("a", counted("a", lambda x: x + 1))
+    .delay("nap", 3.0)
+    .then("b", counted("b", lambda x: x * 10))
+    .build()
+)
 
 # -- signal: killed while a background run waits -------------------------------------------
-SIGNAL = nf.Workflow("cf-signal").then("a", counted("a", lambda x: x + 1)).wait_for_signal("approval").then(
-    "ship", counted("ship", lambda p: {"shipped": p})).build()
+SIGNAL = (
+    nf.Workflow("cf-signal")
+    .then("a", counted("a", lambda x: x + 1))
+    .wait_for_signal("approval")
+    .then("ship", counted("ship", lambda p: {"shipped": p}))
+    .build()
+)
 
 
 # -- map: items from 500 on hang (4 in flight) -----------------------------------------------
@@ -78,8 +93,13 @@ def item(x: int) -> int:
     return x * 2
 
 
-MAP = nf.Workflow("cf-map").then("src", counted("src", lambda n: list(range(n)))).map(
-    "item", item, concurrency=4).then("total", counted("total", sum)).build()
+MAP = (
+    nf.Workflow("cf-map")
+    .then("src", counted("src", lambda n: list(range(n))))
+    .map("item", item, concurrency=4)
+    .then("total", counted("total", sum))
+    .build()
+)
 
 
 # -- child workflow: its second task hangs ---------------------------------------------------
@@ -89,10 +109,20 @@ def c2(x: int) -> int:
     return x * 3
 
 
-CHILD = nf.Workflow("child").then("c1", counted("child/c1", lambda x: x + 1)).then("c2", c2).then(
-    "c3", counted("child/c3", lambda x: x - 1)).build()
-PARENT = nf.Workflow("cf-parent").then("a", counted("a", lambda x: x)).then_flow(CHILD).then(
-    "z", counted("z", lambda x: -x)).build()
+CHILD = (
+    nf.Workflow("child")
+    .then("c1", counted("child/c1", lambda x: x + 1))
+    .then("c2", c2)
+    .then("c3", counted("child/c3", lambda x: x - 1))
+    .build()
+)
+PARENT = (
+    nf.Workflow("cf-parent")
+    .then("a", counted("a", lambda x: x))
+    .then_flow(CHILD)
+    .then("z", counted("z", lambda x: -x))
+    .build()
+)
 
 FLOWS = {"loop": (LOOP, 0), "delay": (DELAY, 1), "signal": (SIGNAL, 1), "map": (MAP, 2000), "child": (PARENT, 5)}
 
@@ -109,8 +139,11 @@ def main(store: str, log_path: str, scenario: str, mode: str) -> int:
         status = runner.start(wf, scenario, value).wait()
     else:
         status = runner.resume(wf, scenario)
-    print(json.dumps({"state": str(status.state), "output": status.output,
-                      "error": str(status.error) if status.error else None}))
+    print(
+        json.dumps(
+            {"state": str(status.state), "output": status.output, "error": str(status.error) if status.error else None}
+        )
+    )
     return 0
 
 

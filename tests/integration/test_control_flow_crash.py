@@ -39,7 +39,10 @@ class Scenario:
         env = {**os.environ, "CF_BLOCK": "1" if block else "0", "CF_LOG": str(self.log)}
         return subprocess.Popen(
             [sys.executable, str(FLOWS), str(self.store), str(self.log), self.name, mode],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def lines(self) -> list[str]:

@@ -22,7 +22,7 @@ import nbflow as nf
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, os, signal, sys, time
 from pathlib import Path
 import nbflow as nf
@@ -98,7 +98,7 @@ if mode == "commit" and KILL_AT == "commit":
 runner = nf.CheckpointingRunner(backend, echo_output=False)
 status = runner.run(wf, "inst", 1) if action == "run" else runner.resume(wf, "inst")
 print(json.dumps({"state": str(status.state), "output": status.output if mode != "commit" else status.output}))
-'''
+"""
 
 
 def _spawn(tmp_path: Path, mode: str, action: str, kill_at: str = "") -> subprocess.Popen[str]:
@@ -108,7 +108,10 @@ def _spawn(tmp_path: Path, mode: str, action: str, kill_at: str = "") -> subproc
     env = {**os.environ, "KILL_AT": kill_at, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.Popen(
         [sys.executable, str(script), mode, str(tmp_path), action],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

@@ -101,8 +101,26 @@ def test_four_workers_survive_a_sigkill(tmp_path: Path) -> None:
 
     procs = {}
     for w in range(1, 5):
-        cmd = [sys.executable, "-m", "nbflow", "--dir", str(store_dir), "worker", "--module", str(flows_path),
-               "--id", f"w{w}", "--concurrency", "2", "--claim-ttl", "2s", "--heartbeat", "0.5s", "--poll-interval", "0.1s"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "nbflow",
+            "--dir",
+            str(store_dir),
+            "worker",
+            "--module",
+            str(flows_path),
+            "--id",
+            f"w{w}",
+            "--concurrency",
+            "2",
+            "--claim-ttl",
+            "2s",
+            "--heartbeat",
+            "0.5s",
+            "--poll-interval",
+            "0.1s",
+        ]
         procs[f"w{w}"] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pids = {p.pid: name for name, p in procs.items()}
     try:
@@ -201,7 +219,9 @@ def test_slow_heartbeat_commits_exactly_one_result(tmp_path: Path) -> None:
     wf = nf.Workflow("hb").then("t", body).then("after", lambda s: s + "!").build()
     _CountingStore.commits.clear()
     nf.WorkflowClient(_CountingStore(tmp_path / "s")).submit(wf, "hb-1", 1)
-    slow = nf.PooledWorker("slow", _CountingStore(tmp_path / "s"), [wf], claim_ttl=0.5, heartbeat=60, poll_interval=0.05)
+    slow = nf.PooledWorker(
+        "slow", _CountingStore(tmp_path / "s"), [wf], claim_ttl=0.5, heartbeat=60, poll_interval=0.05
+    )
     fast = nf.PooledWorker("fast", _CountingStore(tmp_path / "s"), [wf], claim_ttl=30, heartbeat=1, poll_interval=0.05)
     slow_handle = slow.start()
     while not list(marks.iterdir()):

@@ -348,7 +348,10 @@ def test_a_signal_step_gates_its_readers_and_waits_after_its_tasks() -> None:
     cw = compile_cell("review", REVIEW)
     node = cw.workflow.node("approval")  # type: ignore[attr-defined]
     assert (node.kind, node.deps, node.options["signal"], node.options["timeout"]) == (
-        "signal", ("train",), "approval", 3600.0,
+        "signal",
+        ("train",),
+        "approval",
+        3600.0,
     )
     backend = nf.InMemoryBackend()
     runner = nf.CheckpointingRunner(backend, echo_output=False)

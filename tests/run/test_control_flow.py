@@ -171,14 +171,27 @@ def test_route_unknown_key_fails_with_key_and_declared_set(runner: nf.Checkpoint
 
 
 def test_route_with_non_string_keys(runner: nf.CheckpointingRunner) -> None:
-    wf = nf.Workflow("ints").route(lambda x: x % 3, keys=[0, 1, 2]).branch(0, lambda x: "zero").branch(
-        1, lambda x: "one").branch(2, lambda x: "two").done().build()
+    wf = (
+        nf.Workflow("ints")
+        .route(lambda x: x % 3, keys=[0, 1, 2])
+        .branch(0, lambda x: "zero")
+        .branch(1, lambda x: "one")
+        .branch(2, lambda x: "two")
+        .done()
+        .build()
+    )
     assert [runner.run(wf, f"n{i}", i).output for i in range(4)] == ["zero", "one", "two", "zero"]
 
 
 # == loop ===============================================================================
-def counting_loop(counts: Counter[int], *, stop_at: int, fail_once_at: int | None = None,
-                  max_iterations: int = 10, on_max: str = "fail") -> nf.WorkflowDefinition:
+def counting_loop(
+    counts: Counter[int],
+    *,
+    stop_at: int,
+    fail_once_at: int | None = None,
+    max_iterations: int = 10,
+    on_max: str = "fail",
+) -> nf.WorkflowDefinition:
     def body(x: int) -> nf.LoopResult:
         n = int(nf.get_task_context().task_id.rsplit("#", 1)[1])
         counts[n] += 1
@@ -532,10 +545,22 @@ def test_then_flow_with_a_multi_sink_child_and_a_route_inside(runner: nf.Checkpo
         .build()
     )
     assert set(child.sinks) == {"low", "high"}
-    router = nf.Workflow("router").route("pick", size, keys=["big", "small"]).branch(
-        "big", ("b", lambda x: "B")).branch("small", ("s", lambda x: "S")).done().build()
-    wf = nf.Workflow("p").then("a", lambda x: x * 10).then_flow(child).then(
-        "pair", lambda d: d["low"] + d["high"]).then_flow(router).build()
+    router = (
+        nf.Workflow("router")
+        .route("pick", size, keys=["big", "small"])
+        .branch("big", ("b", lambda x: "B"))
+        .branch("small", ("s", lambda x: "S"))
+        .done()
+        .build()
+    )
+    wf = (
+        nf.Workflow("p")
+        .then("a", lambda x: x * 10)
+        .then_flow(child)
+        .then("pair", lambda d: d["low"] + d["high"])
+        .then_flow(router)
+        .build()
+    )
     assert "kid/output" in wf.task_ids and wf.node("kid/output").group == "kid"
     assert wf.node("router/b").options["guard"] == "router/pick"
     events = record_events(runner)
@@ -556,24 +581,41 @@ def test_task_context_includes_workflow_metadata(runner: nf.CheckpointingRunner)
     def look(x: Any) -> dict[str, Any]:
         ctx = nf.get_task_context()
         return {
-            "workflow": ctx.workflow_id, "instance": ctx.instance_id, "task": ctx.task_id,
-            "attempt": ctx.attempt, "key": ctx.idempotency_key, "meta": dict(ctx.metadata),
+            "workflow": ctx.workflow_id,
+            "instance": ctx.instance_id,
+            "task": ctx.task_id,
+            "attempt": ctx.attempt,
+            "key": ctx.idempotency_key,
+            "meta": dict(ctx.metadata),
         }
 
-    wf = nf.Workflow("ctx", metadata={"owner": "ana", "team": "ds"}).then("look", look).map(
-        "each", lambda x: nf.get_task_context().task_id).build()
+    wf = (
+        nf.Workflow("ctx", metadata={"owner": "ana", "team": "ds"})
+        .then("look", look)
+        .map("each", lambda x: nf.get_task_context().task_id)
+        .build()
+    )
     wf2 = nf.Workflow("ctx2", metadata={"owner": "bo"}).then("look", look).build()
     seen = runner.run(wf2, "c", None).output
-    assert seen == {"workflow": "ctx2", "instance": "c", "task": "look", "attempt": 1,
-                    "key": "ctx2:c:look", "meta": {"owner": "bo"}}
+    assert seen == {
+        "workflow": "ctx2",
+        "instance": "c",
+        "task": "look",
+        "attempt": 1,
+        "key": "ctx2:c:look",
+        "meta": {"owner": "bo"},
+    }
     out = runner.run(wf, "c1", None).output
     assert out == ["each[0]", "each[1]", "each[2]", "each[3]", "each[4]", "each[5]"]
 
 
 # == lifecycle ============================================================================
-def gated_chain(counts: Counter[str], gate: threading.Event, started: threading.Event, n: int = 5) -> nf.WorkflowDefinition:
+def gated_chain(
+    counts: Counter[str], gate: threading.Event, started: threading.Event, n: int = 5
+) -> nf.WorkflowDefinition:
     builder = nf.Workflow("gated")
     for i in range(n):
+
         def step(x: int, i: int = i) -> int:
             counts[f"t{i}"] += 1
             if i == 2:
@@ -726,7 +768,6 @@ def test_submit_creates_a_pending_instance(runner: nf.CheckpointingRunner) -> No
     assert [s.instance_id for s in client.list_instances(state="pending")] == ["q"]
     assert runner.resume(wf, "q").state == "awaiting_signal"  # its stored input is used
     assert client.get_task_result("q", "prepare") == 6
-
 
 
 def test_pause_during_a_delay_keeps_its_deadline(runner: nf.CheckpointingRunner) -> None:

@@ -88,8 +88,10 @@ def test_process_executor_runs_main_functions(tmp_path: Path) -> None:
     assert res["light"]["task"] == "light"
     assert res["heavy"]["pid"] != res["parent"] and res["light"]["pid"] != res["parent"]
     assert res["make_stdout"] == "making 5 in make\n"  # captured in the child, stored with the record
-    assert all(w and w.endswith(tuple(str(p) for p in (res["heavy"]["pid"], res["light"]["pid"]))) for w in
-               (res["workers"]["heavy"], res["workers"]["light"]))
+    assert all(
+        w and w.endswith(tuple(str(p) for p in (res["heavy"]["pid"], res["light"]["pid"])))
+        for w in (res["workers"]["heavy"], res["workers"]["light"])
+    )
     assert res["retry_attempt"] == 2
     assert res["bad_state"] == "failed" and res["bad_type"] == "Boom" and "always" in res["bad_message"]
 

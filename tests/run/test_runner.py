@@ -53,7 +53,15 @@ def test_fork_join_output_and_multiple_sinks(runner: nf.CheckpointingRunner) -> 
         .build()
     )
     assert runner.run(wf, "i", 5).output == {"total": 10, "top": 8}
-    two_sinks = nf.Workflow("s").then("a", lambda x: x).fork().branch("b", lambda x: x + 1).branch("c", lambda x: x + 2).join("j", lambda d: d).build()
+    two_sinks = (
+        nf.Workflow("s")
+        .then("a", lambda x: x)
+        .fork()
+        .branch("b", lambda x: x + 1)
+        .branch("c", lambda x: x + 2)
+        .join("j", lambda d: d)
+        .build()
+    )
     assert runner.run(two_sinks, "j", 1).output == {"b": 2, "c": 3}
     multi = nf.WorkflowBuilder("m").add("p", lambda: 1).add("q", lambda: 2).build()
     assert runner.run(multi, "k").output == {"p": 1, "q": 2}
@@ -80,7 +88,15 @@ def test_async_tasks(runner: nf.CheckpointingRunner) -> None:
         await asyncio.sleep(0)
         return x * 2
 
-    wf = nf.Workflow("a").then(fetch).fork().branch("p", fetch).branch("q", lambda x: x + 1).join("j", lambda d: d).build()
+    wf = (
+        nf.Workflow("a")
+        .then(fetch)
+        .fork()
+        .branch("p", fetch)
+        .branch("q", lambda x: x + 1)
+        .join("j", lambda d: d)
+        .build()
+    )
     assert runner.run(wf, "i", 1).output == {"p": 4, "q": 3}
 
 

@@ -31,7 +31,14 @@ def _grow(x: int) -> LoopResult:
 
 
 def _child() -> nf.WorkflowDefinition:
-    return nf.Workflow("child").fork().branch("lo", lambda x: x - 1).branch("hi", lambda x: x + 1).join("pair", lambda d: d).build()
+    return (
+        nf.Workflow("child")
+        .fork()
+        .branch("lo", lambda x: x - 1)
+        .branch("hi", lambda x: x + 1)
+        .join("pair", lambda d: d)
+        .build()
+    )
 
 
 def test_every_step_kind(store) -> None:  # type: ignore[no-untyped-def]
@@ -41,7 +48,10 @@ def test_every_step_kind(store) -> None:  # type: ignore[no-untyped-def]
     wf = (
         nf.Workflow("kinds")
         .then("start", lambda x: x)
-        .fork().branch("dbl", lambda x: 2 * x).branch("tri", lambda x: 3 * x).join("join", lambda d: d["dbl"] + d["tri"])
+        .fork()
+        .branch("dbl", lambda x: 2 * x)
+        .branch("tri", lambda x: 3 * x)
+        .join("join", lambda d: d["dbl"] + d["tri"])
         .then("items", lambda s: list(range(s)))
         .map("sq", lambda i: i * i)
         .then("total", sum)

@@ -21,7 +21,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return backend
 
 
-def _item(store: Backend, task_id: str, data: bytes = b"x", finished: float | None = None) -> tuple[CheckpointRecord, object]:
+def _item(
+    store: Backend, task_id: str, data: bytes = b"x", finished: float | None = None
+) -> tuple[CheckpointRecord, object]:
     sink = store.new_sink(IID)
     sink.write(data)
     record = CheckpointRecord(task_id=task_id, fingerprint="f", codec="pickle", finished_at=finished or time.time())

@@ -123,12 +123,27 @@ def test_record_fields_round_trip(store: Any) -> None:
     sink = store.new_sink("i")
     sink.write(b"x")
     rec = CheckpointRecord(
-        "t", "fp", "json", attempt=3, started_at=1.5, finished_at=2.5, preview="'x'", stdout="out\n", stderr="err\n", worker="w1"
+        "t",
+        "fp",
+        "json",
+        attempt=3,
+        started_at=1.5,
+        finished_at=2.5,
+        preview="'x'",
+        stdout="out\n",
+        stderr="err\n",
+        worker="w1",
     )
     store.put_record("i", rec, sink)
     got = store.get_record("i", "t")
     assert (got.attempt, got.started_at, got.finished_at, got.preview, got.stdout, got.stderr, got.worker) == (
-        3, 1.5, 2.5, "'x'", "out\n", "err\n", "w1"
+        3,
+        1.5,
+        2.5,
+        "'x'",
+        "out\n",
+        "err\n",
+        "w1",
     )
     assert got.duration == pytest.approx(1.0)
     assert got.codec == "json"

@@ -87,7 +87,7 @@ def test_lock_held_by_a_killed_process_is_freed(tmp_path: Path) -> None:
         f"""
         import pathlib, time
         from nbflow import DiskcacheBackend
-        lease = DiskcacheBackend({str(tmp_path / 'store')!r}).lock("i", "child")
+        lease = DiskcacheBackend({str(tmp_path / "store")!r}).lock("i", "child")
         pathlib.Path({str(marker)!r}).write_text("1")
         time.sleep(120)
         """
