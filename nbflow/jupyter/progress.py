@@ -436,6 +436,11 @@ class Coalescer:
                 return None
             return max(0.0, self.last_push + self.interval - self._clock())
 
+    def wait(self) -> float:
+        """Seconds until a push is allowed (for news the model has not folded yet)."""
+        with self._lock:
+            return max(0.0, self.last_push + self.interval - self._clock())
+
     def spent(self, seconds: float) -> None:
         """Record how long the last push took. Pushes may use at most ``budget`` of the
         run's time (they hold the GIL the tasks need), so a slow push — a graph of

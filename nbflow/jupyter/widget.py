@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -124,6 +125,9 @@ class WorkflowWidget(anywidget.AnyWidget):
         self._timer_lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self._unsubscribers: list[Callable[[], None]] = []
+        # Events wait here until a push folds them: the engine thread only appends (the
+        # engine loop is the bottleneck of a wide run, so nothing else happens there).
+        self._inbox: deque[RunEvent] = deque()
         self._pending_message = ""
         self._display_handle: Any = None
         self.on_msg(self._on_front_end_message)
@@ -134,6 +138,7 @@ class WorkflowWidget(anywidget.AnyWidget):
     @property
     def model(self) -> ProgressModel:
         """The pure progress model behind the view (read it, don't feed it directly)."""
+        self._drain()
         return self._model
 
     def listen(self, bus: EventBus) -> Callable[[], None]:
@@ -158,6 +163,7 @@ class WorkflowWidget(anywidget.AnyWidget):
 
     def set_plan(self, plan: Mapping[str, str]) -> None:
         """Show a resume's plan (stale tasks) before it runs."""
+        self._drain()
         self._model.set_plan(plan)
         self._push(force=True)
 
@@ -171,7 +177,7 @@ class WorkflowWidget(anywidget.AnyWidget):
 
     def summary(self) -> str:
         """Deterministic plain text (no timings or addresses): ``etl: 5/5 done (2 restored) | ...``."""
-        return self._model.summary()
+        return self.model.summary()
 
     def display(self) -> None:
         """Display the widget with a display id, so :meth:`update_display` (called by
@@ -192,11 +198,11 @@ class WorkflowWidget(anywidget.AnyWidget):
         if bundle is None:  # pragma: no cover - anywidget returns None only without a view
             return None
         data, metadata = bundle
-        data = {**data, **static_bundle(self._model, self._layout)}
+        data = {**data, **static_bundle(self.model, self._layout)}
         return data, metadata
 
     def __repr__(self) -> str:
-        model = self._model
+        model = self.model
         return (
             f"<WorkflowWidget {self.workflow!r} instance {self.instance_id!r}: "
             f"{model.completed}/{model.total} done, {model.run_state}>"
@@ -204,15 +210,30 @@ class WorkflowWidget(anywidget.AnyWidget):
 
     # -- engine side --------------------------------------------------------------------------
     def _on_event(self, event: RunEvent) -> None:
-        """Runs on the engine thread: fold (cheap) and make sure a push is scheduled."""
-        if self._model.apply(event):
+        """Runs on the engine thread: queue the event (a push folds it) and make sure a
+        push is scheduled. Kept to an append: this is on the engine's hot path."""
+        self._inbox.append(event)
+        if self._timer is None:  # unlocked peek; _schedule re-checks under the lock
             self._schedule()
+
+    def _drain(self) -> None:
+        """Fold the queued events into the model (on whichever thread reads it)."""
+        inbox, apply = self._inbox, self._model.apply
+        while True:
+            try:
+                event = inbox.popleft()
+            except IndexError:
+                return
+            apply(event)
 
     def _schedule(self) -> None:
         with self._timer_lock:
             if self._timer is not None:
                 return
-            delay = self._coalescer.delay(self._model.version)
+            if self._inbox:
+                delay: float | None = self._coalescer.wait()
+            else:
+                delay = self._coalescer.delay(self._model.version)
             if delay is None:
                 return
             timer = threading.Timer(delay, self._on_timer)
@@ -237,6 +258,7 @@ class WorkflowWidget(anywidget.AnyWidget):
     # -- the one place synced traits are assigned -------------------------------------------
     def _push(self, *, force: bool = False) -> None:
         with self._push_lock:
+            self._drain()
             version = self._model.version
             if not force and self._coalescer.delay(version) is None:
                 return
