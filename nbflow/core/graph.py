@@ -26,7 +26,7 @@ from nbflow.core.errors import UnknownTaskError, WorkflowDefinitionError
 from nbflow.core.fingerprint import stable_digest
 from nbflow.core.task import TaskSpec
 
-__all__ = ["InputRef", "Node", "Source", "WorkflowDefinition", "input_ref"]
+__all__ = ["InputRef", "Node", "Source", "WorkflowDefinition"]
 
 MODES = ("value", "dict", "kwargs", "none", "first")
 
@@ -53,11 +53,6 @@ class InputRef:
     """Marks a parameter fed from the workflow input (``key=None``: the whole input)."""
 
     key: str | None = None
-
-
-def input_ref(key: str | None = None) -> InputRef:
-    """Shorthand used by ``WorkflowBuilder.add(inputs=...)``."""
-    return InputRef(key)
 
 
 @dataclass(frozen=True, eq=False)

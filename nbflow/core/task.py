@@ -8,7 +8,7 @@ its own, and still pickles by reference.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from nbflow.core.errors import ConfigurationError
@@ -32,10 +32,6 @@ class TaskSpec:
     description: str = ""
     priority: int = 0
     version: str | None = None
-
-    def with_name(self, name: str) -> TaskSpec:
-        """The same options under another name."""
-        return replace(self, name=name)
 
 
 def make_spec(

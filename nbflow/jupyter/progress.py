@@ -13,7 +13,6 @@ Nothing here draws or imports a UI toolkit; layout lives in ``render.py``, paint
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import Counter
@@ -42,9 +41,6 @@ ACTIVE_STATES = frozenset({"running", "retrying", "waiting", "awaiting_signal"})
 #: States that count towards "done/total" on the progress bar.
 COMPLETE_STATES = frozenset({"done", "restored", "skipped"})
 _PARKED_RUN_STATES = frozenset({"paused", "waiting", "awaiting_signal"})
-
-# Ids of map items and loop iterations: "<node>[<index>]", "<node>#<iteration>".
-_ITEM_ID = re.compile(r"^(.+)(?:\[\d+\]|#\d+)$")
 
 # Text shown to the user is capped: a task printing megabytes must not be shipped to
 # the browser several times a second.
@@ -261,8 +257,8 @@ class ProgressModel:
         """The map/loop node of an item id (``square[3]``, ``newton#2``), else None."""
         if task_id in self._tasks:
             return None
-        m = _ITEM_ID.match(task_id)
-        return m.group(1) if m is not None and m.group(1) in self._tasks else None
+        step = ev.item_step(task_id)
+        return step if step is not None and step in self._tasks else None
 
     def _apply_item(self, info: TaskInfo, e: ev.RunEvent) -> bool:
         """One map item's or loop iteration's event, folded into its node: items are

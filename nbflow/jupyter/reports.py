@@ -36,8 +36,8 @@ class RunLog:
         (``newton#2``) belong to their map or loop step."""
         if task_id in self.tasks:
             return task_id
-        base = re.sub(r"(\[\d+\]|#\d+)$", "", task_id)
-        return base if base in self.tasks else None
+        step = ev.item_step(task_id)
+        return step if step is not None and step in self.tasks else None
 
     def __call__(self, event: ev.RunEvent) -> None:
         if event.instance_id != self.instance_id:

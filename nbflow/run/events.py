@@ -13,6 +13,7 @@ progress display can never fail a run.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -35,6 +36,7 @@ __all__ = [
     "TaskStarted",
     "TaskWaiting",
     "TextProgress",
+    "item_step",
 ]
 
 
@@ -161,6 +163,21 @@ class RunFinished(RunEvent):
     duration: float = 0.0
     error: str | None = None
     failed_task: str | None = None
+
+
+# Events about one map item or loop iteration carry "<step>[<index>]" / "<step>#<n>" as
+# their task id (the ids of their checkpoints); item_step maps them back to the step.
+_ITEM_ID = re.compile(r"^(.+)(?:\[\d+\]|#\d+)$")
+
+
+def item_step(task_id: str) -> str | None:
+    """The map/loop step an item or iteration id belongs to, or None for a plain id.
+
+    >>> item_step("square[3]"), item_step("newton#2"), item_step("load")
+    ('square', 'newton', None)
+    """
+    m = _ITEM_ID.match(task_id)
+    return m.group(1) if m is not None else None
 
 
 Subscriber = Callable[[RunEvent], None]

@@ -207,14 +207,18 @@ function render({ model, el }) {
   const onSvg = () => { drawSvg(); paint(); };
   const onStates = () => paint();
   const onSelected = () => { paint(); drawRows(); drawControls(); };
-  model.on("change:svg", onSvg);
-  model.on("change:states", onStates);
-  model.on("change:progress", drawProgress);
-  model.on("change:rows", drawRows);
-  model.on("change:detail", drawDetail);
-  model.on("change:selected", onSelected);
-  model.on("change:controls_enabled", drawControls);
-  model.on("change:message", drawControls);
+  // trait -> what repaints when it changes (registered here, removed on teardown)
+  const listeners = [
+    ["change:svg", onSvg],
+    ["change:states", onStates],
+    ["change:progress", drawProgress],
+    ["change:rows", drawRows],
+    ["change:detail", drawDetail],
+    ["change:selected", onSelected],
+    ["change:controls_enabled", drawControls],
+    ["change:message", drawControls],
+  ];
+  for (const [name, fn] of listeners) model.on(name, fn);
 
   onSvg();
   drawProgress();
@@ -224,14 +228,7 @@ function render({ model, el }) {
 
   return () => {
     clearInterval(ticker);
-    model.off("change:svg", onSvg);
-    model.off("change:states", onStates);
-    model.off("change:progress", drawProgress);
-    model.off("change:rows", drawRows);
-    model.off("change:detail", drawDetail);
-    model.off("change:selected", onSelected);
-    model.off("change:controls_enabled", drawControls);
-    model.off("change:message", drawControls);
+    for (const [name, fn] of listeners) model.off(name, fn);
   };
 }
 
