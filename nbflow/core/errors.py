@@ -32,6 +32,9 @@ __all__ = [
     "RouteKeyError",
     "ShapeChangedError",
     "SignalTimeoutError",
+    "StaleInstanceError",
+    "StoreFullError",
+    "StoreUnreadableError",
     "TaskChangedError",
     "TaskTimeoutError",
     "UnknownInstanceError",
@@ -192,15 +195,69 @@ class InstanceLockedError(NbflowError):
 
 
 class CheckpointCorruptError(NbflowError):
-    """A stored record cannot be read back."""
+    """A stored record or payload is *damaged*: its bytes fail their checksum, its format
+    is not nbflow's, or it names something it may not (a file outside the instance, a
+    codec the store was not opened with). Only this error ever suggests discarding, and
+    it says what that loses."""
 
-    def __init__(self, instance_id: str, detail: str, location: str = "") -> None:
-        self.instance_id, self.detail, self.location = instance_id, detail, location
+    def __init__(self, instance_id: str, detail: str, location: str = "", task_id: str | None = None) -> None:
+        self.instance_id, self.detail, self.location, self.task_id = instance_id, detail, location, task_id
         where = f" at {location}" if location else ""
+        if task_id is not None:
+            fix = (
+                f"Re-run that task and what depends on it: runner.rerun_from(wf, {instance_id!r}, {task_id!r}) "
+                f"(in a notebook: %workflow clear then re-run the cell), which keeps every other checkpoint; "
+                f"or discard the whole instance with `nbflow clear {instance_id}`, which loses all its checkpoints."
+            )
+        else:
+            fix = (
+                f"Discarding it with `nbflow clear {instance_id}` (or WorkflowClient(backend).clear(instance_id)) "
+                "loses every checkpoint of this instance; run it again afterwards."
+            )
         super().__init__(
-            f"the checkpoints of instance {instance_id!r}{where} cannot be read ({detail}). "
-            f"Other instances are unaffected. Discard this one with `nbflow clear {instance_id}` "
-            "or WorkflowClient(backend).clear(instance_id), then run it again."
+            f"the checkpoints of instance {instance_id!r}{where} are damaged ({detail}). "
+            f"Other instances are unaffected. {fix}"
+        )
+
+
+class StoreUnreadableError(NbflowError, PermissionError):
+    """The store (or one instance in it) cannot be read or written because of the
+    operating system's permissions: nothing is damaged."""
+
+    def __init__(self, path: str, detail: str, instance_id: str | None = None) -> None:
+        self.path, self.detail, self.instance_id = path, detail, instance_id
+        what = f"instance {instance_id!r} at {path}" if instance_id else f"the store at {path}"
+        super().__init__(
+            f"{what} cannot be accessed ({detail}). Nothing is damaged: give this user read and write "
+            f"permission on that folder (e.g. `chmod -R u+rwX {path}`) or open the store as its owner."
+        )
+
+
+class StoreFullError(NbflowError, OSError):
+    """The filesystem holding the store is full (or over quota): nothing is damaged, and
+    what was stored before is intact."""
+
+    def __init__(self, path: str, detail: str, instance_id: str | None = None, task_id: str | None = None) -> None:
+        self.path, self.detail, self.instance_id, self.task_id = path, detail, instance_id, task_id
+        what = f" while saving task {task_id!r}" if task_id else ""
+        inst = f" of instance {instance_id!r}" if instance_id else ""
+        super().__init__(
+            f"the disk holding the store at {path} is full{what}{inst} ({detail}). Nothing is damaged: "
+            "every checkpoint stored before is intact. Free some space (or point the store at a larger disk), "
+            "then resume; only the unfinished tasks run again."
+        )
+
+
+class StaleInstanceError(NbflowError):
+    """The instance was cleared or restarted by another process since this one loaded it."""
+
+    def __init__(self, instance_id: str, detail: str = "") -> None:
+        self.instance_id, self.detail = instance_id, detail
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"instance {instance_id!r} was cleared or restarted by another process since this runner "
+            f"loaded it{extra}; nothing was written over the new one. Run or resume it again to continue "
+            "with what the store holds now."
         )
 
 

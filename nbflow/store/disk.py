@@ -64,6 +64,8 @@ from nbflow.store.disk_layout import (
     unpack_record,
 )
 
+TASK_STATE_PREFIX = "a:"
+
 __all__ = ["INLINE_LIMIT", "DiskcacheBackend"]
 
 
@@ -307,6 +309,22 @@ class DiskcacheBackend:
             cache.set(STAMP, uuid.uuid4().hex)
         for name in blobs:
             (self._instance_dir(instance_id) / "blobs" / name).unlink(missing_ok=True)
+
+    def save_task_state(self, instance_id: str, task_id: str, state: dict[str, Any] | None) -> None:
+        cache = self._cache(instance_id)
+        assert cache is not None
+        if state is None:
+            cache.delete(TASK_STATE_PREFIX + task_id)
+        else:
+            cache.set(TASK_STATE_PREFIX + task_id, json.dumps(state).encode())
+
+    def load_task_states(self, instance_id: str) -> dict[str, dict[str, Any]]:
+        cache = self._cache(instance_id, create=False)
+        if cache is None:
+            return {}
+        return {
+            key[len(TASK_STATE_PREFIX) :]: json.loads(value) for key, value in scan_prefix(cache, TASK_STATE_PREFIX)
+        }
 
     # -- exclusivity --------------------------------------------------------------------
     def _lock_path(self, instance_id: str) -> Path:

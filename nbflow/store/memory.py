@@ -9,13 +9,14 @@ from __future__ import annotations
 import copy
 import io
 import itertools
+import json
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 from nbflow.core.errors import InstanceLockedError
 from nbflow.store.base import (
@@ -38,6 +39,7 @@ class _Instance:
     signals: dict[str, deque[bytes]] = field(default_factory=dict)
     control: tuple[str, str] | None = None
     claims: dict[str, Claim] = field(default_factory=dict)
+    task_states: dict[str, dict[str, Any]] = field(default_factory=dict)
     stamp: int | None = None  # see change_stamp
 
 
@@ -138,6 +140,22 @@ class InMemoryBackend:
                 for tid in task_ids:
                     inst.records.pop(tid, None)
                 inst.stamp = next(self._stamps)
+
+    def save_task_state(self, instance_id: str, task_id: str, state: dict[str, Any] | None) -> None:
+        """Store (or with None, drop) the JSON-able facts about a task that is not
+        finished yet: its attempt count, next retry time, last progress."""
+        frozen = None if state is None else json.loads(json.dumps(state))  # same refusals as on disk
+        with self._lock:
+            inst = self._get(instance_id)
+            if frozen is None:
+                inst.task_states.pop(task_id, None)
+            else:
+                inst.task_states[task_id] = frozen
+
+    def load_task_states(self, instance_id: str) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            inst = self._instances.get(instance_id)
+            return copy.deepcopy(inst.task_states) if inst else {}
 
     def change_stamp(self, instance_id: str) -> int | None:
         """A value that changes whenever a record of the instance is written or deleted."""
