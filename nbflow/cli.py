@@ -79,7 +79,8 @@ def _age(ts: float) -> str:
     return f"{seconds}s ago"
 
 
-def _print_status(status: WorkflowStatus, running: bool) -> None:
+def _print_status(status: WorkflowStatus, running: bool, preview: str | None = None) -> None:
+    """``preview``: the stored preview of the output, shown instead of decoding it."""
     live = " (a runner holds it now)" if running else ""
     print(f"instance  {status.instance_id}")
     print(f"workflow  {status.workflow}")
@@ -96,7 +97,17 @@ def _print_status(status: WorkflowStatus, running: bool) -> None:
         if status.error.traceback:
             print(status.error.traceback.rstrip())
     if status.is_completed():
-        print(f"output    {status.output!r}"[:400])
+        print(f"output    {status.output!r}"[:400] if preview is None else f"output    {preview}"[:400])
+
+
+def _output_preview(backend: DiskcacheBackend, instance_id: str) -> str | None:
+    """The stored previews of a completed instance's final outputs (no payload decoded)."""
+    meta = backend.load_instance(instance_id)
+    if meta is None or not meta.sinks:
+        return None
+    records = backend.get_records(instance_id)
+    shown = {s: records[s].preview if s in records else "?" for s in meta.sinks}
+    return next(iter(shown.values())) if len(shown) == 1 else ", ".join(f"{k}: {v}" for k, v in shown.items())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -163,10 +174,13 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{s.instance_id:<32} {s.workflow:<20} {state:<16} {s.tasks_done:>4}/{s.tasks_total:<4}  {updated}")
         return 0
     if cmd == "status":
-        _print_status(client.status(args.instance), client.is_running(args.instance))
+        # output=False: the CLI shows stored previews and never decodes a payload, so
+        # inspecting a store cannot run code planted in it
+        status = client.status(args.instance, output=False)
+        _print_status(status, client.is_running(args.instance), _output_preview(backend, args.instance))
         return 0
     if cmd == "resume":
-        status = client.status(args.instance)
+        status = client.status(args.instance, output=False)
         flows = find_workflows(load_module(args.module))
         if status.workflow not in flows:
             raise ConfigurationError(

@@ -21,6 +21,10 @@ class RunState(enum.StrEnum):
     PAUSED = "paused"
     WAITING = "waiting"
     AWAITING_SIGNAL = "awaiting_signal"
+    # Listing only: the instance's records cannot be read (DAMAGED: their bytes are not
+    # valid; UNREADABLE: the operating system refuses access). Never stored.
+    DAMAGED = "damaged"
+    UNREADABLE = "unreadable"
 
     @property
     def finished(self) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 from nbflow.core.codecs import Codec, codec_by_name
 from nbflow.core.errors import CheckpointCorruptError, CodecError, NbflowError
+from nbflow.core.keys import item_id
 from nbflow.store.base import Backend, CheckpointRecord
 
 __all__ = ["CheckpointIO", "preview"]
@@ -49,7 +50,10 @@ class CheckpointIO:
             discard = getattr(sink, "discard", None)
             if discard is not None:
                 discard()
-            raise CodecError(self.codec.name, task_id, f"{type(exc).__name__}: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise  # a full disk or a broken store: the store layer reports it, not the value
+            detail = exc.detail if isinstance(exc, CodecError) else f"{type(exc).__name__}: {exc}"
+            raise CodecError(self.codec.name, task_id, detail) from exc
         record = CheckpointRecord(task_id=task_id, fingerprint=fingerprint, codec=self.codec.name, **fields)
         return record, sink
 
@@ -68,34 +72,73 @@ class CheckpointIO:
         record = CheckpointRecord(task_id=task_id, fingerprint=fingerprint, codec="ref", extra=extra, **fields)
         return self.backend.put_record(self.instance_id, record, self.backend.new_sink(self.instance_id))
 
-    def read(self, record: CheckpointRecord, lookup: Callable[[str], CheckpointRecord | None] | None = None) -> Any:
-        """Decode a stored output with the codec named in its record.
+    def read(
+        self, record: CheckpointRecord, lookup: Callable[[str], CheckpointRecord | None] | None = None, _depth: int = 0
+    ) -> Any:
+        """Decode a stored output.
 
-        ``ref`` records are followed through ``lookup`` (default: the backend)."""
+        The codec used is this reader's own: a record naming another codec is refused
+        unless that codec cannot run code (JSON), so a store opened with ``JsonCodec``
+        never unpickles, whatever its records say. The payload's checksum is verified
+        as it is read. ``ref`` records are followed through ``lookup`` (default: the
+        backend)."""
         if record.codec == "ref":
-            find = lookup or (lambda tid: self.backend.get_record(self.instance_id, tid))
-
-            def follow(task_id: str) -> Any:
-                target = find(task_id)
-                if target is None:
-                    raise CheckpointCorruptError(
-                        self.instance_id, f"record {record.task_id!r} points at {task_id!r}, which is missing"
-                    )
-                return self.read(target, find)
-
-            items = record.extra.get("items")
-            if items is not None:
-                return [follow(f"{record.task_id}[{i}]") for i in range(items)]
-            return follow(record.extra["ref"])
-        codec = codec_by_name(record.codec)
+            return self._follow(record, lookup or (lambda tid: self.backend.get_record(self.instance_id, tid)), _depth)
+        if record.codec != self.codec.name and record.codec not in _SAFE_CODECS:
+            raise CheckpointCorruptError(
+                self.instance_id,
+                f"the output of task {record.task_id!r} says it was written with codec {record.codec!r}, but this "
+                f"store is read with {self.codec.name!r}; nbflow does not switch codecs on a record's word (open it "
+                f"with the codec it was written with if you trust it)",
+                task_id=record.task_id,
+            )
+        codec = self.codec if record.codec == self.codec.name else codec_by_name(record.codec)
         try:
             with self.backend.open_payload(self.instance_id, record) as stream:
-                return codec.load(stream)
+                value = codec.load(stream)
+                verify = getattr(stream, "verify", None)
+                if verify is not None and not verify():
+                    raise CheckpointCorruptError(
+                        self.instance_id,
+                        f"the output of task {record.task_id!r} fails its checksum",
+                        task_id=record.task_id,
+                    )
         except NbflowError:
+            raise
+        except OSError:
             raise
         except Exception as exc:
             raise CheckpointCorruptError(
                 self.instance_id,
                 f"the output of task {record.task_id!r} cannot be decoded with codec "
                 f"{record.codec!r} ({type(exc).__name__}: {exc})",
+                task_id=record.task_id,
             ) from exc
+        return value
+
+    def _follow(self, record: CheckpointRecord, find: Callable[[str], CheckpointRecord | None], depth: int) -> Any:
+        """The value of a ``ref`` record: the record it names, or a map's items."""
+        if depth > _MAX_REF_DEPTH:
+            raise CheckpointCorruptError(self.instance_id, f"record {record.task_id!r} is part of a reference cycle")
+
+        def follow(task_id: str) -> Any:
+            target = find(task_id)
+            if target is None:
+                raise CheckpointCorruptError(
+                    self.instance_id, f"record {record.task_id!r} points at {task_id!r}, which is missing"
+                )
+            return self.read(target, find, depth + 1)
+
+        items, ref = record.extra.get("items"), record.extra.get("ref")
+        if isinstance(items, int) and not isinstance(items, bool) and 0 <= items <= _MAX_ITEMS:
+            return [follow(item_id(record.task_id, i)) for i in range(items)]
+        if items is None and isinstance(ref, str):
+            return follow(ref)
+        raise CheckpointCorruptError(
+            self.instance_id, f"record {record.task_id!r} is a reference without a valid target", task_id=record.task_id
+        )
+
+
+_SAFE_CODECS = frozenset({"json"})  # decoding these runs no code, whatever the bytes
+_MAX_REF_DEPTH = 64
+_MAX_ITEMS = 100_000_000

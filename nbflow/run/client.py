@@ -11,8 +11,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from nbflow.core.codecs import PickleCodec
-from nbflow.core.errors import ConfigurationError, InstanceExistsError, UnknownInstanceError, UnknownTaskError
+from nbflow.core.codecs import Codec, PickleCodec
+from nbflow.core.errors import (
+    CodecError,
+    ConfigurationError,
+    InstanceExistsError,
+    SignalRefusedError,
+    UnknownInstanceError,
+    UnknownTaskError,
+)
 from nbflow.core.status import RunState, TaskError, WorkflowStatus
 from nbflow.run.checkpoint import CheckpointIO
 from nbflow.store.base import INPUT_KEY, Backend, InstanceMeta, validate_instance_id
@@ -28,10 +35,13 @@ class WorkflowClient:
     []
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, codec: Codec | None = None) -> None:
+        """``codec`` is what outputs are decoded with (default ``PickleCodec``): a client
+        made with ``JsonCodec()`` never unpickles anything, whatever the store holds."""
         if not isinstance(backend, Backend):
             raise ConfigurationError("backend", backend, "InMemoryBackend(), DiskcacheBackend(path) or another Backend")
         self.backend = backend
+        self.codec: Codec = codec or PickleCodec()
 
     def _meta(self, instance_id: str) -> InstanceMeta:
         meta = self.backend.load_instance(validate_instance_id(instance_id))
@@ -50,16 +60,17 @@ class WorkflowClient:
         metas.sort(key=lambda m: m.updated_at, reverse=True)
         return [self._status(m, with_output=False) for m in metas]
 
-    def status(self, instance_id: str) -> WorkflowStatus:
-        """The stored status; ``output`` is filled in once the instance completed."""
-        return self._status(self._meta(instance_id), with_output=True)
+    def status(self, instance_id: str, output: bool = True) -> WorkflowStatus:
+        """The stored status; ``output`` is filled in once the instance completed
+        (unless ``output=False``: then nothing is decoded)."""
+        return self._status(self._meta(instance_id), with_output=output)
 
     def _status(self, meta: InstanceMeta, with_output: bool) -> WorkflowStatus:
         records = self.backend.get_records(meta.instance_id) if meta.state != "damaged" else {}
         output = None
         state = _state(meta)
         if with_output and state == RunState.COMPLETED and meta.sinks:
-            io = CheckpointIO(self.backend, meta.instance_id, PickleCodec())
+            io = CheckpointIO(self.backend, meta.instance_id, self.codec)
             values = {s: io.read(records[s], records.get) for s in meta.sinks if s in records}
             output = values[meta.sinks[0]] if len(meta.sinks) == 1 else values
         return WorkflowStatus(
@@ -89,7 +100,7 @@ class WorkflowClient:
         if record is None or task_id == INPUT_KEY:
             known = [line.split("|", 1)[0] for line in meta.shape]
             raise UnknownTaskError(meta.workflow, f"{task_id} (no checkpoint yet)", known)
-        return CheckpointIO(self.backend, instance_id, PickleCodec()).read(record)
+        return CheckpointIO(self.backend, instance_id, self.codec).read(record)
 
     # -- steering -----------------------------------------------------------------------
     def cancel(self, instance_id: str, reason: str = "", by: str = "") -> None:
@@ -136,9 +147,21 @@ class WorkflowClient:
         return self._status(meta, with_output=False)
 
     def send_signal(self, instance_id: str, name: str, payload: Any = None) -> None:
-        """Buffer a signal (FIFO per name); it may arrive before the workflow waits."""
-        self._meta(instance_id)
-        self.backend.push_signal(instance_id, name, PickleCodec().dumps(payload))
+        """Buffer a signal (FIFO per name); it may arrive before the workflow waits.
+
+        Raises ``SignalRefusedError`` if the instance completed, failed or was cancelled
+        (nothing would consume the signal), and ``CodecError`` if the payload cannot be
+        encoded."""
+        state = _state(self._meta(instance_id))
+        if state in _DEAF:
+            raise SignalRefusedError(instance_id, name, str(state))
+        codec = PickleCodec()
+        try:
+            data = codec.dumps(payload)
+        except Exception as exc:  # noqa: BLE001 - whatever pickling raises, named for the signal
+            detail = exc.detail if isinstance(exc, CodecError) else f"{type(exc).__name__}: {exc}"
+            raise CodecError(codec.name, name, detail, what=f"the payload of signal {name!r}") from None
+        self.backend.push_signal(instance_id, name, data)
 
     def clear(self, instance_id: str) -> bool:
         """Delete an instance and all its checkpoints (refused while it runs)."""
@@ -148,6 +171,9 @@ class WorkflowClient:
             return self.backend.delete_instance(instance_id)
         finally:
             lease.release()
+
+
+_DEAF = (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED)  # states no signal can reach
 
 
 def _state(meta: InstanceMeta) -> RunState:

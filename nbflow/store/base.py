@@ -55,6 +55,10 @@ def validate_instance_id(instance_id: Any) -> str:
         raise InvalidInstanceIdError(instance_id, f"it has {len(instance_id)} characters (at most {_MAX_ID})")
     if re.search(r"[\x00-\x1f]", instance_id):
         raise InvalidInstanceIdError(instance_id, "it contains control characters")
+    try:
+        instance_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInstanceIdError(instance_id, "it is not valid Unicode text (a lone surrogate)") from None
     return instance_id
 
 
@@ -82,14 +86,14 @@ class CheckpointRecord:
     # Kind-specific facts (a route's branch, a delay's wake-up time, a reference to the
     # record that holds the value); JSON-able.
     extra: dict[str, Any] = field(default_factory=dict)
+    # CRC-32 of the encoded payload ("crc32:<hex>"), written with it, checked on read.
+    checksum: str = ""
+    # The instance generation the record was written under (see InstanceMeta).
+    generation: str = ""
 
     @property
     def duration(self) -> float:
         return max(0.0, self.finished_at - self.started_at)
-
-    def as_tuple(self) -> tuple[Any, ...]:
-        """The fields in declaration order (a compact form for stores)."""
-        return tuple(getattr(self, name) for name in _RECORD_FIELDS)
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow on purpose: dataclasses.asdict deep-copies the payload bytes.
@@ -123,6 +127,13 @@ class InstanceMeta:
     wake_at: float | None = None
     signal: str | None = None
     message: str = ""
+    # A new random token each time the instance is created (first run, or a start-over
+    # after a clear): a process that loaded an older generation notices and never mixes
+    # its records with the new instance's.
+    generation: str = ""
+    # The codec the instance's payloads are written with (what writers such as
+    # send_signal use); readers use their own configured codec and only compare.
+    codec: str = "pickle"
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}  # shallow: asdict deep-copies
@@ -216,9 +227,14 @@ class Backend(Protocol):
     def save_task_state(self, instance_id: str, task_id: str, state: dict[str, Any] | None) -> None: ...
     def load_task_states(self, instance_id: str) -> dict[str, dict[str, Any]]: ...
 
-    # exclusivity
+    # exclusivity: one runner (exclusive) or any number of PooledWorkers (shared) drive
+    # an instance, never both; each side's refusal is InstanceLockedError
     def lock(self, instance_id: str, holder: str) -> Lease: ...
-    def is_locked(self, instance_id: str) -> bool: ...
+    def share(self, instance_id: str, holder: str) -> Lease: ...
+    def is_locked(self, instance_id: str) -> bool:
+        """Whether a runner holds the instance exclusively (shared holders do not count).
+        A probe never makes a concurrent ``lock`` or ``share`` fail."""
+        ...
 
     # signals and control requests (pause / cancel from another process)
     def push_signal(self, instance_id: str, name: str, payload: bytes) -> None: ...

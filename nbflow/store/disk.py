@@ -1,79 +1,132 @@
 """DiskcacheBackend: the default, embedded, process-safe checkpoint store.
 
-Layout under the store directory (default ``./.nbflow``)::
+Layout under the store directory (default ``./.nbflow``), every folder 0700::
 
-    instances/<instance>/        one diskcache.Cache (SQLite, WAL) per instance
-    instances/<instance>/blobs/  outputs too large to keep inline, one file each
-    locks/<instance>.lock        flock'd while a runner holds the instance
+    instances/<instance>/        one diskcache database (SQLite, WAL) per instance
+    instances/<instance>/blobs/  outputs too large to keep inline, one file each (0600)
+    locks/<instance>.lock        the instance lock (see file_locks.py)
 
-One cache per instance keeps instances independent: a damaged one never affects the
+One database per instance keeps instances independent: a damaged one never affects the
 others, clearing one is removing a folder, and runners on different instances never
 contend for one SQLite writer lock.
 
-Atomicity: a checkpoint is one SQLite transaction (``Cache.set``), so a kill -9 at any
-moment leaves the old record or the new one. A large output is first written to a
-temporary file, fsync'd and renamed, and only then referenced by the record; a kill in
-between leaves an orphan file (removed with the instance), never a broken record.
+Atomicity: a checkpoint is one SQLite transaction, so a kill -9 at any moment leaves the
+old record or the new one. A large output is first written to a temporary file,
+fsync'd and renamed, and only then referenced by the record; a kill in between leaves
+an orphan file, which the next runner to lock the instance removes.
 
-The instance lock is ``fcntl.flock``: the kernel releases it when the holding process
-dies, so a crashed runner never leaves an instance locked.
+Integrity: rows are data only (``records.py``) and every payload carries a CRC-32
+checked when it is read. Each instance has a *generation*; a handle that loaded one
+generation refuses to write into another (the instance was cleared or restarted by
+another process meanwhile) instead of mixing the two, and a database file replaced
+under an open handle is noticed and reopened.
+
+Errors say what happened: damaged bytes (``CheckpointCorruptError``), a full disk
+(``StoreFullError``), permissions or a read-only filesystem (``StoreUnreadableError``),
+another holder (``InstanceLockedError``). A store folder this process cannot write is
+opened read-only: it can be listed and inspected.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import io
-import json
 import os
-import pickle
 import shutil
-import socket
-import sqlite3
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
-import diskcache
-
-from nbflow.core.errors import CheckpointCorruptError, ConfigurationError, InstanceLockedError
+from nbflow.core.errors import (
+    CheckpointCorruptError,
+    ConfigurationError,
+    NbflowError,
+    StaleInstanceError,
+    StoreUnreadableError,
+)
+from nbflow.core.status import RunState
 from nbflow.store.base import CheckpointRecord, Claim, InstanceMeta, PayloadSink, record_version, validate_instance_id
 from nbflow.store.disk_layout import (
     CACHE_SETTINGS,
     CLAIM_PREFIX,
     CONTROL,
     CONTROL_FLAG,
+    GENERATION,
     INLINE_LIMIT,
     MAX_OPEN,
     META,
     RECORD_PREFIX,
+    SIGNAL_PREFIX,
     STAMP,
-    FileLease,
+    TASK_STATE_PREFIX,
     SpillSink,
-    ckey,
     instance_dirname,
-    meta_dict,
-    pack_record,
-    rkey,
-    scan_prefix,
-    skey,
-    unpack_record,
+    make_private_dir,
 )
-
-TASK_STATE_PREFIX = "a:"
+from nbflow.store.file_locks import FileLease, FileLocks
+from nbflow.store.os_errors import store_error
+from nbflow.store.records import (
+    BLOB_NAME,
+    ChecksumReader,
+    RecordFormatError,
+    checksum_bytes,
+    decode_claim,
+    decode_control,
+    decode_json,
+    decode_meta,
+    decode_record,
+    decode_signals,
+    encode_claim,
+    encode_control,
+    encode_json,
+    encode_meta,
+    encode_record,
+    encode_signals,
+    verify_inline,
+)
+from nbflow.store.sqlite_rows import Rows
 
 __all__ = ["INLINE_LIMIT", "DiskcacheBackend"]
+
+
+class _Open:
+    """An open instance database and the file identity it was opened on."""
+
+    __slots__ = ("ino", "rows")
+
+    def __init__(self, rows: Rows, ino: int) -> None:
+        self.rows, self.ino = rows, ino
+
+
+class _Translated:
+    """Context manager: re-raise an exception as the NbflowError that says what it means
+    (see os_errors.py); anything it cannot name propagates unchanged."""
+
+    __slots__ = ("instance_id", "path", "task_id")
+
+    def __init__(self, path: str, instance_id: str, task_id: str | None) -> None:
+        self.path, self.instance_id, self.task_id = path, instance_id, task_id
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> Literal[False]:
+        if exc is None or isinstance(exc, NbflowError) or not isinstance(exc, Exception):
+            return False
+        err = store_error(exc, self.path, self.instance_id, self.task_id)
+        if err is None:
+            return False
+        raise err from None
 
 
 class DiskcacheBackend:
     """Checkpoints in a directory on disk; safe to share between processes.
 
     Args:
-        directory: the store folder; created if missing. Default ``./.nbflow``.
+        directory: the store folder; created (0700) if missing. Default ``./.nbflow``.
 
     A backend pickles as its directory, so worker processes reopen it themselves.
 
@@ -87,21 +140,29 @@ class DiskcacheBackend:
         if not isinstance(directory, str | os.PathLike):
             raise ConfigurationError("directory", directory, "a folder path such as './.nbflow'")
         self.directory = Path(directory).expanduser().absolute()
+        self.read_only = False
         try:
-            (self.directory / "instances").mkdir(parents=True, exist_ok=True)
-            (self.directory / "locks").mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.directory / "instances")
+            make_private_dir(self.directory / "locks")
+            for sub in ("instances", "locks"):  # folders of older stores followed the umask
+                os.chmod(self.directory / sub, 0o700)
         except OSError as exc:
-            raise ConfigurationError(
-                "directory", str(directory), f"a folder nbflow can create and write ({exc.strerror})"
-            ) from None
-        if not os.access(self.directory, os.W_OK):
-            raise ConfigurationError("directory", str(directory), "a folder nbflow can write to")
-        self._caches: OrderedDict[str, diskcache.Cache] = OrderedDict()
-        self._caches_lock = threading.Lock()
+            if not (self.directory / "instances").is_dir():
+                if store_error(exc, str(self.directory)) is None:
+                    raise ConfigurationError(
+                        "directory", str(directory), f"a folder nbflow can create and write ({exc.strerror})"
+                    ) from None
+                raise StoreUnreadableError(str(self.directory), f"cannot create the store folder: {exc.strerror}")
+            self.read_only = True  # an existing store nbflow may not write: inspect only
+        if not self.read_only and not os.access(self.directory / "instances", os.W_OK):
+            self.read_only = True
+        self._open: OrderedDict[str, _Open] = OrderedDict()
+        self._open_lock = threading.Lock()
         self._dirs: dict[str, Path] = {}
-        self._keys: dict[str, str] = {}
+        self._gens: dict[str, str] = {}  # the generation this handle last saw, per instance
         self._flags: dict[str, str] = {}
         self._control_seen: dict[str, tuple[int, tuple[str, str] | None]] = {}
+        self._locks = FileLocks(self.directory / "locks")
 
     def __repr__(self) -> str:
         return f"DiskcacheBackend({str(self.directory)!r})"
@@ -113,13 +174,13 @@ class DiskcacheBackend:
         self.__init__(state["directory"])  # type: ignore[misc]
 
     def close(self) -> None:
-        """Close every open cache (they reopen on demand)."""
-        with self._caches_lock:
-            for cache in self._caches.values():
-                cache.close()
-            self._caches.clear()
+        """Close every open database (they reopen on demand)."""
+        with self._open_lock:
+            for entry in self._open.values():
+                entry.rows.close()
+            self._open.clear()
 
-    # -- paths and caches ---------------------------------------------------------------
+    # -- paths, databases, errors -------------------------------------------------------
     def _instance_dir(self, instance_id: str) -> Path:
         path = self._dirs.get(instance_id)
         if path is None:  # cached: this is on the path of every checkpoint write
@@ -127,93 +188,160 @@ class DiskcacheBackend:
             self._dirs[instance_id] = path
         return path
 
-    def _cache(self, instance_id: str, create: bool = True) -> diskcache.Cache | None:
-        key = self._keys.get(instance_id)
-        if key is None:  # cached: this runs on every checkpoint write
-            key = self._keys[instance_id] = instance_dirname(validate_instance_id(instance_id))
-        return self._open(key, instance_id, create)
+    def _rows(self, instance_id: str, create: bool = True) -> Rows | None:
+        return self._rows_at(self._instance_dir(instance_id), instance_id, create)
 
-    def _open(self, key: str, instance_id: str, create: bool) -> diskcache.Cache | None:
-        """The open cache of instance folder ``key`` (kept in a small LRU: opening one
-        runs a dozen SQLite statements, far more than a read)."""
-        with self._caches_lock:
-            cache = self._caches.get(key)
-            if cache is not None:
-                self._caches.move_to_end(key)
-                return cache
-            path = self.directory / "instances" / key
-            if not create and not (path / "cache.db").exists():
-                return None
-            try:
-                cache = diskcache.Cache(str(path), **CACHE_SETTINGS)
-            except sqlite3.DatabaseError as exc:
-                raise CheckpointCorruptError(instance_id, f"SQLite says: {exc}", str(path)) from None
-            self._caches[key] = cache
-            while len(self._caches) > MAX_OPEN:
-                _, old = self._caches.popitem(last=False)
-                old.close()
-            return cache
-
-    def _read(self, instance_id: str, key: Any, cache: diskcache.Cache | None = None) -> Any:
-        if cache is None:  # not `cache or ...`: a Cache's truth value runs a COUNT query
-            cache = self._cache(instance_id, create=False)
-        if cache is None:
-            return None
+    def _rows_at(self, path: Path, instance_id: str, create: bool) -> Rows | None:
+        """The open database of the instance folder ``path``; None if it has none and
+        ``create`` is false. A file replaced since it was opened (another process
+        cleared the instance) is reopened; the generation check then refuses writes
+        meant for the old one."""
+        db = path / "cache.db"
         try:
-            return cache.get(key)
-        except (sqlite3.DatabaseError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
-            raise CheckpointCorruptError(instance_id, f"{type(exc).__name__}: {exc}", cache.directory) from None
-        except Exception as exc:
-            if "pickle" in type(exc).__name__.lower() or isinstance(exc, IndexError | KeyError):
-                raise CheckpointCorruptError(instance_id, f"{type(exc).__name__}: {exc}", cache.directory) from None
-            raise
+            st = os.stat(db)
+            ino: int | None = st.st_ino
+        except FileNotFoundError:
+            ino = None
+        else:
+            if st.st_size == 0 and not create:
+                # SQLite would take an emptied file for a new, empty database.
+                raise CheckpointCorruptError(instance_id, "its database file is empty", str(db))
+        key = path.name
+        with self._open_lock:
+            entry = self._open.get(key)
+            if entry is not None:
+                if entry.ino == ino:
+                    self._open.move_to_end(key)
+                    return entry.rows
+                entry.rows.close()
+                del self._open[key]
+            if ino is None:
+                if not create:
+                    return None
+                if self.read_only:
+                    raise StoreUnreadableError(str(self.directory), "the store is open read-only", instance_id)
+                make_private_dir(path)
+            with self._errors(instance_id, path=path):
+                rows = Rows(path, CACHE_SETTINGS, read_only=self.read_only or not os.access(path, os.W_OK))
+            self._open[key] = _Open(rows, os.stat(db).st_ino)
+            while len(self._open) > MAX_OPEN:
+                _, old = self._open.popitem(last=False)
+                old.rows.close()
+            return rows
+
+    def _errors(self, instance_id: str, task_id: str | None = None, path: Path | None = None) -> _Translated:
+        """A ``with`` block whose OS and SQLite errors come out as what they mean."""
+        return _Translated(str(path or self._instance_dir(instance_id)), instance_id, task_id)
+
+    def _get(self, instance_id: str, key: str) -> bytes | str | None:
+        rows = self._rows(instance_id, create=False)
+        if rows is None:
+            return None
+        with self._errors(instance_id):
+            return rows.get(key)
+
+    def _writable(self, instance_id: str, create: bool = True) -> Rows | None:
+        if self.read_only:
+            raise StoreUnreadableError(str(self.directory), "the store is open read-only", instance_id)
+        return self._rows(instance_id, create)
+
+    def _check_generation(self, rows: Rows, instance_id: str) -> str:
+        """Inside a write transaction: the instance's generation, refusing a write from a
+        handle that saw another one."""
+        current = rows.get(GENERATION)
+        known = self._gens.get(instance_id)
+        if current is None or not isinstance(current, str):
+            if known is not None:
+                raise StaleInstanceError(instance_id, "it was cleared")
+            return ""
+        if known is None:
+            self._gens[instance_id] = current
+        elif known != current:
+            raise StaleInstanceError(instance_id, "it was restarted")
+        return current
 
     # -- instances ----------------------------------------------------------------------
     def load_instance(self, instance_id: str) -> InstanceMeta | None:
-        data = self._read(instance_id, META)
+        data = self._get(instance_id, META)
         if data is None:
+            path = self._instance_dir(instance_id)
+            damage = _missing_record_damage(path, self._rows(instance_id, create=False))
+            if damage:
+                raise CheckpointCorruptError(instance_id, damage, str(path))
+            self._gens.pop(instance_id, None)
             return None
-        data = meta_dict(data)
-        if not isinstance(data, dict):
-            raise CheckpointCorruptError(
-                instance_id, "the instance record is not a dict", str(self._instance_dir(instance_id))
-            )
-        return InstanceMeta.from_dict(data)
+        try:
+            meta = decode_meta(data)
+        except RecordFormatError as exc:
+            raise CheckpointCorruptError(instance_id, str(exc), str(self._instance_dir(instance_id))) from None
+        self._gens[instance_id] = meta.generation
+        return meta
 
     def save_instance(self, meta: InstanceMeta) -> None:
-        cache = self._cache(meta.instance_id)
-        assert cache is not None
-        # Bytes, like records: a dict value would go through pickletools.optimize, which
-        # is slow on a 10,000-task workflow's shape.
-        cache.set(META, pickle.dumps(meta.to_dict(), protocol=5))
+        instance_id = meta.instance_id
+        rows = self._writable(instance_id)
+        assert rows is not None
+        path = self._instance_dir(instance_id)
+        with self._errors(instance_id, path=path), rows.transact():
+            stored = rows.get(GENERATION)
+            if not meta.generation:  # a new instance (first run or a start-over)
+                meta.generation = uuid.uuid4().hex
+                if stored is not None:  # replaces an instance: nothing of the old one stays visible
+                    rows.delete([k for k, _ in rows.scan(RECORD_PREFIX)] + [k for k, _ in rows.scan("a:")])
+            elif stored != meta.generation:
+                raise StaleInstanceError(instance_id, "it was cleared" if stored is None else "it was restarted")
+            rows.put_many([(META, encode_meta(meta)), (GENERATION, meta.generation)])
+        self._gens[instance_id] = meta.generation
 
     def delete_instance(self, instance_id: str) -> bool:
         path = self._instance_dir(instance_id)
         key = path.name
         self._control_seen.pop(instance_id, None)
-        with self._caches_lock:
-            cache = self._caches.pop(key, None)
-            if cache is not None:
-                cache.close()
+        self._gens.pop(instance_id, None)
+        with self._open_lock:
+            entry = self._open.pop(key, None)
+            if entry is not None:
+                entry.rows.close()
         if not path.exists():
             return False
-        shutil.rmtree(path, ignore_errors=True)
+        if self.read_only:
+            raise StoreUnreadableError(str(self.directory), "the store is open read-only", instance_id)
+        shutil.rmtree(path)
         return True
 
     def list_instances(self) -> list[InstanceMeta]:
+        """Every instance of the store, oldest folder name first. One that cannot be
+        read is listed with state ``damaged`` or ``unreadable`` and its reason in
+        ``message``; it never hides the others."""
         out = []
-        for path in sorted((self.directory / "instances").iterdir()):
-            if not (path / "cache.db").exists():
+        with self._errors("", path=self.directory):
+            folders = sorted((self.directory / "instances").iterdir())
+        for path in folders:
+            if not path.is_dir():
                 continue
-            # Through the same open caches as reads: a worker lists the store at every
-            # poll, and reopening each instance's SQLite file was most of its time.
-            try:  # opening can fail too (a damaged cache.db): one bad instance must not hide the rest
-                cache = self._open(path.name, path.name, create=False)
-                data = None if cache is None else meta_dict(cache.get(META))
-            except Exception:  # noqa: BLE001 - a damaged instance is listed as such
-                data = {"instance_id": path.name, "workflow": "?", "definition_hash": "", "state": "damaged"}
-            if isinstance(data, dict):
-                out.append(InstanceMeta.from_dict(data))
+            try:
+                rows = self._rows_at(path, path.name, create=False)
+                data = None if rows is None else rows.get(META)
+                if data is None:
+                    damage = _missing_record_damage(path, rows)
+                    if damage:
+                        raise RecordFormatError(damage)
+                    continue  # a folder being created
+                out.append(decode_meta(data))
+            except Exception as exc:  # noqa: BLE001 - one bad instance must not hide the rest
+                err = store_error(exc, str(path), path.name)
+                state = (
+                    RunState.UNREADABLE if isinstance(err, StoreUnreadableError | PermissionError) else RunState.DAMAGED
+                )
+                out.append(
+                    InstanceMeta(
+                        instance_id=path.name,
+                        workflow="?",
+                        definition_hash="",
+                        state=state.value,
+                        message=str(err or exc),
+                    )
+                )
         return out
 
     # -- checkpoints --------------------------------------------------------------------
@@ -223,25 +351,66 @@ class DiskcacheBackend:
     def put_record(self, instance_id: str, record: CheckpointRecord, sink: PayloadSink) -> CheckpointRecord:
         return self.put_records(instance_id, [(record, sink)])[0]
 
+    def _seal(self, items: list[tuple[CheckpointRecord, PayloadSink]], instance_id: str) -> None:
+        """Make each sink's bytes durable and note payload, file, size and checksum."""
+        for record, sink in items:
+            assert isinstance(sink, SpillSink)
+            try:
+                with self._errors(instance_id, record.task_id):
+                    record.payload, record.blob = sink.commit()
+            except BaseException:
+                sink.discard()
+                raise
+            record.size, record.checksum = sink.size, sink.checksum
+
     def put_records(
         self, instance_id: str, items: list[tuple[CheckpointRecord, PayloadSink]]
     ) -> list[CheckpointRecord]:
-        cache = self._cache(instance_id)
-        assert cache is not None
-        for record, sink in items:
-            assert isinstance(sink, SpillSink)
-            record.payload, record.blob = sink.commit()
-            record.size = sink.size
-        with cache.transact():  # one commit for the whole batch and its change stamp
-            self._store_records(cache, [record for record, _ in items])
-        return [record for record, _ in items]
+        records = [record for record, _ in items]
+        rows = self._writable(instance_id, create=instance_id not in self._gens)
+        if rows is None:
+            self._drop_blobs(instance_id, records)
+            raise StaleInstanceError(instance_id, "it was cleared")
+        self._seal(items, instance_id)
+        try:
+            with self._errors(instance_id, records[0].task_id), rows.transact():  # one commit: batch and stamp
+                replaced = self._store_records(rows, instance_id, records)
+        except BaseException:
+            self._drop_blobs(instance_id, records)
+            raise
+        self._unlink(instance_id, replaced)
+        return records
 
-    @staticmethod
-    def _store_records(cache: diskcache.Cache, records: list[CheckpointRecord]) -> None:
-        """Write records and then a new change stamp; call inside ``cache.transact()``."""
+    def _store_records(self, rows: Rows, instance_id: str, records: list[CheckpointRecord]) -> list[str]:
+        """Write records and a new change stamp (inside a transaction); returns the blob
+        files of the records they replace, to delete once the transaction committed."""
+        generation = self._check_generation(rows, instance_id)
+        replaced = []
         for record in records:
-            cache.set(rkey(record.task_id), pack_record(record))
-        cache.set(STAMP, uuid.uuid4().hex)
+            record.generation = generation
+            old = rows.get(RECORD_PREFIX + record.task_id)
+            if old is not None:
+                blob = _blob_of(old)
+                if blob and blob != record.blob:
+                    replaced.append(blob)
+        rows.put_many([(RECORD_PREFIX + r.task_id, encode_record(r)) for r in records])
+        rows.put(STAMP, uuid.uuid4().hex)
+        return replaced
+
+    def _blob_path(self, instance_id: str, name: str) -> Path:
+        if not BLOB_NAME.match(name):  # records are checked on decode; this is the last guard
+            raise CheckpointCorruptError(instance_id, f"a record names the file {name!r}", "")
+        return self._instance_dir(instance_id) / "blobs" / name
+
+    def _unlink(self, instance_id: str, names: Iterable[str]) -> None:
+        for name in names:
+            try:
+                self._blob_path(instance_id, name).unlink(missing_ok=True)
+            except OSError:
+                pass  # left for the sweep at the next lock
+
+    def _drop_blobs(self, instance_id: str, records: list[CheckpointRecord]) -> None:
+        self._unlink(instance_id, [r.blob for r in records if r.blob])
 
     def change_stamp(self, instance_id: str) -> str | None:
         """A token that changes whenever a record of the instance is written or deleted.
@@ -250,168 +419,219 @@ class DiskcacheBackend:
         and *then* the records can never pair a stamp with records older than it (at
         worst with newer ones: it re-reads once more). A random token, not a counter,
         so a deleted and resubmitted instance never repeats an old stamp."""
-        raw = self._read(instance_id, STAMP)
+        raw = self._get(instance_id, STAMP)
         return None if raw is None else str(raw)
 
     def get_records(self, instance_id: str) -> dict[str, CheckpointRecord]:
-        cache = self._cache(instance_id, create=False)
-        if cache is None:
+        rows = self._rows(instance_id, create=False)
+        if rows is None:
             return {}
         out = {}
-        try:
-            for key, data in scan_prefix(cache, RECORD_PREFIX):
-                out[key[len(RECORD_PREFIX) :]] = self._record(instance_id, data)
-        except sqlite3.DatabaseError as exc:
-            raise CheckpointCorruptError(instance_id, f"SQLite says: {exc}", cache.directory) from None
+        with self._errors(instance_id):
+            generation = rows.get(GENERATION)
+            for key, data in rows.scan(RECORD_PREFIX):
+                record = self._decode(instance_id, key, data)
+                if record.generation in ("", generation):
+                    out[key[len(RECORD_PREFIX) :]] = record
         return out
 
     def get_record(self, instance_id: str, task_id: str) -> CheckpointRecord | None:
-        data = self._read(instance_id, rkey(task_id))
-        return None if data is None else self._record(instance_id, data)
+        data = self._get(instance_id, RECORD_PREFIX + task_id)
+        if data is None:
+            return None
+        record = self._decode(instance_id, RECORD_PREFIX + task_id, data)
+        if record.generation and record.generation != self._get(instance_id, GENERATION):
+            return None
+        return record
 
-    def _record(self, instance_id: str, data: Any) -> CheckpointRecord:
+    def _decode(self, instance_id: str, key: str, data: bytes | str) -> CheckpointRecord:
+        task_id = key[len(RECORD_PREFIX) :]
         try:
-            return unpack_record(data)
-        except Exception as exc:  # noqa: BLE001 - any decoding failure means a damaged record
+            if not isinstance(data, bytes):
+                raise RecordFormatError(f"the record of {task_id!r} is text, not bytes")
+            record = decode_record(data)
+        except RecordFormatError as exc:
+            raise CheckpointCorruptError(instance_id, str(exc), str(self._instance_dir(instance_id)), task_id) from None
+        if record.task_id != task_id:
             raise CheckpointCorruptError(
                 instance_id,
-                f"a checkpoint record cannot be decoded ({type(exc).__name__}: {exc})",
+                f"the record stored for {task_id!r} says it is {record.task_id!r}",
                 str(self._instance_dir(instance_id)),
-            ) from None
+                task_id,
+            )
+        return record
 
     def open_payload(self, instance_id: str, record: CheckpointRecord) -> IO[bytes]:
+        """The record's payload as a stream; a blob's checksum is verified as it is
+        read (call ``verify()`` on the stream after decoding), an inline one up front."""
         if record.blob is None:
+            if not verify_inline(record):
+                raise CheckpointCorruptError(
+                    instance_id,
+                    f"the output of task {record.task_id!r} fails its checksum",
+                    str(self._instance_dir(instance_id)),
+                    record.task_id,
+                )
             return io.BytesIO(record.payload or b"")
-        path = self._instance_dir(instance_id) / "blobs" / record.blob
+        path = self._blob_path(instance_id, record.blob)
         try:
-            return open(path, "rb")
+            with self._errors(instance_id, record.task_id, path=path):
+                raw = open(path, "rb")  # noqa: SIM115 - the caller closes the stream
         except FileNotFoundError:
             raise CheckpointCorruptError(
-                instance_id, f"the output file of task {record.task_id!r} is missing", str(path)
+                instance_id, f"the output file of task {record.task_id!r} is missing", str(path), record.task_id
             ) from None
+        return ChecksumReader(raw, record.checksum)  # type: ignore[return-value]
 
     def delete_records(self, instance_id: str, task_ids: Iterable[str]) -> None:
-        cache = self._cache(instance_id, create=False)
-        if cache is None:
+        rows = self._writable(instance_id, create=False)
+        if rows is None:
             return
+        keys = [RECORD_PREFIX + tid for tid in task_ids]
         blobs = []
-        with cache.transact():
-            for tid in task_ids:
-                data = cache.get(rkey(tid))
-                if data is not None:
-                    try:
-                        blob = unpack_record(data).blob
-                    except Exception:  # noqa: BLE001 - a damaged record is deleted all the same
-                        blob = None
-                    if blob:
-                        blobs.append(blob)
-                cache.delete(rkey(tid))
-            cache.set(STAMP, uuid.uuid4().hex)
-        for name in blobs:
-            (self._instance_dir(instance_id) / "blobs" / name).unlink(missing_ok=True)
+        with self._errors(instance_id), rows.transact():
+            for key in keys:
+                data = rows.get(key)
+                blob = _blob_of(data) if data is not None else None
+                if blob:
+                    blobs.append(blob)
+            rows.delete(keys)
+            rows.put(STAMP, uuid.uuid4().hex)
+        self._unlink(instance_id, blobs)
 
+    def sweep_blobs(self, instance_id: str) -> int:
+        """Delete output files no record references (left by a kill between writing a
+        file and committing its record, or by a failed unlink). Only safe while this
+        process holds the instance exclusively, as a runner does when it calls it."""
+        blob_dir = self._instance_dir(instance_id) / "blobs"
+        if self.read_only or not blob_dir.is_dir():
+            return 0
+        rows = self._rows(instance_id, create=False)
+        if rows is None:
+            return 0
+        referenced = {_blob_of(data) for _, data in rows.scan(RECORD_PREFIX)}
+        removed = 0
+        for path in blob_dir.iterdir():
+            if path.name not in referenced and (BLOB_NAME.match(path.name) or path.name.startswith(".tmp-")):
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    # -- task state ---------------------------------------------------------------------
     def save_task_state(self, instance_id: str, task_id: str, state: dict[str, Any] | None) -> None:
-        cache = self._cache(instance_id)
-        assert cache is not None
-        if state is None:
-            cache.delete(TASK_STATE_PREFIX + task_id)
-        else:
-            cache.set(TASK_STATE_PREFIX + task_id, json.dumps(state).encode())
+        rows = self._writable(instance_id)
+        assert rows is not None
+        with self._errors(instance_id, task_id), rows.transact():
+            self._check_generation(rows, instance_id)
+            if state is None:
+                rows.delete([TASK_STATE_PREFIX + task_id])
+            else:
+                rows.put(TASK_STATE_PREFIX + task_id, encode_json(state))
 
     def load_task_states(self, instance_id: str) -> dict[str, dict[str, Any]]:
-        cache = self._cache(instance_id, create=False)
-        if cache is None:
+        rows = self._rows(instance_id, create=False)
+        if rows is None:
             return {}
-        return {
-            key[len(TASK_STATE_PREFIX) :]: json.loads(value) for key, value in scan_prefix(cache, TASK_STATE_PREFIX)
-        }
+        out = {}
+        with self._errors(instance_id):
+            for key, data in rows.scan(TASK_STATE_PREFIX):
+                value = decode_json(data, "task state")
+                if not isinstance(value, dict):
+                    raise RecordFormatError(f"the task state {key!r} is not an object")
+                out[key[len(TASK_STATE_PREFIX) :]] = value
+        return out
 
     # -- exclusivity --------------------------------------------------------------------
-    def _lock_path(self, instance_id: str) -> Path:
-        return self.directory / "locks" / (instance_dirname(validate_instance_id(instance_id)) + ".lock")
+    def _lock_name(self, instance_id: str) -> str:
+        return instance_dirname(validate_instance_id(instance_id))
 
     def lock(self, instance_id: str, holder: str) -> FileLease:
-        path = self._lock_path(instance_id)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        lease = self._acquire(instance_id, holder, shared=False)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                try:
-                    who = json.loads(path.read_text() or "{}")
-                    desc = f"pid {who.get('pid')} on {who.get('host')}: {who.get('holder')}"
-                except (OSError, ValueError):
-                    desc = ""
-                raise InstanceLockedError(instance_id, desc) from None
-            raise
-        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "holder": holder, "since": time.time()})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info.encode(), 0)
-        return FileLease(fd)
+            self.sweep_blobs(instance_id)
+        except Exception:  # noqa: BLE001 - tidying never stops a run; the next lock tries again
+            pass
+        return lease
+
+    def share(self, instance_id: str, holder: str) -> FileLease:
+        return self._acquire(instance_id, holder, shared=True)
+
+    def _acquire(self, instance_id: str, holder: str, shared: bool) -> FileLease:
+        if self.read_only:
+            raise StoreUnreadableError(str(self.directory), "the store is open read-only", instance_id)
+        with self._errors(instance_id, path=self.directory / "locks"):
+            return self._locks.acquire(self._lock_name(instance_id), instance_id, holder, shared=shared)
 
     def is_locked(self, instance_id: str) -> bool:
-        path = self._lock_path(instance_id)
-        if not path.exists():
-            return False
-        fd = os.open(path, os.O_RDWR)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return self._locks.probe(self._lock_name(instance_id)) == "exclusive"
         except OSError:
-            return True
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return False
-        finally:
-            os.close(fd)
+            return False  # a read-only store: nobody can be running it from here
 
     # -- signals and control ------------------------------------------------------------
     def push_signal(self, instance_id: str, name: str, payload: bytes) -> None:
-        cache = self._cache(instance_id)
-        assert cache is not None
-        with cache.transact():
-            queue = list(cache.get(skey(name), []))
-            queue.append(payload)
-            cache.set(skey(name), queue)
+        rows = self._writable(instance_id)
+        assert rows is not None
+        with self._errors(instance_id), rows.transact():
+            queue = self._queue(rows, name)
+            queue.append(bytes(payload))
+            rows.put(SIGNAL_PREFIX + name, encode_signals(queue))
+
+    @staticmethod
+    def _queue(rows: Rows, name: str) -> list[bytes]:
+        data = rows.get(SIGNAL_PREFIX + name)
+        if data is None:
+            return []
+        if not isinstance(data, bytes):
+            raise RecordFormatError(f"the queue of signal {name!r} is text, not bytes")
+        return decode_signals(data)
 
     def pop_signal(self, instance_id: str, name: str) -> bytes | None:
-        cache = self._cache(instance_id, create=False)
-        if cache is None:
+        rows = self._writable(instance_id, create=False)
+        if rows is None:
             return None
-        with cache.transact():
-            queue = list(cache.get(skey(name), []))
+        with self._errors(instance_id), rows.transact():
+            queue = self._queue(rows, name)
             if not queue:
                 return None
             first = queue.pop(0)
-            cache.set(skey(name), queue)
-            return bytes(first)
+            rows.put(SIGNAL_PREFIX + name, encode_signals(queue))
+            return first
 
     def consume_signal(self, instance_id: str, name: str, record: CheckpointRecord) -> CheckpointRecord | None:
         """Atomically take the oldest ``name`` signal and store it as ``record``: one
         transaction, so a kill can neither lose the signal nor deliver it twice."""
-        cache = self._cache(instance_id)
-        assert cache is not None
-        with cache.transact():
-            queue = list(cache.get(skey(name), []))
+        rows = self._writable(instance_id)
+        assert rows is not None
+        with self._errors(instance_id, record.task_id), rows.transact():
+            queue = self._queue(rows, name)
             if not queue:
                 return None
-            record.payload = bytes(queue.pop(0))
+            record.payload = queue.pop(0)
             record.size, record.blob = len(record.payload), None
-            cache.set(skey(name), queue)
-            self._store_records(cache, [record])
+            record.checksum = checksum_bytes(record.payload)
+            rows.put(SIGNAL_PREFIX + name, encode_signals(queue))
+            self._store_records(rows, instance_id, [record])
         return record
 
     def set_control(self, instance_id: str, action: str | None, reason: str = "") -> None:
-        cache = self._cache(instance_id)
-        assert cache is not None
-        if action is None:
-            cache.delete(CONTROL)
-        else:
-            cache.set(CONTROL, (action, reason))
-        # Then touch the flag file: readers stat it (a microsecond) instead of querying
-        # SQLite at every task boundary, and re-read the cache only when it changed.
-        flag = self._instance_dir(instance_id) / CONTROL_FLAG
-        flag.write_text(str(time.time_ns()))
+        rows = self._writable(instance_id)
+        assert rows is not None
+        path = self._instance_dir(instance_id)
+        with self._errors(instance_id, path=path):
+            with rows.transact():
+                if action is None:
+                    rows.delete([CONTROL])
+                else:
+                    rows.put(CONTROL, encode_control(action, reason))
+            # Then touch the flag file: readers stat it (a microsecond) instead of querying
+            # SQLite at every task boundary, and re-read the row only when it changed.
+            flag = path / CONTROL_FLAG
+            fd = os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, str(time.time_ns()).encode("ascii"))
+            finally:
+                os.close(fd)
 
     def get_control(self, instance_id: str) -> tuple[str, str] | None:
         flag = self._flags.get(instance_id)
@@ -424,50 +644,58 @@ class DiskcacheBackend:
         seen = self._control_seen.get(instance_id)
         if seen is not None and seen[0] == stamp:
             return seen[1]
-        raw = self._read(instance_id, CONTROL)
-        value = (str(raw[0]), str(raw[1])) if raw else None
+        raw = self._get(instance_id, CONTROL)
+        try:
+            value = None if raw is None else decode_control(raw)
+        except RecordFormatError as exc:
+            raise CheckpointCorruptError(instance_id, str(exc), str(self._instance_dir(instance_id))) from None
         self._control_seen[instance_id] = (stamp, value)
         return value
 
     # -- claims (PooledWorker) ----------------------------------------------------------
     # Each call is one SQLite transaction (BEGIN IMMEDIATE: writers across processes are
     # serialised), so "check, then write" cannot interleave with another worker's.
+    def _claim_of(self, rows: Rows, task_id: str) -> Claim | None:
+        data = rows.get(CLAIM_PREFIX + task_id)
+        return None if data is None else decode_claim(data)
+
     def claim(self, instance_id: str, task_id: str, worker: str, ttl: float, seen: float | None = None) -> str | None:
-        cache = self._cache(instance_id)
-        assert cache is not None
-        with cache.transact():
+        rows = self._writable(instance_id)
+        assert rows is not None
+        with self._errors(instance_id, task_id), rows.transact():
             now = time.time()
-            current = cache.get(ckey(task_id))
-            if isinstance(current, dict) and current.get("expires_at", 0.0) > now:
+            current = self._claim_of(rows, task_id)
+            if current is not None and current.expires_at > now:
                 return None
-            stored = cache.get(rkey(task_id))
-            if record_version(None if stored is None else self._record(instance_id, stored)) != seen:
+            stored = rows.get(RECORD_PREFIX + task_id)
+            record = None if stored is None else self._decode(instance_id, RECORD_PREFIX + task_id, stored)
+            if record_version(record) != seen:
                 return None
             token = uuid.uuid4().hex
-            cache.set(ckey(task_id), Claim(task_id, worker, token, now + ttl).to_dict())
+            rows.put(CLAIM_PREFIX + task_id, encode_claim(Claim(task_id, worker, token, now + ttl)))
         return token
 
     def renew_claim(self, instance_id: str, task_id: str, token: str, ttl: float) -> bool:
-        cache = self._cache(instance_id, create=False)
-        if cache is None:
+        rows = self._writable(instance_id, create=False)
+        if rows is None:
             return False
-        with cache.transact():
-            current = cache.get(ckey(task_id))
-            if not isinstance(current, dict) or current.get("token") != token:
+        with self._errors(instance_id, task_id), rows.transact():
+            current = self._claim_of(rows, task_id)
+            if current is None or current.token != token:
                 return False
-            current["expires_at"] = time.time() + ttl
-            cache.set(ckey(task_id), current)
+            current.expires_at = time.time() + ttl
+            rows.put(CLAIM_PREFIX + task_id, encode_claim(current))
         return True
 
     def release_claim(self, instance_id: str, task_id: str, token: str) -> bool:
-        cache = self._cache(instance_id, create=False)
-        if cache is None:
+        rows = self._writable(instance_id, create=False)
+        if rows is None:
             return False
-        with cache.transact():
-            current = cache.get(ckey(task_id))
-            if not isinstance(current, dict) or current.get("token") != token:
+        with self._errors(instance_id, task_id), rows.transact():
+            current = self._claim_of(rows, task_id)
+            if current is None or current.token != token:
                 return False
-            cache.delete(ckey(task_id))
+            rows.delete([CLAIM_PREFIX + task_id])
         return True
 
     def commit_claimed(
@@ -479,35 +707,58 @@ class DiskcacheBackend:
         *,
         release: bool = False,
     ) -> list[CheckpointRecord] | None:
-        cache = self._cache(instance_id, create=False)
-        if cache is None:
+        records = [record for record, _ in items]
+        rows = self._writable(instance_id, create=False)
+        if rows is None:
+            for _, sink in items:
+                getattr(sink, "discard", lambda: None)()
             return None
-        for record, sink in items:  # large outputs become files first (outside the transaction)
-            assert isinstance(sink, SpillSink)
-            record.payload, record.blob = sink.commit()
-            record.size = sink.size
-        with cache.transact():
-            current = cache.get(ckey(task_id))
-            ours = isinstance(current, dict) and current.get("token") == token
-            if ours:
-                self._store_records(cache, [record for record, _ in items])
-                if release:  # the unit is done: drop the claim in the same transaction
-                    cache.delete(ckey(task_id))
-        if not ours:
-            for record, _ in items:  # a rejected commit leaves no orphan file behind
-                if record.blob:
-                    (self._instance_dir(instance_id) / "blobs" / record.blob).unlink(missing_ok=True)
+        self._seal(items, instance_id)  # large outputs become files first (outside the transaction)
+        replaced: list[str] = []
+        try:
+            with self._errors(instance_id, task_id), rows.transact():
+                current = self._claim_of(rows, task_id)
+                ours = current is not None and current.token == token
+                if ours:
+                    replaced = self._store_records(rows, instance_id, records)
+                    if release:  # the unit is done: drop the claim in the same transaction
+                        rows.delete([CLAIM_PREFIX + task_id])
+        except BaseException:
+            self._drop_blobs(instance_id, records)
+            raise
+        if not ours:  # a rejected commit leaves no orphan file behind
+            self._drop_blobs(instance_id, records)
             return None
-        return [record for record, _ in items]
+        self._unlink(instance_id, replaced)
+        return records
 
     def get_claims(self, instance_id: str) -> dict[str, Claim]:
-        cache = self._cache(instance_id, create=False)
-        if cache is None:
+        rows = self._rows(instance_id, create=False)
+        if rows is None:
             return {}
-        out = {}
-        for key in list(cache.iterkeys()):
-            if isinstance(key, str) and key.startswith(CLAIM_PREFIX):
-                data = cache.get(key)
-                if isinstance(data, dict):
-                    out[key[len(CLAIM_PREFIX) :]] = Claim.from_dict(data)
-        return out
+        with self._errors(instance_id):
+            return {key[len(CLAIM_PREFIX) :]: decode_claim(data) for key, data in rows.scan(CLAIM_PREFIX)}
+
+
+def _missing_record_damage(path: Path, rows: Rows | None) -> str | None:
+    """Why a folder without an instance record is a damaged instance rather than none:
+    its database lost the record but kept others, or the database is gone but output
+    files remain."""
+    if rows is None:
+        blobs = path / "blobs"
+        if blobs.is_dir() and any(blobs.iterdir()):
+            return "its database file is missing, though output files remain"
+        return None
+    if rows.get(GENERATION) is not None or rows.scan(RECORD_PREFIX):
+        return "the instance record is missing from its database"
+    return None
+
+
+def _blob_of(data: bytes | str) -> str | None:
+    """The blob file a stored record names (None for inline or undecodable records)."""
+    if not isinstance(data, bytes):
+        return None
+    try:
+        return decode_record(data).blob
+    except RecordFormatError:
+        return None

@@ -1,49 +1,39 @@
-"""How the disk store lays things out: cache keys, record and instance bytes, folder
-names, the spill-to-file payload sink and the flock lease.
+"""How the disk store lays things out: row keys, folder names, SQLite settings and the
+spill-to-file payload sink.
 
 ``disk.py`` (the backend) composes these pieces; this module holds no backend state.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import os
-import pickle
 import re
-import sqlite3
 import uuid
-from collections.abc import Iterator
+import zlib
 from pathlib import Path
 from typing import IO, Any
 
-import diskcache
-
-from nbflow.store.base import CheckpointRecord
+from nbflow.store.records import checksum_of
 
 __all__ = [
     "CACHE_SETTINGS",
     "CLAIM_PREFIX",
     "CONTROL",
     "CONTROL_FLAG",
-    "FileLease",
+    "GENERATION",
     "INLINE_LIMIT",
     "MAX_OPEN",
     "META",
+    "PRIVATE_DIR",
     "RECORD_PREFIX",
-    "SAFE",
     "SIGNAL_PREFIX",
     "STAMP",
+    "TASK_STATE_PREFIX",
     "SpillSink",
-    "ckey",
     "instance_dirname",
-    "meta_dict",
-    "pack_record",
-    "rkey",
-    "scan_prefix",
-    "skey",
-    "unpack_record",
+    "make_private_dir",
 ]
 
 INLINE_LIMIT = 256 * 1024  # larger encoded outputs go to their own file
@@ -53,87 +43,21 @@ CACHE_SETTINGS: dict[str, Any] = {
     "eviction_policy": "none",
     "size_limit": 2**62,
     "cull_limit": 0,
-    # Records stay in SQLite; nbflow writes large outputs to files itself.
+    # Rows hold bytes inline; nbflow writes large outputs to files itself.
     "disk_min_file_size": 2**24,
     "statistics": 0,
     "tag_index": 0,
 }
+PRIVATE_DIR = 0o700  # checkpoints are the user's data: other local users see nothing
+
+# Row keys. Every key kind has its own prefix, and what follows it is a record id
+# (see nbflow.core.keys), so no task id can land on another kind's row.
 META = "meta"
+GENERATION = "gen"
 CONTROL = "control"
-CONTROL_FLAG = "control.flag"
-STAMP = "stamp"  # a fresh token at every record write: see change_stamp
-RECORD_PREFIX, SIGNAL_PREFIX, CLAIM_PREFIX = "t:", "s:", "c:"
-
-
-def rkey(task_id: str) -> str:
-    """The cache key of a task's record. A str, not a tuple: diskcache pickles tuple
-    keys, and pickle's memo makes ("t", "t") encode differently depending on whether the
-    two strings are one object, so one record could end up under two keys."""
-    return RECORD_PREFIX + task_id
-
-
-def pack_record(record: CheckpointRecord) -> bytes:
-    """A record as bytes: a version tag and the fields in declaration order.
-
-    diskcache stores bytes as they are, whereas a dict would be pickled *and* run
-    through pickletools.optimize on every write (~100 us); a tuple also decodes in a
-    third of the time of a dict on resume. New fields are only ever appended, so old
-    tuples still load."""
-    return pickle.dumps((1, record.as_tuple()), protocol=5)
-
-
-def unpack_record(data: Any) -> CheckpointRecord:
-    """Inverse of pack_record; also reads records stored as dicts."""
-    if isinstance(data, bytes):
-        data = pickle.loads(data)
-    if isinstance(data, tuple) and len(data) == 2 and data[0] == 1:
-        return CheckpointRecord(*data[1])
-    if not isinstance(data, dict):
-        raise ValueError(f"a record is a {type(data).__name__}, not a dict")
-    return CheckpointRecord.from_dict(data)
-
-
-def meta_dict(data: Any) -> Any:
-    """An instance record as a dict (stored as pickled bytes; dicts from older stores)."""
-    return pickle.loads(data) if isinstance(data, bytes) else data
-
-
-def scan_prefix(cache: diskcache.Cache, prefix: str) -> Iterator[tuple[str, Any]]:
-    """(key, value) of every str key starting with ``prefix``, in ONE query.
-
-    Resume reads all of an instance's records; one ``get`` per key would cost two
-    queries each. This reads diskcache's table directly (its layout is stable since
-    diskcache 4) and decodes values with diskcache's own ``Disk.fetch``; should that
-    layout ever change, it falls back to the public, slower iteration.
-    """
-    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    try:
-        rows = cache._sql(
-            "SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key >= ? AND key < ?",
-            (prefix, upper),
-        ).fetchall()
-        fetch = cache._disk.fetch
-    except (AttributeError, sqlite3.OperationalError):
-        for key in cache.iterkeys():
-            if isinstance(key, str) and key.startswith(prefix):
-                value = cache.get(key)
-                if value is not None:
-                    yield key, value
-        return
-    for key, mode, filename, value in rows:
-        yield key, fetch(mode, filename, value, False)
-
-
-def ckey(task_id: str) -> str:
-    """The cache key of a PooledWorker's claim on a step."""
-    return CLAIM_PREFIX + task_id
-
-
-def skey(name: str) -> str:
-    """The cache key of a signal's FIFO queue (a str, for the same reason)."""
-    return SIGNAL_PREFIX + name
-
-
+STAMP = "stamp"  # a fresh token at every record write: see DiskcacheBackend.change_stamp
+RECORD_PREFIX, SIGNAL_PREFIX, CLAIM_PREFIX, TASK_STATE_PREFIX = "t:", "s:", "c:", "a:"
+CONTROL_FLAG = "control.flag"  # a file beside the database; its mtime says "control changed"
 MAX_OPEN = 64
 
 
@@ -147,8 +71,16 @@ def instance_dirname(instance_id: str) -> str:
     return f"{safe}~{digest}"
 
 
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) readable by this user only."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+
+
 class SpillSink(io.RawIOBase):
-    """Buffers in memory up to INLINE_LIMIT, then streams to a temp file in ``blobs/``."""
+    """Buffers in memory up to INLINE_LIMIT, then streams to a temp file in ``blobs/``.
+
+    It sums the bytes' CRC-32 as they pass (over the writer's own buffers: no copy), so
+    the checksum is written with the record and never costs a second pass."""
 
     def __init__(self, instance_dir: Path, limit: int = INLINE_LIMIT) -> None:
         super().__init__()
@@ -157,27 +89,35 @@ class SpillSink(io.RawIOBase):
         self._file: IO[bytes] | None = None
         self.tmp_path: Path | None = None
         self.size = 0
+        self.crc = 0
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
-        n = len(memoryview(data).cast("B"))
+        view = memoryview(data).cast("B")
+        n = len(view)
         self.size += n
+        self.crc = zlib.crc32(view, self.crc)
         if self._file is None:
             if len(self._buf) + n <= self._limit:
-                self._buf += data
+                self._buf += view
                 return n
             # Over the limit: spill what is buffered, then write `data` straight through
             # (never copy a large buffer into memory first).
             blob_dir = self._instance_dir / "blobs"
-            blob_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(blob_dir)
             self.tmp_path = blob_dir / f".tmp-{uuid.uuid4().hex}"
-            self._file = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in commit()
+            fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+            self._file = os.fdopen(fd, "wb")
             self._file.write(self._buf)
             self._buf = bytearray()
-        self._file.write(data)
+        self._file.write(view)
         return n
+
+    @property
+    def checksum(self) -> str:
+        return checksum_of(self.crc)
 
     def commit(self) -> tuple[bytes | None, str | None]:
         """Make the bytes durable; returns (inline payload, blob file name)."""
@@ -196,16 +136,3 @@ class SpillSink(io.RawIOBase):
             self._file.close()
             if self.tmp_path is not None:
                 self.tmp_path.unlink(missing_ok=True)
-
-
-class FileLease:
-    def __init__(self, fd: int) -> None:
-        self._fd: int | None = fd
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)

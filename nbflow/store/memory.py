@@ -14,11 +14,11 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from nbflow.core.errors import InstanceLockedError
+from nbflow.core.errors import InstanceLockedError, StaleInstanceError
 from nbflow.store.base import (
     CheckpointRecord,
     Claim,
@@ -44,14 +44,13 @@ class _Instance:
 
 
 class _MemoryLease:
-    def __init__(self, backend: InMemoryBackend, instance_id: str) -> None:
-        self._backend, self._instance_id, self._held = backend, instance_id, True
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
 
     def release(self) -> None:
-        if self._held:
-            self._held = False
-            with self._backend._lock:
-                self._backend._locks.pop(self._instance_id, None)
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 class InMemoryBackend:
@@ -68,6 +67,7 @@ class InMemoryBackend:
         self._lock = threading.RLock()
         self._instances: dict[str, _Instance] = {}
         self._locks: dict[str, str] = {}
+        self._shared: dict[str, int] = {}
         # One counter for the whole store: a deleted and resubmitted instance never
         # repeats a stamp it had before.
         self._stamps = itertools.count(1)
@@ -86,6 +86,15 @@ class InMemoryBackend:
 
     def save_instance(self, meta: InstanceMeta) -> None:
         with self._lock:
+            inst = self._instances.get(meta.instance_id)
+            stored = inst.meta.generation if inst is not None and inst.meta is not None else None
+            if not meta.generation:  # a new instance: nothing of an older one stays visible
+                meta.generation = uuid.uuid4().hex
+                if inst is not None and stored is not None:
+                    inst.records.clear()
+                    inst.task_states.clear()
+            elif stored != meta.generation:
+                raise StaleInstanceError(meta.instance_id, "it was cleared" if stored is None else "it was restarted")
             self._get(meta.instance_id).meta = copy.copy(meta)
 
     def delete_instance(self, instance_id: str) -> bool:
@@ -169,8 +178,32 @@ class InMemoryBackend:
         with self._lock:
             if instance_id in self._locks:
                 raise InstanceLockedError(instance_id, self._locks[instance_id])
+            if self._shared.get(instance_id):
+                raise InstanceLockedError(instance_id, "PooledWorker processes are running it")
             self._locks[instance_id] = holder
-        return _MemoryLease(self, instance_id)
+
+        def release() -> None:
+            with self._lock:
+                self._locks.pop(instance_id, None)
+
+        return _MemoryLease(release)
+
+    def share(self, instance_id: str, holder: str) -> _MemoryLease:
+        validate_instance_id(instance_id)
+        with self._lock:
+            if instance_id in self._locks:
+                raise InstanceLockedError(instance_id, f"a runner holds it: {self._locks[instance_id]}")
+            self._shared[instance_id] = self._shared.get(instance_id, 0) + 1
+
+        def release() -> None:
+            with self._lock:
+                left = self._shared.get(instance_id, 0) - 1
+                if left > 0:
+                    self._shared[instance_id] = left
+                else:
+                    self._shared.pop(instance_id, None)
+
+        return _MemoryLease(release)
 
     def is_locked(self, instance_id: str) -> bool:
         with self._lock:

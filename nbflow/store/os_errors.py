@@ -1,0 +1,54 @@
+"""What a failed store operation means, said truthfully.
+
+The operating system and SQLite report a full disk, a permission problem and a damaged
+file in their own words; users need to know which one it is, because only damage is a
+reason to discard anything. :func:`store_error` maps an exception to the matching
+``NbflowError``: ``StoreFullError`` (out of space), ``StoreUnreadableError``
+(permissions, a read-only filesystem), ``CheckpointCorruptError`` (bytes that are not
+valid) — or returns None for anything else, which then propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+
+from nbflow.core.errors import CheckpointCorruptError, NbflowError, StoreFullError, StoreUnreadableError
+from nbflow.store.records import RecordFormatError
+from nbflow.store.sqlite_rows import ForeignRowError
+
+__all__ = ["store_error"]
+
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def store_error(
+    exc: BaseException, path: str, instance_id: str | None = None, task_id: str | None = None
+) -> NbflowError | None:
+    """The NbflowError that says what ``exc`` means for the store at ``path``."""
+    if isinstance(exc, NbflowError):
+        return exc
+    if isinstance(exc, RecordFormatError | ForeignRowError):
+        return CheckpointCorruptError(instance_id or "?", str(exc), path, task_id)
+    if isinstance(exc, OSError):
+        if exc.errno in _FULL:
+            return StoreFullError(path, exc.strerror or str(exc), instance_id, task_id)
+        if exc.errno in _DENIED:
+            return StoreUnreadableError(path, exc.strerror or str(exc), instance_id)
+        return None
+    if isinstance(exc, sqlite3.DatabaseError):
+        text = str(exc).lower()
+        if "full" in text:
+            return StoreFullError(path, f"SQLite: {exc}", instance_id, task_id)
+        if "readonly" in text or "read-only" in text or "unable to open" in text or "access permission" in text:
+            if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+                return StoreUnreadableError(path, f"SQLite: {exc}", instance_id)
+            if "readonly" in text or "read-only" in text:
+                return StoreUnreadableError(path, f"SQLite: {exc} (the filesystem is read-only)", instance_id)
+            return None
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+            return None
+        return CheckpointCorruptError(instance_id or "?", f"SQLite says: {exc}", path, task_id)
+    return None

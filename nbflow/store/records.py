@@ -1,0 +1,277 @@
+"""The store's record format: data only, never pickle, each payload checksummed.
+
+Everything a store keeps about an instance except task outputs — instance meta, task
+record headers, task state, claims, control requests, signal queues — is JSON (UTF-8).
+Only payloads (task outputs, signal payloads) go through a codec, and the codec a
+reader uses is the one *it* was configured with: a name written inside a record is
+compared with it, never obeyed. So a store opened with ``JsonCodec`` cannot be made to
+unpickle anything by editing its files.
+
+A task record is one byte string::
+
+    b"NBR2" | u32 header length | JSON header | inline payload (may be empty)
+
+The header holds every ``CheckpointRecord`` field but the payload, plus the payload's
+CRC-32 (``checksum``) and the instance generation the record was written under.
+A payload too large to keep inline lives in ``blobs/<32 hex>.bin``; the header names the
+file, and a name of any other form is refused, so a record can never point outside its
+instance's folder.
+
+Every decoding function raises :class:`RecordFormatError` on bytes it does not accept;
+the backend turns that into a ``CheckpointCorruptError`` naming the instance.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import zlib
+from collections.abc import Iterable
+from typing import IO, Any
+
+from nbflow.store.base import CheckpointRecord, Claim, InstanceMeta
+
+__all__ = [
+    "BLOB_NAME",
+    "ChecksumReader",
+    "RecordFormatError",
+    "checksum_bytes",
+    "checksum_of",
+    "decode_claim",
+    "decode_control",
+    "decode_json",
+    "decode_meta",
+    "decode_record",
+    "decode_signals",
+    "encode_claim",
+    "encode_control",
+    "encode_json",
+    "encode_meta",
+    "encode_record",
+    "encode_signals",
+    "verify_inline",
+]
+
+RECORD_MAGIC = b"NBR2"
+_HEAD = struct.Struct("<4sI")
+BLOB_NAME = re.compile(r"^[0-9a-f]{32}\.bin$")
+CHECKSUM_PREFIX = "crc32:"
+_MAX_HEADER = 64 * 1024 * 1024  # a header is small; a larger length is damage, not data
+
+
+class RecordFormatError(ValueError):
+    """Bytes that are not a record of this format (damaged, foreign or planted)."""
+
+
+def checksum_of(crc: int) -> str:
+    """The stored form of a CRC-32 value."""
+    return f"{CHECKSUM_PREFIX}{crc & 0xFFFFFFFF:08x}"
+
+
+def checksum_bytes(data: bytes | bytearray | memoryview) -> str:
+    """The stored checksum of an in-memory payload."""
+    return checksum_of(zlib.crc32(data))
+
+
+def encode_json(value: Any) -> bytes:
+    """Strict JSON bytes (no NaN): what every store-level record is made of.
+
+    ``ensure_ascii`` keeps lone surrogates (which Python strings may hold, e.g. in
+    captured output) representable; the bytes are plain ASCII either way."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("ascii")
+
+
+def decode_json(data: bytes | str, what: str) -> Any:
+    """Parse a JSON record, or raise RecordFormatError naming ``what`` it should be."""
+    try:
+        return json.loads(data)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise RecordFormatError(f"the {what} is not JSON ({exc})") from None
+
+
+def _expect(data: Any, what: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(data, kind):
+        raise RecordFormatError(f"the {what} is a JSON {type(data).__name__}, not an object")
+    return data
+
+
+# -- task records -------------------------------------------------------------------------
+_STR_FIELDS = ("task_id", "fingerprint", "codec", "preview", "stdout", "stderr", "checksum", "generation")
+_NUM_FIELDS = ("started_at", "finished_at")
+_INT_FIELDS = ("attempt", "size")
+
+
+def encode_record(record: CheckpointRecord) -> bytes:
+    """The bytes stored for one finished task (header + inline payload)."""
+    header = record.to_dict()
+    payload = header.pop("payload") or b""
+    head = encode_json(header)
+    return b"".join((_HEAD.pack(RECORD_MAGIC, len(head)), head, payload))
+
+
+def decode_record(data: bytes) -> CheckpointRecord:
+    """Inverse of :func:`encode_record`, checking every field's type."""
+    if not isinstance(data, bytes) or len(data) < _HEAD.size:
+        raise RecordFormatError("a task record is too short")
+    magic, length = _HEAD.unpack_from(data)
+    if magic != RECORD_MAGIC:
+        raise RecordFormatError(f"a task record starts with {magic!r}, not {RECORD_MAGIC!r}")
+    end = _HEAD.size + length
+    if length > _MAX_HEADER or end > len(data):
+        raise RecordFormatError("a task record's header length runs past its end")
+    header = _expect(decode_json(data[_HEAD.size : end], "task record header"), "task record header", dict)
+    for name in _STR_FIELDS:
+        if not isinstance(header.get(name, ""), str):
+            raise RecordFormatError(f"field {name!r} of a task record is not a string")
+    for name in _NUM_FIELDS:
+        value = header.get(name, 0.0)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise RecordFormatError(f"field {name!r} of a task record is not a number")
+    for name in _INT_FIELDS:
+        value = header.get(name, 0)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise RecordFormatError(f"field {name!r} of a task record is not an integer")
+    blob = header.get("blob")
+    if blob is not None and not (isinstance(blob, str) and BLOB_NAME.match(blob)):
+        raise RecordFormatError(f"a task record names the output file {blob!r}, which is not an nbflow blob name")
+    worker = header.get("worker")
+    if worker is not None and not isinstance(worker, str):
+        raise RecordFormatError("field 'worker' of a task record is not a string")
+    if not isinstance(header.get("extra", {}), dict):
+        raise RecordFormatError("field 'extra' of a task record is not an object")
+    payload = data[end:] if blob is None else None
+    try:
+        record = CheckpointRecord.from_dict(header)
+    except TypeError as exc:
+        raise RecordFormatError(f"a task record lacks a field ({exc})") from None
+    record.payload = payload
+    return record
+
+
+def verify_inline(record: CheckpointRecord) -> bool:
+    """Whether an inline payload matches its checksum (records without one pass)."""
+    if not record.checksum:
+        return True
+    return checksum_bytes(record.payload or b"") == record.checksum
+
+
+class ChecksumReader:
+    """A read-only binary stream over a payload file that computes its CRC-32 as it is
+    read; :meth:`verify` reads what the decoder left and compares with the record.
+
+    The CRC runs over the caller's own buffer (``readinto``), so verifying a 100 MB
+    array costs no copy, and zlib releases the GIL while it sums."""
+
+    def __init__(self, raw: IO[bytes], expected: str) -> None:
+        self._raw, self._expected, self._crc = raw, expected, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._crc = zlib.crc32(data, self._crc)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = self._raw.readinto(view)  # type: ignore[attr-defined]
+        if n:
+            self._crc = zlib.crc32(view[:n], self._crc)
+        return int(n or 0)
+
+    def readline(self, size: int = -1) -> bytes:
+        data = self._raw.readline(size)
+        self._crc = zlib.crc32(data, self._crc)
+        return data
+
+    def verify(self) -> bool:
+        """Consume the rest of the stream; True if the whole payload matched."""
+        while True:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                break
+            self._crc = zlib.crc32(chunk, self._crc)
+        return not self._expected or checksum_of(self._crc) == self._expected
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> ChecksumReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- instance meta ------------------------------------------------------------------------
+def encode_meta(meta: InstanceMeta) -> bytes:
+    return encode_json(meta.to_dict())
+
+
+def decode_meta(data: bytes | str) -> InstanceMeta:
+    raw = _expect(decode_json(data, "instance record"), "instance record", dict)
+    for name in ("instance_id", "workflow", "definition_hash"):
+        if not isinstance(raw.get(name), str):
+            raise RecordFormatError(f"field {name!r} of the instance record is missing or not a string")
+    for name in ("state", "input_digest", "message", "generation", "codec"):
+        if not isinstance(raw.get(name, ""), str):
+            raise RecordFormatError(f"field {name!r} of the instance record is not a string")
+    for name in ("shape", "sinks"):
+        value = raw.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise RecordFormatError(f"field {name!r} of the instance record is not a list of strings")
+    if raw.get("error") is not None and not isinstance(raw["error"], dict):
+        raise RecordFormatError("field 'error' of the instance record is not an object")
+    try:
+        return InstanceMeta.from_dict(raw)
+    except TypeError as exc:
+        raise RecordFormatError(f"the instance record lacks a field ({exc})") from None
+
+
+# -- claims, control, signals -------------------------------------------------------------
+def encode_claim(claim: Claim) -> bytes:
+    return encode_json(claim.to_dict())
+
+
+def decode_claim(data: bytes | str) -> Claim:
+    raw = _expect(decode_json(data, "claim"), "claim", dict)
+    if not all(isinstance(raw.get(k), str) for k in ("task_id", "worker", "token")) or not isinstance(
+        raw.get("expires_at"), int | float
+    ):
+        raise RecordFormatError("a claim record lacks task_id, worker, token or expires_at")
+    return Claim.from_dict(raw)
+
+
+def encode_control(action: str, reason: str) -> bytes:
+    return encode_json([action, reason])
+
+
+def decode_control(data: bytes | str) -> tuple[str, str]:
+    raw = decode_json(data, "control request")
+    if not (isinstance(raw, list) and len(raw) == 2 and all(isinstance(v, str) for v in raw)):
+        raise RecordFormatError("a control request is not [action, reason]")
+    return raw[0], raw[1]
+
+
+_LEN = struct.Struct("<I")
+
+
+def encode_signals(payloads: Iterable[bytes]) -> bytes:
+    """A FIFO of signal payloads as length-prefixed bytes."""
+    return b"".join(_LEN.pack(len(p)) + bytes(p) for p in payloads)
+
+
+def decode_signals(data: bytes) -> list[bytes]:
+    out, at = [], 0
+    while at < len(data):
+        if at + _LEN.size > len(data):
+            raise RecordFormatError("a signal queue is cut short")
+        (n,) = _LEN.unpack_from(data, at)
+        at += _LEN.size
+        if at + n > len(data):
+            raise RecordFormatError("a signal queue is cut short")
+        out.append(data[at : at + n])
+        at += n
+    return out
