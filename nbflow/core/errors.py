@@ -31,6 +31,7 @@ __all__ = [
     "NbflowError",
     "RouteKeyError",
     "ShapeChangedError",
+    "SignalRefusedError",
     "SignalTimeoutError",
     "StaleInstanceError",
     "StoreFullError",
@@ -264,15 +265,17 @@ class StaleInstanceError(NbflowError):
 class CodecError(NbflowError):
     """A value cannot be encoded or decoded by the chosen codec."""
 
-    def __init__(self, codec: str, task_id: str, detail: str) -> None:
-        self.codec, self.task_id, self.detail = codec, task_id, detail
+    def __init__(self, codec: str, task_id: str, detail: str, *, what: str = "") -> None:
+        """``what`` names the value when it is not a task's output (a signal's payload)."""
+        self.codec, self.task_id, self.detail, self.what = codec, task_id, detail, what
         hint = (
             "JsonCodec stores only JSON types (dict, list, str, int, float, bool, None); "
             "use PickleCodec for other objects."
             if codec == "json"
-            else "Return a picklable value, or convert it (e.g. to a dict or a file path)."
+            else "Use a picklable value, or convert it (e.g. to a dict or a file path)."
         )
-        super().__init__(f"codec {codec!r} cannot handle the output of task {task_id!r}: {detail}. {hint}")
+        subject = what or f"the output of task {task_id!r}"
+        super().__init__(f"codec {codec!r} cannot handle {subject}: {detail}. {hint}")
 
 
 class TaskTimeoutError(NbflowError, TimeoutError):
@@ -301,6 +304,21 @@ class RouteKeyError(NbflowError, KeyError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class SignalRefusedError(NbflowError):
+    """A signal was sent to an instance that can no longer receive it."""
+
+    def __init__(self, instance_id: str, signal: str, state: str) -> None:
+        self.instance_id, self.signal, self.state = instance_id, signal, state
+        if state == "completed":
+            todo = "Nothing waits for it any more; start a new instance to run the workflow again."
+        else:
+            todo = (
+                "Resume the instance first (runner.resume(wf, instance_id), or `nbflow resume`), then send "
+                "the signal when it waits for it; or start a new instance."
+            )
+        super().__init__(f"signal {signal!r} was not sent: instance {instance_id!r} is {state}. {todo}")
 
 
 class SignalTimeoutError(NbflowError, TimeoutError):
