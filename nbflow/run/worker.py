@@ -58,12 +58,12 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from nbflow.core.codecs import Codec, PickleCodec
-from nbflow.core.errors import ClaimLostError, ConfigurationError
+from nbflow.core.errors import ClaimLostError, ConfigurationError, InstanceLockedError
 from nbflow.core.graph import Node, WorkflowDefinition
+from nbflow.core.keys import chunk_id, item_id
 from nbflow.core.retry import parse_duration
 from nbflow.core.status import RunState, TaskError
 from nbflow.run import events as ev
@@ -71,8 +71,9 @@ from nbflow.run import steps
 from nbflow.run.checkpoint import CheckpointIO, preview
 from nbflow.run.plan import RESTORE, RUN, SKIP, compute_plan
 from nbflow.run.scheduler import Parked, RunControl, Scheduler, StepFailed
+from nbflow.run.threads import TaskThreads
 from nbflow.run.worker_units import CachedView, ClaimedIO, InstanceView, Unit, chunk_size, record_is_valid
-from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta, record_version
+from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta, Lease, record_version
 
 __all__ = ["ClaimLostError", "PooledWorker", "WorkerHandle"]
 
@@ -180,6 +181,7 @@ class PooledWorker:
         self.stats = {"units": 0, "committed": 0, "lost": 0, "failed": 0, "released": 0}
         self.crash: BaseException | None = None
         self._held: dict[tuple[str, str], str] = {}
+        self._shares: dict[str, tuple[Lease, int]] = {}  # instance -> (shared lease, units in hand)
         self._held_lock = threading.Lock()
         self._stop = threading.Event()
         self._finish = True
@@ -235,7 +237,7 @@ class PooledWorker:
             log.exception("worker %s crashed", self.worker_id)
 
     async def _main(self, until_idle: bool) -> None:
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"nbflow-{self.worker_id}")
+        pool = TaskThreads(self.concurrency, f"nbflow-{self.worker_id}")  # gives up timed-out threads
         executor = self.executor if self.executor is not None else pool
         beat_stop = threading.Event()
         beat = threading.Thread(
@@ -304,6 +306,10 @@ class PooledWorker:
                     self.stats["released"] += 1
             except Exception:  # noqa: BLE001 - the claim expires on its own anyway
                 pass
+        with self._held_lock:
+            shares, self._shares = list(self._shares.values()), {}
+        for lease, _ in shares:
+            lease.release()
 
     # -- finding work -----------------------------------------------------------------
     def _instances(self) -> list[str]:
@@ -375,10 +381,45 @@ class PooledWorker:
                 self._refused = {k: t for k, t in self._refused.items() if t > now}
             self._refused[refused] = now + self.poll_interval
             return None
+        if not self._enter(iid):  # a runner took the instance meanwhile: leave it to it
+            self.backend.release_claim(iid, unit.key, token)
+            return None
         unit.token = token
         with self._held_lock:
             self._held[(iid, unit.key)] = token
         return token
+
+    def _enter(self, iid: str) -> bool:
+        """Hold the instance shared while this worker has units of it in hand: a
+        CheckpointingRunner's exclusive lock and a worker pool exclude each other."""
+        with self._held_lock:
+            entry = self._shares.get(iid)
+            if entry is not None:
+                self._shares[iid] = (entry[0], entry[1] + 1)
+                return True
+        try:
+            lease = self.backend.share(iid, holder=f"worker {self.worker_id}")
+        except InstanceLockedError:
+            return False
+        with self._held_lock:
+            entry = self._shares.get(iid)
+            if entry is None:
+                self._shares[iid] = (lease, 1)
+                return True
+            self._shares[iid] = (entry[0], entry[1] + 1)  # another thread of this worker got there first
+        lease.release()
+        return True
+
+    def _leave(self, iid: str) -> None:
+        with self._held_lock:
+            entry = self._shares.get(iid)
+            if entry is None:
+                return
+            if entry[1] > 1:
+                self._shares[iid] = (entry[0], entry[1] - 1)
+                return
+            del self._shares[iid]
+        entry[0].release()
 
     def _view(self, meta: InstanceMeta, wf: WorkflowDefinition) -> InstanceView:
         """The instance's records and plan, re-read only when its change stamp moved
@@ -420,15 +461,15 @@ class PooledWorker:
                 for start in range(0, len(items), size):
                     stop = min(start + size, len(items))
                     missing = [
-                        i for i in range(start, stop) if not record_is_valid(records.get(f"{node.id}[{i}]"), node)
+                        i for i in range(start, stop) if not record_is_valid(records.get(item_id(node.id, i)), node)
                     ]
                     if not missing:
                         continue
                     if size == 1:
-                        rec = records.get(f"{node.id}[{start}]")
-                        todo.append(Unit(view, node, f"{node.id}[{start}]", record_version(rec), item=start))
+                        rec = records.get(item_id(node.id, start))
+                        todo.append(Unit(view, node, item_id(node.id, start), record_version(rec), item=start))
                     else:  # claimed and committed as one unit; its marker record ends it
-                        key = f"{node.id}[{start}:{stop}]"
+                        key = chunk_id(node.id, start, stop)
                         todo.append(Unit(view, node, key, record_version(records.get(key)), chunk=(start, stop)))
                 units.extend(todo or [Unit(view, node, node.id, seen, finalize=True)])
                 continue
@@ -484,7 +525,7 @@ class PooledWorker:
                 await self._run_chunk(sched, unit)
             elif unit.finalize:
                 total = len(self._map_items(view, node) or [])
-                output = [view.value(f"{node.id}[{i}]") for i in range(total)]
+                output = [view.value(item_id(node.id, i)) for i in range(total)]
                 sched.commit(node, output, extra={"items": total})
             elif node.kind == "delay":
                 at = await steps._deadline(sched, node, "wake", node.options["seconds"])
@@ -518,6 +559,7 @@ class PooledWorker:
                     self.backend.release_claim(iid, unit.key, token)
                 except Exception:  # noqa: BLE001 - it expires on its own
                     pass
+            self._leave(iid)
 
     async def _run_item(self, sched: Scheduler, unit: Unit) -> None:
         node, i = unit.node, unit.item
@@ -537,6 +579,7 @@ class PooledWorker:
             stderr=cap.stderr.getvalue(),
             worker=getattr(cap, "worker", None) or self.worker_id,
         )
+        sched.retries.settle(unit.key)  # its stored attempt count, if it was retried
         sched.publish(
             ev.TaskFinished,
             task_id=unit.key,
@@ -557,7 +600,7 @@ class PooledWorker:
         batch: list[tuple[CheckpointRecord, Any]] = []
         failure: StepFailed | None = None
         for i in range(start, stop):
-            key = f"{node.id}[{i}]"
+            key = item_id(node.id, i)
             if record_is_valid(unit.view.records.get(key), node):
                 continue
             try:
@@ -591,7 +634,9 @@ class PooledWorker:
             batch.append((marker, self.backend.new_sink(sched.instance_id)))
         if batch:
             sched.io.write_many(batch)  # the items that finished are kept even if one failed
-            known = sum(1 for i in range(len(items)) if f"{node.id}[{i}]" in sched.records)
+            for record, _ in batch:
+                sched.retries.settle(record.task_id)  # stored attempt counts of retried items
+            known = sum(1 for i in range(len(items)) if item_id(node.id, i) in sched.records)
             done = known + sum(1 for record, _ in batch if record.codec != "ref")
             sched.publish(ev.MapProgress, task_id=node.id, done=done, total=len(items))  # as far as this worker knows
         if failure is not None:
