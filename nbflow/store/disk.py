@@ -142,6 +142,9 @@ class DiskcacheBackend:
         self.directory = Path(directory).expanduser().absolute()
         self.read_only = False
         try:
+            if not self.directory.exists():  # a folder nbflow creates is private; a user's own is left as it is
+                self.directory.parent.mkdir(parents=True, exist_ok=True)
+                make_private_dir(self.directory)
             make_private_dir(self.directory / "instances")
             make_private_dir(self.directory / "locks")
             for sub in ("instances", "locks"):  # folders of older stores followed the umask

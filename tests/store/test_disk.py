@@ -140,3 +140,48 @@ def test_damaged_instance_is_a_clear_error_and_others_are_unaffected(tmp_path: P
     assert fresh.load_instance("good").workflow == "wf"
     states = {m.instance_id: m.state for m in fresh.list_instances()}
     assert states["good"] == "running" and states.get("bad") == "damaged"
+
+
+def test_rerun_leaves_only_referenced_blob_files(tmp_path: Path) -> None:
+    """Overwritten outputs do not leak their files: after five re-runs of a task with a
+    large output, exactly the files the records name remain."""
+    import nbflow as nf
+
+    store = DiskcacheBackend(tmp_path / "s")
+    runner = nf.CheckpointingRunner(store, echo_output=False)
+    wf = nf.Workflow("big").then("make", lambda n: os.urandom(n)).then("size", len).build()
+    assert runner.run(wf, "i", 3 * INLINE_LIMIT).output == 3 * INLINE_LIMIT
+    for _ in range(5):
+        assert runner.rerun_from(wf, "i", "make").state == "completed"
+    referenced = {r.blob for r in store.get_records("i").values() if r.blob}
+    assert len(referenced) == 1  # make's output (the input is a small int)
+    assert {p.name for p in _blobs(store, "i")} == referenced
+
+
+def test_orphan_blob_files_are_swept_when_a_runner_locks_the_instance(tmp_path: Path) -> None:
+    store = DiskcacheBackend(tmp_path)
+    kept = _put(store, "i", "big", b"b" * (INLINE_LIMIT + 1))
+    blobs = store._instance_dir("i") / "blobs"
+    (blobs / ("0" * 32 + ".bin")).write_bytes(b"orphan: a kill between file and record")
+    (blobs / ".tmp-deadbeef").write_bytes(b"half-written")
+    store.lock("i", "runner").release()
+    assert [p.name for p in _blobs(store, "i")] == [kept.blob]
+
+
+def test_store_folders_and_files_are_private(tmp_path: Path) -> None:
+    import stat
+
+    store = DiskcacheBackend(tmp_path / "s")
+    _put(store, "i", "big", b"b" * (INLINE_LIMIT + 1))
+    store.lock("i", "runner").release()
+    for folder in (
+        store.directory,
+        store.directory / "instances",
+        store.directory / "locks",
+        _blobs(store, "i")[0].parent,
+    ):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    for blob in _blobs(store, "i"):
+        assert stat.S_IMODE(blob.stat().st_mode) == 0o600, blob
+    for lock in (store.directory / "locks").iterdir():
+        assert stat.S_IMODE(lock.stat().st_mode) == 0o600, lock
