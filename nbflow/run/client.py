@@ -8,10 +8,11 @@ consumes (signals, buffered FIFO per name). It works across processes on a share
 
 from __future__ import annotations
 
+import io
 import time
 from typing import Any
 
-from nbflow.core.codecs import Codec, PickleCodec
+from nbflow.core.codecs import Codec, PickleCodec, codec_by_name
 from nbflow.core.errors import (
     CodecError,
     ConfigurationError,
@@ -152,12 +153,16 @@ class WorkflowClient:
         Raises ``SignalRefusedError`` if the instance completed, failed or was cancelled
         (nothing would consume the signal), and ``CodecError`` if the payload cannot be
         encoded."""
-        state = _state(self._meta(instance_id))
+        meta = self._meta(instance_id)
+        state = _state(meta)
         if state in _DEAF:
             raise SignalRefusedError(instance_id, name, str(state))
-        codec = PickleCodec()
+        # The instance's own codec: a JsonCodec workflow reads its signals as JSON only.
+        codec = codec_by_name(meta.codec)
+        buffer = io.BytesIO()
         try:
-            data = codec.dumps(payload)
+            codec.dump(payload, buffer)
+            data = buffer.getvalue()
         except Exception as exc:  # noqa: BLE001 - whatever pickling raises, named for the signal
             detail = exc.detail if isinstance(exc, CodecError) else f"{type(exc).__name__}: {exc}"
             raise CodecError(codec.name, name, detail, what=f"the payload of signal {name!r}") from None

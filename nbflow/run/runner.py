@@ -17,7 +17,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -41,6 +40,7 @@ from nbflow.run.control import RunControl
 from nbflow.run.handle import RunHandle, launch
 from nbflow.run.plan import changed_tasks, compute_plan
 from nbflow.run.scheduler import Scheduler
+from nbflow.run.threads import TaskThreads
 from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta, Lease, validate_instance_id
 
 __all__ = ["CheckpointingRunner"]
@@ -140,7 +140,7 @@ class CheckpointingRunner:
         self.executor = executor
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.events = ev.EventBus()
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: TaskThreads | None = None
         self._pool_lock = threading.Lock()
 
     # -- construction -----------------------------------------------------------------
@@ -169,7 +169,7 @@ class CheckpointingRunner:
             return self.executor
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.max_threads, thread_name_prefix="nbflow-task")
+                self._pool = TaskThreads(self.max_threads, "nbflow-task")  # gives up timed-out threads
             return self._pool
 
     # -- the public verbs ---------------------------------------------------------------
@@ -431,6 +431,7 @@ def new_instance(
         tasks_total=len(definition.nodes),
         sinks=definition.sinks,
         state=state,
+        codec=io.codec.name,
     )
     now = time.time()
     record = io.write(INPUT_KEY, "", input_value, started_at=now, finished_at=now)

@@ -9,19 +9,20 @@ decides *when* a step runs; these functions decide *how*.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
 from nbflow.core.context import TaskContext
-from nbflow.core.errors import SignalTimeoutError
+from nbflow.core.errors import CodecError, SignalTimeoutError
 from nbflow.core.graph import Node
+from nbflow.core.keys import item_id, iteration_id, wait_id
 from nbflow.core.status import LoopResult
 from nbflow.run import events as ev
 from nbflow.run.attempts import call_sync
 from nbflow.run.checkpoint import preview
 from nbflow.run.plan import RUN
+from nbflow.run.threads import in_thread
 from nbflow.store.base import CheckpointRecord
 
 if TYPE_CHECKING:
@@ -57,29 +58,35 @@ async def run_loop(sched: Scheduler, node: Node, inline: bool) -> None:
     on_max: str = node.options["on_max"]
     started = time.time()
     for i in range(1, max_iterations + 1):
-        key = f"{node.id}#{i}"
+        key = iteration_id(node.id, i)
         rec = _reusable(sched, node, key)
         if rec is not None:
             finished, value = sched.io.read(rec)
         else:
             result, cap, attempt, _ = await sched.attempts(node, node.fn, [current], {}, key, inline)
             if not isinstance(result, LoopResult):
+                sched.retries.settle(key)
                 exc = TypeError(
                     f"loop body {node.id!r} returned {type(result).__name__}; it must return "
                     "LoopResult.again(value) to go round again or LoopResult.done(value) to leave"
                 )
                 raise sched.failure(node.id, exc, attempt) from None
             finished, value = result.finished, result.value
-            sched.records[key] = sched.io.write(
-                key,
-                node.fingerprint,
-                [finished, value],
-                attempt=attempt,
-                preview=preview(value),
-                stdout=cap.stdout.getvalue(),
-                stderr=cap.stderr.getvalue(),
-                worker=getattr(cap, "worker", None) or sched.worker,
-            )
+            try:
+                sched.records[key] = sched.io.write(
+                    key,
+                    node.fingerprint,
+                    [finished, value],
+                    attempt=attempt,
+                    preview=preview(value),
+                    stdout=cap.stdout.getvalue(),
+                    stderr=cap.stderr.getvalue(),
+                    worker=getattr(cap, "worker", None) or sched.worker,
+                )
+            except CodecError as exc:  # the iteration's value cannot be stored: the step fails
+                sched.retries.settle(key)
+                raise sched.failure(node.id, exc, attempt) from exc
+            sched.retries.settle(key)
         sched.publish(ev.MapProgress, task_id=node.id, done=i, total=max_iterations)
         current = value
         if finished:
@@ -116,15 +123,19 @@ async def run_map(sched: Scheduler, node: Node) -> None:
     total = len(items)
     started = time.time()
     results: dict[int, Any] = {}
-    todo = [i for i in range(total) if _reusable(sched, node, f"{node.id}[{i}]") is None]
+    todo = [i for i in range(total) if _reusable(sched, node, item_id(node.id, i)) is None]
     done = total - len(todo)
     sched.publish(ev.MapProgress, task_id=node.id, done=done, total=total)
 
-    # Each queue entry: ("ok", i, value, capture, attempt) | ("error", exc) | ("exit",)
+    # Each queue entry: ("ok", i, value, capture, attempt) | ("error", exc) | ("stopped",) | ("exit",)
     queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
     next_index = iter(todo)
-    stop = False
+    stop = stopped = False
     chunked = not sched._async(fn) and node.spec.timeout is None and not hasattr(sched.executor, "submit_task")
+    if chunked and node.spec.retry.max_retries:
+        # Items whose retries were under way when the last run stopped continue their
+        # count, one by one (a chunk runs first attempts only).
+        chunked = not any(sched.retries.pending(item_id(node.id, i)) for i in todo)
     item_seconds = [0.0, 0]  # total, count: sizes the chunks
 
     def chunk_size() -> int:
@@ -132,6 +143,22 @@ async def run_map(sched: Scheduler, node: Node) -> None:
             return 1
         mean = item_seconds[0] / item_seconds[1]
         return max(1, min(64, int(CHUNK_SECONDS / max(mean, 1e-6))))
+
+    async def one(i: int, failed: Exception | None = None) -> bool:
+        """Run item ``i`` (its retries after a first attempt that raised ``failed`` in
+        a chunk); False once the map must not go on."""
+        try:
+            value, cap, attempt, _ = await sched.attempts(node, fn, [items[i]], {}, item_id(node.id, i), False, failed)
+        except Exception as exc:  # noqa: BLE001 - StepFailed (retries exhausted), reported via the queue
+            queue.put_nowait(("error", exc))
+            return False
+        except asyncio.CancelledError:
+            if sched.control.requested is None:
+                raise
+            queue.put_nowait(("stopped",))  # paused between retries: the next run continues the count
+            return False
+        queue.put_nowait(("ok", i, value, cap, attempt))
+        return True
 
     async def worker() -> None:
         try:
@@ -142,20 +169,17 @@ async def run_map(sched: Scheduler, node: Node) -> None:
                 if chunked and len(batch) > 1:
                     outcome = await _run_chunk(sched, node, fn, items, batch, item_seconds)
                     for entry in outcome:
-                        await queue.put(entry)
-                    if any(e[0] == "error" for e in outcome):
-                        return
+                        if entry[0] == "ok":
+                            queue.put_nowait(entry)
+                    for entry in outcome:
+                        if entry[0] == "again" and not await one(entry[1], entry[2]):  # retried here
+                            return
                     continue
-                i = batch[0]
                 t0 = time.perf_counter()
-                try:
-                    value, cap, attempt, _ = await sched.attempts(node, fn, [items[i]], {}, f"{node.id}[{i}]", False)
-                except Exception as exc:  # noqa: BLE001 - StepFailed (retries exhausted), reported via the queue
-                    await queue.put(("error", exc))
+                if not await one(batch[0]):
                     return
                 item_seconds[0] += time.perf_counter() - t0
                 item_seconds[1] += 1
-                await queue.put(("ok", i, value, cap, attempt))
         finally:
             queue.put_nowait(("exit",))
 
@@ -170,6 +194,7 @@ async def run_map(sched: Scheduler, node: Node) -> None:
         if pending:
             for record in sched.io.write_many(pending):
                 sched.records[record.task_id] = record
+                sched.retries.settle(record.task_id)
             done += len(pending)
             pending = []
             sched.publish(ev.MapProgress, task_id=node.id, done=done, total=total)
@@ -188,12 +213,13 @@ async def run_map(sched: Scheduler, node: Node) -> None:
             elif entry[0] == "error":
                 failure = failure or entry[1]
                 stop = True  # no new items; those in flight finish and are kept
+            elif entry[0] == "stopped":
+                stopped = stop = True
             else:
                 _, i, value, cap, attempt = entry
-                results[i] = value
-                pending.append(
-                    sched.io.encode(
-                        f"{node.id}[{i}]",
+                try:
+                    encoded = sched.io.encode(
+                        item_id(node.id, i),
                         node.fingerprint,
                         value,
                         attempt=attempt,
@@ -202,7 +228,12 @@ async def run_map(sched: Scheduler, node: Node) -> None:
                         stderr=cap.stderr.getvalue() if cap else "",
                         worker=getattr(cap, "worker", None) or sched.worker,
                     )
-                )
+                except CodecError as exc:  # the item's output cannot be stored: the map fails on it
+                    failure = failure or sched.failure(item_id(node.id, i), exc, attempt)
+                    stop = True
+                    continue
+                results[i] = value
+                pending.append(encoded)
                 if len(pending) >= MAP_BATCH or time.monotonic() - last_flush >= MAP_FLUSH:
                     flush()
     finally:
@@ -212,8 +243,10 @@ async def run_map(sched: Scheduler, node: Node) -> None:
             w.cancel()
     if failure is not None:
         raise failure
+    if stopped:
+        raise asyncio.CancelledError
     output = [
-        results[i] if i in results else sched.io.read(sched.records[f"{node.id}[{i}]"], sched.lookup)
+        results[i] if i in results else sched.io.read(sched.records[item_id(node.id, i)], sched.lookup)
         for i in range(total)
     ]
     sched.commit(node, output, started=started, extra={"items": total})
@@ -222,59 +255,38 @@ async def run_map(sched: Scheduler, node: Node) -> None:
 async def _run_chunk(
     sched: Scheduler, node: Node, fn: Any, items: list[Any], batch: list[int], item_seconds: list[Any]
 ) -> list[tuple[Any, ...]]:
-    """Run several items of a sync map function in one thread hop (retries included)."""
-    loop = asyncio.get_running_loop()
-    policy = node.spec.retry
-    cancel = sched._cancel_event
+    """Run the first attempt of several items of a sync map function in one thread hop.
 
-    def publish_retry(task_id: str, attempt: int, delay: float, exc: BaseException) -> None:
-        sched.publish(
-            ev.TaskRetrying, task_id=task_id, attempt=attempt, delay=delay, error=f"{type(exc).__name__}: {exc}"
-        )
+    Returns ("ok", i, value, capture, 1) per item that succeeded and ("again", i, exc)
+    per item that raised: its retries run through ``Scheduler.attempts`` on the loop,
+    so their count is stored before each retry like any task's."""
+    cancel = sched._cancel_event
 
     def body() -> list[tuple[Any, ...]]:
         out: list[tuple[Any, ...]] = []
         for i in batch:
-            task_id = f"{node.id}[{i}]"
-            attempt = 0
-            while True:
-                attempt += 1
-                tctx = TaskContext(sched.wf.name, sched.instance_id, task_id, attempt, sched.wf.metadata, cancel)
-                t0 = time.perf_counter()
-                try:
-                    value, cap = call_sync(fn, [items[i]], {}, tctx, sched.echo)
-                except Exception as exc:  # noqa: BLE001 - the user function failed; retried or reported
-                    if attempt <= policy.max_retries and not cancel.is_set():
-                        delay = policy.delay_before(attempt)
-                        loop.call_soon_threadsafe(publish_retry, task_id, attempt, delay, exc)
-                        time.sleep(delay)
-                        continue
-                    out.append(("error", exc, task_id, attempt))
-                    return out
+            tctx = TaskContext(sched.wf.name, sched.instance_id, item_id(node.id, i), 1, sched.wf.metadata, cancel)
+            t0 = time.perf_counter()
+            try:
+                value, cap = call_sync(fn, [items[i]], {}, tctx, sched.echo)
+            except Exception as exc:  # noqa: BLE001 - the user function failed; retried or reported
+                out.append(("again", i, exc))
+            else:
                 item_seconds[0] += time.perf_counter() - t0
                 item_seconds[1] += 1
-                out.append(("ok", i, value, cap, attempt))
-                break
+                out.append(("ok", i, value, cap, 1))
             if cancel.is_set():
                 break
         return out
 
-    ctx = contextvars.copy_context()
-    outcome = await loop.run_in_executor(sched.executor, ctx.run, body)
-    entries: list[tuple[Any, ...]] = []
-    for entry in outcome:
-        if entry[0] == "error":
-            _, exc, task_id, attempt = entry
-            entries.append(("error", sched.failure(task_id, exc, attempt)))
-        else:
-            entries.append(entry)
-    return entries
+    result: list[tuple[Any, ...]] = await in_thread(sched.executor, body)
+    return result
 
 
 # -- durable delay ------------------------------------------------------------------------
 async def _deadline(sched: Scheduler, node: Node, suffix: str, seconds: float) -> float:
     """The stored deadline of a wait, written the first time the step is reached."""
-    key = f"{node.id}#{suffix}"
+    key = wait_id(node.id, suffix)
     rec = _reusable(sched, node, key)
     if rec is not None:
         return float(rec.extra["at"])
@@ -318,7 +330,7 @@ async def run_signal(sched: Scheduler, node: Node) -> None:
             template = CheckpointRecord(
                 task_id=node.id,
                 fingerprint=node.fingerprint,
-                codec="pickle",
+                codec=sched.io.codec.name,  # send_signal encodes with the instance's codec
                 started_at=started,
                 finished_at=time.time(),
                 worker=sched.worker,

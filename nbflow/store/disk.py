@@ -349,7 +349,7 @@ class DiskcacheBackend:
 
     # -- checkpoints --------------------------------------------------------------------
     def new_sink(self, instance_id: str) -> PayloadSink:
-        return SpillSink(self._instance_dir(instance_id))
+        return SpillSink(self._instance_dir(instance_id), instance_id)
 
     def put_record(self, instance_id: str, record: CheckpointRecord, sink: PayloadSink) -> CheckpointRecord:
         return self.put_records(instance_id, [(record, sink)])[0]

@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Any
 
+from nbflow.store.os_errors import store_error
 from nbflow.store.records import checksum_of
 
 __all__ = [
@@ -82,9 +83,9 @@ class SpillSink(io.RawIOBase):
     It sums the bytes' CRC-32 as they pass (over the writer's own buffers: no copy), so
     the checksum is written with the record and never costs a second pass."""
 
-    def __init__(self, instance_dir: Path, limit: int = INLINE_LIMIT) -> None:
+    def __init__(self, instance_dir: Path, instance_id: str = "", limit: int = INLINE_LIMIT) -> None:
         super().__init__()
-        self._instance_dir, self._limit = instance_dir, limit
+        self._instance_dir, self._instance_id, self._limit = instance_dir, instance_id, limit
         self._buf = bytearray()
         self._file: IO[bytes] | None = None
         self.tmp_path: Path | None = None
@@ -95,6 +96,16 @@ class SpillSink(io.RawIOBase):
         return True
 
     def write(self, data: Any) -> int:
+        try:
+            return self._write(data)
+        except OSError as exc:  # a full disk mid-dump is the store's problem, not the value's
+            self.discard()
+            err = store_error(exc, str(self._instance_dir), self._instance_id)
+            if err is None:
+                raise
+            raise err from None
+
+    def _write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         n = len(view)
         self.size += n
