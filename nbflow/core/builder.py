@@ -5,6 +5,9 @@ seed's ``("step1", fn)`` form), validates at once and raises
 ``WorkflowDefinitionError`` at the offending call with the fix in the message.
 ``build()`` freezes the steps into a :class:`~nbflow.core.graph.WorkflowDefinition`.
 
+Each step's id must follow the rule of :mod:`nbflow.core.keys`: an id shaped like
+an internal record id (``m[0]``, ``__input__``) would overwrite that record.
+
 ``add()`` is the general form the notebook layer uses: a task whose parameters are
 fed by named upstream tasks or workflow inputs, in any order (edges are resolved at
 ``build()``).
@@ -13,6 +16,7 @@ fed by named upstream tasks or workflow inputs, in any order (edges are resolved
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any, Self
@@ -22,12 +26,21 @@ from nbflow.core.context import WorkflowContext
 from nbflow.core.errors import WorkflowDefinitionError
 from nbflow.core.fingerprint import fingerprint, stable_digest
 from nbflow.core.graph import InputRef, Node, Source, WorkflowDefinition
+from nbflow.core.keys import ID_RULE, MAX_ID_LENGTH, check_task_id, child_id, child_prefix
 from nbflow.core.retry import parse_duration
 from nbflow.core.task import TaskSpec, make_spec, spec_of
 
 __all__ = ["DEFAULT_BRANCH", "ForkBuilder", "branch_label", "RouteBuilder", "Workflow", "WorkflowBuilder"]
 
 Step = Callable[..., Any]
+
+_NOT_ALLOWED = re.compile(r"[^\w.\- ]+")
+
+
+def _suggest_id(bad: str) -> str:
+    """A nearby allowed id for a refused one (``m[0]`` -> ``m_0``), or "" if none."""
+    guess = _NOT_ALLOWED.sub("_", bad).strip("_ ")[:MAX_ID_LENGTH]
+    return guess if guess and check_task_id(guess) is None else ""
 
 
 def _takes_no_argument(fn: Step) -> bool:
@@ -73,6 +86,18 @@ class WorkflowBuilder:
     def _fail(self, problem: str, fix: str = "") -> WorkflowDefinitionError:
         return WorkflowDefinitionError(self.name, problem, fix)
 
+    def _check_id(self, task_id: object, what: str) -> None:
+        """Refuse an id that is not allowed (see :mod:`nbflow.core.keys`): one that
+        looks like an internal record id would overwrite that record."""
+        reason = check_task_id(task_id)
+        if reason is None:
+            return
+        guess = _suggest_id(task_id) if isinstance(task_id, str) else ""
+        raise self._fail(
+            f"invalid {what} id {task_id!r}: {reason}",
+            f"{what.capitalize()} ids may use {ID_RULE}" + (f"; e.g. {guess!r}" if guess else ""),
+        )
+
     def _resolve(
         self, method: str, name_or_fn: str | Step, fn: Step | None, options: Mapping[str, Any]
     ) -> tuple[str, Step, TaskSpec]:
@@ -106,8 +131,7 @@ class WorkflowBuilder:
             version=extra.get("version", base.version),
         )
         task_id = spec.name or self._default_id(func)
-        if not isinstance(task_id, str) or not task_id or "/" in task_id:
-            raise self._fail(f"invalid task id {task_id!r}", "Use a non-empty name without '/'")
+        self._check_id(task_id, "task")
         if task_id in self._ids:
             raise self._fail(
                 f"task id {task_id!r} is used twice",
@@ -209,8 +233,8 @@ class WorkflowBuilder:
         """Add a control-flow node fed by the cursor, and move the cursor onto it."""
         if task_id in self._ids:
             raise self._fail(f"step id {task_id!r} is used twice", f"Give the {kind} step another name")
-        if not isinstance(task_id, str) or not task_id or ("/" in task_id and kind != "collect"):
-            raise self._fail(f"invalid step id {task_id!r}", "Use a non-empty name without '/'")
+        if kind != "collect":  # a collect step's id is made by keys.child_id, not given
+            self._check_id(task_id, "step")
         opts = dict(options or {})
         fp = (
             fingerprint(fn, (spec or TaskSpec()).version)
@@ -378,7 +402,7 @@ class WorkflowBuilder:
             raise self._fail(
                 f".then_flow() needs a built workflow, got {type(child).__name__}", "Pass Workflow('child')...build()"
             )
-        prefix = child.name + "/"
+        prefix = child_prefix(child.name)
         if any(i.startswith(prefix) for i in self._ids):
             raise self._fail(
                 f"child workflow {child.name!r} is composed twice", "Build the second copy under another name"
@@ -392,19 +416,19 @@ class WorkflowBuilder:
                     if origin.task
                     else Source(None, src.key if origin.key is None else origin.key)
                 )
-            return Source(prefix + src.task, src.key)
+            return Source(child_id(child.name, src.task), src.key)
 
         for node in child.nodes:
             options = dict(node.options)
             if "guard" in options:
-                options["guard"] = prefix + options["guard"]
-            after = tuple(prefix + a for a in node.after)
+                options["guard"] = child_id(child.name, options["guard"])
+            after = tuple(child_id(child.name, a) for a in node.after)
             if not node.deps and origin.task and node.mode == "none":
                 after = (*after, origin.task)
             group = child.name if node.group is None else f"{child.name}/{node.group}"
             self._add_node(
                 Node(
-                    prefix + node.id,
+                    child_id(child.name, node.id),
                     node.kind,
                     node.fn,
                     node.spec,
@@ -417,10 +441,10 @@ class WorkflowBuilder:
                 )
             )
         if len(child.sinks) == 1:
-            self._cursor = Source(prefix + child.sinks[0])
+            self._cursor = Source(child_id(child.name, child.sinks[0]))
         else:
-            params = tuple((sink, Source(prefix + sink)) for sink in child.sinks)
-            self._special("collect", prefix + "output", mode="dict", params=params, options={})
+            params = tuple((sink, Source(child_id(child.name, sink))) for sink in child.sinks)
+            self._special("collect", child_id(child.name, "output"), mode="dict", params=params, options={})
             self._nodes[-1] = _regroup(self._nodes[-1], child.name)
         return self
 

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from nbflow.core.errors import ConfigurationError, NbflowError
+from nbflow.core.keys import ID_RULE, check_task_id
 
 __all__ = ["TaskContext", "WorkflowContext", "get_task_context"]
 
@@ -26,8 +27,11 @@ class WorkflowContext:
     """
 
     def __init__(self, name: str, codec: Any = None, metadata: Mapping[str, Any] | None = None) -> None:
-        if not isinstance(name, str) or not name.strip() or "/" in name or len(name) > 200:
-            raise ConfigurationError("workflow name", name, "a non-empty string without '/' (at most 200 characters)")
+        # A workflow name prefixes its child ids and default instance ids, so it obeys
+        # the task-id rule (nbflow.core.keys) that keeps those ids unambiguous.
+        reason = check_task_id(name)
+        if reason is not None:
+            raise ConfigurationError("workflow name", name, f"a name of {ID_RULE}, but {reason}")
         if codec is not None and not (hasattr(codec, "name") and hasattr(codec, "dump") and hasattr(codec, "load")):
             raise ConfigurationError("codec", codec, "a codec such as PickleCodec() or JsonCodec()")
         if metadata is not None and not isinstance(metadata, Mapping):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from nbflow.core.errors import ConfigurationError
+from nbflow.core.keys import ID_RULE, check_task_id
 from nbflow.core.retry import Duration, RetryPolicy, parse_duration
 
 __all__ = ["SignalWait", "TaskSpec", "spec_of", "task", "wait_for_signal"]
@@ -44,7 +45,12 @@ def make_spec(
     priority: int = 0,
     version: str | int | None = None,
 ) -> TaskSpec:
-    """Validate task options and freeze them; every bad value gets a ConfigurationError."""
+    """Validate task options and freeze them; every bad value gets a ConfigurationError.
+
+    ``name`` is only checked for being a non-empty string here: whether it is an
+    allowed task id is checked where it is used (``@task`` and the builder), so the
+    builder can report it as a ``WorkflowDefinitionError`` naming its workflow.
+    """
     if name is not None and (not isinstance(name, str) or not name):
         raise ConfigurationError("name", name, "a non-empty string")
     if isinstance(tags, str):
@@ -117,6 +123,8 @@ def task(
     >>> load("x"), spec_of(load).timeout, spec_of(load).retry.max_retries
     ('X', 30.0, 2)
     """
+    if name is not None:
+        _check_name(name)
     spec = make_spec(
         name=name,
         retries=retries,
@@ -139,6 +147,13 @@ def task(
         return func
 
     return attach(fn) if fn is not None else attach
+
+
+def _check_name(name: object) -> None:
+    """Refuse a ``name=`` that is not an allowed task id (see :mod:`nbflow.core.keys`)."""
+    reason = check_task_id(name)
+    if reason is not None:
+        raise ConfigurationError("name", name, f"an allowed task id, but {reason}. Task ids may use {ID_RULE}")
 
 
 def spec_of(fn: Callable[..., Any]) -> TaskSpec:

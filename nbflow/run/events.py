@@ -13,7 +13,6 @@ progress display can never fail a run.
 
 from __future__ import annotations
 
-import re
 import sys
 import threading
 import time
@@ -21,6 +20,8 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO
+
+from nbflow.core.keys import parse_item_id, parse_iteration_id
 
 __all__ = [
     "EventBus",
@@ -165,9 +166,8 @@ class RunFinished(RunEvent):
     failed_task: str | None = None
 
 
-# Events about one map item or loop iteration carry "<step>[<index>]" / "<step>#<n>" as
-# their task id (the ids of their checkpoints); item_step maps them back to the step.
-_ITEM_ID = re.compile(r"^(.+)(?:\[\d+\]|#\d+)$")
+# Events about one map item or loop iteration carry its record id (nbflow.core.keys:
+# "<step>[<index>]" / "<step>#<n>") as their task id; item_step maps them back to the step.
 
 
 def item_step(task_id: str) -> str | None:
@@ -176,8 +176,8 @@ def item_step(task_id: str) -> str | None:
     >>> item_step("square[3]"), item_step("newton#2"), item_step("load")
     ('square', 'newton', None)
     """
-    m = _ITEM_ID.match(task_id)
-    return m.group(1) if m is not None else None
+    parsed = parse_item_id(task_id) or parse_iteration_id(task_id)
+    return parsed[0] if parsed is not None else None
 
 
 Subscriber = Callable[[RunEvent], None]
