@@ -124,6 +124,161 @@ def test_task_on_non_callable() -> None:
     _check(lambda: nf.task(retries=1)(5), nf.ConfigurationError, "@task target")
 
 
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"tags": 5}, ("tags=5", "list of strings")),
+        ({"tags": {"io": 1}}, ("tags=", "list of strings")),
+        ({"tags": ["io", 2]}, ("tags=", "list of strings")),
+        ({"priority": None}, ("priority=None", "whole number")),
+        ({"priority": True}, ("priority=True", "whole number")),
+        ({"version": [1]}, ("version=[1]", "string or a whole number")),
+        ({"version": True}, ("version=True",)),
+        ({"version": ""}, ("version=''", "non-empty")),
+        ({"version": 1.5}, ("version=1.5",)),
+    ],
+)
+def test_bad_task_option_types(options: dict[str, Any], words: tuple[str, ...]) -> None:
+    _check(lambda: nf.task(**options), nf.ConfigurationError, *words)
+    _check(lambda: nf.Workflow("w").then(a, **options), nf.ConfigurationError, *words)
+
+
+# -- misspelt options: named, with the closest valid one -------------------------------
+@pytest.mark.parametrize(
+    ("call", "words"),
+    [
+        (lambda: nf.task(retry=3), ("retry=3", "Did you mean retries=3?")),
+        (lambda: nf.task(timeuot="1s"), ("timeuot='1s'", "Did you mean timeout='1s'?")),
+        (lambda: nf.task(tag=["io"]), ("tag=['io']", "Did you mean tags=['io']?")),
+        (lambda: nf.task(colour="red"), ("colour='red'", "@task", "Its options are name, retries")),
+        (lambda: nf.Workflow("w").then(a, retry=3), ("retry=3", ".then()", "retries=3")),
+        (lambda: nf.Workflow("w").add(a, inputz={}), ("inputz={}", ".add()", "inputs={}")),
+        (lambda: nf.Workflow("w").then(a).map(b, concurency=4), ("concurency=4", ".map()", "concurrency=4")),
+        (lambda: nf.Workflow("w").loop(a, max_iteration=3), ("max_iteration=3", ".loop()", "max_iterations=3")),
+        (lambda: nf.Workflow("w").then(a).fork().branch(b).join(b, retires=2), (".join()", "retries=2")),
+    ],
+)
+def test_misspelt_options_are_refused(call: Callable[[], Any], words: tuple[str, ...]) -> None:
+    _check(call, nf.ConfigurationError, *words)
+
+
+# -- a step whose function cannot take what it will be given ---------------------------
+def two(x, y):
+    return x
+
+
+def report(a, c):
+    return a
+
+
+def no_args():
+    return 1
+
+
+def keyword_only(*, x):
+    return x
+
+
+CALL_CASES: dict[str, tuple[Callable[[], Any], tuple[str, ...]]] = {
+    "then with two required": (
+        lambda: nf.Workflow("w").then(a).then(two),
+        ("task 'two'", "one value, the output of 'a'", "two(x, y)", "'y'", ".fork()"),
+    ),
+    "first step with two required": (
+        lambda: nf.Workflow("w").then(two),
+        ("task 'two'", "the workflow input", "two(x, y)"),
+    ),
+    "then with keyword-only required": (
+        lambda: nf.Workflow("w").then(keyword_only),
+        ("task 'keyword_only'", "no arguments", "keyword_only(*, x)", "defaults"),
+    ),
+    "join not matching the branch keys": (
+        lambda: nf.Workflow("w").then(no_args).fork().branch(a).branch(b).join(report),
+        ("task 'report'", "one dict {'a': ..., 'b': ...}", "report(a, c)", "branch keys (a, b)"),
+    ),
+    "join taking nothing": (
+        lambda: nf.Workflow("w").then(no_args).fork().branch(a).branch(b).join("r", no_args),
+        ("task 'r'", "one dict", "no_args()", "too many positional arguments"),
+    ),
+    "map with two required": (
+        lambda: nf.Workflow("w").then(no_args).map(two),
+        ("map 'two'", "one item", "two(x, y)"),
+    ),
+    "loop body taking nothing": (
+        lambda: nf.Workflow("w").loop("body", no_args),
+        ("loop 'body'", "one value", "no_args()"),
+    ),
+    "route key function with two required": (
+        lambda: nf.Workflow("w").then(a).route("pick", two, keys=[1]),
+        ("route 'pick'", "one value, the output of 'a'", "two(x, y)"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CALL_CASES))
+def test_step_that_cannot_take_its_input(case: str) -> None:
+    call, words = CALL_CASES[case]
+    _check(call, nf.WorkflowDefinitionError, "'w'", "will be called with", "signature", *words)
+
+
+def test_steps_whose_signature_fits_or_cannot_be_read_are_accepted() -> None:
+    import functools
+
+    def session_wrapped(fn):
+        @functools.wraps(fn)
+        def wrapper(x):  # supplies the first argument itself
+            return fn("session", x)
+
+        return wrapper
+
+    @session_wrapped
+    def uses_session(session, x):
+        return x
+
+    def stats(a, b):
+        return a + b
+
+    def varargs(*args, **kwargs):
+        return args
+
+    def with_default(x, y=2):
+        return x
+
+    wf = (
+        nf.Workflow("w")
+        .then(with_default)
+        .then(varargs)
+        .then(uses_session)
+        .then("length", len)  # (obj, /)
+        .then("dictionary", dict)  # no signature to read: not checked
+        .fork()
+        .branch(a)
+        .branch(b)
+        .join("both", lambda a, b: (a, b))  # parameters named after the branch keys: keywords
+        .build()
+    )
+    assert wf.node("both").mode == "kwargs"
+    assert nf.WorkflowBuilder("w").add(stats, inputs={"a": InputRef("a"), "b": InputRef("b")}).build()
+
+
+# -- branch methods outside a fork or route --------------------------------------------
+@pytest.mark.parametrize(
+    ("call", "words"),
+    [
+        (lambda: nf.Workflow("w").then(a).join(b), (".join() without .fork()", ".fork().branch(f)", ".then(fn)")),
+        (lambda: nf.Workflow("w").then(a).branch(b), (".branch() outside a fork or route", ".fork()", ".route(")),
+        (
+            lambda: nf.Workflow("w").then(a).fork().branch(b).join("j", a).branch(b),
+            (".branch() outside a fork or route",),
+        ),
+        (lambda: nf.Workflow("w").then(a).default_branch(b), (".default_branch() outside a route", ".route(")),
+        (lambda: nf.Workflow("w").then(a).done(), (".done() without .route()", ".join(fn)")),
+    ],
+)
+def test_branch_methods_outside_a_fork_say_how_to_fork(call: Callable[[], Any], words: tuple[str, ...]) -> None:
+    _check(call, nf.WorkflowDefinitionError, "'w'", *words)
+
+
 # -- runner options, store paths, instance ids ------------------------------------------
 @pytest.mark.parametrize(
     ("call", "words"),

@@ -5,8 +5,11 @@ seed's ``("step1", fn)`` form), validates at once and raises
 ``WorkflowDefinitionError`` at the offending call with the fix in the message.
 ``build()`` freezes the steps into a :class:`~nbflow.core.graph.WorkflowDefinition`.
 
-Each step's id must follow the rule of :mod:`nbflow.core.keys`: an id shaped like
-an internal record id (``m[0]``, ``__input__``) would overwrite that record.
+Two checks run as each step is added. Its id must follow the rule of
+:mod:`nbflow.core.keys` (an id shaped like an internal record id, ``m[0]`` or
+``__input__``, would overwrite that record), and its function must be able to take
+what the scheduler will pass it (:mod:`nbflow.core.signatures`), so a mismatch is
+refused before a run instead of failing when the run reaches it.
 
 ``add()`` is the general form the notebook layer uses: a task whose parameters are
 fed by named upstream tasks or workflow inputs, in any order (edges are resolved at
@@ -19,7 +22,7 @@ import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 from nbflow.core.branching import DEFAULT_BRANCH, ForkBuilder, RouteBuilder, branch_label
 from nbflow.core.context import WorkflowContext
@@ -28,11 +31,20 @@ from nbflow.core.fingerprint import fingerprint, stable_digest
 from nbflow.core.graph import InputRef, Node, Source, WorkflowDefinition
 from nbflow.core.keys import ID_RULE, MAX_ID_LENGTH, check_task_id, child_id, child_prefix
 from nbflow.core.retry import parse_duration
-from nbflow.core.task import TaskSpec, make_spec, spec_of
+from nbflow.core.signatures import check_call
+from nbflow.core.task import TASK_OPTIONS, TaskSpec, check_option_names, make_spec, spec_of
 
 __all__ = ["DEFAULT_BRANCH", "ForkBuilder", "branch_label", "RouteBuilder", "Workflow", "WorkflowBuilder"]
 
 Step = Callable[..., Any]
+
+# Keyword options a step method takes besides the task options, so that a misspelt
+# one (``concurency=4``) is matched against them too.
+_METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "map": ("concurrency",),
+    "loop": ("max_iterations", "on_max"),
+    "add": ("inputs",),
+}
 
 _NOT_ALLOWED = re.compile(r"[^\w.\- ]+")
 
@@ -119,6 +131,7 @@ class WorkflowBuilder:
                 f".{method}() needs a function, got {type(func).__name__} {func!r}",
                 f"Pass a function: .{method}(my_function) or .{method}('name', my_function)",
             )
+        check_option_names(f".{method}()", options, (*TASK_OPTIONS, *_METHOD_OPTIONS.get(method, ())))
         base = spec_of(func)
         extra = {k: v for k, v in options.items() if k != "name"}
         spec = make_spec(
@@ -154,6 +167,10 @@ class WorkflowBuilder:
         return name
 
     def _add_node(self, node: Node) -> Node:
+        # Checked here, at the call that adds the step, rather than at build(): the
+        # traceback then points at the offending .then()/.join(), and no run starts
+        # with a step that would fail with a TypeError when reached.
+        check_call(self.name, node)
         self._ids.add(node.id)
         self._nodes.append(node)
         return node
@@ -216,6 +233,37 @@ class WorkflowBuilder:
         where a branch's key is the id of its first task.
         """
         return ForkBuilder(self)
+
+    # Branch methods belong to .fork() and .route(); on the builder itself they would be
+    # an AttributeError that does not say what was forgotten.
+    def join(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Refused: a join closes a fork. Use ``.fork().branch(f).branch(g).join(fn)``."""
+        raise self._fail(
+            ".join() without .fork(): there are no branches to join",
+            "Open them first: .fork().branch(f).branch(g).join(fn); to run one step after another use .then(fn)",
+        )
+
+    def branch(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Refused: branches belong to a fork or a route."""
+        raise self._fail(
+            ".branch() outside a fork or route",
+            "Start the branches with .fork().branch(f).branch(g).join(fn) (all run) "
+            "or .route(key_fn, keys=[...]).branch(key, f).done() (one runs)",
+        )
+
+    def default_branch(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Refused: a default branch belongs to a route."""
+        raise self._fail(
+            ".default_branch() outside a route",
+            "Use .route(key_fn, keys=[...]).branch(key, f).default_branch(g).done()",
+        )
+
+    def done(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Refused: ``.done()`` closes a route."""
+        raise self._fail(
+            ".done() without .route()",
+            "Use .route(key_fn, keys=[...]).branch(key, f).done(); a fork ends with .join(fn)",
+        )
 
     # -- control flow -----------------------------------------------------------------
     def _special(

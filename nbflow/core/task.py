@@ -7,7 +7,8 @@ its own, and still pickles by reference.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import difflib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -15,11 +16,14 @@ from nbflow.core.errors import ConfigurationError
 from nbflow.core.keys import ID_RULE, check_task_id
 from nbflow.core.retry import Duration, RetryPolicy, parse_duration
 
-__all__ = ["SignalWait", "TaskSpec", "spec_of", "task", "wait_for_signal"]
+__all__ = ["TASK_OPTIONS", "SignalWait", "TaskSpec", "check_option_names", "spec_of", "task", "wait_for_signal"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _SPEC_ATTR = "__nbflow_task__"
+
+TASK_OPTIONS = ("name", "retries", "timeout", "tags", "description", "priority", "version")
+"""The options ``@task`` takes; builder steps take them too (``.then(fn, retries=3)``)."""
 
 
 @dataclass(frozen=True)
@@ -55,13 +59,21 @@ def make_spec(
         raise ConfigurationError("name", name, "a non-empty string")
     if isinstance(tags, str):
         tags = (tags,)
+    # A str is iterable, a dict iterates its keys, an int not at all: only lists and
+    # tuples say plainly "these labels", so only they are taken.
+    if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
+        raise ConfigurationError("tags", tags, "a list of strings, e.g. tags=['io']")
     tag_tuple = tuple(tags)
-    if not all(isinstance(t, str) for t in tag_tuple):
-        raise ConfigurationError("tags", tags, "a list of strings")
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise ConfigurationError("priority", priority, "a whole number (higher runs first)")
     if not isinstance(description, str):
         raise ConfigurationError("description", description, "a string")
+    if version is not None and (
+        isinstance(version, bool)
+        or not isinstance(version, str | int)
+        or (isinstance(version, str) and not version.strip())
+    ):
+        raise ConfigurationError("version", version, "a non-empty string or a whole number, e.g. version='2'")
     seconds = None if timeout is None else parse_duration(timeout, "timeout")
     if seconds is not None and seconds <= 0:
         raise ConfigurationError("timeout", timeout, "a positive duration like '30s'")
@@ -104,6 +116,7 @@ def task(
     description: str = "",
     priority: int = 0,
     version: str | int | None = None,
+    **unknown: Any,
 ) -> F | Callable[[F], F]:
     """Attach task options to a function; usable bare (``@task``) or with options.
 
@@ -122,7 +135,16 @@ def task(
     ...     return path.upper()
     >>> load("x"), spec_of(load).timeout, spec_of(load).retry.max_retries
     ('X', 30.0, 2)
+
+    A misspelt option is refused with the closest valid one (the typed overloads let
+    a type checker catch it earlier; this catches it when no checker runs):
+
+    >>> task(retry=3)
+    Traceback (most recent call last):
+    ...
+    nbflow.core.errors.ConfigurationError: invalid retry=3: expected an option of @task...Did you mean retries=3?...
     """
+    check_option_names("@task", unknown, TASK_OPTIONS)
     if name is not None:
         _check_name(name)
     spec = make_spec(
@@ -154,6 +176,28 @@ def _check_name(name: object) -> None:
     reason = check_task_id(name)
     if reason is not None:
         raise ConfigurationError("name", name, f"an allowed task id, but {reason}. Task ids may use {ID_RULE}")
+
+
+def check_option_names(where: str, given: Mapping[str, Any], valid: Iterable[str]) -> None:
+    """Refuse keyword options ``where`` does not know, suggesting the closest valid one.
+
+    Options passed as ``**options`` would otherwise be ignored without a word, and a
+    misspelt ``retry=3`` would quietly run without retries.
+
+    >>> check_option_names(".map()", {"concurency": 4}, (*TASK_OPTIONS, "concurrency"))
+    Traceback (most recent call last):
+    ...
+    nbflow.core.errors.ConfigurationError: invalid concurency=4: expected an option of .map()...Did you mean concurrency=4?...
+    """
+    choices = list(valid)
+    for key, value in given.items():
+        if key in choices:
+            continue
+        close = difflib.get_close_matches(key, choices, n=1)
+        hint = f"Did you mean {close[0]}={value!r}? " if close else ""
+        raise ConfigurationError(
+            key, value, f"an option of {where}, and {key!r} is not one. {hint}Its options are {', '.join(choices)}"
+        )
 
 
 def spec_of(fn: Callable[..., Any]) -> TaskSpec:
