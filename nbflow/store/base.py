@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import IO, Any, Protocol, runtime_checkable
 
 from nbflow.core.errors import InvalidInstanceIdError
+from nbflow.core.keys import INPUT_ID
 
 __all__ = [
     "INPUT_KEY",
@@ -41,7 +42,7 @@ __all__ = [
     "validate_instance_id",
 ]
 
-INPUT_KEY = "__input__"  # the workflow input is stored like a task output under this id
+INPUT_KEY = INPUT_ID  # the workflow input is stored like a task output under this id
 _MAX_ID = 200
 
 
