@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nbflow.core.codecs import Codec, codec_by_name
-from nbflow.core.errors import CheckpointCorruptError, CodecError, NbflowError
+from nbflow.core.errors import CheckpointCorruptError, CodecError, NbflowError, StoreFullError
 from nbflow.core.keys import item_id
 from nbflow.store.base import Backend, CheckpointRecord
 
@@ -50,6 +50,8 @@ class CheckpointIO:
             discard = getattr(sink, "discard", None)
             if discard is not None:
                 discard()
+            if isinstance(exc, StoreFullError) and exc.task_id is None:  # the sink knows no task: name it
+                raise StoreFullError(exc.path, exc.detail, exc.instance_id or self.instance_id, task_id) from None
             if isinstance(exc, OSError):
                 raise  # a full disk or a broken store: the store layer reports it, not the value
             detail = exc.detail if isinstance(exc, CodecError) else f"{type(exc).__name__}: {exc}"
