@@ -33,7 +33,7 @@ from nbflow.core.errors import CodecError, RouteKeyError
 from nbflow.core.graph import Node, Source, WorkflowDefinition
 from nbflow.core.status import TaskError
 from nbflow.run import events as ev
-from nbflow.run.attempts import is_async, run_attempt
+from nbflow.run.attempts import RetryLedger, is_async, run_attempt
 from nbflow.run.capture import Capture
 from nbflow.run.checkpoint import CheckpointIO, preview
 from nbflow.run.control import POLL_INTERVAL, RunControl
@@ -112,7 +112,9 @@ class Scheduler:
         self._error: TaskError | None = None
         self._crash: BaseException | None = None
         self._parked: Parked | None = None
-        self._cancel_event = threading.Event()  # what get_task_context().cancelled reads
+        self._cancel_event = threading.Event()  # set when the run stops; each attempt's own flag follows it
+        self.retries = RetryLedger(io.backend, instance_id)  # attempt counts that survive a restart
+        self._stopping = asyncio.Event()  # set on the loop by a stop request: ends retry waits
         self._async_cache: dict[int, bool] = {}
         self.done = 0
 
@@ -173,6 +175,7 @@ class Scheduler:
 
     def _tell_tasks(self) -> None:
         """Set running tasks' ``cancelled`` flags from the thread asking for the stop."""
+        self._cancel_event.set()
         for tctx in list(self._contexts.values()):
             tctx.cancel_event.set()
 
@@ -181,24 +184,51 @@ class Scheduler:
         requested = self.control.requested
         if requested is None:
             return
+        self._stopping.set()  # a retry wait ends now, for a pause too (its state is stored)
         for task, task_id in self._running.items():
             if requested[0] != "paused" or self.wf.node(task_id).kind in ("delay", "signal"):
                 task.cancel()  # a pause lets running tasks finish and checkpoint, but stops waits
         if requested[0] != "paused":
-            self._cancel_event.set()
+            self._tell_tasks()
 
     # -- attempts and commits -----------------------------------------------------------
     async def attempts(
-        self, node: Node, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], task_id: str, inline: bool
+        self,
+        node: Node,
+        fn: Callable[..., Any],
+        args: list[Any],
+        kwargs: dict[str, Any],
+        task_id: str,
+        inline: bool,
+        failed: Exception | None = None,
     ) -> tuple[Any, Capture, int, float]:
-        """Run ``fn`` with ``node``'s retry policy and timeout; raises StepFailed."""
+        """Run ``fn`` with ``node``'s retry policy and timeout; raises StepFailed.
+
+        The count continues where a stopped run left it (``RetryLedger``): attempt n+1
+        after the stored attempt n, once the stored retry time has come. ``failed``:
+        attempt 1 already ran elsewhere (a chunk of map items) and raised this."""
         policy = node.spec.retry
         attempt = 0
+        if failed is not None:
+            attempt = 1
+            await self._after_failure(node, task_id, attempt, failed)
+        elif policy.max_retries:
+            resumed = self.retries.resume(task_id, node.fingerprint, self.records.get(task_id))
+            if resumed is not None:
+                attempt, wait, error = resumed
+                wait = min(wait, policy.delay_before(attempt))  # never longer than the policy's wait
+                self.publish(ev.TaskRetrying, task_id=task_id, attempt=attempt, delay=wait, error=error)
+                await self._backoff(wait)
         while True:
             attempt += 1
             started = time.time()
             self.publish(ev.TaskStarted, task_id=task_id, attempt=attempt, worker=self.worker)
-            tctx = TaskContext(self.wf.name, self.instance_id, task_id, attempt, self.wf.metadata, self._cancel_event)
+            # Each attempt has its own cancel flag: a timeout sets it for that attempt
+            # only; a stop of the run sets every running attempt's (_tell_tasks).
+            cancel = threading.Event()
+            if self._cancel_event.is_set():
+                cancel.set()
+            tctx = TaskContext(self.wf.name, self.instance_id, task_id, attempt, self.wf.metadata, cancel)
             self._contexts[task_id] = tctx
             try:
                 value, cap = await run_attempt(
@@ -212,23 +242,45 @@ class Scheduler:
                     echo=self.echo,
                     is_coroutine=self._async(fn),
                 )
-            except Exception as exc:
-                stop = self.control.requested
-                if stop is not None and stop[0] != "paused":
-                    # It gave up because the run is being stopped (it saw ctx.cancelled):
-                    # a stop, not a failure, as when a task running in a thread is cancelled.
-                    raise asyncio.CancelledError(stop[1]) from exc
-                if attempt <= policy.max_retries and self.control.poll() is None:
-                    delay = policy.delay_before(attempt)
-                    self.publish(ev.TaskRetrying, task_id=task_id, attempt=attempt, delay=delay, error=_short(exc))
-                    await asyncio.sleep(delay)
-                    continue
-                raise self.failure(task_id, exc, attempt) from exc
+            except Exception as exc:  # noqa: BLE001 - the task's own error: retried or reported below
+                await self._after_failure(node, task_id, attempt, exc)
+                continue
             finally:
                 self._contexts.pop(task_id, None)
             return value, cap, attempt, started
 
+    async def _after_failure(self, node: Node, task_id: str, attempt: int, exc: Exception) -> None:
+        """Attempt ``attempt`` raised ``exc``: store the count and wait for the retry, or
+        raise StepFailed (no retries left) or CancelledError (the run is stopping)."""
+        stop = self.control.requested
+        if stop is not None and stop[0] != "paused":
+            # It gave up because the run is being stopped (it saw ctx.cancelled):
+            # a stop, not a failure, as when a task running in a thread is cancelled.
+            raise asyncio.CancelledError(stop[1]) from exc
+        policy = node.spec.retry
+        if attempt > policy.max_retries:
+            raise self.failure(task_id, exc, attempt) from exc
+        delay = policy.delay_before(attempt)
+        # Durable before the retry: a kill during the wait (or the retry) resumes here.
+        self.retries.failed(task_id, node.fingerprint, attempt, next_retry_at=time.time() + delay, error=_short(exc))
+        self.publish(ev.TaskRetrying, task_id=task_id, attempt=attempt, delay=delay, error=_short(exc))
+        await self._backoff(delay)
+
+    async def _backoff(self, seconds: float) -> None:
+        """Wait before a retry. A stop request (a pause too) ends the wait and raises
+        CancelledError: the count is stored, so the next run makes the retry."""
+        if seconds > 0 and not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), seconds)
+            except TimeoutError:
+                pass
+        stop = self.control.poll()
+        if stop is not None:
+            raise asyncio.CancelledError(stop[1])
+
     def failure(self, task_id: str, exc: BaseException, attempt: int = 1, message: str | None = None) -> StepFailed:
+        """The StepFailed to raise for ``task_id`` failing for good (announced here)."""
+        self.retries.settle(task_id)  # a later resume of the failed instance starts its policy over
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         error = TaskError(task_id, type(exc).__name__, message or str(exc), tb, attempt)
         self.publish(
@@ -273,6 +325,7 @@ class Scheduler:
             except CodecError as exc:
                 raise self.failure(node.id, exc, attempt) from exc
         self.records[node.id] = record
+        self.retries.settle(node.id)  # after the record: a kill in between leaves a state the record outdates
         if self._consumers[node.id] or node.id in self._sinks:
             self._values[node.id] = value
         self.done += 1

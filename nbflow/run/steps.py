@@ -9,6 +9,7 @@ decides *when* a step runs; these functions decide *how*.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import time
 from typing import TYPE_CHECKING, Any
@@ -160,20 +161,24 @@ async def run_map(sched: Scheduler, node: Node) -> None:
         queue.put_nowait(("ok", i, value, cap, attempt))
         return True
 
+    again: collections.deque[tuple[int, Exception]] = collections.deque()  # chunk items to retry
+
     async def worker() -> None:
         try:
             while not stop:
+                if again:  # retries first, each by whichever worker is free (backoffs overlap)
+                    if not await one(*again.popleft()):
+                        return
+                    continue
                 batch = list(itertools.islice(next_index, chunk_size()))
                 if not batch:
                     return
                 if chunked and len(batch) > 1:
-                    outcome = await _run_chunk(sched, node, fn, items, batch, item_seconds)
-                    for entry in outcome:
+                    for entry in await _run_chunk(sched, node, fn, items, batch, item_seconds):
                         if entry[0] == "ok":
                             queue.put_nowait(entry)
-                    for entry in outcome:
-                        if entry[0] == "again" and not await one(entry[1], entry[2]):  # retried here
-                            return
+                        else:
+                            again.append((entry[1], entry[2]))
                     continue
                 t0 = time.perf_counter()
                 if not await one(batch[0]):
