@@ -4,7 +4,9 @@ Layout under the store directory (default ``./.nbflow``), every folder 0700::
 
     instances/<instance>/        one diskcache database (SQLite, WAL) per instance
     instances/<instance>/blobs/  outputs too large to keep inline, one file each (0600)
-    locks/<instance>.lock        the instance lock (see file_locks.py)
+    locks/<instance>.*           the instance's lock files (see file_locks.py)
+
+``<instance>`` is a file name valid on Linux, macOS and Windows (see names.py).
 
 One database per instance keeps instances independent: a damaged one never affects the
 others, clearing one is removing a folder, and runners on different instances never
@@ -65,6 +67,7 @@ from nbflow.store.disk_layout import (
     SpillSink,
     instance_dirname,
     make_private_dir,
+    resolve_dirname,
 )
 from nbflow.store.file_locks import FileLease, FileLocks
 from nbflow.store.os_errors import store_error
@@ -148,7 +151,7 @@ class DiskcacheBackend:
             make_private_dir(self.directory / "instances")
             make_private_dir(self.directory / "locks")
             for sub in ("instances", "locks"):  # folders of older stores followed the umask
-                os.chmod(self.directory / sub, 0o700)
+                os.chmod(self.directory / sub, 0o700)  # POSIX only; on Windows it just keeps them writable
         except OSError as exc:
             if not (self.directory / "instances").is_dir():
                 if store_error(exc, str(self.directory)) is None:
@@ -187,7 +190,8 @@ class DiskcacheBackend:
     def _instance_dir(self, instance_id: str) -> Path:
         path = self._dirs.get(instance_id)
         if path is None:  # cached: this is on the path of every checkpoint write
-            path = self.directory / "instances" / instance_dirname(validate_instance_id(instance_id))
+            instances = self.directory / "instances"
+            path = instances / resolve_dirname(instances, validate_instance_id(instance_id))
             self._dirs[instance_id] = path
         return path
 
@@ -310,6 +314,8 @@ class DiskcacheBackend:
         if self.read_only:
             raise StoreUnreadableError(str(self.directory), "the store is open read-only", instance_id)
         shutil.rmtree(path)
+        self._dirs.pop(instance_id, None)  # a cleared legacy-named folder is not reused
+        self._flags.pop(instance_id, None)
         return True
 
     def list_instances(self) -> list[InstanceMeta]:

@@ -1,20 +1,19 @@
 """How the disk store lays things out: row keys, folder names, SQLite settings and the
-spill-to-file payload sink.
+spill-to-file payload sink. Instance folder names come from ``names.py``.
 
 ``disk.py`` (the backend) composes these pieces; this module holds no backend state.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
-import re
 import uuid
 import zlib
 from pathlib import Path
 from typing import IO, Any
 
+from nbflow.store.names import instance_dirname, resolve_dirname
 from nbflow.store.os_errors import store_error
 from nbflow.store.records import checksum_of
 
@@ -35,10 +34,10 @@ __all__ = [
     "SpillSink",
     "instance_dirname",
     "make_private_dir",
+    "resolve_dirname",
 ]
 
 INLINE_LIMIT = 256 * 1024  # larger encoded outputs go to their own file
-SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 CACHE_SETTINGS: dict[str, Any] = {
     # Checkpoints must never be evicted or culled, whatever their size.
     "eviction_policy": "none",
@@ -60,16 +59,6 @@ STAMP = "stamp"  # a fresh token at every record write: see DiskcacheBackend.cha
 RECORD_PREFIX, SIGNAL_PREFIX, CLAIM_PREFIX, TASK_STATE_PREFIX = "t:", "s:", "c:", "a:"
 CONTROL_FLAG = "control.flag"  # a file beside the database; its mtime says "control changed"
 MAX_OPEN = 64
-
-
-def instance_dirname(instance_id: str) -> str:
-    """A folder name for an instance id: the id itself when safe, else a safe
-    prefix plus a digest (so distinct ids never share a folder)."""
-    if SAFE.match(instance_id):
-        return instance_id
-    digest = hashlib.sha256(instance_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", instance_id)[:80].lstrip("._-") or "id"
-    return f"{safe}~{digest}"
 
 
 def make_private_dir(path: Path) -> None:
