@@ -17,9 +17,12 @@ IPython is imported.
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib
 import importlib.util
+import io
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -147,12 +150,33 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nbflow`` command; returns the exit code."""
-    args = _parser().parse_args(argv)
+    _printable_streams()
+    args = _parser().parse_args([_typed_text(a) for a in sys.argv[1:]] if argv is None else argv)
     try:
         return _run(args)
     except NbflowError as exc:
         print(f"nbflow: {exc}", file=sys.stderr)
         return 2
+
+
+def _printable_streams() -> None:
+    """Print any instance id whatever the locale: a character the output's encoding
+    lacks (LC_ALL=C, a Windows code page when redirected) comes out as an escape
+    instead of a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and codecs.lookup(stream.encoding).name != "utf-8":
+            stream.reconfigure(errors="backslashreplace")
+
+
+def _typed_text(arg: str) -> str:
+    """An argument as the UTF-8 text typed, when the locale could not decode it
+    (LC_ALL=C leaves its bytes as surrogate escapes); no-op on Windows."""
+    if not any("\udc80" <= c <= "\udcff" for c in arg):
+        return arg
+    try:
+        return os.fsencode(arg).decode("utf-8")
+    except UnicodeError:
+        return arg
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -235,6 +259,8 @@ def _worker(backend: DiskcacheBackend, args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         concurrency=args.concurrency,
     )
+    # SIGTERM exists on every platform, but Windows never runs a handler for it
+    # (os.kill(pid, SIGTERM) there is TerminateProcess): stop a Windows worker with Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop(finish=True))
     print(f"worker {worker.worker_id} on {backend.directory}: {', '.join(sorted(flows))}", flush=True)
     try:
