@@ -87,7 +87,7 @@ class CheckpointRecord:
     # Kind-specific facts (a route's branch, a delay's wake-up time, a reference to the
     # record that holds the value); JSON-able.
     extra: dict[str, Any] = field(default_factory=dict)
-    # CRC-32 of the encoded payload ("crc32:<hex>"), written with it, checked on read.
+    # Checksum of the encoded payload ("xxh3:<hex>"), written with it, checked on read.
     checksum: str = ""
     # The instance generation the record was written under (see InstanceMeta).
     generation: str = ""

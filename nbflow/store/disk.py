@@ -17,7 +17,7 @@ old record or the new one. A large output is first written to a temporary file,
 fsync'd and renamed, and only then referenced by the record; a kill in between leaves
 an orphan file, which the next runner to lock the instance removes.
 
-Integrity: rows are data only (``records.py``) and every payload carries a CRC-32
+Integrity: rows are data only (``records.py``) and every payload carries a checksum
 checked when it is read. Each instance has a *generation*; a handle that loaded one
 generation refuses to write into another (the instance was cleared or restarted by
 another process meanwhile) instead of mixing the two, and a database file replaced

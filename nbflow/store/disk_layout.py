@@ -9,13 +9,12 @@ from __future__ import annotations
 import io
 import os
 import uuid
-import zlib
 from pathlib import Path
 from typing import IO, Any
 
 from nbflow.store.names import instance_dirname, resolve_dirname
 from nbflow.store.os_errors import store_error
-from nbflow.store.records import checksum_of
+from nbflow.store.records import checksum_of, new_hasher
 
 __all__ = [
     "CACHE_SETTINGS",
@@ -69,7 +68,7 @@ def make_private_dir(path: Path) -> None:
 class SpillSink(io.RawIOBase):
     """Buffers in memory up to INLINE_LIMIT, then streams to a temp file in ``blobs/``.
 
-    It sums the bytes' CRC-32 as they pass (over the writer's own buffers: no copy), so
+    It sums the bytes' checksum as they pass (over the writer's own buffers: no copy), so
     the checksum is written with the record and never costs a second pass."""
 
     def __init__(self, instance_dir: Path, instance_id: str = "", limit: int = INLINE_LIMIT) -> None:
@@ -79,7 +78,7 @@ class SpillSink(io.RawIOBase):
         self._file: IO[bytes] | None = None
         self.tmp_path: Path | None = None
         self.size = 0
-        self.crc = 0
+        self._sum = new_hasher()
 
     def writable(self) -> bool:
         return True
@@ -98,7 +97,7 @@ class SpillSink(io.RawIOBase):
         view = memoryview(data).cast("B")
         n = len(view)
         self.size += n
-        self.crc = zlib.crc32(view, self.crc)
+        self._sum.update(view)
         if self._file is None:
             if len(self._buf) + n <= self._limit:
                 self._buf += view
@@ -117,7 +116,7 @@ class SpillSink(io.RawIOBase):
 
     @property
     def checksum(self) -> str:
-        return checksum_of(self.crc)
+        return checksum_of(self._sum)
 
     def commit(self) -> tuple[bytes | None, str | None]:
         """Make the bytes durable; returns (inline payload, blob file name)."""

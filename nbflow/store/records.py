@@ -12,7 +12,7 @@ A task record is one byte string::
     b"NBR2" | u32 header length | JSON header | inline payload (may be empty)
 
 The header holds every ``CheckpointRecord`` field but the payload, plus the payload's
-CRC-32 (``checksum``) and the instance generation the record was written under.
+XXH3 checksum (``checksum``) and the instance generation the record was written under.
 A payload too large to keep inline lives in ``blobs/<32 hex>.bin``; the header names the
 file, and a name of any other form is refused, so a record can never point outside its
 instance's folder.
@@ -26,15 +26,17 @@ from __future__ import annotations
 import json
 import re
 import struct
-import zlib
 from collections.abc import Iterable
 from typing import IO, Any
+
+import xxhash
 
 from nbflow.store.base import CheckpointRecord, Claim, InstanceMeta
 
 __all__ = [
     "BLOB_NAME",
     "ChecksumReader",
+    "new_hasher",
     "RecordFormatError",
     "checksum_bytes",
     "checksum_of",
@@ -56,7 +58,7 @@ __all__ = [
 RECORD_MAGIC = b"NBR2"
 _HEAD = struct.Struct("<4sI")
 BLOB_NAME = re.compile(r"^[0-9a-f]{32}\.bin$")
-CHECKSUM_PREFIX = "crc32:"
+CHECKSUM_PREFIX = "xxh3:"
 _MAX_HEADER = 64 * 1024 * 1024  # a header is small; a larger length is damage, not data
 
 
@@ -64,14 +66,21 @@ class RecordFormatError(ValueError):
     """Bytes that are not a record of this format (damaged, foreign or planted)."""
 
 
-def checksum_of(crc: int) -> str:
-    """The stored form of a CRC-32 value."""
-    return f"{CHECKSUM_PREFIX}{crc & 0xFFFFFFFF:08x}"
+def new_hasher() -> xxhash.xxh3_64:
+    """A running checksum: XXH3-64, ~15 GB/s, so verifying a 100 MB array costs ~7 ms.
+    It guards against damage (flipped or lost bytes), not against a deliberate forger,
+    who could rewrite the checksum too; refusing to run code is what protects there."""
+    return xxhash.xxh3_64()
+
+
+def checksum_of(hasher: xxhash.xxh3_64) -> str:
+    """The stored form of a finished checksum."""
+    return CHECKSUM_PREFIX + hasher.hexdigest()
 
 
 def checksum_bytes(data: bytes | bytearray | memoryview) -> str:
     """The stored checksum of an in-memory payload."""
-    return checksum_of(zlib.crc32(data))
+    return CHECKSUM_PREFIX + xxhash.xxh3_64_hexdigest(data)
 
 
 def encode_json(value: Any) -> bytes:
@@ -157,43 +166,39 @@ def verify_inline(record: CheckpointRecord) -> bool:
 
 
 class ChecksumReader:
-    """A read-only binary stream over a payload file that computes its CRC-32 as it is
+    """A read-only binary stream over a payload file that computes its checksum as it is
     read; :meth:`verify` reads what the decoder left and compares with the record.
 
-    The CRC runs over the caller's own buffer (``readinto``), so verifying a 100 MB
-    array costs no copy, and zlib releases the GIL while it sums."""
+    The sum runs over the caller's own buffer (``readinto``), so verifying a 100 MB
+    array costs no copy."""
 
     def __init__(self, raw: IO[bytes], expected: str) -> None:
-        self._raw, self._expected, self._crc = raw, expected, 0
+        self._raw, self._expected, self._sum = raw, expected, new_hasher()
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:
         data = self._raw.read(size)
-        self._crc = zlib.crc32(data, self._crc)
+        self._sum.update(data)
         return data
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        n = self._raw.readinto(view)  # type: ignore[attr-defined]
-        if n:
-            self._crc = zlib.crc32(view[:n], self._crc)
-        return int(n or 0)
+        n = int(self._raw.readinto(view) or 0)  # type: ignore[attr-defined]
+        self._sum.update(view[:n])
+        return n
 
     def readline(self, size: int = -1) -> bytes:
         data = self._raw.readline(size)
-        self._crc = zlib.crc32(data, self._crc)
+        self._sum.update(data)
         return data
 
     def verify(self) -> bool:
         """Consume the rest of the stream; True if the whole payload matched."""
-        while True:
-            chunk = self._raw.read(1 << 20)
-            if not chunk:
-                break
-            self._crc = zlib.crc32(chunk, self._crc)
-        return not self._expected or checksum_of(self._crc) == self._expected
+        while chunk := self._raw.read(1 << 20):
+            self._sum.update(chunk)
+        return not self._expected or checksum_of(self._sum) == self._expected
 
     def close(self) -> None:
         self._raw.close()
