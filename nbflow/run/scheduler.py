@@ -223,11 +223,14 @@ class Scheduler:
             attempt += 1
             started = time.time()
             self.publish(ev.TaskStarted, task_id=task_id, attempt=attempt, worker=self.worker)
-            # Each attempt has its own cancel flag: a timeout sets it for that attempt
-            # only; a stop of the run sets every running attempt's (_tell_tasks).
-            cancel = threading.Event()
-            if self._cancel_event.is_set():
-                cancel.set()
+            # An attempt with a timeout has its own cancel flag, which its timeout sets;
+            # a stop of the run sets every running attempt's (_tell_tasks). Without a
+            # timeout the run's flag serves (no Event to make per attempt).
+            cancel = self._cancel_event
+            if node.spec.timeout is not None:
+                cancel = threading.Event()
+                if self._cancel_event.is_set():
+                    cancel.set()
             tctx = TaskContext(self.wf.name, self.instance_id, task_id, attempt, self.wf.metadata, cancel)
             self._contexts[task_id] = tctx
             try:
