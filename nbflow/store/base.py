@@ -32,10 +32,12 @@ from nbflow.core.errors import InvalidInstanceIdError
 from nbflow.core.keys import INPUT_ID
 
 __all__ = [
+    "DAMAGED_CODEC",
     "INPUT_KEY",
     "Backend",
     "CheckpointRecord",
     "Claim",
+    "damaged_record",
     "InstanceMeta",
     "Lease",
     "PayloadSink",
@@ -43,6 +45,17 @@ __all__ = [
 ]
 
 INPUT_KEY = INPUT_ID  # the workflow input is stored like a task output under this id
+# The codec name of a record that exists but cannot be decoded: listing and planning see
+# that the task has a damaged checkpoint (extra["damage"] says why) instead of failing
+# for the whole instance; reading its value raises CheckpointCorruptError.
+DAMAGED_CODEC = "damaged"
+
+
+def damaged_record(task_id: str, detail: str) -> CheckpointRecord:
+    """The stand-in for a stored record that cannot be decoded."""
+    return CheckpointRecord(task_id=task_id, fingerprint="", codec=DAMAGED_CODEC, extra={"damage": detail})
+
+
 _MAX_ID = 200
 
 

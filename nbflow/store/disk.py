@@ -47,10 +47,19 @@ from nbflow.core.errors import (
     ConfigurationError,
     NbflowError,
     StaleInstanceError,
+    StoreFullError,
     StoreUnreadableError,
 )
 from nbflow.core.status import RunState
-from nbflow.store.base import CheckpointRecord, Claim, InstanceMeta, PayloadSink, record_version, validate_instance_id
+from nbflow.store.base import (
+    CheckpointRecord,
+    Claim,
+    InstanceMeta,
+    PayloadSink,
+    damaged_record,
+    record_version,
+    validate_instance_id,
+)
 from nbflow.store.disk_layout import (
     CACHE_SETTINGS,
     CLAIM_PREFIX,
@@ -93,6 +102,9 @@ from nbflow.store.records import (
 from nbflow.store.sqlite_rows import Rows
 
 __all__ = ["INLINE_LIMIT", "DiskcacheBackend"]
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # a symlink planted in the store is refused (ELOOP), not followed
 
 
 class _Open:
@@ -153,12 +165,14 @@ class DiskcacheBackend:
             for sub in ("instances", "locks"):  # folders of older stores followed the umask
                 os.chmod(self.directory / sub, 0o700)  # POSIX only; on Windows it just keeps them writable
         except OSError as exc:
-            if not (self.directory / "instances").is_dir():
-                if store_error(exc, str(self.directory)) is None:
+            instances = str(self.directory / "instances")
+            if not (os.path.isdir(instances) and os.access(instances, os.R_OK | os.X_OK)):
+                err = store_error(exc, str(self.directory))
+                if err is None:
                     raise ConfigurationError(
                         "directory", str(directory), f"a folder nbflow can create and write ({exc.strerror})"
                     ) from None
-                raise StoreUnreadableError(str(self.directory), f"cannot create the store folder: {exc.strerror}")
+                raise err from None
             self.read_only = True  # an existing store nbflow may not write: inspect only
         if not self.read_only and not os.access(self.directory / "instances", os.W_OK):
             self.read_only = True
@@ -205,7 +219,10 @@ class DiskcacheBackend:
         meant for the old one."""
         db = path / "cache.db"
         try:
-            st = os.stat(db)
+            with self._errors(instance_id, path=path):
+                if path.is_symlink():  # nbflow never makes one; following it could leave the store
+                    raise CheckpointCorruptError(instance_id, "its folder is a symbolic link", str(path))
+                st = os.stat(db)
             ino: int | None = st.st_ino
         except FileNotFoundError:
             ino = None
@@ -228,13 +245,27 @@ class DiskcacheBackend:
                 if self.read_only:
                     raise StoreUnreadableError(str(self.directory), "the store is open read-only", instance_id)
                 make_private_dir(path)
+            rows = self._connect(path, instance_id, create)
             with self._errors(instance_id, path=path):
-                rows = Rows(path, CACHE_SETTINGS, read_only=self.read_only or not os.access(path, os.W_OK))
-            self._open[key] = _Open(rows, os.stat(db).st_ino)
+                self._open[key] = _Open(rows, os.stat(db).st_ino)
             while len(self._open) > MAX_OPEN:
                 _, old = self._open.popitem(last=False)
                 old.rows.close()
             return rows
+
+    def _connect(self, path: Path, instance_id: str, create: bool) -> Rows:
+        """Open an instance database, read-write where possible. A reader (``create``
+        false) that cannot write there — a full disk, another user's folder — reads it
+        read-only instead; the next write reopens it (see _writable)."""
+        read_only = self.read_only or not os.access(path, os.W_OK)
+        try:
+            with self._errors(instance_id, path=path):
+                return Rows(path, CACHE_SETTINGS, read_only=read_only)
+        except (StoreFullError, StoreUnreadableError):
+            if create or read_only:
+                raise
+        with self._errors(instance_id, path=path):
+            return Rows(path, CACHE_SETTINGS, read_only=True)
 
     def _errors(self, instance_id: str, task_id: str | None = None, path: Path | None = None) -> _Translated:
         """A ``with`` block whose OS and SQLite errors come out as what they mean."""
@@ -250,14 +281,23 @@ class DiskcacheBackend:
     def _writable(self, instance_id: str, create: bool = True) -> Rows | None:
         if self.read_only:
             raise StoreUnreadableError(str(self.directory), "the store is open read-only", instance_id)
-        return self._rows(instance_id, create)
+        rows = self._rows(instance_id, create)
+        if rows is not None and rows.read_only:  # opened for reading while it could not be written
+            with self._open_lock:
+                entry = self._open.pop(self._instance_dir(instance_id).name, None)
+            if entry is not None:
+                entry.rows.close()
+            rows = self._rows(instance_id, create)
+            if rows is not None and rows.read_only:
+                raise StoreUnreadableError(str(self._instance_dir(instance_id)), "it cannot be written", instance_id)
+        return rows
 
     def _check_generation(self, rows: Rows, instance_id: str) -> str:
         """Inside a write transaction: the instance's generation, refusing a write from a
         handle that saw another one."""
-        current = rows.get(GENERATION)
+        current = self._generation(rows, instance_id)
         known = self._gens.get(instance_id)
-        if current is None or not isinstance(current, str):
+        if current is None:
             if known is not None:
                 raise StaleInstanceError(instance_id, "it was cleared")
             return ""
@@ -313,7 +353,11 @@ class DiskcacheBackend:
             return False
         if self.read_only:
             raise StoreUnreadableError(str(self.directory), "the store is open read-only", instance_id)
-        shutil.rmtree(path)
+        with self._errors(instance_id, path=path):
+            if path.is_symlink():  # not nbflow's: remove the link, never what it points at
+                path.unlink()
+            else:
+                shutil.rmtree(path)
         self._dirs.pop(instance_id, None)  # a cleared legacy-named folder is not reused
         self._flags.pop(instance_id, None)
         return True
@@ -437,20 +481,51 @@ class DiskcacheBackend:
             return {}
         out = {}
         with self._errors(instance_id):
-            generation = rows.get(GENERATION)
+            generation = self._generation(rows, instance_id)
             for key, data in rows.scan(RECORD_PREFIX):
-                record = self._decode(instance_id, key, data)
+                record = self._decode_or_stand_in(instance_id, key, data)
                 if record.generation in ("", generation):
                     out[key[len(RECORD_PREFIX) :]] = record
         return out
 
     def get_record(self, instance_id: str, task_id: str) -> CheckpointRecord | None:
-        data = self._get(instance_id, RECORD_PREFIX + task_id)
-        if data is None:
+        rows = self._rows(instance_id, create=False)
+        if rows is None:
             return None
-        record = self._decode(instance_id, RECORD_PREFIX + task_id, data)
-        if record.generation and record.generation != self._get(instance_id, GENERATION):
-            return None
+        with self._errors(instance_id, task_id):
+            data = rows.get(RECORD_PREFIX + task_id)
+            if data is None:
+                return None
+            record = self._decode_or_stand_in(instance_id, RECORD_PREFIX + task_id, data)
+            if record.generation and record.generation != self._generation(rows, instance_id):
+                return None
+        return record
+
+    def _generation(self, rows: Rows, instance_id: str) -> str | None:
+        value = rows.get(GENERATION)
+        if value is not None and not isinstance(value, str):
+            raise CheckpointCorruptError(
+                instance_id, "its generation row is not text", str(self._instance_dir(instance_id))
+            )
+        return value
+
+    def _decode_or_stand_in(self, instance_id: str, key: str, data: bytes | str) -> CheckpointRecord:
+        """A record, or for one that cannot be decoded a stand-in that says so: one bad
+        record must not hide the instance's others (nor the repair of it)."""
+        try:
+            record = self._decode(instance_id, key, data)
+        except CheckpointCorruptError as exc:
+            return damaged_record(key[len(RECORD_PREFIX) :], exc.detail)
+        if record.blob is not None:  # a stat per large output: a cut or lost file shows as damage at once
+            try:
+                size = os.lstat(self._blob_path(instance_id, record.blob)).st_size
+            except FileNotFoundError:
+                return damaged_record(record.task_id, f"the output file of task {record.task_id!r} is missing")
+            if size != record.size:
+                return damaged_record(
+                    record.task_id,
+                    f"the output file of task {record.task_id!r} has {size} bytes, its record says {record.size}",
+                )
         return record
 
     def _decode(self, instance_id: str, key: str, data: bytes | str) -> CheckpointRecord:
@@ -483,9 +558,13 @@ class DiskcacheBackend:
                 )
             return io.BytesIO(record.payload or b"")
         path = self._blob_path(instance_id, record.blob)
+        if not record.checksum:  # every payload nbflow writes has one
+            raise CheckpointCorruptError(
+                instance_id, f"the output of task {record.task_id!r} has no checksum", str(path), record.task_id
+            )
         try:
             with self._errors(instance_id, record.task_id, path=path):
-                raw = open(path, "rb")  # noqa: SIM115 - the caller closes the stream
+                raw = os.fdopen(os.open(path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_BINARY", 0)), "rb")
         except FileNotFoundError:
             raise CheckpointCorruptError(
                 instance_id, f"the output file of task {record.task_id!r} is missing", str(path), record.task_id
@@ -513,14 +592,16 @@ class DiskcacheBackend:
         file and committing its record, or by a failed unlink). Only safe while this
         process holds the instance exclusively, as a runner does when it calls it."""
         blob_dir = self._instance_dir(instance_id) / "blobs"
-        if self.read_only or not blob_dir.is_dir():
-            return 0
+        if self.read_only or blob_dir.is_symlink() or not blob_dir.is_dir():
+            return 0  # a symlinked folder is not nbflow's: never delete through it
         rows = self._rows(instance_id, create=False)
         if rows is None:
             return 0
         referenced = {_blob_of(data) for _, data in rows.scan(RECORD_PREFIX)}
         removed = 0
         for path in blob_dir.iterdir():
+            if path.is_symlink():
+                continue
             if path.name not in referenced and (BLOB_NAME.match(path.name) or path.name.startswith(".tmp-")):
                 path.unlink(missing_ok=True)
                 removed += 1
@@ -636,7 +717,7 @@ class DiskcacheBackend:
             # Then touch the flag file: readers stat it (a microsecond) instead of querying
             # SQLite at every task boundary, and re-read the row only when it changed.
             flag = path / CONTROL_FLAG
-            fd = os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o600)
             try:
                 os.write(fd, str(time.time_ns()).encode("ascii"))
             finally:

@@ -33,6 +33,9 @@ def store_error(
     if isinstance(exc, RecordFormatError | ForeignRowError):
         return CheckpointCorruptError(instance_id or "?", str(exc), path, task_id)
     if isinstance(exc, OSError):
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink: nbflow never makes one in a store
+            where = exc.filename or path
+            return CheckpointCorruptError(instance_id or "?", f"{where} is a symbolic link", path, task_id)
         if exc.errno in _FULL:
             return StoreFullError(path, exc.strerror or str(exc), instance_id, task_id)
         if exc.errno in _DENIED:

@@ -159,10 +159,8 @@ def decode_record(data: bytes) -> CheckpointRecord:
 
 
 def verify_inline(record: CheckpointRecord) -> bool:
-    """Whether an inline payload matches its checksum (records without one pass)."""
-    if not record.checksum:
-        return True
-    return checksum_bytes(record.payload or b"") == record.checksum
+    """Whether an inline payload matches its checksum (every record nbflow writes has one)."""
+    return bool(record.checksum) and checksum_bytes(record.payload or b"") == record.checksum
 
 
 class ChecksumReader:
@@ -198,7 +196,7 @@ class ChecksumReader:
         """Consume the rest of the stream; True if the whole payload matched."""
         while chunk := self._raw.read(1 << 20):
             self._sum.update(chunk)
-        return not self._expected or checksum_of(self._sum) == self._expected
+        return bool(self._expected) and checksum_of(self._sum) == self._expected
 
     def close(self) -> None:
         self._raw.close()

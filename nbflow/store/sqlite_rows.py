@@ -1,30 +1,34 @@
 """Rows of one instance's SQLite file, read and written as plain bytes.
 
-diskcache creates and tunes the database (schema, WAL, pragmas) and hands out a
-connection per thread and its ``transact()``; nbflow then reads and writes the ``Cache``
-table with its own statements. Two reasons:
+diskcache creates the database — its schema, WAL journal and settings — so every
+instance folder stays a valid ``diskcache.Cache``. nbflow then reads and writes the
+``Cache`` table through one connection of its own, with its own statements:
 
 - *Safety.* ``Cache.get`` unpickles a row whose mode column says "pickle", and follows a
   row's ``filename`` column to a file anywhere on the machine; a planted row would run
   code or read outside the store. Here a row is only ever a raw value (mode 1, the form
   diskcache itself uses for ``bytes`` and short ``str``), and anything else is
   reported as a foreign row, never decoded. Writes never delete a file a row names.
+  The pragmas are nbflow's, never read from the database's Settings table.
 - *Speed.* One statement per row, without diskcache's read-before-write.
+- *Closing.* diskcache keeps a connection per thread and closes only the calling
+  thread's; one connection (serialised by a lock) closes for real, so a store can be
+  unmounted or deleted after ``close()``.
 
-This is the one module that touches diskcache's private ``_sql`` (the connection's
-``execute``); it is wrapped here and tested by the store's contract suite.
-
-A store whose folder cannot be written (a read-only mount, another user's files) is
-opened read-only through the standard sqlite3 module instead, so it can still be listed
-and inspected.
+A database this process cannot write (a read-only mount, another user's files, a full
+disk) is opened read-only, so it can still be listed and inspected.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,12 @@ import diskcache
 __all__ = ["ForeignRowError", "Rows"]
 
 _MODE_RAW = 1  # diskcache.core.MODE_RAW: the value column holds the value itself
+_BUSY_TIMEOUT = 60.0  # seconds a writer waits for another process's transaction (as diskcache)
+_PRAGMAS = (
+    "PRAGMA synchronous = NORMAL",  # WAL + NORMAL: a commit survives a process crash
+    "PRAGMA cache_size = 8192",
+    "PRAGMA mmap_size = 67108864",
+)
 
 _UPSERT = (
     "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode,"
@@ -53,43 +63,71 @@ def _value(key: str, mode: Any, value: Any) -> bytes | str:
 
 
 class Rows:
-    """Byte-valued rows under ``str`` keys in one diskcache database."""
+    """Byte-valued rows under ``str`` keys in one instance's database."""
 
     def __init__(self, directory: Path, settings: dict[str, Any], *, read_only: bool = False) -> None:
         self.directory = directory
         self.read_only = read_only
-        self.cache: diskcache.Cache | None = None
-        self._ro: sqlite3.Connection | None = None
-        if read_only:
-            self._ro = _connect_read_only(directory / "cache.db")
-            self._execute: Callable[..., sqlite3.Cursor] = self._ro.execute
-        else:
-            self.cache = diskcache.Cache(str(directory), **settings)
-            cache = self.cache
+        db = directory / "cache.db"
+        if not read_only and not db.exists():
+            _create(directory, settings)
+        self._db = db
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._pid = os.getpid()
+        self._con = self._connect()
 
-            def execute(*args: Any) -> sqlite3.Cursor:
-                cursor: sqlite3.Cursor = cache._sql(*args)  # this thread's connection (see module doc)
-                return cursor
+    def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            return _connect_read_only(self._db)
+        con = sqlite3.connect(self._db, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        for pragma in _PRAGMAS:
+            con.execute(pragma)
+        return con
 
-            self._execute = execute
+    def _live(self) -> sqlite3.Connection:
+        """The connection (call with the lock held); a forked child opens its own."""
+        if self._pid != os.getpid():
+            self._pid, self._con, self._depth = os.getpid(), self._connect(), 0
+        return self._con
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            return self._live().execute(sql, params).fetchall()
 
     def close(self) -> None:
-        if self.cache is not None:
-            self.cache.close()
-        if self._ro is not None:
-            self._ro.close()
+        with self._lock:
+            self._con.close()
 
     @contextlib.contextmanager
     def transact(self) -> Iterator[None]:
-        """One SQLite transaction (BEGIN IMMEDIATE: writers across processes queue)."""
-        if self.cache is None:
-            raise PermissionError(f"the store at {self.directory} is open read-only")
-        with self.cache.transact(retry=True):
-            yield
+        """One SQLite transaction (BEGIN IMMEDIATE: writers across processes queue).
+        Threads of this process take turns; a nested call joins the open transaction."""
+        if self.read_only:
+            raise PermissionError(13, "the database is open read-only", str(self._db))
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self._rows("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._depth = 0
+                with contextlib.suppress(sqlite3.Error):
+                    self._con.execute("ROLLBACK")
+                raise
+            self._depth = 0
+            self._rows("COMMIT")
 
     # -- reads ------------------------------------------------------------------------
     def get(self, key: str) -> bytes | str | None:
-        rows = self._execute("SELECT mode, value FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchall()
+        rows = self._rows("SELECT mode, value FROM Cache WHERE key = ? AND raw = 1", (key,))
         if not rows:
             return None
         return _value(key, *rows[0])
@@ -97,24 +135,42 @@ class Rows:
     def scan(self, prefix: str) -> list[tuple[str, bytes | str]]:
         """Every row whose key starts with ``prefix``, in one query."""
         upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-        rows = self._execute(
-            "SELECT key, mode, value FROM Cache WHERE raw = 1 AND key >= ? AND key < ?", (prefix, upper)
-        ).fetchall()
+        rows = self._rows("SELECT key, mode, value FROM Cache WHERE raw = 1 AND key >= ? AND key < ?", (prefix, upper))
         return [(key, _value(key, mode, value)) for key, mode, value in rows if isinstance(key, str)]
 
     # -- writes (call inside transact() when several must land together) --------------
     def put(self, key: str, value: bytes | str) -> None:
         now = time.time()
-        self._execute(_UPSERT, (key, now, now, len(value), value))
+        self._rows(_UPSERT, (key, now, now, len(value), value))
 
     def put_many(self, items: Iterable[tuple[str, bytes | str]]) -> None:
         now = time.time()
-        for key, value in items:
-            self._execute(_UPSERT, (key, now, now, len(value), value))
+        with self._lock:
+            self._live().executemany(_UPSERT, [(key, now, now, len(value), value) for key, value in items])
 
     def delete(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            self._execute("DELETE FROM Cache WHERE key = ? AND raw = 1", (key,))
+        with self._lock:
+            self._live().executemany("DELETE FROM Cache WHERE key = ? AND raw = 1", [(key,) for key in keys])
+
+
+def _create(directory: Path, settings: dict[str, Any]) -> None:
+    """Make ``directory/cache.db`` appear whole: diskcache builds the database (schema,
+    WAL, settings) in a private scratch folder, and it is then linked into place in one
+    step. A reader never meets a half-made, empty file (which it would have to call
+    damaged), and of two processes creating one instance at once the second simply
+    finds the first one's database."""
+    scratch = directory / f".new-{uuid.uuid4().hex}"
+    try:
+        diskcache.Cache(str(scratch), **settings).close()  # closing the last connection folds the WAL in
+        try:
+            os.link(scratch / "cache.db", directory / "cache.db")  # never replaces an existing database
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links: a rename, unless another process won
+            if not (directory / "cache.db").exists():
+                os.replace(scratch / "cache.db", directory / "cache.db")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:
