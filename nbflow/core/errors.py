@@ -34,6 +34,7 @@ __all__ = [
     "SignalRefusedError",
     "SignalTimeoutError",
     "StaleInstanceError",
+    "StoreFormatError",
     "StoreFullError",
     "StoreUnreadableError",
     "TaskChangedError",
@@ -221,6 +222,20 @@ class CheckpointCorruptError(NbflowError):
         )
 
 
+class StoreFormatError(NbflowError):
+    """An instance written by an older nbflow whose records this one does not read as
+    they are: nothing is damaged, it needs converting once."""
+
+    def __init__(self, instance_id: str, path: str, written_by: str = "nbflow 0.1") -> None:
+        self.instance_id, self.path, self.written_by = instance_id, path, written_by
+        store = str(path).rsplit("/instances/", 1)[0]
+        super().__init__(
+            f"instance {instance_id!r} at {path} was written by {written_by}, whose records this nbflow does "
+            f"not read as they are. Nothing is damaged: convert the store once with `nbflow migrate --dir {store}` "
+            "(it reads the old records with pickle, so only for a store you trust), then resume."
+        )
+
+
 class StoreUnreadableError(NbflowError, PermissionError):
     """The store (or one instance in it) cannot be read or written because of the
     operating system's permissions: nothing is damaged."""
@@ -228,10 +243,11 @@ class StoreUnreadableError(NbflowError, PermissionError):
     def __init__(self, path: str, detail: str, instance_id: str | None = None) -> None:
         self.path, self.detail, self.instance_id = path, detail, instance_id
         what = f"instance {instance_id!r} at {path}" if instance_id else f"the store at {path}"
-        super().__init__(
-            f"{what} cannot be accessed ({detail}). Nothing is damaged: give this user read and write "
-            f"permission on that folder (e.g. `chmod -R u+rwX {path}`) or open the store as its owner."
-        )
+        if "read-only" in detail.lower():
+            fix = "mount that filesystem read-write, or copy the store to a writable disk and open the copy"
+        else:
+            fix = f"give this user read and write permission on that folder (e.g. `chmod -R u+rwX {path}`) or open the store as its owner"
+        super().__init__(f"{what} cannot be accessed ({detail}). Nothing is damaged: {fix}.")
 
 
 class StoreFullError(NbflowError, OSError):
@@ -240,10 +256,14 @@ class StoreFullError(NbflowError, OSError):
 
     def __init__(self, path: str, detail: str, instance_id: str | None = None, task_id: str | None = None) -> None:
         self.path, self.detail, self.instance_id, self.task_id = path, detail, instance_id, task_id
-        what = f" while saving task {task_id!r}" if task_id else ""
         inst = f" of instance {instance_id!r}" if instance_id else ""
+        what = (
+            f" while saving task {task_id!r}{inst}"
+            if task_id
+            else (f" while writing instance {instance_id!r}" if instance_id else "")
+        )
         super().__init__(
-            f"the disk holding the store at {path} is full{what}{inst} ({detail}). Nothing is damaged: "
+            f"the disk holding the store at {path} is full{what} ({detail}). Nothing is damaged: "
             "every checkpoint stored before is intact. Free some space (or point the store at a larger disk), "
             "then resume; only the unfinished tasks run again."
         )

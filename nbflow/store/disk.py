@@ -47,6 +47,7 @@ from nbflow.core.errors import (
     ConfigurationError,
     NbflowError,
     StaleInstanceError,
+    StoreFormatError,
     StoreFullError,
     StoreUnreadableError,
 )
@@ -79,6 +80,7 @@ from nbflow.store.disk_layout import (
     resolve_dirname,
 )
 from nbflow.store.file_locks import FileLease, FileLocks
+from nbflow.store.migrate import is_old_format
 from nbflow.store.os_errors import store_error
 from nbflow.store.records import (
     BLOB_NAME,
@@ -317,6 +319,8 @@ class DiskcacheBackend:
                 raise CheckpointCorruptError(instance_id, damage, str(path))
             self._gens.pop(instance_id, None)
             return None
+        if is_old_format(data):
+            raise StoreFormatError(instance_id, str(self._instance_dir(instance_id)))
         try:
             meta = decode_meta(data)
         except RecordFormatError as exc:
@@ -380,12 +384,13 @@ class DiskcacheBackend:
                     if damage:
                         raise RecordFormatError(damage)
                     continue  # a folder being created
+                if is_old_format(data):
+                    raise StoreFormatError(path.name, str(path))
                 out.append(decode_meta(data))
             except Exception as exc:  # noqa: BLE001 - one bad instance must not hide the rest
                 err = store_error(exc, str(path), path.name)
-                state = (
-                    RunState.UNREADABLE if isinstance(err, StoreUnreadableError | PermissionError) else RunState.DAMAGED
-                )
+                readable = not isinstance(err, StoreUnreadableError | PermissionError | StoreFormatError)
+                state = RunState.DAMAGED if readable else RunState.UNREADABLE
                 out.append(
                     InstanceMeta(
                         instance_id=path.name,
