@@ -1,17 +1,23 @@
 """``nbflow`` (or ``python -m nbflow``): look at and steer instances in a store directory.
 
-For instances started from scripts, or left behind by a dead kernel::
+For instances started from scripts, or left behind by a dead kernel (``nbflow help``
+lists them all; they are ``%workflow``'s commands, from one table, :mod:`nbflow.commands`)::
 
     nbflow list [--dir .nbflow] [--workflow W] [--state S]
-    nbflow status ID
-    nbflow resume ID --module my_flows      # the module (or .py file) that defines the workflow
-    nbflow cancel ID [--reason TEXT] | pause ID | unpause ID
-    nbflow signal ID NAME [JSON]
-    nbflow clear ID
+    nbflow status NAME|ID [--module my_flows]   # every task; why stale (with the current code)
+    nbflow result NAME|ID TASK                  # print a task's checkpointed output
+    nbflow resume NAME|ID --module my_flows [--revive]  # the module (or .py file) defining the workflow
+    nbflow accept NAME|ID TASK --module my_flows # keep a checkpoint after a cosmetic edit
+    nbflow cancel NAME|ID [--reason TEXT] | pause NAME|ID | unpause NAME|ID
+    nbflow signal NAME|ID SIGNAL [JSON]
+    nbflow clear NAME|ID
     nbflow worker --module my_flows [--id NAME] [--concurrency N]   # a PooledWorker on the store
 
-Everything goes through the public ``WorkflowClient`` / ``CheckpointingRunner``; no
-IPython is imported.
+A workflow NAME means its instance (``--latest``: its most recent one, when it has
+several); an instance id wins. Errors advise ``nbflow`` commands. Everything goes
+through the public ``WorkflowClient`` / ``CheckpointingRunner``; no IPython is imported.
+``status`` never decodes a payload (inspecting a store cannot run code planted in it);
+``result`` decodes the one output asked for.
 """
 
 from __future__ import annotations
@@ -29,13 +35,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nbflow.commands import CLI, DEFAULT_DIR, build_parser, hint, render_error, usage
 from nbflow.core.builder import WorkflowBuilder
-from nbflow.core.errors import ConfigurationError, NbflowError
+from nbflow.core.errors import ConfigurationError, NbflowError, UnknownInstanceError
 from nbflow.core.graph import WorkflowDefinition
 from nbflow.core.status import WorkflowStatus
 from nbflow.run.client import WorkflowClient
 from nbflow.run.events import TextProgress
+from nbflow.run.lookup import live_state, resolve_instance
+from nbflow.run.report import format_rows, task_rows
 from nbflow.run.runner import CheckpointingRunner
+from nbflow.run.stale import explain_plan
 from nbflow.store.disk import DiskcacheBackend
 
 __all__ = ["find_workflows", "main"]
@@ -114,38 +124,8 @@ def _output_preview(backend: DiskcacheBackend, instance_id: str) -> str | None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nbflow", description="Inspect and steer nbflow instances in a store.")
-    parser.add_argument("--dir", default=".nbflow", help="the store directory (default ./.nbflow)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    ls = sub.add_parser("list", help="list stored instances, newest first")
-    ls.add_argument("--workflow", help="only this workflow")
-    ls.add_argument("--state", help="only this state (running, completed, failed, ...)")
-    st = sub.add_parser("status", help="show one instance")
-    st.add_argument("instance")
-    rs = sub.add_parser("resume", help="continue an instance in this process")
-    rs.add_argument("instance")
-    rs.add_argument("--module", required=True, help="module name or .py file defining the workflow")
-    for name, text in (("cancel", "stop a running instance"), ("pause", "pause at the next task boundary")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("instance")
-        p.add_argument("--reason", default="", help="why (stored with the instance)")
-    up = sub.add_parser("unpause", help="lift a pause (then resume)")
-    up.add_argument("instance")
-    sg = sub.add_parser("signal", help="send a signal (buffered until the workflow waits for it)")
-    sg.add_argument("instance")
-    sg.add_argument("name")
-    sg.add_argument("payload", nargs="?", default="null", help="JSON payload (default null)")
-    cl = sub.add_parser("clear", help="delete an instance and its checkpoints")
-    cl.add_argument("instance")
-    wk = sub.add_parser("worker", help="run a PooledWorker on the store until Ctrl-C / SIGTERM")
-    wk.add_argument("--module", required=True, help="module name or .py file defining the workflows")
-    wk.add_argument("--id", default=None, help="worker name (default host:pid)")
-    wk.add_argument("--concurrency", type=int, default=1, help="units run at once (default 1)")
-    wk.add_argument("--claim-ttl", default="5m", help="claim lifetime without heartbeat (default 5m)")
-    wk.add_argument("--heartbeat", default="30s", help="claim renewal interval (default 30s)")
-    wk.add_argument("--poll-interval", default="1s", help="look for work this often when idle (default 1s)")
-    wk.add_argument("--until-idle", action="store_true", help="exit once no instance is pending or running")
-    return parser
+    """The ``nbflow`` parser: built from the command table ``%workflow`` uses too."""
+    return build_parser(CLI)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,8 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except NbflowError as exc:
-        print(f"nbflow: {exc}", file=sys.stderr)
+        print(f"nbflow: {render_error(exc, CLI, _store_hint(args))}", file=sys.stderr)
         return 2
+
+
+def _store_hint(args: argparse.Namespace) -> str | None:
+    """The --dir to repeat in advice: None for the default store."""
+    directory = getattr(args, "dir", DEFAULT_DIR)
+    return None if directory == DEFAULT_DIR else str(directory)
 
 
 def _printable_streams() -> None:
@@ -180,64 +166,156 @@ def _typed_text(arg: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "help":
+        return _help(args.topic)
     backend = DiskcacheBackend(args.dir)
     client = WorkflowClient(backend)
-    cmd = args.command
     if cmd == "list":
-        rows = client.list_instances(workflow=args.workflow, state=args.state)
-        if not rows:
-            print(f"no instances in {backend.directory}")
-            return 0
-        metas = {m.instance_id: m for m in backend.list_instances()}
-        print(f"{'INSTANCE':<32} {'WORKFLOW':<20} {'STATE':<16} {'TASKS':>9}  UPDATED")
-        for s in rows:
-            state = str(s.state)
-            if state == "running" and not client.is_running(s.instance_id):
-                state = "running?"  # no live runner holds it: the process died; resume it
-            updated = _age(metas[s.instance_id].updated_at) if s.instance_id in metas else ""
-            print(f"{s.instance_id:<32} {s.workflow:<20} {state:<16} {s.tasks_done:>4}/{s.tasks_total:<4}  {updated}")
-        return 0
-    if cmd == "status":
+        return _list(backend, client, args)
+    if cmd == "worker":
+        return _worker(backend, args)
+    # every other command names one instance: an instance id, or a workflow name
+    try:
+        iid = resolve_instance(backend, args.ref, latest=args.latest).instance_id
+    except UnknownInstanceError:
+        if cmd != "clear":
+            raise
+        iid = args.ref  # clearing what is not there: "nothing stored", not an error
+    where = _store_hint(args)
+    if cmd in ("status", "show"):
         # output=False: the CLI shows stored previews and never decodes a payload, so
         # inspecting a store cannot run code planted in it
-        status = client.status(args.instance, output=False)
-        _print_status(status, client.is_running(args.instance), _output_preview(backend, args.instance))
+        status = client.status(iid, output=False)
+        _print_status(status, client.is_running(iid), _output_preview(backend, iid))
+        _print_tasks(backend, iid, where)
+        if args.module:
+            _print_plan(backend, iid, _workflow_of(status.workflow, args.module))
+        elif cmd == "show":
+            print(
+                f"(pass --module to compare the checkpoints with the current code: {hint(CLI, 'show', iid, '--module', 'FILE')})"
+            )
+        return 0
+    if cmd == "result":
+        print(repr(client.get_task_result(iid, args.task)))
         return 0
     if cmd == "resume":
-        status = client.status(args.instance, output=False)
-        flows = find_workflows(load_module(args.module))
-        if status.workflow not in flows:
-            raise ConfigurationError(
-                "--module", args.module, f"a module defining workflow {status.workflow!r} (it defines {sorted(flows)})"
-            )
+        status = client.status(iid, output=False)
         runner = CheckpointingRunner(backend)
         runner.subscribe(TextProgress())
-        result = runner.resume(flows[status.workflow], args.instance)
+        result = runner.resume(_workflow_of(status.workflow, args.module), iid, revive=args.revive)
         _print_status(result, False)
         return 0 if result.state in ("completed", "awaiting_signal", "paused") else 1
+    if cmd == "accept":
+        status = client.status(iid, output=False)
+        wf = _workflow_of(status.workflow, args.module)
+        before = backend.get_record(iid, args.task)
+        record = CheckpointingRunner(backend).accept(wf, iid, args.task)
+        if before is not None and before.fingerprint == record.fingerprint and "accepted" not in record.extra:
+            print(f"the checkpoint of {args.task!r} in {iid} already matches its current code")
+        else:
+            print(
+                f"accepted: the checkpoint of {args.task!r} in {iid} is kept for its current code; resume restores it"
+            )
+        return 0
     if cmd in ("cancel", "pause"):
-        getattr(client, cmd)(args.instance, reason=args.reason, by="nbflow CLI")
-        print(f"{cmd} requested for {args.instance}")
+        getattr(client, cmd)(iid, reason=args.reason, by="nbflow CLI")
+        print(f"{cmd} requested for {iid}")
         return 0
     if cmd == "unpause":
-        client.unpause(args.instance)
-        print(f"unpaused {args.instance}; resume it to continue")
+        client.unpause(iid)
+        print(f"unpaused {iid}; resume it to continue: {hint(CLI, 'resume', iid, '--module', 'FILE', directory=where)}")
         return 0
     if cmd == "signal":
         try:
             payload = json.loads(args.payload)
         except json.JSONDecodeError as exc:
             raise ConfigurationError("payload", args.payload, f"JSON ({exc})") from None
-        client.send_signal(args.instance, args.name, payload)
-        print(f"signal {args.name!r} sent to {args.instance}")
+        client.send_signal(iid, args.signal, payload)
+        print(f"signal {args.signal!r} sent to {iid}")
         return 0
     if cmd == "clear":
-        removed = client.clear(args.instance)
-        print(f"cleared {args.instance}" if removed else f"nothing stored for {args.instance}")
+        removed = client.clear(iid)
+        print(f"cleared {iid}" if removed else f"nothing stored for {iid}")
         return 0
-    if cmd == "worker":
-        return _worker(backend, args)
     raise AssertionError(cmd)  # pragma: no cover - argparse restricts the commands
+
+
+def _help(topic: str | None) -> int:
+    if topic is None:
+        print(usage(CLI))
+        return 0
+    parser = _parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = subs.choices.get(topic)
+    if sub is None:
+        print(f"nbflow: unknown command {topic!r}\n{usage(CLI)}", file=sys.stderr)
+        return 2
+    print(sub.format_help())
+    return 0
+
+
+def _list(backend: DiskcacheBackend, client: WorkflowClient, args: argparse.Namespace) -> int:
+    rows = [s for s in client.list_instances(workflow=args.workflow) if args.state is None or s.state == args.state]
+    if not rows:
+        print(f"no instances in {backend.directory}")
+        return 0
+    metas = {m.instance_id: m for m in backend.list_instances()}
+    print(f"{'INSTANCE':<32} {'WORKFLOW':<20} {'STATE':<16} {'TASKS':>9}  UPDATED")
+    for s in rows:
+        updated = _age(metas[s.instance_id].updated_at) if s.instance_id in metas else ""
+        print(f"{s.instance_id:<32} {s.workflow:<20} {s.state!s:<16} {s.tasks_done:>4}/{s.tasks_total:<4}  {updated}")
+    return 0
+
+
+def _print_tasks(backend: DiskcacheBackend, iid: str, where: str | None) -> None:
+    """Every task as the store has it, and what to do about a run that stopped."""
+    meta = backend.load_instance(iid)
+    if meta is None:
+        return
+    try:
+        rows = task_rows(backend, meta)
+    except NbflowError as exc:  # a damaged or unreadable store: the header said what is known
+        print(f"tasks     cannot be listed: {exc}")
+        return
+    print()
+    for line in format_rows(rows):
+        print(line)
+    stopped = [r.task for r in rows if r.state == "interrupted"]
+    state = live_state(backend, meta)
+    if stopped:
+        print(f"was running when the run stopped: {', '.join(stopped)} (they run again on resume)")
+    if state in ("interrupted", "cancelled", "failed", "paused"):
+        print(f"continue it with {hint(CLI, 'resume', iid, '--module', 'FILE', directory=where)}")
+
+
+def _print_plan(backend: DiskcacheBackend, iid: str, wf: WorkflowDefinition) -> None:
+    """What a resume with ``wf`` (the current code) would do, and why stale tasks are stale."""
+    records = backend.get_records(iid)
+    runner = CheckpointingRunner(backend)
+    plan = runner.plan(wf, iid)
+    reasons = explain_plan(wf, records, plan)
+    print()
+    print("with the current code, a resume would:")
+    width = max((len(t) for t in plan), default=0)
+    for tid, what in plan.items():
+        words = {"restore": "restore", "stale": "run again (stale)", "run": "run", "skip": "skip"}.get(what, what)
+        reason = reasons.get(tid)
+        print(f"  {tid.ljust(width)}  {words}" + (f": {reason.text}" if reason else ""))
+        if reason and reason.diff:
+            for line in reason.diff.splitlines():
+                print(f"  {''.ljust(width)}    {line}")
+
+
+def _workflow_of(name: str, module: str | None) -> WorkflowDefinition:
+    if not module:
+        raise ConfigurationError("--module", module, f"the module (or .py file) defining workflow {name!r}")
+    flows = find_workflows(load_module(module))
+    if name not in flows:
+        raise ConfigurationError(
+            "--module", module, f"a module defining workflow {name!r} (it defines {sorted(flows)})"
+        )
+    return flows[name]
 
 
 def _worker(backend: DiskcacheBackend, args: argparse.Namespace) -> int:

@@ -104,7 +104,10 @@ def test_list_marks_a_running_instance_whose_process_died(
     meta.state = "running"  # what a SIGKILLed runner leaves behind (no lock held)
     seeded.backend.save_instance(meta)
     assert main(["--dir", str(store), "list"]) == 0
-    assert "running?" in capsys.readouterr().out
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("dbl-1"))
+    assert row.split()[2] == "interrupted"  # the same word status uses
+    assert main(["--dir", str(store), "status", "dbl-1"]) == 0
+    assert "state     interrupted" in capsys.readouterr().out
 
 
 def test_status(store: Path, seeded: nf.CheckpointingRunner, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,7 +1,10 @@
 """Text views of runs for the line magic: the per-task run log, ``%workflow status``
-reports, and failure messages stripped of nbflow's own stack frames.
+and ``%workflow show`` reports, and failure messages stripped of nbflow's own frames.
 
 Pure Python (no IPython): these fold runner events and format statuses, nothing more.
+The per-task table comes from :mod:`nbflow.run.report` (what the store says), so
+``%workflow status`` in a fresh kernel and ``nbflow status`` in a shell print the
+same rows; a run of this kernel adds its live states and its stale reasons.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 import nbflow
 from nbflow import WorkflowStatus
 from nbflow.run import events as ev
+from nbflow.run.report import TaskRow, format_rows
 
 __all__ = ["RunLog", "StatusReport", "format_failure", "user_traceback"]
 
@@ -28,6 +32,7 @@ class RunLog:
         self.instance_id = instance_id
         self.tasks: dict[str, str] = dict.fromkeys(tasks, "pending")
         self.attempts: dict[str, int] = {}
+        self.reasons: dict[str, str] = {}  # why each stale task runs again (kept after the run)
         self.state = ""
         self.error = ""
 
@@ -56,6 +61,7 @@ class RunLog:
         if isinstance(event, ev.RunStarted):
             self.tasks = {t: ("stale" if event.plan.get(t) == "stale" else "pending") for t in event.tasks}
             self.attempts, self.state, self.error = {}, "running", ""
+            self.reasons = dict(event.reasons)
         elif isinstance(event, ev.TaskStarted):
             self.tasks[event.task_id] = "running"
             self.attempts[event.task_id] = event.attempt
@@ -81,15 +87,33 @@ class RunLog:
 
 
 class StatusReport:
-    """What ``%workflow status`` returns: the stored status plus per-task states.
+    """What ``%workflow status`` / ``%workflow show`` return: the stored status, a row
+    per task, and why stale tasks are stale.
 
-    Displays as deterministic text; ``.status`` is the ``WorkflowStatus`` and
-    ``.tasks`` maps task ids to their state in this kernel's last run (or to
-    "checkpointed" / "not run" / "stale" from the store when there was none).
+    Displays as text; ``.status`` is the ``WorkflowStatus``, ``.tasks`` maps task ids
+    to their state (this kernel's last run, else the store's) or, for ``show``, to what
+    a resume would do ("restore", "stale", "run"); ``.rows`` are the store's
+    :class:`~nbflow.run.report.TaskRow` and ``.reasons`` task id -> reason (a line,
+    then a diff of the source that changed).
     """
 
-    def __init__(self, name: str, status: WorkflowStatus, tasks: dict[str, str], note: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        status: WorkflowStatus,
+        tasks: dict[str, str],
+        note: str = "",
+        *,
+        rows: list[TaskRow] | None = None,
+        reasons: dict[str, str] | None = None,
+        plan: bool = False,
+        footer: str = "",
+    ) -> None:
         self.name, self.status, self.tasks, self.note = name, status, tasks, note
+        self.rows = rows or []
+        self.reasons = reasons or {}
+        self.plan = plan
+        self.footer = footer
 
     @property
     def text(self) -> str:
@@ -98,14 +122,36 @@ class StatusReport:
         lines = [head]
         if st.error is not None:
             lines.append(f"  error: {st.error}")
-        if st.message and st.state != "completed":
+        if st.message and st.state != "completed" and st.error is None:
             lines.append(f"  note: {st.message}")
         if st.signal:
             lines.append(f"  waiting for signal {st.signal!r}")
-        width = max((len(t) for t in self.tasks), default=0)
-        lines += [f"  {tid.ljust(width)}  {state}" for tid, state in self.tasks.items()]
+        if self.plan or not self.rows:
+            width = max((len(t) for t in self.tasks), default=0)
+            for tid, state in self.tasks.items():
+                reason = self.reasons.get(tid, "").split("\n", 1)[0]
+                lines.append(f"  {tid.ljust(width)}  {state}" + (f"  ({reason})" if reason else ""))
+        else:
+            live = [
+                TaskRow(r.task, r.kind, self.tasks.get(r.task, r.state), r.attempts, r.duration, r.finished_at,
+                        r.preview, r.items, "" if r.task in self.reasons and r.note.startswith("ran again") else r.note)
+                for r in self.rows
+            ]  # fmt: skip
+            lines += format_rows(live)
+            stopped = [r.task for r in live if r.state == "interrupted"]
+            if stopped:
+                lines.append(f"  was running when the run stopped: {', '.join(stopped)} (they run again on resume)")
+        why = [(t, r) for t, r in self.reasons.items() if r]
+        if why:
+            lines.append("  why stale:" if not self.plan else "  why:")
+            for tid, reason in why:
+                first, _, diff = reason.partition("\n")
+                lines.append(f"    {tid}: {first}")
+                lines += [f"      {d}" for d in diff.splitlines()]
         if self.note:
             lines.append(self.note)
+        if self.footer:
+            lines.append(self.footer)
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -204,7 +204,11 @@ def test_kernel_restart_during_a_background_run_then_resume(kernels: list[Kernel
     kernel.run("%load_ext nbflow")
     kernel.run(workflow_cell(tmp, "--no-run --no-widget"))  # define it again, run nothing
     status = kernel.run("report = %workflow status chain\nprint(repr(report))")["stdout"]
-    assert re.search(r"one\s+restore", status) and re.search(r"three\s+run", status), status
+    # the store's view after the restart: what finished, and what the dead run was running
+    assert re.search(r"one\s+done\s+1", status) and re.search(r"three\s+interrupted", status), status
+    assert re.search(r"four\s+pending", status) and "was running when the run stopped: three" in status, status
+    plan = kernel.run("shown = %workflow show chain --no-widget\nprint(repr(shown))")["stdout"]
+    assert re.search(r"one\s+restore", plan) and re.search(r"three\s+run", plan), plan
     out = kernel.run("%workflow resume chain --no-widget")
     assert out["result"] == "21"
     assert executions(tmp) == {"one": 1, "two": 1, "three started": 2, "three": 1, "four": 1}
@@ -214,21 +218,23 @@ def test_interrupt_during_a_blocking_run_keeps_finished_tasks(kernels: list[Kern
     tmp = kernel_env
     kernel = new_kernel(kernels, tmp)
     kernel.run("%load_ext nbflow")
-    kernel.start(workflow_cell(tmp, "--no-widget"))
+    first = kernel.kc.execute(textwrap.dedent(workflow_cell(tmp, "--no-widget")))
+    # "Run All": the next cell is already queued behind the workflow cell
+    after = kernel.kc.execute(f"open({str(tmp / 'after')!r}, 'w').close()")
     wait_for(tmp / "marker")
     kernel.km.interrupt_kernel()  # the stop button
-    # the interrupted cell's reply comes first; collect its output through the next cell
-    reply = kernel.kc.get_shell_msg(timeout=DEADLINE)
-    assert reply["content"]["status"] == "ok", reply["content"]
-    stderr = ""
-    deadline = time.monotonic() + DEADLINE
-    while "interrupted:" not in stderr and time.monotonic() < deadline:
-        msg = kernel.kc.get_iopub_msg(timeout=DEADLINE)
-        if msg["header"]["msg_type"] == "stream" and msg["content"]["name"] == "stderr":
-            stderr += msg["content"]["text"]
-        assert msg["header"]["msg_type"] != "error", msg["content"]
-    assert "interrupted: 2 tasks kept; re-run the cell to resume" in stderr
-    assert "Traceback" not in stderr
+    replies = {}
+    while len(replies) < 2:
+        reply = kernel.kc.get_shell_msg(timeout=DEADLINE)
+        replies[reply["parent_header"]["msg_id"]] = reply["content"]
+    # the workflow cell fails (after marking the instance interrupted), so Run All stops
+    assert replies[first]["status"] == "error", replies[first]
+    assert replies[first]["ename"] in ("CellInterrupted", "KeyboardInterrupt"), replies[first]
+    assert replies[first]["traceback"] == [
+        "KeyboardInterrupt: chain: interrupted, 2 tasks kept; re-run the cell or %workflow resume chain to continue"
+    ]
+    assert replies[after]["status"] == "aborted", replies[after]
+    assert not (tmp / "after").exists()
     status = kernel.run("report = %workflow status chain\nprint(repr(report))")["stdout"]
     assert "interrupted (2/4 tasks checkpointed)" in status, status
 

@@ -322,10 +322,11 @@ def test_interrupt_keeps_finished_tasks_and_the_next_run_resumes(
 ) -> None:
     ip.user_ns["interrupt_now"] = True
     capsys.readouterr()
-    assert run(ip, f"w --no-widget --dir {store}", INTERRUPTIBLE) is None
-    err = capsys.readouterr().err
-    assert "interrupted: 1 tasks kept; re-run the cell to resume" in err
-    assert "Traceback" not in err
+    # the cell fails (so Run All stops at it), after the instance was marked interrupted
+    with pytest.raises(KeyboardInterrupt) as info:
+        run(ip, f"w --no-widget --dir {store}", INTERRUPTIBLE)
+    assert "w: interrupted, 1 tasks kept; re-run the cell or %workflow resume w to continue" in str(info.value)
+    assert info.value._render_traceback_() == [f"KeyboardInterrupt: {info.value}"]  # type: ignore[attr-defined]
     assert line(ip, "status w").status.state == "interrupted"
     ip.user_ns["interrupt_now"] = False
     calls.clear()
@@ -400,7 +401,9 @@ def test_background_run_can_be_cancelled_and_resumed(
     assert line(ip, "status bg").status.state == "cancelled"
     release.set()
     calls.clear()
-    assert line(ip, "resume bg --no-widget") == 200
+    assert line(ip, "resume bg --no-widget") is None  # a cancelled instance stays cancelled ...
+    assert "%workflow resume bg --revive runs it again" in capsys.readouterr().err
+    assert line(ip, "resume bg --no-widget --revive") == 200  # ... unless revived
     assert calls == ["slow", "last"]
 
 
@@ -428,7 +431,7 @@ def test_line_magic_status_list_show_clear(
         line(ip, f"status nothing --dir {store}")
     with pytest.raises(UsageError, match="unknown %workflow command"):
         line(ip, "explode etl")
-    with pytest.raises(UsageError, match="needs a workflow name"):
+    with pytest.raises(UsageError, match="the following arguments are required: NAME"):
         line(ip, "status")
     line(ip, "")
     assert "%workflow list" in capsys.readouterr().out
@@ -470,7 +473,9 @@ def test_widget_is_shown_fed_and_flushed(
     made: list[FakeWidget] = []
 
     class FakeWidget:
-        def __init__(self, wf: Any, *, instance_id: str = "", plan: Any = None, controls: Any = None) -> None:
+        def __init__(
+            self, wf: Any, *, instance_id: str = "", plan: Any = None, controls: Any = None, **more: Any
+        ) -> None:
             self.wf, self.instance_id, self.plan, self.controls = wf, instance_id, plan, controls
             self.events: list[Any] = []
             self.flushed = self.shown = 0
@@ -521,7 +526,9 @@ def test_background_widget_controls(
     finished = threading.Event()
 
     class FakeWidget:
-        def __init__(self, wf: Any, *, instance_id: str = "", plan: Any = None, controls: Any = None) -> None:
+        def __init__(
+            self, wf: Any, *, instance_id: str = "", plan: Any = None, controls: Any = None, **more: Any
+        ) -> None:
             self.controls = controls
             made.append(self)
 
@@ -616,7 +623,9 @@ def test_the_widget_approves_a_background_run_waiting_for_a_signal(
     made: list[Any] = []
 
     class FakeWidget:  # records the controls the magic wires, as the real widget's buttons call them
-        def __init__(self, wf: Any, *, instance_id: str = "", plan: Any = None, controls: Any = None) -> None:
+        def __init__(
+            self, wf: Any, *, instance_id: str = "", plan: Any = None, controls: Any = None, **more: Any
+        ) -> None:
             self.controls = controls
             made.append(self)
 
