@@ -17,12 +17,14 @@ from typing import Any
 from nbflow.core import errors
 from nbflow.core.builder import ForkBuilder, Workflow, WorkflowBuilder
 from nbflow.core.codecs import JsonCodec, PickleCodec
-from nbflow.core.context import TaskContext, WorkflowContext, get_task_context
+from nbflow.core.context import TaskContext, WorkflowContext, get_task_context, progress
 from nbflow.core.errors import (
+    AmbiguousInstanceError,
     CheckpointCorruptError,
     ClaimLostError,
     CodecError,
     ConfigurationError,
+    IllegalTransitionError,
     InstanceExistsError,
     InstanceLockedError,
     InvalidInstanceIdError,
@@ -37,6 +39,8 @@ from nbflow.core.errors import (
     StoreFullError,
     StoreUnreadableError,
     TaskChangedError,
+    TaskInputError,
+    TaskOutputError,
     TaskTimeoutError,
     UnknownInstanceError,
     UnknownTaskError,
@@ -60,6 +64,7 @@ from nbflow.store.memory import InMemoryBackend
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmbiguousInstanceError",
     "CheckpointCorruptError",
     "CheckpointingRunner",
     "ClaimLostError",
@@ -70,6 +75,7 @@ __all__ = [
     "DiskcacheBackend",
     "EventBus",
     "ForkBuilder",
+    "IllegalTransitionError",
     "InMemoryBackend",
     "InputRef",
     "InstanceExistsError",
@@ -97,6 +103,8 @@ __all__ = [
     "TaskChangedError",
     "TaskContext",
     "TaskError",
+    "TaskInputError",
+    "TaskOutputError",
     "TaskTimeoutError",
     "TextProgress",
     "UnknownInstanceError",
@@ -113,6 +121,7 @@ __all__ = [
     "errors",
     "get_task_context",
     "parse_duration",
+    "progress",
     "task",
     "wait_for_signal",
 ]

@@ -73,7 +73,7 @@ class ForkBuilder(Generic[B]):
         task_id, func, spec = parent._resolve("join", name_or_fn, fn, options)
         params = tuple((key, Source(last)) for key, last in self._branches)
         mode = "kwargs" if _takes_exactly(func, [key for key, _ in self._branches]) else "dict"
-        parent._add_node(Node(task_id, "task", func, spec, mode, params, fingerprint(func, spec.version)))
+        parent._add_node(Node(task_id, "task", func, spec, mode, params, fingerprint(func, spec.version, spec.pin)))
         parent._cursor = Source(task_id)
         return parent
 

@@ -142,6 +142,7 @@ class WorkflowBuilder:
             description=extra.get("description", base.description),
             priority=extra.get("priority", base.priority),
             version=extra.get("version", base.version),
+            pin=extra.get("pin", base.pin),
         )
         task_id = spec.name or self._default_id(func)
         self._check_id(task_id, "task")
@@ -188,9 +189,9 @@ class WorkflowBuilder:
         if _takes_no_argument(func):
             # A task without parameters still runs after the previous step.
             after = (self._cursor.task,) if self._cursor.task else ()
-            node = Node(task_id, "task", func, spec, "none", (), fingerprint(func, spec.version), after=after)
+            node = Node(task_id, "task", func, spec, "none", (), fingerprint(func, spec.version, spec.pin), after=after)
         else:
-            node = Node(task_id, "task", func, spec, "value", params, fingerprint(func, spec.version))
+            node = Node(task_id, "task", func, spec, "value", params, fingerprint(func, spec.version, spec.pin))
         self._add_node(node)
         self._cursor = Source(task_id)
         return self
@@ -223,7 +224,9 @@ class WorkflowBuilder:
                     "Map each parameter to a task id (str) or InputRef('key')",
                 )
         mode = "kwargs" if params else "none"
-        self._add_node(Node(task_id, "task", func, spec, mode, tuple(params), fingerprint(func, spec.version)))
+        self._add_node(
+            Node(task_id, "task", func, spec, mode, tuple(params), fingerprint(func, spec.version, spec.pin))
+        )
         return self
 
     def fork(self) -> ForkBuilder[Self]:
@@ -285,7 +288,7 @@ class WorkflowBuilder:
             self._check_id(task_id, "step")
         opts = dict(options or {})
         fp = (
-            fingerprint(fn, (spec or TaskSpec()).version)
+            fingerprint(fn, (spec or TaskSpec()).version, (spec or TaskSpec()).pin)
             if fn is not None
             else stable_digest(kind, repr(sorted(opts.items())))
         )

@@ -16,15 +16,18 @@ a task's ``except Exception`` can never swallow them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
+    "AmbiguousInstanceError",
     "CheckpointCorruptError",
     "ClaimLostError",
     "CodecError",
     "ConfigurationError",
     "InstanceExistsError",
+    "IllegalTransitionError",
     "InstanceLockedError",
     "InvalidInstanceIdError",
     "MissingDependencyError",
@@ -38,6 +41,8 @@ __all__ = [
     "StoreFullError",
     "StoreUnreadableError",
     "TaskChangedError",
+    "TaskInputError",
+    "TaskOutputError",
     "TaskTimeoutError",
     "UnknownInstanceError",
     "UnknownTaskError",
@@ -54,11 +59,18 @@ _FRESH_HINT = (
 
 
 class NbflowError(Exception):
-    """Root of every error nbflow raises. Catch this to catch them all."""
+    """Root of every error nbflow raises. Catch this to catch them all.
 
-    def __init__(self, message: str, *args: Any) -> None:
+    ``advice`` maps phrases of the message that name a Python call to the command that
+    does the same (``("resume", "etl-1")``; None: the phrase has no command form and is
+    dropped). The message is written once, for Python; ``%workflow`` and the ``nbflow``
+    command show their own form of each phrase (``nbflow.commands.render_error``).
+    """
+
+    def __init__(self, message: str, *args: Any, advice: Mapping[str, tuple[str, ...] | None] | None = None) -> None:
         super().__init__(message, *args)
         self.message = message
+        self.advice: dict[str, tuple[str, ...] | None] = dict(advice or {})
 
     def __str__(self) -> str:
         return self.message
@@ -124,12 +136,41 @@ class UnknownInstanceError(NbflowError, KeyError):
     def __init__(self, instance_id: str, where: str = "") -> None:
         self.instance_id, self.where = instance_id, where
         place = f" in {where}" if where else ""
+        listing = "WorkflowClient(backend).list_instances()"
+        start = "; start one with runner.run(wf, instance_id, input)"
         super().__init__(
-            f"no instance {instance_id!r}{place}. Start it with runner.run(wf, instance_id, input); "
-            "list the stored ones with WorkflowClient(backend).list_instances() or `nbflow list`."
+            f"no instance {instance_id!r}{place}, and no workflow of that name has one. "
+            f"List the stored ones with {listing}{start}.",
+            advice={listing: ("list",), start: None},
         )
 
     def __str__(self) -> str:  # KeyError would add quotes
+        return self.message
+
+
+class AmbiguousInstanceError(NbflowError, KeyError):
+    """A workflow name was given where one instance is meant, and it has several."""
+
+    def __init__(self, name: str, instances: Iterable[tuple[str, str, str, float]], where: str = "") -> None:
+        """``instances``: (instance id, inputs digest, state, updated at), newest first."""
+        self.name, self.where = name, where
+        self.instances = tuple(instances)
+        shown = [
+            f"{iid} (inputs {digest[:8] or '?'}, {state}, updated "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(updated))})"
+            for iid, digest, state, updated in self.instances[:10]
+        ]
+        if len(self.instances) > 10:
+            shown.append(f"and {len(self.instances) - 10} more")
+        place = f" in {where}" if where else ""
+        latest = "latest=True"
+        super().__init__(
+            f"workflow {name!r} has {len(self.instances)} instances{place}, newest first: {'; '.join(shown)}. "
+            f"Pass one of these instance ids instead of {name!r}, or {latest} for the most recent one.",
+            advice={latest: ("--latest",)},
+        )
+
+    def __str__(self) -> str:
         return self.message
 
 
@@ -189,10 +230,12 @@ class InstanceLockedError(NbflowError):
     def __init__(self, instance_id: str, holder: str = "") -> None:
         self.instance_id, self.holder = instance_id, holder
         who = f" ({holder})" if holder else ""
+        cancel = "WorkflowClient(backend).cancel(instance_id)"
         super().__init__(
             f"instance {instance_id!r} is being run by another runner{who}. Wait for it to "
-            "finish, cancel it (WorkflowClient.cancel or `nbflow cancel`), or use another "
-            "instance id; nbflow never runs one instance twice at once."
+            f"finish, cancel it ({cancel}), or use another "
+            "instance id; nbflow never runs one instance twice at once.",
+            advice={cancel: ("cancel", instance_id)},
         )
 
 
@@ -331,14 +374,17 @@ class SignalRefusedError(NbflowError):
 
     def __init__(self, instance_id: str, signal: str, state: str) -> None:
         self.instance_id, self.signal, self.state = instance_id, signal, state
+        advice: dict[str, tuple[str, ...] | None] = {}
         if state == "completed":
             todo = "Nothing waits for it any more; start a new instance to run the workflow again."
         else:
+            resume = "runner.resume(wf, instance_id)"
             todo = (
-                "Resume the instance first (runner.resume(wf, instance_id), or `nbflow resume`), then send "
+                f"Resume the instance first ({resume}), then send "
                 "the signal when it waits for it; or start a new instance."
             )
-        super().__init__(f"signal {signal!r} was not sent: instance {instance_id!r} is {state}. {todo}")
+            advice = {resume: ("resume", instance_id)}
+        super().__init__(f"signal {signal!r} was not sent: instance {instance_id!r} is {state}. {todo}", advice=advice)
 
 
 class SignalTimeoutError(NbflowError, TimeoutError):
@@ -388,3 +434,84 @@ class ClaimLostError(NbflowError):
             f"worker {worker!r} lost its claim on {task_id!r} of instance {instance_id!r} (it expired and "
             "another worker took the step over); its result was not stored. Make heartbeat shorter than claim_ttl."
         )
+
+
+class IllegalTransitionError(NbflowError):
+    """A state change the instance lifecycle forbids (``completed -> running``, a paused
+    instance made to run, ...); see :mod:`nbflow.run.lifecycle` for the table."""
+
+    def __init__(self, instance_id: str, from_state: str, to_state: str, by: str, allowed: Iterable[str] = ()) -> None:
+        self.instance_id, self.from_state, self.to_state, self.by = instance_id, from_state, to_state, by
+        self.allowed = tuple(allowed)
+        who = f" (asked by {by})" if by else ""
+        if from_state == "paused":
+            todo = "A paused instance stays paused until it is unpaused: WorkflowClient(backend).unpause(instance_id)."
+        elif from_state == "cancelled":
+            todo = (
+                "A cancelled instance runs again only when revived: runner.resume(wf, instance_id, revive=True) "
+                "or WorkflowClient(backend).revive(instance_id)."
+            )
+        elif from_state == "completed":
+            todo = (
+                "A completed instance is final; re-run some of its tasks with runner.rerun_from(wf, instance_id, "
+                "task), or start over with a new instance id."
+            )
+        else:
+            todo = f"From {from_state} it can move to: {', '.join(self.allowed) or 'nothing'}."
+        super().__init__(
+            f"instance {instance_id!r} cannot move from {from_state} to {to_state}{who}. {todo}",
+            advice={"WorkflowClient(backend).unpause(instance_id)": ("unpause", instance_id)},
+        )
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the error
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _where(field: str) -> str:
+    return f"field {field!r}" if field else "the value"
+
+
+class TaskInputError(NbflowError, ValueError):
+    """A task's argument does not validate against the pydantic model its parameter is
+    annotated with. The task did not run (and is not retried: its input would not change)."""
+
+    def __init__(
+        self, task_id: str, param: str, model: str, field: str, value: Any, detail: str, more: int = 0
+    ) -> None:
+        self.task_id, self.param, self.model, self.field = task_id, param, model, field
+        self.value, self.detail, self.more = _shown(value), detail, more
+        extra = f" (and {more} more problem{'s' * (more > 1)})" if more else ""
+        super().__init__(
+            f"task {task_id!r} got an invalid {model} for its parameter {param!r}: {_where(field)}: {detail} "
+            f"(got {self.value}){extra}. Fix what feeds {param!r} (the upstream output or the workflow input), "
+            "or the model."
+        )
+
+
+class TaskOutputError(NbflowError, ValueError):
+    """A task's output does not validate against the pydantic model of its return
+    annotation — as it returned it, or (``checkpoint=True``) as its checkpoint holds it."""
+
+    def __init__(
+        self, task_id: str, model: str, field: str, value: Any, detail: str, more: int = 0, checkpoint: bool = False
+    ) -> None:
+        self.task_id, self.model, self.field = task_id, model, field
+        self.value, self.detail, self.more, self.checkpoint = _shown(value), detail, more, checkpoint
+        extra = f" (and {more} more problem{'s' * (more > 1)})" if more else ""
+        if checkpoint:
+            text = (
+                f"the checkpoint of task {task_id!r} does not fit its return annotation {model}: {_where(field)}: "
+                f"{detail} (stored {self.value}){extra}. Nothing is damaged: the task's model changed since it ran; "
+                f"re-run it with runner.rerun_from(wf, instance_id, {task_id!r})."
+            )
+        else:
+            text = (
+                f"task {task_id!r} returned an invalid {model}: {_where(field)}: {detail} (got {self.value}){extra}. "
+                f"Return a {model} (or a dict that validates as one), or change the return annotation."
+            )
+        super().__init__(text)

@@ -6,6 +6,7 @@ task id; nbflow stores more under ids it derives from those:
 - ``__input__``: the workflow input (:data:`INPUT_ID`);
 - ``m[3]``: item 3 of map ``m``; ``m[0:64]``: a chunk of its items (a pooled worker's unit);
 - ``newton#2``: iteration 2 of loop ``newton``; ``nap#wake``: the stored deadline of a wait;
+- ``train#state``: the state a running task saved with ``ctx.checkpoint`` (also ``m[3]#state``);
 - ``child/load``: task ``load`` of a child workflow composed with ``then_flow``.
 
 Those forms stay unambiguous only if no task id can take them, so user task ids (and
@@ -29,6 +30,7 @@ __all__ = [
     "INPUT_ID",
     "MAX_ID_LENGTH",
     "RESERVED_PREFIX",
+    "STATE_SUFFIX",
     "check_task_id",
     "child_id",
     "child_prefix",
@@ -37,6 +39,8 @@ __all__ = [
     "iteration_id",
     "parse_item_id",
     "parse_iteration_id",
+    "parse_state_id",
+    "state_id",
     "wait_id",
 ]
 
@@ -129,6 +133,32 @@ def wait_id(step_id: str, what: str) -> str:
     'nap#wake'
     """
     return f"{step_id}#{what}"
+
+
+STATE_SUFFIX = "#state"
+
+
+def state_id(task_id: str) -> str:
+    """The record id of the state task ``task_id`` saved with ``ctx.checkpoint(state)``.
+
+    ``#`` cannot appear in a task id, and a loop iteration ends in digits, so this id
+    never names a task, an item, an iteration or a wait.
+
+    >>> state_id("train"), state_id("square[3]"), state_id("newton#2")
+    ('train#state', 'square[3]#state', 'newton#2#state')
+    """
+    return task_id + STATE_SUFFIX
+
+
+def parse_state_id(record_id: str) -> str | None:
+    """The task (or item, or iteration) id a state record belongs to, else None.
+
+    >>> parse_state_id("train#state"), parse_state_id("newton#2#state"), parse_state_id("nap#wake")
+    ('train', 'newton#2', None)
+    """
+    if record_id.endswith(STATE_SUFFIX) and len(record_id) > len(STATE_SUFFIX):
+        return record_id[: -len(STATE_SUFFIX)]
+    return None
 
 
 def child_prefix(child_name: str) -> str:

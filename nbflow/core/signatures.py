@@ -25,6 +25,7 @@ from typing import Any
 
 from nbflow.core.errors import WorkflowDefinitionError
 from nbflow.core.graph import Node
+from nbflow.core.typed import prepare
 
 __all__ = ["check_call", "planned_call"]
 
@@ -101,8 +102,9 @@ def check_call(workflow: str, node: Node) -> None:
     plan = planned_call(node)
     if plan is None:
         return
-    args, kwargs, receives, fix = plan
     assert node.fn is not None
+    prepare(node.fn)  # its pydantic annotations, read once here rather than at every call
+    args, kwargs, receives, fix = plan
     problem = _binds(node.fn, args, kwargs, follow=True)
     if not problem:
         return

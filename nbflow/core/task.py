@@ -22,7 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _SPEC_ATTR = "__nbflow_task__"
 
-TASK_OPTIONS = ("name", "retries", "timeout", "tags", "description", "priority", "version")
+TASK_OPTIONS = ("name", "retries", "timeout", "tags", "description", "priority", "version", "pin")
 """The options ``@task`` takes; builder steps take them too (``.then(fn, retries=3)``)."""
 
 
@@ -37,6 +37,7 @@ class TaskSpec:
     description: str = ""
     priority: int = 0
     version: str | None = None
+    pin: tuple[str, ...] = ()  # packages whose installed versions go into the fingerprint
 
 
 def make_spec(
@@ -48,6 +49,7 @@ def make_spec(
     description: str = "",
     priority: int = 0,
     version: str | int | None = None,
+    pin: Iterable[str] = (),
 ) -> TaskSpec:
     """Validate task options and freeze them; every bad value gets a ConfigurationError.
 
@@ -74,6 +76,10 @@ def make_spec(
         or (isinstance(version, str) and not version.strip())
     ):
         raise ConfigurationError("version", version, "a non-empty string or a whole number, e.g. version='2'")
+    if isinstance(pin, str):
+        pin = (pin,)
+    if not isinstance(pin, list | tuple) or not all(isinstance(p, str) and p.strip() for p in pin):
+        raise ConfigurationError("pin", pin, "a list of package names, e.g. pin=['pandas']")
     seconds = None if timeout is None else parse_duration(timeout, "timeout")
     if seconds is not None and seconds <= 0:
         raise ConfigurationError("timeout", timeout, "a positive duration like '30s'")
@@ -85,6 +91,7 @@ def make_spec(
         description=description,
         priority=priority,
         version=None if version is None else str(version),
+        pin=tuple(pin),
     )
 
 
@@ -102,6 +109,7 @@ def task(
     description: str = "",
     priority: int = 0,
     version: str | int | None = None,
+    pin: Iterable[str] = (),
 ) -> Callable[[F], F]: ...
 
 
@@ -116,6 +124,7 @@ def task(
     description: str = "",
     priority: int = 0,
     version: str | int | None = None,
+    pin: Iterable[str] = (),
     **unknown: Any,
 ) -> F | Callable[[F], F]:
     """Attach task options to a function; usable bare (``@task``) or with options.
@@ -129,6 +138,8 @@ def task(
         priority: among tasks ready at once, higher runs first.
         version: overrides the code fingerprint: bump it to force a re-run, or keep it
             fixed to keep checkpoints across cosmetic code edits.
+        pin: packages (``["pandas"]``) whose installed versions are part of the
+            fingerprint: upgrading one re-runs the task.
 
     >>> @task(retries=2, timeout="30s", tags=["io"])
     ... def load(path):
@@ -155,6 +166,7 @@ def task(
         description=description,
         priority=priority,
         version=version,
+        pin=pin,
     )
 
     def attach(func: F) -> F:

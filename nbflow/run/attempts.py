@@ -24,6 +24,7 @@ from typing import Any
 from nbflow.core.context import TaskContext, reset_task_context, set_task_context
 from nbflow.core.errors import TaskTimeoutError
 from nbflow.run import capture
+from nbflow.run.task_state import RETRY_KEYS, TaskStates, is_retrying
 from nbflow.run.threads import in_thread
 from nbflow.store.base import Backend, CheckpointRecord
 
@@ -141,16 +142,16 @@ class RetryLedger:
 
     def __init__(self, backend: Backend, instance_id: str) -> None:
         self.backend, self.instance_id = backend, instance_id
-        self._states: dict[str, dict[str, Any]] | None = None
+        # Shared with the live output and progress of the run (their own keys): one
+        # read-modify-write helper, so neither clobbers the other's keys.
+        self.states = TaskStates(backend, instance_id)
 
     def _loaded(self) -> dict[str, dict[str, Any]]:
-        if self._states is None:
-            self._states = self.backend.load_task_states(self.instance_id)
-        return self._states
+        return self.states.all()
 
     def pending(self, task_id: str) -> bool:
-        """Whether ``task_id`` has a stored state (its retries were under way)."""
-        return task_id in self._loaded()
+        """Whether ``task_id`` has a stored retry state (its retries were under way)."""
+        return is_retrying(self._loaded().get(task_id))
 
     def resume(self, task_id: str, fingerprint: str, record: CheckpointRecord | None) -> tuple[int, float, str] | None:
         """(attempts made, seconds until the next one is due, last error) if ``task_id``
@@ -183,11 +184,9 @@ class RetryLedger:
             "fingerprint": fingerprint,
             "saved_at": time.time(),
         }
-        self.backend.save_task_state(self.instance_id, task_id, state)
-        self._loaded()[task_id] = state
+        self.states.update(task_id, state)
 
     def settle(self, task_id: str) -> None:
-        """Forget ``task_id``'s state: its record is stored, or it failed for good (a
-        later resume of a failed instance gives the task a fresh policy)."""
-        if self._states is not None and self._states.pop(task_id, None) is not None:
-            self.backend.save_task_state(self.instance_id, task_id, None)
+        """Forget ``task_id``'s retry state: its record is stored, or it failed for good
+        (a later resume of a failed instance gives the task a fresh policy)."""
+        self.states.drop(task_id, RETRY_KEYS)

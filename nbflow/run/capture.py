@@ -6,6 +6,10 @@ concurrent tasks. Instead nbflow installs, once, a thin proxy on ``sys.stdout`` 
 that task's buffer (and, if asked, on to the real stream); everywhere else it goes
 straight to the stream that was there before. Context variables follow asyncio tasks
 and the runner copies the context into worker threads, so every task sees its own.
+
+A task's capture also hands each write to the attempt's live hooks (``live.py``), which
+stream it to the widget while the task runs: the buffers here are what is stored with
+the checkpoint, the live copy is what is shown meanwhile.
 """
 
 from __future__ import annotations
@@ -16,18 +20,21 @@ import sys
 import threading
 from typing import Any, TextIO
 
+from nbflow.core.context import current_task_context
+
 __all__ = ["Capture", "install"]
 
 
 class Capture:
-    """The buffers of one task attempt."""
+    """The buffers of one task attempt (and where its writes are streamed live)."""
 
-    __slots__ = ("echo", "stderr", "stdout")
+    __slots__ = ("echo", "live", "stderr", "stdout")
 
-    def __init__(self, echo: bool) -> None:
+    def __init__(self, echo: bool, live: Any = None) -> None:
         self.stdout = io.StringIO()
         self.stderr = io.StringIO()
         self.echo = echo
+        self.live = live  # an object with write(which, text), or None
 
 
 _active: contextvars.ContextVar[Capture | None] = contextvars.ContextVar("nbflow_capture", default=None)
@@ -44,6 +51,8 @@ class _Proxy(io.TextIOBase):
         if cap is None:
             return self._target.write(text)
         getattr(cap, self._which).write(text)
+        if cap.live is not None:
+            cap.live.write(self._which, text)
         if cap.echo:
             self._target.write(text)
         return len(text)
@@ -66,7 +75,11 @@ def install() -> None:
 
 
 def begin(echo: bool) -> tuple[Capture, contextvars.Token[Capture | None]]:
-    cap = Capture(echo)
+    """Start capturing this context's writes; streamed to the running task's live
+    hooks, if its context has some (set the task context first)."""
+    ctx = current_task_context()
+    hooks = ctx.hooks if ctx is not None else None
+    cap = Capture(echo, hooks if hasattr(hooks, "write") else None)
     return cap, _active.set(cap)
 
 

@@ -7,13 +7,14 @@ The runner never touches codecs or payload files directly; it goes through
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from nbflow.core.codecs import Codec, codec_by_name
 from nbflow.core.errors import CheckpointCorruptError, CodecError, NbflowError, StoreFullError
 from nbflow.core.keys import item_id
-from nbflow.store.base import Backend, CheckpointRecord
+from nbflow.core.typed import MODEL_KEY, RecordTypes
+from nbflow.store.base import DAMAGED_CODEC, Backend, CheckpointRecord
 
 __all__ = ["CheckpointIO", "preview"]
 
@@ -40,9 +41,17 @@ class CheckpointIO:
         self.backend = backend
         self.instance_id = instance_id
         self.codec = codec
+        # Facts the runner adds to the extra of a task's record (its fingerprint's
+        # breakdown, why it ran again): see nbflow.run.stale.record_notes.
+        self.notes: Mapping[str, Mapping[str, Any]] = {}
+        # Which records hold pydantic models (stored as JSON with JsonCodec, rebuilt
+        # through the task's annotation on read): see nbflow.core.typed.
+        self.types: RecordTypes | None = None
 
     def encode(self, task_id: str, fingerprint: str, value: Any, **fields: Any) -> tuple[CheckpointRecord, Any]:
         """Encode ``value`` into a backend sink; returns the record and the sink to commit."""
+        if self.types is not None:
+            value, fields = self.types.to_store(task_id, value, self.codec.name, fields)
         sink = self.backend.new_sink(self.instance_id)
         try:
             self.codec.dump(value, sink)  # type: ignore[arg-type]
@@ -56,6 +65,9 @@ class CheckpointIO:
                 raise  # a full disk or a broken store: the store layer reports it, not the value
             detail = exc.detail if isinstance(exc, CodecError) else f"{type(exc).__name__}: {exc}"
             raise CodecError(self.codec.name, task_id, detail) from exc
+        note = self.notes.get(task_id) if self.notes else None
+        if note:
+            fields["extra"] = {**note, **fields.get("extra", {})}
         record = CheckpointRecord(task_id=task_id, fingerprint=fingerprint, codec=self.codec.name, **fields)
         return record, sink
 
@@ -71,7 +83,10 @@ class CheckpointIO:
     def write_ref(self, task_id: str, fingerprint: str, extra: dict[str, Any], **fields: Any) -> CheckpointRecord:
         """Store a record whose value lives in other records (a merge points at the
         branch that ran, a map at its items): nothing is stored twice."""
-        record = CheckpointRecord(task_id=task_id, fingerprint=fingerprint, codec="ref", extra=extra, **fields)
+        note = self.notes.get(task_id) if self.notes else None
+        record = CheckpointRecord(
+            task_id=task_id, fingerprint=fingerprint, codec="ref", extra={**note, **extra} if note else extra, **fields
+        )
         return self.backend.put_record(self.instance_id, record, self.backend.new_sink(self.instance_id))
 
     def read(
@@ -84,6 +99,12 @@ class CheckpointIO:
         never unpickles, whatever its records say. The payload's checksum is verified
         as it is read. ``ref`` records are followed through ``lookup`` (default: the
         backend)."""
+        if record.codec == DAMAGED_CODEC:
+            raise CheckpointCorruptError(
+                self.instance_id,
+                str(record.extra.get("damage", "its record cannot be decoded")),
+                task_id=record.task_id,
+            )
         if record.codec == "ref":
             return self._follow(record, lookup or (lambda tid: self.backend.get_record(self.instance_id, tid)), _depth)
         if record.codec != self.codec.name and record.codec not in _SAFE_CODECS:
@@ -116,6 +137,8 @@ class CheckpointIO:
                 f"{record.codec!r} ({type(exc).__name__}: {exc})",
                 task_id=record.task_id,
             ) from exc
+        if self.types is not None and MODEL_KEY in record.extra:
+            value = self.types.from_store(record.task_id, record.codec, value)
         return value
 
     def _follow(self, record: CheckpointRecord, find: Callable[[str], CheckpointRecord | None], depth: int) -> Any:

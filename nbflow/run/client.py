@@ -9,21 +9,24 @@ consumes (signals, buffered FIFO per name). It works across processes on a share
 from __future__ import annotations
 
 import io
-import time
 from typing import Any
 
 from nbflow.core.codecs import Codec, PickleCodec, codec_by_name
 from nbflow.core.errors import (
+    CheckpointCorruptError,
     CodecError,
     ConfigurationError,
     InstanceExistsError,
     SignalRefusedError,
-    UnknownInstanceError,
+    StoreUnreadableError,
     UnknownTaskError,
 )
 from nbflow.core.status import RunState, TaskError, WorkflowStatus
+from nbflow.core.typed import record_types
+from nbflow.run import lifecycle
 from nbflow.run.checkpoint import CheckpointIO
-from nbflow.store.base import INPUT_KEY, Backend, InstanceMeta, validate_instance_id
+from nbflow.run.lookup import live_state, resolve_instance
+from nbflow.store.base import DAMAGED_CODEC, INPUT_KEY, Backend, InstanceMeta, validate_instance_id
 
 __all__ = ["WorkflowClient"]
 
@@ -45,10 +48,9 @@ class WorkflowClient:
         self.codec: Codec = codec or PickleCodec()
 
     def _meta(self, instance_id: str) -> InstanceMeta:
-        meta = self.backend.load_instance(validate_instance_id(instance_id))
-        if meta is None:
-            raise UnknownInstanceError(instance_id, repr(self.backend))
-        return meta
+        """The instance named: an instance id, or a workflow name (its instance; several
+        are an AmbiguousInstanceError), as :func:`nbflow.run.lookup.resolve_instance`."""
+        return resolve_instance(self.backend, instance_id)
 
     # -- reading ------------------------------------------------------------------------
     def list_instances(self, workflow: str | None = None, state: str | None = None) -> list[WorkflowStatus]:
@@ -59,7 +61,18 @@ class WorkflowClient:
             if (workflow is None or m.workflow == workflow) and (state is None or m.state == str(state))
         ]
         metas.sort(key=lambda m: m.updated_at, reverse=True)
-        return [self._status(m, with_output=False) for m in metas]
+        return [self._listed(m) for m in metas]
+
+    def _listed(self, meta: InstanceMeta) -> WorkflowStatus:
+        """A listing row; an instance whose records cannot be read is listed as such,
+        never hiding the others."""
+        try:
+            return self._status(meta, with_output=False)
+        except (CheckpointCorruptError, StoreUnreadableError) as exc:
+            unreadable = isinstance(exc, StoreUnreadableError)
+            meta.state = (RunState.UNREADABLE if unreadable else RunState.DAMAGED).value
+            meta.message = str(exc)
+            return self._status(meta, with_output=False)
 
     def status(self, instance_id: str, output: bool = True) -> WorkflowStatus:
         """The stored status; ``output`` is filled in once the instance completed
@@ -67,12 +80,24 @@ class WorkflowClient:
         return self._status(self._meta(instance_id), with_output=output)
 
     def _status(self, meta: InstanceMeta, with_output: bool) -> WorkflowStatus:
-        records = self.backend.get_records(meta.instance_id) if meta.state != "damaged" else {}
+        state = _state(meta, self.backend)
+        readable = state not in (RunState.DAMAGED, RunState.UNREADABLE)
+        records = self.backend.get_records(meta.instance_id) if readable else {}
+        damaged = [rid for rid, record in records.items() if record.codec == DAMAGED_CODEC]
+        if damaged:
+            state, meta.message = (
+                RunState.DAMAGED,
+                f"the checkpoint of {damaged[0]!r} is damaged: " + str(records[damaged[0]].extra.get("damage", "")),
+            )
         output = None
-        state = _state(meta)
         if with_output and state == RunState.COMPLETED and meta.sinks:
+            missing = [s for s in meta.sinks if s not in records]
+            if missing:
+                raise CheckpointCorruptError(
+                    meta.instance_id, f"it is completed but the output of {missing[0]!r} is missing", task_id=missing[0]
+                )
             io = CheckpointIO(self.backend, meta.instance_id, self.codec)
-            values = {s: io.read(records[s], records.get) for s in meta.sinks if s in records}
+            values = {s: io.read(records[s], records.get) for s in meta.sinks}
             output = values[meta.sinks[0]] if len(meta.sinks) == 1 else values
         return WorkflowStatus(
             workflow=meta.workflow,
@@ -95,13 +120,14 @@ class WorkflowClient:
         return self.backend.is_locked(validate_instance_id(instance_id))
 
     def get_task_result(self, instance_id: str, task_id: str) -> Any:
-        """The checkpointed output of ``task_id`` (UnknownTaskError if none yet)."""
+        """The checkpointed output of ``task_id`` (UnknownTaskError if none yet);
+        ``instance_id`` may also be a workflow name (its instance)."""
         meta = self._meta(instance_id)
-        record = self.backend.get_record(instance_id, task_id)
+        record = self.backend.get_record(meta.instance_id, task_id)
         if record is None or task_id == INPUT_KEY:
             known = [line.split("|", 1)[0] for line in meta.shape]
             raise UnknownTaskError(meta.workflow, f"{task_id} (no checkpoint yet)", known)
-        return CheckpointIO(self.backend, instance_id, self.codec).read(record)
+        return CheckpointIO(self.backend, meta.instance_id, self.codec).read(record)
 
     # -- steering -----------------------------------------------------------------------
     def cancel(self, instance_id: str, reason: str = "", by: str = "") -> None:
@@ -112,19 +138,36 @@ class WorkflowClient:
         """Ask a running instance to stop after its running tasks finish."""
         self._request(instance_id, "paused", _why(reason, by, "paused"))
 
-    def unpause(self, instance_id: str) -> None:
-        """Lift a pause; resume the instance (runner.resume) to continue it."""
+    def unpause(self, instance_id: str, by: str = "") -> None:
+        """Lift a pause. A paused instance goes back to "pending": a ``PooledWorker``
+        on the store continues it, and so does ``runner.resume``. (A run that was asked
+        to pause and has not stopped yet simply goes on.)"""
         meta = self._meta(instance_id)
-        self.backend.set_control(instance_id, None)
+        self.backend.set_control(meta.instance_id, None)  # first: a worker seeing the request would re-pause
         if meta.state == RunState.PAUSED:
-            meta.state, meta.updated_at, meta.message = RunState.INTERRUPTED.value, time.time(), "unpaused"
+            lifecycle.transition(meta, RunState.PENDING, by=by or _CLIENT, message=_why("", by, "unpaused"))
             self.backend.save_instance(meta)
 
-    def _request(self, instance_id: str, action: str, reason: str) -> None:
+    def revive(self, instance_id: str, by: str = "") -> None:
+        """Let a cancelled instance run again: it goes back to "pending" (its finished
+        tasks kept) for a ``PooledWorker`` or a resume to continue. Nothing happens to an
+        instance in any other state. In this process, ``runner.resume(wf, id,
+        revive=True)`` does the same and runs it."""
         meta = self._meta(instance_id)
-        self.backend.set_control(instance_id, action, reason)
-        if not self.backend.is_locked(instance_id) and not RunState(_state(meta)).finished:
-            meta.state, meta.message, meta.updated_at = action, reason, time.time()
+        if meta.state != RunState.CANCELLED:
+            return
+        self.backend.set_control(meta.instance_id, None)
+        message = _why("", by, "revived")
+        lifecycle.transition(meta, RunState.PENDING, by=by or _CLIENT, message=message, reopen=True, error=None)
+        self.backend.save_instance(meta)
+
+    def _request(self, instance_id: str, action: str, reason: str) -> None:
+        """Store the request for a running instance; move a stopped one at once (one
+        that cannot move so — completed, failed, cancelled — is left as it is)."""
+        meta = self._meta(instance_id)
+        self.backend.set_control(meta.instance_id, action, reason)
+        if not self.backend.is_locked(meta.instance_id) and lifecycle.allowed(meta.state, action):
+            lifecycle.transition(meta, action, by=_CLIENT, message=reason)
             self.backend.save_instance(meta)
 
     def submit(self, wf: Any, instance_id: str, input: Any = None) -> WorkflowStatus:  # noqa: A002
@@ -141,6 +184,7 @@ class WorkflowClient:
             if existing is not None:
                 raise InstanceExistsError(existing.workflow, instance_id, existing.state)
             io = CheckpointIO(self.backend, instance_id, definition.codec or PickleCodec())
+            io.types = record_types(definition)  # a model input is stored as JSON with JsonCodec
             meta, _ = new_instance(definition, io, input, state=RunState.PENDING.value)
             self.backend.save_instance(meta)
         finally:
@@ -156,7 +200,7 @@ class WorkflowClient:
         meta = self._meta(instance_id)
         state = _state(meta)
         if state in _DEAF:
-            raise SignalRefusedError(instance_id, name, str(state))
+            raise SignalRefusedError(meta.instance_id, name, str(state))
         # The instance's own codec: a JsonCodec workflow reads its signals as JSON only.
         codec = codec_by_name(meta.codec)
         buffer = io.BytesIO()
@@ -166,7 +210,7 @@ class WorkflowClient:
         except Exception as exc:  # noqa: BLE001 - whatever pickling raises, named for the signal
             detail = exc.detail if isinstance(exc, CodecError) else f"{type(exc).__name__}: {exc}"
             raise CodecError(codec.name, name, detail, what=f"the payload of signal {name!r}") from None
-        self.backend.push_signal(instance_id, name, data)
+        self.backend.push_signal(meta.instance_id, name, data)
 
     def clear(self, instance_id: str) -> bool:
         """Delete an instance and all its checkpoints (refused while it runs)."""
@@ -179,11 +223,13 @@ class WorkflowClient:
 
 
 _DEAF = (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED)  # states no signal can reach
+_CLIENT = "WorkflowClient"
 
 
-def _state(meta: InstanceMeta) -> RunState:
+def _state(meta: InstanceMeta, backend: Backend | None = None) -> RunState:
+    """The instance's state; with ``backend``, a dead run reads interrupted (live_state)."""
     try:
-        return RunState(meta.state)
+        return RunState(meta.state if backend is None else live_state(backend, meta))
     except ValueError:
         return RunState.FAILED
 

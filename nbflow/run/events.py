@@ -6,9 +6,11 @@ subscribes to it. This module is the seam between the engine and any UI: the UI 
 reaches into the scheduler, it only folds these events. New fields may be added to an
 event with a default value; subscribers must ignore what they do not know.
 
-Events are published from the engine's own thread. Subscribers must be quick and must
-not raise: a subscriber that raises is unsubscribed with one warning, so a broken
-progress display can never fail a run.
+Events are published from the engine's own thread — except :class:`TaskOutput` and
+:class:`TaskProgress`, which come from the run's live flusher thread (``live.py``) while
+the task runs, at most about 20 per second per task. Subscribers must be quick, must be
+thread-safe, and must not raise: a subscriber that raises is unsubscribed with one
+warning, so a broken progress display can never fail a run.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ __all__ = [
     "RunStarted",
     "TaskFailed",
     "TaskFinished",
+    "TaskOutput",
+    "TaskProgress",
     "TaskRestored",
     "TaskRetrying",
     "TaskSkipped",
@@ -68,6 +72,8 @@ class RunStarted(RunEvent):
     kinds: Mapping[str, str] = field(default_factory=dict)
     groups: Mapping[str, str] = field(default_factory=dict)
     plan: Mapping[str, str] = field(default_factory=dict)
+    # why each stale task runs again: one line, then a diff of the source that changed
+    reasons: Mapping[str, str] = field(default_factory=dict)
     definition_hash: str = ""
     resumed: bool = False
 
@@ -154,6 +160,34 @@ class MapProgress(RunEvent):
     done: int
     total: int
     failed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskOutput(RunEvent):
+    """What a running attempt printed since its last TaskOutput (raw text: ``\\r``
+    frames included). Writes are coalesced: a few events per second, whatever the task
+    prints; ``cut`` counts characters left out of these events because the task printed
+    faster than they are sent (its checkpoint still stores everything)."""
+
+    task_id: str
+    attempt: int = 1
+    stdout: str = ""
+    stderr: str = ""
+    cut: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskProgress(RunEvent):
+    """How far a running task is, in its own words (``nf.progress``, a tqdm bar):
+    ``done`` of ``total`` steps (None: unknown). ``stored``: read from the store as the
+    run starts — where the task was when its last run stopped — not reported now."""
+
+    task_id: str
+    done: float
+    total: float | None = None
+    note: str = ""
+    attempt: int = 1
+    stored: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,7 +8,10 @@ output travels back the same way. In the other process ``get_task_context()`` wo
 (a fresh ``TaskContext`` is rebuilt there: a ``threading.Event`` cannot travel, so
 ``cancelled`` is always False remotely) and stdout/stderr are captured and returned,
 so the checkpoint and the widget show them. The checkpoint records *where* the body
-ran (``host:pid`` of the process, or the Dask worker's address).
+ran (``host:pid`` of the process, or the Dask worker's address). While the body runs,
+its output, progress and ``ctx.checkpoint`` states travel back to the runner, which
+shows and commits them (``live_remote.py``); ``ctx.restore`` there gets the state the
+runner read before shipping the call.
 
 - :class:`ProcessExecutor` — a ``concurrent.futures.ProcessPoolExecutor`` for CPU-bound
   pure-Python work on one machine (``spawn`` processes by default: safe next to the
@@ -46,7 +49,9 @@ import cloudpickle
 
 from nbflow.core.context import TaskContext, reset_task_context, set_task_context
 from nbflow.core.errors import ConfigurationError, MissingDependencyError
-from nbflow.run import capture
+from nbflow.run import capture, tqdm_hook
+from nbflow.run.live import LiveTask
+from nbflow.run.live_remote import RemoteHooks, link_for
 
 if TYPE_CHECKING:
     import distributed
@@ -64,8 +69,9 @@ class RemoteCapture:
 
 
 def ship(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], tctx: TaskContext) -> bytes:
-    """Pickle one attempt (body, arguments, context) for another process."""
-    ctx = (tctx.workflow_id, tctx.instance_id, tctx.task_id, tctx.attempt, dict(tctx.metadata))
+    """Pickle one attempt (body, arguments, context, live link) for another process."""
+    link = link_for(tctx.hooks) if isinstance(tctx.hooks, LiveTask) else None
+    ctx = (tctx.workflow_id, tctx.instance_id, tctx.task_id, tctx.attempt, dict(tctx.metadata), link)
     data: bytes = cloudpickle.dumps((fn, args, kwargs, ctx))
     return data
 
@@ -77,8 +83,15 @@ def run_shipped(payload: bytes, where: str | None = None) -> bytes:
     traceback text), or as a RuntimeError naming it if it cannot be pickled.
     """
     fn, args, kwargs, ctx = cloudpickle.loads(payload)
-    tctx = TaskContext(ctx[0], ctx[1], ctx[2], ctx[3], ctx[4])
+    link = ctx[5] if len(ctx) > 5 else None
+    hooks = RemoteHooks(link) if link is not None else None
+    tctx = (
+        TaskContext(ctx[0], ctx[1], ctx[2], ctx[3], ctx[4])
+        if hooks is None
+        else TaskContext(ctx[0], ctx[1], ctx[2], ctx[3], ctx[4], hooks=hooks)
+    )
     capture.install()
+    tqdm_hook.install()
     token = set_task_context(tctx)
     cap, ctoken = capture.begin(False)
     ok, tb = True, ""
@@ -91,10 +104,11 @@ def run_shipped(payload: bytes, where: str | None = None) -> bytes:
     finally:
         capture.end(ctoken)
         reset_task_context(token)
+    unsent = hooks.close() if hooks is not None else None  # a state the runner has not stored yet
     where = where or f"{socket.gethostname()}:{os.getpid()}"
     out, err = cap.stdout.getvalue(), cap.stderr.getvalue()
     try:
-        data: bytes = cloudpickle.dumps((ok, value, out, err, where, tb))
+        data: bytes = cloudpickle.dumps((ok, value, out, err, where, tb, unsent))
         return data
     except Exception as exc:  # noqa: BLE001 - an output or error that cannot travel back
         if ok:
@@ -104,7 +118,7 @@ def run_shipped(payload: bytes, where: str | None = None) -> bytes:
             )
         else:
             problem = RuntimeError(f"{type(value).__name__}: {value}")
-        fallback: bytes = cloudpickle.dumps((False, problem, out, err, where, tb))
+        fallback: bytes = cloudpickle.dumps((False, problem, out, err, where, tb, unsent))
         return fallback
 
 
@@ -112,10 +126,16 @@ async def _awaited(value: Awaitable[Any]) -> Any:
     return await value
 
 
-def unpack(data: bytes) -> tuple[Any, RemoteCapture]:
-    """The runner's side of ``run_shipped``: the output and capture, or raise the error."""
-    ok, value, out, err, where, tb = cloudpickle.loads(data)
+def unpack(data: bytes, hooks: Any = None) -> tuple[Any, RemoteCapture]:
+    """The runner's side of ``run_shipped``: the output and capture, or raise the error.
+
+    A failed attempt's last state that did not reach the runner while it ran comes with
+    the outcome: it is committed here (``hooks``: the attempt's LiveTask), so a retry or
+    a resume continues from it."""
+    ok, value, out, err, where, tb, unsent = cloudpickle.loads(data)
     cap = RemoteCapture(out, err, where)
+    if not ok and unsent is not None and isinstance(hooks, LiveTask):
+        hooks.checkpoint_encoded(unsent)
     if not ok:
         if tb and isinstance(value, BaseException):
             value.add_note(f"Raised in worker {where}:\n{tb.rstrip()}")
@@ -178,17 +198,17 @@ class ProcessExecutor:
             self._discard(pool)
             pool = self._get_pool()
             future = pool.submit(run_shipped, payload)
-        return self._result(asyncio.wrap_future(future), pool)
+        return self._result(asyncio.wrap_future(future), pool, tctx.hooks)
 
     async def _result(
-        self, future: asyncio.Future[bytes], pool: concurrent.futures.ProcessPoolExecutor
+        self, future: asyncio.Future[bytes], pool: concurrent.futures.ProcessPoolExecutor, hooks: Any = None
     ) -> tuple[Any, RemoteCapture]:
         try:
             data = await future
         except BrokenProcessPool as exc:
             self._discard(pool)  # the next attempt gets fresh processes
             raise RuntimeError(f"a worker process died while running the task ({exc})") from exc
-        return unpack(data)
+        return unpack(data, hooks)
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the worker processes (a later task starts a new pool)."""
@@ -271,16 +291,16 @@ class DaskExecutor:
                 pass
 
         dask_future.add_done_callback(done)
-        return self._result(asyncio.wrap_future(bridge), dask_future)
+        return self._result(asyncio.wrap_future(bridge), dask_future, tctx.hooks)
 
     @staticmethod
-    async def _result(future: asyncio.Future[bytes], dask_future: Any) -> tuple[Any, RemoteCapture]:
+    async def _result(future: asyncio.Future[bytes], dask_future: Any, hooks: Any = None) -> tuple[Any, RemoteCapture]:
         try:
             data = await future
         except asyncio.CancelledError:
             dask_future.cancel()  # a timeout or a stop: do not leave work queued
             raise
-        return unpack(data)
+        return unpack(data, hooks)
 
     def __repr__(self) -> str:
         return f"DaskExecutor({self.client!r})"

@@ -11,8 +11,11 @@ runner publishes events, then stores the final state and releases the lock.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import dataclasses
 import hashlib
 import os
+import re
 import socket
 import threading
 import time
@@ -23,6 +26,7 @@ from typing import Any, Self
 from nbflow.core.builder import WorkflowBuilder
 from nbflow.core.codecs import Codec, PickleCodec
 from nbflow.core.errors import (
+    CheckpointCorruptError,
     ConfigurationError,
     InstanceExistsError,
     NbflowError,
@@ -33,15 +37,27 @@ from nbflow.core.errors import (
 )
 from nbflow.core.graph import WorkflowDefinition
 from nbflow.core.status import ConflictPolicy, RunState, TaskError, WorkflowStatus
-from nbflow.run import capture
+from nbflow.core.typed import record_types
+from nbflow.run import capture, lifecycle
 from nbflow.run import events as ev
 from nbflow.run.checkpoint import CheckpointIO
 from nbflow.run.control import RunControl
 from nbflow.run.handle import RunHandle, launch
-from nbflow.run.plan import changed_tasks, compute_plan
+from nbflow.run.lookup import resolve_instance
+from nbflow.run.plan import RESTORE, SKIP, changed_tasks, compute_plan
 from nbflow.run.scheduler import Scheduler
+from nbflow.run.stale import accept as accept_task
+from nbflow.run.stale import explain_plan, input_facts, record_notes
 from nbflow.run.threads import TaskThreads
-from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta, Lease, validate_instance_id
+from nbflow.store.base import (
+    DAMAGED_CODEC,
+    INPUT_KEY,
+    Backend,
+    CheckpointRecord,
+    InstanceMeta,
+    Lease,
+    validate_instance_id,
+)
 
 __all__ = ["CheckpointingRunner"]
 
@@ -59,6 +75,7 @@ class _Prepared:
     lease: Lease
     resumed: bool
     control: RunControl = field(default_factory=RunControl)
+    reasons: Mapping[str, Any] = field(default_factory=dict)  # task id -> StaleReason
 
 
 def as_definition(wf: Any) -> WorkflowDefinition:
@@ -153,6 +170,11 @@ class CheckpointingRunner:
     def backend(self) -> Backend:
         return self._backend
 
+    @property
+    def _by(self) -> str:
+        """Who this runner is, in the lifecycle's record of state changes."""
+        return f"runner {self.worker_id}"
+
     def with_conflict_policy(self, policy: ConflictPolicy | str) -> Self:
         """This runner with another conflict policy (same backend, same subscribers)."""
         clone = object.__new__(type(self))
@@ -183,15 +205,23 @@ class CheckpointingRunner:
         """
         return self._wait(self._launch(self._prepare(wf, instance_id, input, resume=False), park=True))
 
-    def resume(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str) -> WorkflowStatus:
+    def resume(
+        self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str, *, revive: bool = False
+    ) -> WorkflowStatus:
         """Continue a stored instance: finished tasks are restored, the rest run.
 
-        A failed instance re-runs its failed task (after you fixed it) and goes on.
+        A failed instance re-runs its failed task (after you fixed it) and goes on. A
+        paused instance is not run: its status comes back (state ``paused``, a message
+        saying to unpause it first). Nor is a cancelled one, unless ``revive=True`` asks
+        to run it again. See :mod:`nbflow.run.lifecycle`.
         """
-        return self._wait(self._launch(self._prepare(wf, instance_id, None, resume=True), park=True))
+        return self._wait(self._launch(self._prepare(wf, instance_id, None, resume=True, revive=revive), park=True))
 
     def rerun_from(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str, task_id: str) -> WorkflowStatus:
-        """Re-run ``task_id`` and everything downstream of it; reuse the rest."""
+        """Re-run ``task_id`` and everything downstream of it; reuse the rest.
+
+        It names what to run again, so it also revives a cancelled instance; a paused
+        one stays paused (its status comes back) until it is unpaused."""
         definition = as_definition(wf)
         definition.node(task_id)  # UnknownTaskError with the known ids
         prepared = self._prepare(definition, instance_id, None, resume=True, force=(task_id,))
@@ -204,9 +234,13 @@ class CheckpointingRunner:
         input: Any = None,  # noqa: A002 - the seed's (and DESIGN's) name
         *,
         resume: bool = False,
+        revive: bool = False,
     ) -> RunHandle:
-        """Start a run in the background; returns a handle (wait, cancel, status)."""
-        return self._launch(self._prepare(wf, instance_id, input, resume=resume))
+        """Start a run in the background; returns a handle (wait, cancel, status).
+
+        A paused instance (or a cancelled one without ``revive``) is not run: the handle
+        is already done, with its status (see ``resume``)."""
+        return self._launch(self._prepare(wf, instance_id, input, resume=resume, revive=revive))
 
     async def run_async(
         self,
@@ -217,15 +251,25 @@ class CheckpointingRunner:
         """``await`` form of ``run``: the caller's event loop stays free meanwhile."""
         return await self._await(self._launch(self._prepare(wf, instance_id, input, resume=False), park=True))
 
-    async def resume_async(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str) -> WorkflowStatus:
+    async def resume_async(
+        self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str, *, revive: bool = False
+    ) -> WorkflowStatus:
         """``await`` form of ``resume``."""
-        return await self._await(self._launch(self._prepare(wf, instance_id, None, resume=True), park=True))
+        prepared = self._prepare(wf, instance_id, None, resume=True, revive=revive)
+        return await self._await(self._launch(prepared, park=True))
 
     def plan(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str) -> dict[str, str]:
         """What a resume would do with each task: "restore", "stale" or "run"."""
         definition = as_definition(wf)
         records = self._backend.get_records(validate_instance_id(instance_id))
         return compute_plan(definition, records)
+
+    def accept(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str, task_id: str) -> CheckpointRecord:
+        """Keep ``task_id``'s checkpoint valid for its current code after a cosmetic edit:
+        the next run restores it instead of re-running it (and what depends on it).
+        ``instance_id`` may be a workflow name (see :mod:`nbflow.run.lookup`)."""
+        iid = resolve_instance(self._backend, instance_id).instance_id
+        return accept_task(self._backend, as_definition(wf), iid, task_id)
 
     def status(self, instance_id: str) -> WorkflowStatus:
         """The stored status of an instance (output included once it completed)."""
@@ -248,12 +292,16 @@ class CheckpointingRunner:
         *,
         resume: bool,
         force: tuple[str, ...] = (),
-    ) -> _Prepared:
+        revive: bool = False,
+    ) -> _Prepared | WorkflowStatus:
+        """The run, ready to launch; or the status of an instance the lifecycle holds
+        (paused; cancelled without ``revive``), which nothing may run."""
         definition = as_definition(wf)
         validate_instance_id(instance_id)
         backend = self._backend
         codec = definition.codec or self.codec
         io = CheckpointIO(backend, instance_id, codec)
+        io.types = record_types(definition)  # pydantic outputs stored as JSON are rebuilt as models
         lease = backend.lock(instance_id, holder=f"runner of {definition.name!r}")
         try:
             meta = backend.load_instance(instance_id)
@@ -273,6 +321,11 @@ class CheckpointingRunner:
                     raise ShapeChangedError(
                         definition.name, instance_id, describe_shape_change(meta.shape, definition.shape())
                     )
+                hold = lifecycle.hold_reason(meta, revive=revive or bool(force))
+                if hold is not None:
+                    held = _held(backend, instance_id, hold)
+                    lease.release()
+                    return held
                 records = backend.get_records(instance_id)
                 input_record = records.get(INPUT_KEY)
                 input_value = io.read(input_record) if input_record is not None else None
@@ -285,26 +338,34 @@ class CheckpointingRunner:
                 changed = changed_tasks(definition, records)
                 if changed:
                     raise TaskChangedError(definition.name, instance_id, changed)
+            records = _without_repaired_damage(definition, instance_id, records, force)
             plan = compute_plan(definition, records, force)
+            reasons = explain_plan(definition, records, plan, force=force)
+            io.notes = record_notes(definition, plan, reasons)  # fingerprint breakdowns into records
             backend.set_control(instance_id, None)  # an old cancel/pause must not stop this run
-            meta.state, meta.error, meta.message, meta.updated_at = RunState.RUNNING.value, None, "", time.time()
-            backend.save_instance(meta)
+            work = any(step not in (RESTORE, SKIP) for step in plan.values())
+            # a completed instance with nothing to run is only replayed: it stays completed
+            if lifecycle.begin_run(meta, by=self._by, work=work, revive=revive or bool(force)):
+                backend.save_instance(meta)
         except BaseException:
             lease.release()
             raise
         control = RunControl(backend, instance_id)
-        return _Prepared(definition, meta, records, plan, input_value, io, lease, resumed, control)
+        return _Prepared(definition, meta, records, plan, input_value, io, lease, resumed, control, reasons)
 
     # -- execute ------------------------------------------------------------------------
-    def _launch(self, prep: _Prepared, park: bool = False) -> RunHandle:
+    def _launch(self, prep: _Prepared | WorkflowStatus, park: bool = False) -> RunHandle:
         """Start the prepared run on its engine thread. ``park``: a blocking run that
         reaches a signal nobody sent yet returns ``awaiting_signal`` (send the signal,
-        then resume); a background run keeps waiting for it instead."""
+        then resume); a background run keeps waiting for it instead. A held instance
+        (a status) gets a handle that is already done."""
+        if isinstance(prep, WorkflowStatus):
+            return _done_handle(prep)
         capture.install()
         meta = prep.meta
 
         def on_state(state: str, wake_at: float | None, signal: str | None) -> None:
-            meta.state, meta.wake_at, meta.signal, meta.updated_at = state, wake_at, signal, time.time()
+            lifecycle.transition(meta, state, by=self._by, wake_at=wake_at, signal=signal)
             self._backend.save_instance(meta)
 
         scheduler = Scheduler(
@@ -337,6 +398,7 @@ class CheckpointingRunner:
                     kinds={n.id: n.kind for n in wf.nodes},
                     groups={n.id: n.group for n in wf.nodes if n.group},
                     plan=dict(prep.plan),
+                    reasons={t: str(r) for t, r in prep.reasons.items()},
                     definition_hash=wf.definition_hash,
                     resumed=prep.resumed,
                 )
@@ -357,15 +419,21 @@ class CheckpointingRunner:
             try:
                 outcome = await scheduler.run()
             except BaseException as exc:  # a store problem: recorded, announced, re-raised
-                meta.state, meta.updated_at = RunState.FAILED.value, time.time()
-                meta.error = TaskError("", type(exc).__name__, str(exc)).to_dict()
-                _save_quietly(self._backend, meta)
+                if lifecycle.allowed(meta.state, RunState.FAILED):  # a replayed completed instance stays so
+                    crash = TaskError("", type(exc).__name__, str(exc)).to_dict()
+                    lifecycle.transition(meta, RunState.FAILED, by=self._by, error=crash)
+                    _save_quietly(self._backend, meta)
                 finished("failed", str(exc))
                 raise
-            meta.state, meta.signal = outcome.state, outcome.signal
-            meta.wake_at = None
-            meta.error = outcome.error.to_dict() if outcome.error else None
-            meta.message, meta.updated_at = outcome.reason, time.time()
+            lifecycle.transition(
+                meta,
+                outcome.state,
+                by=self._by,
+                message=outcome.reason or None,
+                signal=outcome.signal,
+                wake_at=None,
+                error=outcome.error.to_dict() if outcome.error else None,
+            )
             self._backend.save_instance(meta)
             error = outcome.error
             finished(outcome.state, str(error) if error else None, error.task_id if error else None)
@@ -418,6 +486,23 @@ class CheckpointingRunner:
         return f"CheckpointingRunner({self._backend!r}, conflict_policy={self.conflict_policy.name})"
 
 
+def _without_repaired_damage(
+    wf: WorkflowDefinition, instance_id: str, records: dict[str, CheckpointRecord], force: tuple[str, ...]
+) -> dict[str, CheckpointRecord]:
+    """Drop damaged records that this run re-runs anyway (``rerun_from`` of the task or
+    of something upstream of it); any other damaged record stops the run: it would
+    otherwise be recomputed without anyone being told."""
+    damaged = [rid for rid, record in records.items() if record.codec == DAMAGED_CODEC]
+    if not damaged:
+        return records
+    rerun = set(force).union(*(wf.descendants(f) for f in force))
+    for rid in damaged:
+        task = re.split(r"[\[#]", rid, maxsplit=1)[0]  # a map item or loop iteration belongs to its step
+        if task not in rerun:
+            raise CheckpointCorruptError(instance_id, str(records[rid].extra.get("damage", "")), task_id=task)
+    return {rid: record for rid, record in records.items() if record.codec != DAMAGED_CODEC}
+
+
 def new_instance(
     definition: WorkflowDefinition, io: CheckpointIO, input_value: Any, state: str = "running"
 ) -> tuple[InstanceMeta, CheckpointRecord]:
@@ -434,7 +519,7 @@ def new_instance(
         codec=io.codec.name,
     )
     now = time.time()
-    record = io.write(INPUT_KEY, "", input_value, started_at=now, finished_at=now)
+    record = io.write(INPUT_KEY, "", input_value, started_at=now, finished_at=now, extra=input_facts(input_value))
     meta.input_digest = hashlib.sha256(record.payload or (record.blob or "").encode()).hexdigest()[:16]
     return meta, record
 
@@ -454,6 +539,21 @@ def _check_input(wf: WorkflowDefinition, value: Any) -> None:
     if missing:
         who = "; ".join(f"{k!r} for task(s) {', '.join(needs[k])}" for k in missing)
         raise ConfigurationError("input", dict(value), f"a dict that also has {who}")
+
+
+def _held(backend: Backend, instance_id: str, reason: str) -> WorkflowStatus:
+    """The status a resume hands back for an instance it must not run (paused, or
+    cancelled without revive): as stored, with the reason as its message."""
+    from nbflow.run.client import WorkflowClient
+
+    return dataclasses.replace(WorkflowClient(backend).status(instance_id, output=False), message=reason)
+
+
+def _done_handle(status: WorkflowStatus) -> RunHandle:
+    """A handle whose run is already over (nothing was started)."""
+    future: concurrent.futures.Future[WorkflowStatus] = concurrent.futures.Future()
+    future.set_result(status)
+    return RunHandle(status.instance_id, future, RunControl(), lambda: status, threading.current_thread())
 
 
 def _save_quietly(backend: Backend, meta: InstanceMeta) -> None:

@@ -29,14 +29,16 @@ from typing import Any
 
 from nbflow.core.branching import DEFAULT_BRANCH, branch_label
 from nbflow.core.context import TaskContext
-from nbflow.core.errors import CodecError, RouteKeyError
+from nbflow.core.errors import CodecError, RouteKeyError, TaskInputError
 from nbflow.core.graph import Node, Source, WorkflowDefinition
 from nbflow.core.status import TaskError
+from nbflow.core.typed import types_of
 from nbflow.run import events as ev
 from nbflow.run.attempts import RetryLedger, is_async, run_attempt
 from nbflow.run.capture import Capture
 from nbflow.run.checkpoint import CheckpointIO, preview
 from nbflow.run.control import POLL_INTERVAL, RunControl
+from nbflow.run.live import LiveHub
 from nbflow.run.plan import RESTORE, SKIP
 from nbflow.store.base import INPUT_KEY, CheckpointRecord
 
@@ -114,6 +116,8 @@ class Scheduler:
         self._parked: Parked | None = None
         self._cancel_event = threading.Event()  # set when the run stops; each attempt's own flag follows it
         self.retries = RetryLedger(io.backend, instance_id)  # attempt counts that survive a restart
+        # live output, progress and saved states of running tasks (shares the task states)
+        self.live = LiveHub(self.publish, io, self.retries.states, records)
         self._stopping = asyncio.Event()  # set on the loop by a stop request: ends retry waits
         self._async_cache: dict[int, bool] = {}
         self.done = 0
@@ -206,7 +210,16 @@ class Scheduler:
 
         The count continues where a stopped run left it (``RetryLedger``): attempt n+1
         after the stored attempt n, once the stored retry time has come. ``failed``:
-        attempt 1 already ran elsewhere (a chunk of map items) and raised this."""
+        attempt 1 already ran elsewhere (a chunk of map items) and raised this.
+
+        Arguments and output are validated against ``fn``'s pydantic annotations, if it
+        has any (:mod:`nbflow.core.typed`); an invalid argument fails the step at once."""
+        typed = types_of(fn)  # None for a function without model annotations: called as is
+        if typed is not None:
+            try:
+                args, kwargs = typed.inputs(task_id, args, kwargs)
+            except TaskInputError as exc:
+                raise self.failure(task_id, exc) from None
         policy = node.spec.retry
         attempt = 0
         if failed is not None:
@@ -231,7 +244,8 @@ class Scheduler:
                 cancel = threading.Event()
                 if self._cancel_event.is_set():
                     cancel.set()
-            tctx = TaskContext(self.wf.name, self.instance_id, task_id, attempt, self.wf.metadata, cancel)
+            live = self.live.attempt(node, task_id, attempt)
+            tctx = TaskContext(self.wf.name, self.instance_id, task_id, attempt, self.wf.metadata, cancel, live)
             self._contexts[task_id] = tctx
             try:
                 value, cap = await run_attempt(
@@ -245,11 +259,18 @@ class Scheduler:
                     echo=self.echo,
                     is_coroutine=self._async(fn),
                 )
+                if typed is not None and typed.result is not None:
+                    value = typed.output(task_id, value)  # TaskOutputError: a failed attempt
             except Exception as exc:  # noqa: BLE001 - the task's own error: retried or reported below
+                live.close(ok=False)  # first: TaskFailed carries what the attempt printed
                 await self._after_failure(node, task_id, attempt, exc)
                 continue
+            except BaseException:
+                live.close(ok=False)  # cut short (a stop, a timeout): what it printed is kept
+                raise
             finally:
                 self._contexts.pop(task_id, None)
+            live.close(ok=True)
             return value, cap, attempt, started
 
     async def _after_failure(self, node: Node, task_id: str, attempt: int, exc: Exception) -> None:
@@ -286,8 +307,15 @@ class Scheduler:
         self.retries.settle(task_id)  # a later resume of the failed instance starts its policy over
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         error = TaskError(task_id, type(exc).__name__, message or str(exc), tb, attempt)
+        out, err = self.live.last_output(task_id)  # what the failed attempt printed
         self.publish(
-            ev.TaskFailed, task_id=task_id, attempt=attempt, error=f"{error.type}: {error.message}", traceback=tb
+            ev.TaskFailed,
+            task_id=task_id,
+            attempt=attempt,
+            error=f"{error.type}: {error.message}",
+            traceback=tb,
+            stdout=out,
+            stderr=err,
         )
         return StepFailed(error)
 
@@ -329,6 +357,7 @@ class Scheduler:
                 raise self.failure(node.id, exc, attempt) from exc
         self.records[node.id] = record
         self.retries.settle(node.id)  # after the record: a kill in between leaves a state the record outdates
+        self.live.settled((node.id,))  # its own saved state is no longer needed
         if self._consumers[node.id] or node.id in self._sinks:
             self._values[node.id] = value
         self.done += 1
@@ -398,6 +427,8 @@ class Scheduler:
         order = {n.id: i for i, n in enumerate(wf.nodes)}
         waiting: dict[str, int] = {}
         ready: list[tuple[int, int, str]] = []
+        if self.bus:  # where unfinished tasks were when the last run stopped (their stored progress)
+            self.live.announce_stored(n.id for n in wf.nodes if self.plan[n.id] not in (RESTORE, SKIP))
 
         def push(task_id: str) -> None:
             heapq.heappush(ready, (-wf.node(task_id).spec.priority, order[task_id], task_id))

@@ -19,6 +19,7 @@ from nbflow.core.errors import CodecError, SignalTimeoutError
 from nbflow.core.graph import Node
 from nbflow.core.keys import item_id, iteration_id, wait_id
 from nbflow.core.status import LoopResult
+from nbflow.core.typed import types_of
 from nbflow.run import events as ev
 from nbflow.run.attempts import call_sync
 from nbflow.run.checkpoint import preview
@@ -88,6 +89,7 @@ async def run_loop(sched: Scheduler, node: Node, inline: bool) -> None:
                 sched.retries.settle(key)
                 raise sched.failure(node.id, exc, attempt) from exc
             sched.retries.settle(key)
+            sched.live.settled((key,))  # the iteration's own saved state is no longer needed
         sched.publish(ev.MapProgress, task_id=node.id, done=i, total=max_iterations)
         current = value
         if finished:
@@ -133,6 +135,7 @@ async def run_map(sched: Scheduler, node: Node) -> None:
     next_index = iter(todo)
     stop = stopped = False
     chunked = not sched._async(fn) and node.spec.timeout is None and not hasattr(sched.executor, "submit_task")
+    chunked = chunked and types_of(fn) is None  # typed items go through attempts(), which validates them
     if chunked and node.spec.retry.max_retries:
         # Items whose retries were under way when the last run stopped continue their
         # count, one by one (a chunk runs first attempts only).
@@ -197,9 +200,11 @@ async def run_map(sched: Scheduler, node: Node) -> None:
     def flush() -> None:
         nonlocal pending, done, last_flush
         if pending:
-            for record in sched.io.write_many(pending):
+            stored = sched.io.write_many(pending)
+            for record in stored:
                 sched.records[record.task_id] = record
                 sched.retries.settle(record.task_id)
+            sched.live.settled(record.task_id for record in stored)  # items' own saved states
             done += len(pending)
             pending = []
             sched.publish(ev.MapProgress, task_id=node.id, done=done, total=total)
@@ -270,13 +275,18 @@ async def _run_chunk(
     def body() -> list[tuple[Any, ...]]:
         out: list[tuple[Any, ...]] = []
         for i in batch:
-            tctx = TaskContext(sched.wf.name, sched.instance_id, item_id(node.id, i), 1, sched.wf.metadata, cancel)
+            live = sched.live.attempt(node, item_id(node.id, i), 1)
+            tctx = TaskContext(
+                sched.wf.name, sched.instance_id, item_id(node.id, i), 1, sched.wf.metadata, cancel, live
+            )
             t0 = time.perf_counter()
             try:
                 value, cap = call_sync(fn, [items[i]], {}, tctx, sched.echo)
             except Exception as exc:  # noqa: BLE001 - the user function failed; retried or reported
+                live.close(ok=False)
                 out.append(("again", i, exc))
             else:
+                live.close(ok=True)
                 item_seconds[0] += time.perf_counter() - t0
                 item_seconds[1] += 1
                 out.append(("ok", i, value, cap, 1))

@@ -66,8 +66,9 @@ from nbflow.core.graph import Node, WorkflowDefinition
 from nbflow.core.keys import chunk_id, item_id
 from nbflow.core.retry import parse_duration
 from nbflow.core.status import RunState, TaskError
+from nbflow.core.typed import record_types
 from nbflow.run import events as ev
-from nbflow.run import steps
+from nbflow.run import lifecycle, steps
 from nbflow.run.checkpoint import CheckpointIO, preview
 from nbflow.run.plan import RESTORE, RUN, SKIP, compute_plan
 from nbflow.run.scheduler import Parked, RunControl, Scheduler, StepFailed
@@ -79,6 +80,8 @@ __all__ = ["ClaimLostError", "PooledWorker", "WorkerHandle"]
 
 log = logging.getLogger("nbflow.worker")
 
+# Never picked up: paused, cancelled, interrupted (a runner's Ctrl-C), completed, failed.
+# unpause and revive move an instance back to pending (see nbflow.run.lifecycle).
 RUNNABLE = (RunState.PENDING, RunState.RUNNING, RunState.WAITING, RunState.AWAITING_SIGNAL)
 _BUSY = (RunState.PENDING, RunState.RUNNING, RunState.WAITING)  # keeps ``run(until_idle=True)`` going
 
@@ -198,6 +201,11 @@ class PooledWorker:
     def __repr__(self) -> str:
         return f"PooledWorker({self.worker_id!r}, {self.backend!r}, workflows={sorted(self.workflows)})"
 
+    @property
+    def _by(self) -> str:
+        """Who this worker is, in the lifecycle's record of state changes."""
+        return f"worker {self.worker_id}"
+
     def subscribe(self, subscriber: Callable[[ev.RunEvent], None]) -> Callable[[], None]:
         """Receive this worker's task events (they carry ``worker``)."""
         return self.events.subscribe(subscriber)
@@ -258,7 +266,10 @@ class PooledWorker:
                         next_scan = now + self.poll_interval
                         if until_idle and not running and not busy:
                             break
-                timeout = max(0.01, min(self.poll_interval, next_scan - time.monotonic())) if free > 0 else None
+                # with every slot busy, still wake each poll interval: a stop request must not wait for a unit
+                timeout = (
+                    max(0.01, min(self.poll_interval, next_scan - time.monotonic())) if free > 0 else self.poll_interval
+                )
                 if running:
                     done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
@@ -437,6 +448,7 @@ class PooledWorker:
             return cached.view
         records = self.backend.get_records(iid)
         io = CheckpointIO(self.backend, iid, wf.codec or self.codec)
+        io.types = record_types(wf)  # pydantic outputs stored as JSON are rebuilt as models
         view = InstanceView(meta, wf, records, compute_plan(wf, records), io)
         if stamp is not None:
             self._views[iid] = CachedView(stamp, wf.definition_hash, view)
@@ -500,6 +512,7 @@ class PooledWorker:
         view, node = unit.view, unit.node
         iid = view.meta.instance_id
         io = ClaimedIO(self.backend, iid, view.io.codec, unit.key, unit.token, self.worker_id)
+        io.types = view.io.types
         io.last_commit_releases = unit.item is not None or unit.chunk is not None or unit.finalize
         sched = Scheduler(
             wf=view.wf,
@@ -580,6 +593,7 @@ class PooledWorker:
             worker=getattr(cap, "worker", None) or self.worker_id,
         )
         sched.retries.settle(unit.key)  # its stored attempt count, if it was retried
+        sched.live.settled((unit.key,))  # and its own saved state
         sched.publish(
             ev.TaskFinished,
             task_id=unit.key,
@@ -636,6 +650,7 @@ class PooledWorker:
             sched.io.write_many(batch)  # the items that finished are kept even if one failed
             for record, _ in batch:
                 sched.retries.settle(record.task_id)  # stored attempt counts of retried items
+            sched.live.settled(record.task_id for record, _ in batch)  # the items' own saved states
             known = sum(1 for i in range(len(items)) if item_id(node.id, i) in sched.records)
             done = known + sum(1 for record, _ in batch if record.codec != "ref")
             sched.publish(ev.MapProgress, task_id=node.id, done=done, total=len(items))  # as far as this worker knows
@@ -647,20 +662,20 @@ class PooledWorker:
         self, iid: str, state: str, *, wake_at: float | None = None, signal: str | None = None, message: str = ""
     ) -> None:
         meta = self.backend.load_instance(iid)
-        if meta is None or RunState(meta.state).finished or meta.state in ("cancelled",):
+        # a late unit of an instance paused or cancelled meanwhile leaves it so
+        if meta is None or not lifecycle.allowed(meta.state, state):
             return
         if (meta.state, meta.wake_at, meta.signal) == (state, wake_at, signal):
             return
-        meta.state, meta.wake_at, meta.signal, meta.updated_at = state, wake_at, signal, time.time()
-        meta.message = message or meta.message
+        lifecycle.transition(meta, state, by=self._by, message=message or None, wake_at=wake_at, signal=signal)
         self.backend.save_instance(meta)
 
     def _fail(self, iid: str, error: TaskError) -> None:
         meta = self.backend.load_instance(iid)
-        if meta is None or meta.state == RunState.COMPLETED:
+        if meta is None or not lifecycle.allowed(meta.state, RunState.FAILED):  # completed/cancelled stay so
             return
-        meta.state, meta.error, meta.updated_at = RunState.FAILED.value, error.to_dict(), time.time()
-        meta.message = f"failed on worker {self.worker_id}"
+        message = f"failed on worker {self.worker_id}"
+        lifecycle.transition(meta, RunState.FAILED, by=self._by, message=message, error=error.to_dict())
         self.backend.save_instance(meta)
         self.events.publish(
             ev.RunFinished(
@@ -670,9 +685,11 @@ class PooledWorker:
 
     def _complete(self, view: InstanceView) -> None:
         meta = self.backend.load_instance(view.meta.instance_id)
-        if meta is None or RunState(meta.state).finished:
+        if meta is None or meta.state == RunState.COMPLETED or not lifecycle.allowed(meta.state, RunState.COMPLETED):
             return
-        meta.state, meta.wake_at, meta.signal, meta.error = RunState.COMPLETED.value, None, None, None
-        meta.updated_at, meta.message = time.time(), f"completed by worker {self.worker_id}"
+        message = f"completed by worker {self.worker_id}"
+        lifecycle.transition(
+            meta, RunState.COMPLETED, by=self._by, message=message, wake_at=None, signal=None, error=None
+        )
         self.backend.save_instance(meta)
         self.events.publish(ev.RunFinished(workflow=meta.workflow, instance_id=meta.instance_id, state="completed"))
