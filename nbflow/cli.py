@@ -165,10 +165,24 @@ def _typed_text(arg: str) -> str:
         return arg
 
 
+def _migrate(directory: str) -> int:
+    from nbflow.store.migrate import migrate_store
+
+    report = migrate_store(directory)
+    for name in report.migrated:
+        print(f"migrated {name}")
+    for name, why in report.failed.items():
+        print(f"could not migrate {name}: {why}", file=sys.stderr)
+    print(f"{len(report.migrated)} migrated, {len(report.current)} already current, {len(report.failed)} failed")
+    return 1 if report.failed else 0
+
+
 def _run(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "help":
         return _help(args.topic)
+    if cmd == "migrate":
+        return _migrate(args.dir)
     backend = DiskcacheBackend(args.dir)
     client = WorkflowClient(backend)
     if cmd == "list":

@@ -172,6 +172,12 @@ COMMANDS: tuple[Command, ...] = (
         ),
         front_ends=frozenset({CLI}),
     ),
+    Command(
+        "migrate",
+        "convert instances written by nbflow 0.1 to the current record format (reads their pickles: trusted stores only)",
+        (_DIR,),
+        front_ends=frozenset({CLI}),
+    ),
     Command("help", "this list, or one command's arguments", (Arg("topic", "a command", "COMMAND", optional=True),)),
 )
 

@@ -7,12 +7,21 @@ The widget only renders snapshots of it. A subscriber gets one call per engine e
 expensive part (building a snapshot for the browser) is left to the caller, which
 decides *when* with a :class:`Coalescer` — a few times per second, never per event.
 
+While a task runs the model also folds what it prints (``TaskOutput``, shown as a
+terminal would: ``\r`` frames collapse to the line they end with) and how far it says
+it is (``TaskProgress``). The ETA is honest: each unfinished task's remaining time
+comes from its own progress rate when it reports progress, else from how long the same
+task took in earlier runs of the workflow (:class:`DurationHistory`, read once per
+process from the store's records), and the run's ETA is the longest remaining path
+through the graph. With nothing to go on it is None ("unknown"), never a guess.
+
 Nothing here draws or imports a UI toolkit; layout lives in ``render.py``, painting in
 ``widget.py`` and ``static/``.
 """
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections import Counter
@@ -20,12 +29,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from nbflow.core.keys import INPUT_ID, parse_item_id, parse_iteration_id, parse_state_id
 from nbflow.run import events as ev
+from nbflow.run.live import collapse, store_of
+from nbflow.run.live import last_line as _last_line
 
 __all__ = [
     "ACTIVE_STATES",
+    "HISTORY",
     "STATES",
     "Coalescer",
+    "DurationHistory",
     "ProgressModel",
     "TaskInfo",
     "format_seconds",
@@ -48,9 +62,20 @@ MAX_TEXT = 20_000
 
 
 def _clip(text: str) -> str:
+    text = collapse(text)
     if len(text) <= MAX_TEXT:
         return text
     return f"... ({len(text) - MAX_TEXT} characters cut)\n" + text[-MAX_TEXT:]
+
+
+def _append(tail: str, chunk: str, limit: int = MAX_TEXT) -> str:
+    """``tail`` + ``chunk`` as a terminal shows it, at most ``limit`` characters."""
+    text = collapse(tail + chunk)
+    if len(text) <= limit:
+        return text
+    text = text[-limit:]
+    newline = text.find("\n")
+    return text[newline + 1 :] if 0 <= newline < 200 else text
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -91,14 +116,50 @@ class TaskInfo:
     wake_at: float | None = None
     signal: str | None = None
     reason: str = ""
+    why: str = ""  # why a stale task runs again: one line, then a diff (kept once it ran)
+    # live, while the task runs: what it printed so far (collapsed), its last line and
+    # its own progress (done, total, note); ``progress_stored``: that progress was read
+    # from the store (where the task was when its last run stopped), not reported now
+    live_stdout: str = ""
+    live_stderr: str = ""
+    last_line: str = ""
+    progress: tuple[float, float | None, str] | None = None
+    progress_stored: bool = False
+    expected: float | None = None  # how long it took in earlier runs (median), if known
+    rate_first: tuple[float, float] | None = None  # (time, done) of its first report this attempt
+    rate_last: tuple[float, float] | None = None  # (time, done) of its latest report
 
     def detail(self, task_id: str) -> dict[str, Any]:
-        """A JSON-ready view of this task for the detail pane."""
+        """A JSON-ready view of this task for the detail pane. While it runs (or after
+        it was cut short) ``stdout``/``stderr`` are what it printed so far."""
         out = asdict(self)
-        del out["started_at"]
+        for private in ("started_at", "rate_first", "rate_last", "live_stdout", "live_stderr"):
+            del out[private]
+        if not self.stdout and not self.stderr:
+            out["stdout"], out["stderr"] = self.live_stdout, self.live_stderr
         out.update(task=task_id, duration_text=format_seconds(self.duration))
         out["map"] = None if self.map_total is None else [self.map_done or 0, self.map_total, self.map_failed]
+        out["progress"] = None if self.progress is None else list(self.progress)
+        out["progress_text"] = self.progress_text()
+        out["expected_text"] = "" if self.expected is None else format_seconds(self.expected)
+        out["live"] = self.state in ACTIVE_STATES
         return out
+
+    def progress_text(self) -> str:
+        """``57/100 (57%) epoch 57`` (``57 done`` without a total); '' without progress."""
+        if self.progress is None:
+            return ""
+        done, total, note = self.progress
+        text = f"{_num(done)}/{_num(total)} ({100 * min(done, total) / total:.0f}%)" if total else f"{_num(done)} done"
+        if note:
+            text += f" {note}"
+        return ("was at " if self.progress_stored else "") + text
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "?"
+    return str(int(value)) if float(value).is_integer() else f"{value:.3g}"
 
 
 class ProgressModel:
@@ -128,7 +189,10 @@ class ProgressModel:
         instance_id: str = "",
         kinds: Mapping[str, str] | None = None,
         plan: Mapping[str, str] | None = None,
+        reasons: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        edges: Iterable[tuple[str, str]] = (),
+        history: Mapping[str, float] | str | None = None,
     ) -> None:
         self.workflow = workflow
         self.instance_id = instance_id
@@ -139,13 +203,36 @@ class ProgressModel:
         self._lock = threading.RLock()
         self._tasks: dict[str, TaskInfo] = {}
         self._counts: Counter[str] = Counter()
+        self._deps: dict[str, list[str]] = {}
+        self._set_edges(edges)
+        # expected durations: given, or "auto" — read from the run's store at RunStarted
+        # (HISTORY, cached per process) and kept up to date as tasks finish
+        self._auto_history = history == "auto"
+        self._history: dict[str, float] = dict(history) if isinstance(history, Mapping) else {}
+        self._history_store: Any = None
         self._reset(tuple(tasks), kinds or {})
         if plan:
-            self.set_plan(plan)
+            self.set_plan(plan, reasons)
 
     # -- folding ------------------------------------------------------------------------
+    def _set_edges(self, edges: Iterable[tuple[str, str]]) -> None:
+        deps: dict[str, list[str]] = {}
+        for upstream, downstream in edges:
+            deps.setdefault(downstream, []).append(upstream)
+        self._deps = deps
+
+    def set_history(self, durations: Mapping[str, float]) -> None:
+        """Expected duration of each task (seconds; e.g. from :data:`HISTORY`): shown
+        on its row and used for the ETA of tasks that report no progress."""
+        with self._lock:
+            self._history = dict(durations)
+            for tid, info in self._tasks.items():
+                info.expected = self._history.get(tid)
+            self.version += 1
+
     def _reset(self, tasks: tuple[str, ...], kinds: Mapping[str, str]) -> None:
-        self._tasks = {tid: TaskInfo(kind=kinds.get(tid, "task")) for tid in tasks}
+        history = getattr(self, "_history", {})
+        self._tasks = {tid: TaskInfo(kind=kinds.get(tid, "task"), expected=history.get(tid)) for tid in tasks}
         self._counts = Counter({"pending": len(tasks)})
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -167,15 +254,19 @@ class ProgressModel:
             self._counts[state] += 1
             info.state = state
 
-    def set_plan(self, plan: Mapping[str, str]) -> None:
+    def set_plan(self, plan: Mapping[str, str], reasons: Mapping[str, str] | None = None) -> None:
         """Show what a resume will do before it runs: tasks with a valid checkpoint are
-        painted restored, ``"stale"`` ones stale, branches a route did not take skipped."""
+        painted restored, ``"stale"`` ones stale (``reasons`` says why), branches a
+        route did not take skipped."""
         painted = {"stale": "stale", "restore": "restored", "skip": "skipped"}
         with self._lock:
             for tid, what in plan.items():
                 info = self._info(tid)
                 if info.state in ("pending", "stale", "restored", "skipped"):
                     self._set(info, painted.get(what, "pending"))
+            for tid, why in (reasons or {}).items():
+                if tid in self._tasks:
+                    self._tasks[tid].why = why
             self.version += 1
 
     def apply(self, event: ev.RunEvent) -> bool:
@@ -197,6 +288,13 @@ class ProgressModel:
             for tid, what in e.plan.items():
                 if what == "stale" and tid in self._tasks:
                     self._set(self._tasks[tid], "stale")
+            for tid, why in e.reasons.items():
+                if tid in self._tasks:
+                    self._tasks[tid].why = why
+            if e.edges:
+                self._set_edges(e.edges)
+            if self._auto_history:
+                self._load_history()
             self.run_state, self.run_error, self.started_at = "running", None, e.time
             return True
         if isinstance(e, ev.RunFinished):
@@ -208,6 +306,8 @@ class ProgressModel:
             for info in self._tasks.values():
                 if info.state in in_flight:
                     self._set(info, "cancelled")
+                    if not info.stdout and not info.stderr:  # what it printed before it was cut short
+                        info.stdout, info.stderr = info.live_stdout, info.live_stderr
             return True
         task_id = getattr(e, "task_id", None)
         if task_id is None:
@@ -216,10 +316,18 @@ class ProgressModel:
         if owner is not None:
             return self._apply_item(self._tasks[owner], e)
         info = self._info(task_id)
+        if isinstance(e, ev.TaskOutput):
+            return self._output(info, e)
+        if isinstance(e, ev.TaskProgress):
+            self._progress(info, e.time, e.done, e.total, e.note, stored=e.stored)
+            return True
         if isinstance(e, ev.TaskStarted):
             self._set(info, "running")
             info.attempts, info.worker, info.started_at = e.attempt, e.worker, e.time
             info.error = info.traceback = ""
+            info.stdout = info.stderr = info.live_stdout = info.live_stderr = ""
+            info.rate_first = info.rate_last = None
+            info.progress_stored = info.progress is not None  # "was at ..." until it reports again
             if self._first_start is None:
                 self._first_start = e.time
         elif isinstance(e, ev.TaskFinished | ev.TaskRestored):
@@ -227,9 +335,12 @@ class ProgressModel:
             self._set(info, "restored" if restored else "done")
             info.attempts, info.duration, info.worker = e.attempt, e.duration, e.worker
             info.preview, info.stdout, info.stderr = _clip(e.preview), _clip(e.stdout), _clip(e.stderr)
+            info.live_stdout = info.live_stderr = ""
+            info.progress_stored = False
             if not restored:
                 self._exec_total += e.duration
                 self._exec_count += 1
+                self._note_duration(task_id, e.duration)
         elif isinstance(e, ev.TaskRetrying):
             self._set(info, "retrying")
             info.attempts, info.error = e.attempt, e.error
@@ -237,6 +348,8 @@ class ProgressModel:
             self._set(info, "failed")
             info.attempts, info.error, info.traceback = e.attempt, e.error, _clip(e.traceback)
             info.stdout, info.stderr = _clip(e.stdout), _clip(e.stderr)
+            if not info.stdout and not info.stderr:
+                info.stdout, info.stderr = info.live_stdout, info.live_stderr
             if info.started_at is not None:
                 info.duration = max(0.0, e.time - info.started_at)
         elif isinstance(e, ev.TaskSkipped):
@@ -249,9 +362,38 @@ class ProgressModel:
             info.map_done, info.map_total, info.map_failed = e.done, e.total, e.failed
             if info.state in ("pending", "stale"):
                 self._set(info, "running")
+            note = info.progress[2] if info.progress is not None and not info.progress_stored else ""
+            self._progress(info, e.time, e.done, e.total, note)
         else:
             return False
         return True
+
+    def _output(self, info: TaskInfo, e: ev.TaskOutput, prefix: str = "") -> bool:
+        if e.cut:
+            marker = f"... ({e.cut} characters printed too fast to show; the checkpoint keeps them)\n"
+            if e.stdout:
+                info.live_stdout = _append(info.live_stdout, marker)
+            if e.stderr:
+                info.live_stderr = _append(info.live_stderr, marker)
+        if e.stdout:
+            info.live_stdout = _append(info.live_stdout, e.stdout)
+        if e.stderr:
+            info.live_stderr = _append(info.live_stderr, e.stderr)
+        line = _last_line(e.stdout) or _last_line(e.stderr)
+        if line:
+            info.last_line = prefix + line
+        return True
+
+    def _progress(
+        self, info: TaskInfo, at: float, done: float, total: float | None, note: str, *, stored: bool = False
+    ) -> None:
+        info.progress, info.progress_stored = (done, total, note), stored
+        if stored:
+            return
+        last = info.rate_last
+        if info.rate_first is None or last is None or done < last[1]:  # first report, or a reset bar
+            info.rate_first = (at, done)
+        info.rate_last = (at, done)
 
     def _item_owner(self, task_id: str) -> str | None:
         """The map/loop node of an item id (``square[3]``, ``newton#2``), else None."""
@@ -262,7 +404,21 @@ class ProgressModel:
 
     def _apply_item(self, info: TaskInfo, e: ev.RunEvent) -> bool:
         """One map item's or loop iteration's event, folded into its node: items are
-        never rows of their own (a 10,000-item map is one node with a counter)."""
+        never rows of their own (a 10,000-item map is one node with a counter). Their
+        output goes to the node's output, their progress to its note."""
+        if isinstance(e, ev.TaskOutput):
+            return self._output(info, e, prefix=f"{e.task_id}: ")
+        if isinstance(e, ev.TaskProgress):
+            if e.stored:
+                return False
+            item = TaskInfo(progress=(e.done, e.total, e.note))
+            note = f"{e.task_id} {item.progress_text()}"
+            info.last_line = note
+            if info.progress is not None and info.kind == "map":
+                info.progress = (info.progress[0], info.progress[1], note)
+            elif info.progress is None:
+                info.progress = (0.0, None, note) if info.kind == "map" else None
+            return True
         if isinstance(e, ev.TaskStarted):
             if info.state not in ("pending", "stale", "retrying"):
                 return False
@@ -317,24 +473,84 @@ class ProgressModel:
         return max(0.0, (self._clock() if now is None else now) - self.started_at)
 
     def eta(self, now: float | None = None) -> float | None:
-        """Seconds left: mean duration of executed tasks x remaining tasks / parallelism.
+        """Seconds until the run ends, or None when there is nothing honest to say.
 
-        Restored tasks cost nothing, so they never enter the mean. Parallelism is
-        measured, not configured: summed task time over wall time since the first task
-        started (about 1 for a chain, about N for N busy threads). None until one task
-        has really run, or once the run is over.
+        Each unfinished task's remaining time (:meth:`task_remaining`) comes from its
+        own progress rate if it reports progress, else from its expected duration
+        (earlier runs, :meth:`set_history`) minus the time it has run; the run's ETA is
+        the longest chain of remaining times through the graph (branches overlap). One
+        task with nothing to go on — no progress and no history, an overrun, a signal
+        nobody sent, a failure — makes the whole ETA None: unknown, not a guess. None
+        too once the run is over.
+
+        >>> from nbflow.run import events as ev
+        >>> m = ProgressModel(["a", "b"], edges=[("a", "b")], history={"a": 4.0, "b": 6.0})
+        >>> _ = m.apply(ev.RunStarted(workflow="w", instance_id="i", tasks=("a", "b"), time=0.0))
+        >>> _ = m.apply(ev.TaskStarted(workflow="w", instance_id="i", task_id="a", time=0.0))
+        >>> m.eta(now=1.0)                    # 3 s left of a, then b's 6 s
+        9.0
+        >>> _ = m.apply(ev.TaskProgress(workflow="w", instance_id="i", task_id="a", done=1, total=4, time=1.0))
+        >>> _ = m.apply(ev.TaskProgress(workflow="w", instance_id="i", task_id="a", done=2, total=4, time=3.0))
+        >>> m.eta(now=3.0)                    # a reports 1 step per 2 s: 4 s left, then b
+        10.0
         """
         with self._lock:
-            if self.run_state != "running" or not self._exec_count:
+            if self.run_state != "running":
                 return None
-            remaining = self.total - self.completed - self._counts["failed"]
-            if remaining <= 0:
-                return 0.0
-            mean = self._exec_total / self._exec_count
             now = self._clock() if now is None else now
-            wall = now - self._first_start if self._first_start is not None else 0.0
-            parallelism = max(1.0, self._exec_total / wall) if wall > 0 else 1.0
-            return mean * remaining / parallelism
+            finish: dict[str, float] = {}
+            longest = 0.0
+            deps = self._deps
+            for tid, info in self._tasks.items():
+                left = self._remaining(info, now)
+                if left is None:
+                    return None
+                start = 0.0
+                for dep in deps.get(tid, ()):
+                    start = max(start, finish.get(dep, 0.0))
+                end = finish[tid] = start + left
+                longest = max(longest, end)
+            return longest
+
+    def task_remaining(self, task_id: str, now: float | None = None) -> float | None:
+        """Seconds ``task_id`` still needs by itself (see :meth:`eta`), or None."""
+        with self._lock:
+            return self._remaining(self._tasks[task_id], self._clock() if now is None else now)
+
+    def _remaining(self, info: TaskInfo, now: float) -> float | None:
+        state = info.state
+        if state in COMPLETE_STATES:
+            return 0.0
+        if state == "waiting":
+            return max(0.0, info.wake_at - now) if info.wake_at is not None else None
+        if state in ("running", "retrying"):
+            by_rate = _by_rate(info, now)
+            if by_rate is not None:
+                return by_rate
+            if info.expected is None or info.started_at is None:
+                return info.expected if info.started_at is None else None
+            left = info.expected - (now - info.started_at)
+            return left if left >= 0 else None  # it overran its history: say nothing rather than 0
+        if state in ("pending", "stale"):
+            return info.expected
+        return None  # failed, cancelled, awaiting a signal: the run will not end by itself
+
+    # -- history --------------------------------------------------------------------------
+    def _load_history(self) -> None:
+        """Expected durations from the store of this instance's run (``store_of``)."""
+        store = store_of(self.instance_id)
+        self._history_store = store
+        if store is None:
+            return
+        durations = HISTORY.durations(store, self.workflow)
+        if durations:
+            self._history = durations
+            for tid, info in self._tasks.items():
+                info.expected = durations.get(tid)
+
+    def _note_duration(self, task_id: str, duration: float) -> None:
+        if self._history_store is not None:
+            HISTORY.note(self._history_store, self.workflow, self.instance_id, task_id, duration)
 
     def _headline(self) -> str:
         counts = self._counts
@@ -349,8 +565,9 @@ class ProgressModel:
         with self._lock:
             now = self._clock() if now is None else now
             elapsed, eta, base = self.elapsed(now), self.eta(now), self._headline()
+            unknown = eta is None and self.run_state == "running" and self.completed < self.total
             timing = "" if elapsed is None else f" · elapsed {format_seconds(elapsed)}"
-            timing += "" if eta is None else f" · ETA {format_seconds(eta)}"
+            timing += f" · ETA {format_seconds(eta)}" if eta is not None else (" · ETA unknown" if unknown else "")
             done, total = self.completed, self.total
             return {
                 "done": done,
@@ -361,6 +578,7 @@ class ProgressModel:
                 "error": self.run_error,
                 "elapsed": elapsed,
                 "eta": eta,
+                "eta_unknown": unknown,
                 "base": base,
                 "text": base + timing,
             }
@@ -385,6 +603,104 @@ class ProgressModel:
             if len(items) > max_tasks:
                 parts.append(f"... {len(items) - max_tasks} more")
             return " | ".join(parts)
+
+
+def _by_rate(info: TaskInfo, now: float) -> float | None:
+    """Remaining seconds from a task's own progress rate (two reports at least), or None.
+    A loop's total is only its iteration limit: no rate from that."""
+    if info.kind == "loop" or info.progress is None or not info.progress[1]:
+        return None
+    first, last = info.rate_first, info.rate_last
+    if first is None or last is None or last[0] <= first[0] or last[1] <= first[1]:
+        return None
+    rate = (last[1] - first[1]) / (last[0] - first[0])
+    return max(0.0, (info.progress[1] - last[1]) / rate - max(0.0, now - last[0]))
+
+
+class DurationHistory:
+    """How long each task of a workflow took in earlier runs, per store (a process cache).
+
+    A store's records carry every finished task's ``started_at``/``finished_at``; the
+    first time a workflow's history is asked for, the records of its most recent
+    instances (at most :attr:`MAX_INSTANCES`) are read once, and runs in this process add
+    their tasks as they finish. ``durations`` gives the median per task id.
+
+    >>> from nbflow.store.memory import InMemoryBackend
+    >>> h, store = DurationHistory(), InMemoryBackend()
+    >>> h.durations(store, "etl")
+    {}
+    >>> for instance, seconds in (("i-1", 2.0), ("i-2", 4.0), ("i-3", 30.0)):
+    ...     h.note(store, "etl", instance, "load", seconds)
+    >>> h.durations(store, "etl")
+    {'load': 4.0}
+    """
+
+    MAX_INSTANCES = 20
+
+    def __init__(self) -> None:
+        self._samples: dict[tuple[Any, str], dict[str, dict[str, float]]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(store: Any, workflow: str) -> tuple[Any, str]:
+        directory = getattr(store, "directory", None)
+        return ((type(store).__name__, str(directory)) if directory is not None else id(store)), workflow
+
+    def durations(self, store: Any, workflow: str) -> dict[str, float]:
+        """``{task id: median seconds}`` over the instances of ``workflow`` in ``store``."""
+        key = self._key(store, workflow)
+        with self._lock:
+            samples = self._samples.get(key)
+        if samples is None:
+            samples = _read_durations(store, workflow, self.MAX_INSTANCES)
+            with self._lock:
+                samples = self._samples.setdefault(key, samples)
+        with self._lock:
+            return {tid: statistics.median(by.values()) for tid, by in samples.items() if by}
+
+    def note(self, store: Any, workflow: str, instance_id: str, task_id: str, duration: float) -> None:
+        """Add (or replace) one instance's duration of ``task_id``."""
+        key = self._key(store, workflow)
+        with self._lock:
+            by = self._samples.setdefault(key, {}).setdefault(task_id, {})
+            by.pop(instance_id, None)
+            by[instance_id] = max(0.0, float(duration))
+            while len(by) > self.MAX_INSTANCES:
+                del by[next(iter(by))]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._samples.clear()
+
+
+def _read_durations(store: Any, workflow: str, limit: int) -> dict[str, dict[str, float]]:
+    """Task durations of the newest ``limit`` instances of ``workflow`` (nothing on errors:
+    history is a nicety, a damaged or closed store must not break a view)."""
+    out: dict[str, dict[str, float]] = {}
+    try:
+        metas = [m for m in store.list_instances() if m.workflow == workflow]
+        metas.sort(key=lambda m: m.updated_at)
+        for meta in metas[-limit:]:
+            for rid, record in store.get_records(meta.instance_id).items():
+                if (
+                    rid == INPUT_ID
+                    or parse_item_id(rid) is not None
+                    or parse_iteration_id(rid) is not None
+                    or parse_state_id(rid) is not None
+                    or "#" in rid
+                    or "[" in rid
+                    or record.finished_at <= 0
+                    or record.started_at <= 0
+                ):
+                    continue
+                out.setdefault(rid, {})[meta.instance_id] = max(0.0, record.finished_at - record.started_at)
+    except Exception:  # noqa: BLE001 - see the docstring
+        return out
+    return out
+
+
+#: The process-wide history the widget reads (one store read per workflow and process).
+HISTORY = DurationHistory()
 
 
 class Coalescer:

@@ -11,6 +11,12 @@ Threading: events arrive on the engine's thread and are folded into a pure
 exactly one place, :meth:`WorkflowWidget._push`, which runs from a throttling timer (at
 most once per ``min_interval``), from :meth:`flush` and when the user selects a task —
 so a 10,000-task run sends a handful of comm messages per second, not 10,000.
+
+While tasks run, ``live`` carries each running task's last line, progress and the tail
+of what it printed, so the front end can show a running task's detail at once — even
+when a blocking cell keeps the kernel from answering a click. Creating the widget keeps
+the cell reported busy while it runs (``kernel_busy``: JupyterLab's widget subshells
+would otherwise make the status bar read "Idle").
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import traitlets as t
 
 from nbflow.core.errors import MissingDependencyError
-from nbflow.jupyter import render
+from nbflow.jupyter import kernel_busy, render
 from nbflow.jupyter.mimebundle import static_bundle
-from nbflow.jupyter.progress import Coalescer, ProgressModel, format_seconds
+from nbflow.jupyter.progress import ACTIVE_STATES, Coalescer, ProgressModel, format_seconds
 
 try:
     import anywidget
@@ -39,11 +45,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from nbflow.core.graph import WorkflowDefinition
     from nbflow.run.events import EventBus, RunEvent
 
-__all__ = ["MAX_ROWS", "WidgetControls", "WorkflowWidget"]
+__all__ = ["LIVE_TAIL", "MAX_LIVE", "MAX_ROWS", "WidgetControls", "WorkflowWidget"]
 
 STATIC = Path(__file__).parent / "static"
 #: The task table shows at most this many rows (the most interesting first).
 MAX_ROWS = 500
+#: ``live`` covers at most this many running tasks, with this many characters of each stream.
+MAX_LIVE = 50
+LIVE_TAIL = 4_000
 # Table order when there are more tasks than rows: what needs attention comes first.
 _ROW_PRIORITY = {
     "failed": 0,
@@ -54,6 +63,14 @@ _ROW_PRIORITY = {
     "cancelled": 5,
     "stale": 6,
 }
+
+
+def _now(info: Any) -> str:
+    """A table row's "now" column: the task's progress and (while it runs) its last line."""
+    text = info.progress_text()
+    if info.state in ACTIVE_STATES and info.last_line:
+        text = f"{text} · {info.last_line}" if text else info.last_line
+    return str(text)
 
 
 class WidgetControls(Protocol):
@@ -69,7 +86,9 @@ class WorkflowWidget(anywidget.AnyWidget):
     """Live view of one workflow instance; subscribe it with :meth:`listen`.
 
     ``plan`` (from ``runner.plan(wf, instance_id)``) paints stale tasks before the run
-    starts. ``min_interval`` bounds how often the browser is updated.
+    starts, and ``reasons`` says why each is stale (the run keeps them). ``load_code``
+    gives the line that loads a finished task's output (``%workflow result etl clean``),
+    shown in its detail pane. ``min_interval`` bounds how often the browser is updated.
     """
 
     _esm = STATIC / "widget.js"
@@ -82,7 +101,9 @@ class WorkflowWidget(anywidget.AnyWidget):
     tasks: t.List[list[Any]] = t.List().tag(sync=True)  # [[task id, kind], ...] in topological order
     states = t.Dict().tag(sync=True)  # {task id: state}
     progress = t.Dict().tag(sync=True)  # done, total, counts, elapsed, eta, text, ...
-    rows: t.List[list[Any]] = t.List().tag(sync=True)  # table rows: [task, state, attempts, duration, items]
+    # table rows: [task, state, attempts, duration, items, expected duration, now (progress · last line)]
+    rows: t.List[list[Any]] = t.List().tag(sync=True)
+    live = t.Dict().tag(sync=True)  # running tasks: {task: {line, progress, text, stdout, stderr, ...}}
     selected = t.Unicode("").tag(sync=True)  # set by the front end (node or row click)
     detail = t.Dict().tag(sync=True)  # the selected task: stdout, stderr, traceback, ...
     controls_enabled = t.Bool(False).tag(sync=True)
@@ -96,7 +117,10 @@ class WorkflowWidget(anywidget.AnyWidget):
         plan: Mapping[str, str] | None = None,
         controls: WidgetControls | None = None,
         min_interval: float = 0.2,
+        reasons: Mapping[str, str] | None = None,
+        load_code: Callable[[str], str] | None = None,
     ) -> None:
+        kernel_busy.hold_current_cell()  # before the comm opens (see kernel_busy)
         lay = render.layout(wf)
         if lay is None:
             note = (
@@ -117,8 +141,16 @@ class WorkflowWidget(anywidget.AnyWidget):
         self._wf = wf
         self._layout = lay
         self._model = ProgressModel(
-            wf.task_ids, workflow=wf.name, instance_id=instance_id, kinds={n.id: n.kind for n in wf.nodes}, plan=plan
+            wf.task_ids,
+            workflow=wf.name,
+            instance_id=instance_id,
+            kinds={n.id: n.kind for n in wf.nodes},
+            plan=plan,
+            reasons=reasons,
+            edges=wf.edges,
+            history="auto",  # expected durations from earlier runs in the run's store
         )
+        self._load_code = load_code
         self._controls = controls
         self._coalescer = Coalescer(min_interval)
         self._push_lock = threading.RLock()
@@ -161,10 +193,10 @@ class WorkflowWidget(anywidget.AnyWidget):
         self._controls = controls
         self._push(force=True)
 
-    def set_plan(self, plan: Mapping[str, str]) -> None:
-        """Show a resume's plan (stale tasks) before it runs."""
+    def set_plan(self, plan: Mapping[str, str], reasons: Mapping[str, str] | None = None) -> None:
+        """Show a resume's plan (stale tasks, and why) before it runs."""
         self._drain()
-        self._model.set_plan(plan)
+        self._model.set_plan(plan, reasons)
         self._push(force=True)
 
     def flush(self) -> None:
@@ -274,6 +306,7 @@ class WorkflowWidget(anywidget.AnyWidget):
                 self.states = states
                 self.progress = progress
                 self.rows = self._rows(states)
+                self.live = self._live(states)
                 self.controls_enabled = self._controls is not None
                 self.detail = self._detail(self.selected) if self.selected else {}
                 if self._pending_message:
@@ -291,8 +324,34 @@ class WorkflowWidget(anywidget.AnyWidget):
             info = self._model.info(tid)
             items = "" if info.map_total is None else f"{info.map_done or 0}/{info.map_total}"
             duration = format_seconds(info.duration) if info.duration is not None else ""
-            rows.append([tid, info.state, info.attempts, duration, items])
+            expected = format_seconds(info.expected) if info.expected is not None else ""
+            rows.append([tid, info.state, info.attempts, duration, items, expected, _now(info)])
         return rows
+
+    def _live(self, states: Mapping[str, str]) -> dict[str, Any]:
+        """What the front end shows of running tasks without asking the kernel."""
+        out: dict[str, Any] = {}
+        model = self._model
+        for tid, state in states.items():
+            if state not in ACTIVE_STATES:
+                continue
+            info = model.info(tid)
+            remaining = model.task_remaining(tid)
+            out[tid] = {
+                "state": state,
+                "attempts": info.attempts,
+                "line": info.last_line,
+                "progress": None if info.progress is None else list(info.progress),
+                "text": info.progress_text(),
+                "stdout": info.live_stdout[-LIVE_TAIL:],
+                "stderr": info.live_stderr[-LIVE_TAIL:],
+                "expected": info.expected,
+                "remaining": remaining,
+                "map": None if info.map_total is None else [info.map_done or 0, info.map_total, info.map_failed],
+            }
+            if len(out) >= MAX_LIVE:
+                break
+        return out
 
     def _detail(self, task_id: str) -> dict[str, Any]:
         if task_id not in self._wf:
@@ -302,6 +361,8 @@ class WorkflowWidget(anywidget.AnyWidget):
         detail["description"] = spec.description
         detail["tags"] = list(spec.tags)
         detail["deps"] = list(self._wf.node(task_id).deps)
+        if self._load_code is not None and detail["state"] in ("done", "restored"):
+            detail["load"] = self._load_code(task_id)
         return detail
 
     # -- front-end side -------------------------------------------------------------------

@@ -8,8 +8,14 @@
 //   .nbflow-progress > .nbflow-progress-bar (style.width = "NN%") + .nbflow-progress-text
 //   .nbflow-dag svg g.node.nbflow-node.nbflow-state-<state>[data-task]
 //   table.nbflow-table tr.nbflow-row[data-task][data-state]
-//   .nbflow-detail[data-task] pre.nbflow-detail-{preview,stdout,stderr,traceback}
+//   .nbflow-detail[data-task] pre.nbflow-detail-{why,preview,stdout,stderr,traceback}
+//   .nbflow-detail code.nbflow-detail-load (the line that loads a finished task's output)
 //   .nbflow-controls button.nbflow-{cancel,rerun,approve}, .nbflow-message
+//   live (running tasks, from the `live` trait; drawn without asking the kernel, which a
+//   blocking cell keeps busy):
+//   g.nbflow-node > g.nbflow-node-live[data-fraction] > rect.nbflow-node-progress-bar (+ <title>: last line)
+//   td.nbflow-col-now (progress · last line), td.nbflow-col-expected (expected duration)
+//   .nbflow-detail[data-live="true"] .nbflow-detail-progress[data-done][data-total] + pre.nbflow-detail-stdout
 
 const STATE_CLASSES = [
   "pending", "stale", "running", "retrying", "waiting", "awaiting_signal",
@@ -67,7 +73,9 @@ function render({ model, el }) {
   const table = h("table", "nbflow-table");
   const thead = h("thead");
   const headRow = h("tr");
-  for (const name of ["Task", "State", "Attempts", "Duration", "Items"]) headRow.appendChild(h("th", "", name));
+  for (const name of ["Task", "State", "Attempts", "Duration", "Items", "Expected", "Now"]) {
+    headRow.appendChild(h("th", "", name));
+  }
   thead.appendChild(headRow);
   const tbody = h("tbody");
   table.append(thead, tbody);
@@ -115,6 +123,51 @@ function render({ model, el }) {
     for (const [taskId, g] of nodes) g.classList.toggle("nbflow-selected", taskId === sel);
   }
 
+  // A running task's progress, drawn on its node: a thin bar along the bottom of its
+  // shape (and its last line as the node's tooltip). Removed once it stops running.
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  function paintLive() {
+    const live = model.get("live") || {};
+    for (const [taskId, g] of nodes) {
+      const info = live[taskId];
+      let overlay = g.querySelector(":scope > g.nbflow-node-live");
+      const p = info && info.progress;
+      const fraction = p && p[1] ? Math.max(0, Math.min(1, p[0] / p[1])) : null;
+      if (!info || (fraction === null && !info.line)) {
+        if (overlay) overlay.remove();
+        continue;
+      }
+      if (!overlay) {
+        const shape = g.querySelector(":scope > path, :scope > polygon, :scope > ellipse");
+        if (!shape) continue;
+        const box = shape.getBBox();
+        overlay = document.createElementNS(SVG_NS, "g");
+        overlay.setAttribute("class", "nbflow-node-live");
+        const track = document.createElementNS(SVG_NS, "rect");
+        const fill = document.createElementNS(SVG_NS, "rect");
+        const height = Math.max(3, Math.min(5, box.height * 0.14));
+        for (const [r, cls] of [[track, "nbflow-node-progress-track"], [fill, "nbflow-node-progress-bar"]]) {
+          r.setAttribute("class", cls);
+          r.setAttribute("x", String(box.x + 4));
+          r.setAttribute("y", String(box.y + box.height - height - 3));
+          r.setAttribute("height", String(height));
+          r.setAttribute("rx", "1.5");
+        }
+        track.setAttribute("width", String(Math.max(0, box.width - 8)));
+        overlay.dataset.width = String(Math.max(0, box.width - 8));
+        const tip = document.createElementNS(SVG_NS, "title");
+        overlay.append(track, fill, tip);
+        g.appendChild(overlay);
+      }
+      const width = Number(overlay.dataset.width || 0);
+      const fill = overlay.querySelector(".nbflow-node-progress-bar");
+      fill.setAttribute("width", String(fraction === null ? 0 : width * fraction));
+      overlay.querySelector(".nbflow-node-progress-track").style.display = fraction === null ? "none" : "";
+      overlay.dataset.fraction = fraction === null ? "" : fraction.toFixed(3);
+      overlay.querySelector("title").textContent = [info.text, info.line].filter(Boolean).join(" · ");
+    }
+  }
+
   let receivedAt = Date.now();
   function drawProgress() {
     const p = model.get("progress") || {};
@@ -136,6 +189,7 @@ function render({ model, el }) {
     const dt = (Date.now() - receivedAt) / 1000;
     let line = `${p.base} · elapsed ${fmt(p.elapsed + dt)}`;
     if (p.eta !== null && p.eta !== undefined) line += ` · ETA ${fmt(Math.max(0, p.eta - dt))}`;
+    else if (p.eta_unknown) line += " · ETA unknown";
     text.textContent = line;
   }, 1000);
 
@@ -143,7 +197,7 @@ function render({ model, el }) {
     const rows = model.get("rows") || [];
     const sel = model.get("selected");
     tbody.innerHTML = "";
-    for (const [taskId, state, attempts, duration, items] of rows) {
+    for (const [taskId, state, attempts, duration, items, expected, now] of rows) {
       const tr = h("tr", "nbflow-row");
       tr.dataset.task = taskId;
       tr.dataset.state = state;
@@ -155,6 +209,10 @@ function render({ model, el }) {
       tr.appendChild(h("td", "nbflow-col-attempts", attempts ? String(attempts) : ""));
       tr.appendChild(h("td", "nbflow-col-duration", duration));
       tr.appendChild(h("td", "nbflow-col-items", items));
+      tr.appendChild(h("td", "nbflow-col-expected", expected || ""));
+      const nowCell = h("td", "nbflow-col-now", now || "");
+      if (now) nowCell.title = now;
+      tr.appendChild(nowCell);
       tr.addEventListener("click", () => select(taskId));
       tbody.appendChild(tr);
     }
@@ -168,23 +226,80 @@ function render({ model, el }) {
     detail.appendChild(h("pre", `nbflow-detail-${name}`, body));
   }
 
-  function drawDetail() {
+  // What the detail pane shows: the kernel's `detail` of the selected task, or — before
+  // the kernel answered the click (a blocking cell keeps it busy) — what the table row
+  // and the `live` view know of it, so a running task's output shows at once.
+  const lastLive = new Map(); // task id -> its last live view (shown until the kernel answers)
+  function currentDetail() {
+    const sel = model.get("selected");
     const d = model.get("detail") || {};
+    if (!sel) return {};
+    if (d.task === sel) return d;
+    const row = (model.get("rows") || []).find((r) => r[0] === sel);
+    const live = (model.get("live") || {})[sel] || lastLive.get(sel);
+    if (!row && !live) return {};
+    const out = {
+      task: sel,
+      state: row ? row[1] : live.state,
+      attempts: row ? row[2] : live.attempts,
+      duration_text: row && row[3] ? row[3] : "-",
+      expected_text: row ? row[5] : "",
+      pending_kernel: true,
+    };
+    if (live) {
+      Object.assign(out, {
+        stdout: live.stdout, stderr: live.stderr, progress: live.progress, progress_text: live.text,
+        last_line: live.line, map: live.map, live: out.state === "running" || out.state === "retrying",
+      });
+    }
+    return out;
+  }
+
+  function drawDetail() {
+    const d = currentDetail();
     detail.innerHTML = "";
     if (!d.task) {
       delete detail.dataset.task;
+      delete detail.dataset.state;
+      delete detail.dataset.live;
       detail.appendChild(h("div", "nbflow-detail-hint", "Click a task in the graph or the table for its output."));
       return;
     }
     detail.dataset.task = d.task;
+    detail.dataset.state = d.state || "";
+    detail.dataset.live = d.live ? "true" : "false";
     detail.appendChild(h("div", "nbflow-detail-title", d.task));
     const meta = [`state: ${d.state}`, `attempts: ${d.attempts}`, `duration: ${d.duration_text}`];
+    if (d.expected_text) meta.push(`usually: ${d.expected_text}`);
+    const live = (model.get("live") || {})[d.task];
+    if (live && live.remaining !== null && live.remaining !== undefined) meta.push(`about ${fmt(live.remaining)} left`);
     if (d.worker) meta.push(`worker: ${d.worker}`);
     if (d.map) meta.push(`items: ${d.map[0]}/${d.map[1]}${d.map[2] ? ` (${d.map[2]} failed)` : ""}`);
     if (d.signal) meta.push(`waiting for signal: ${d.signal}`);
     if (d.reason) meta.push(`reason: ${d.reason}`);
     detail.appendChild(h("div", "nbflow-detail-meta", meta.join(" · ")));
+    if (d.progress || d.progress_text) {
+      const p = d.progress || [0, null, ""];
+      const box = h("div", "nbflow-detail-progress");
+      box.dataset.done = String(p[0]);
+      box.dataset.total = p[1] === null || p[1] === undefined ? "" : String(p[1]);
+      if (p[1]) {
+        const track = h("div", "nbflow-detail-progress-track");
+        const fill = h("div", "nbflow-detail-progress-bar");
+        fill.style.width = `${Math.round(100 * Math.max(0, Math.min(1, p[0] / p[1])))}%`;
+        track.appendChild(fill);
+        box.appendChild(track);
+      }
+      box.appendChild(h("span", "nbflow-detail-progress-text", d.progress_text || ""));
+      detail.appendChild(box);
+    }
     if (d.description) detail.appendChild(h("div", "nbflow-detail-description", d.description));
+    if (d.load) {
+      const load = h("div", "nbflow-detail-loadline", "load its output: ");
+      load.appendChild(h("code", "nbflow-detail-load", d.load));
+      detail.appendChild(load);
+    }
+    section("why", d.why);
     section("error", d.error && !d.traceback ? d.error : "");
     section("traceback", d.traceback);
     section("preview", d.preview);
@@ -204,13 +319,19 @@ function render({ model, el }) {
   approve.addEventListener("click", () =>
     model.send({ action: "signal", name: signalName.value, payload: payload.value }));
 
-  const onSvg = () => { drawSvg(); paint(); };
+  const onSvg = () => { drawSvg(); paint(); paintLive(); };
   const onStates = () => paint();
-  const onSelected = () => { paint(); drawRows(); drawControls(); };
+  const onSelected = () => { paint(); drawRows(); drawControls(); drawDetail(); };
+  const onLive = () => {
+    for (const [taskId, info] of Object.entries(model.get("live") || {})) lastLive.set(taskId, info);
+    paintLive();
+    if (currentDetail().pending_kernel || currentDetail().live) drawDetail();
+  };
   // trait -> what repaints when it changes (registered here, removed on teardown)
   const listeners = [
     ["change:svg", onSvg],
     ["change:states", onStates],
+    ["change:live", onLive],
     ["change:progress", drawProgress],
     ["change:rows", drawRows],
     ["change:detail", drawDetail],
