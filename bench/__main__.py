@@ -31,6 +31,8 @@ BENCHES: dict[str, str] = {
     "map": "bench.map",  # issue 4; skips itself when Workflow.map is missing
     "scale": "bench.scale",  # issue 5
     "widget": "bench.widget",  # issue 3; skips itself without the jupyter extra
+    "results": "bench.results",  # issue 12: results by name in a fresh process; local-module fingerprints
+    "live": "bench.live",  # issue 10: task state checkpoints, live output and progress
 }
 
 #: Benches from later issues: listed so `--only` knows them, skipped until the feature

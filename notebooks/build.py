@@ -136,9 +136,28 @@ print(etl.task_ids)
         ),
         md("""
 `%workflow status NAME` prints the same facts as text: the instance id (the name plus a digest
-of the inputs), the state, and what happened to each task in this kernel's last run.
+of the inputs), the state, and every task: what happened to it in this kernel's last run, its
+attempts, how long it took, when it finished and a preview of its output. It reads the store,
+so it works the same in a new kernel (and `nbflow status etl` in a terminal).
 """),
         code(CHECK + "%workflow status etl"),
+        md("""
+## Getting results back
+
+Any finished task's output comes back by name: `etl.result("clean")`, or `etl.results`, a
+read-only mapping of every finished output that reads a value only when you ask for it.
+In a new kernel, re-run the cell with `--no-run` (nothing runs), or use
+`%workflow result etl clean` without re-running anything: the cell's value is the output.
+"""),
+        code(
+            CHECK
+            + """
+print(etl.result("clean"))
+print(sorted(etl.results))
+print(etl.results["stats"])
+"""
+        ),
+        code(CHECK + "%workflow result etl clean"),
         md("""
 ## Run it again: finished tasks are restored
 
@@ -316,11 +335,13 @@ print(open(RAN_LOG).read())
   side effects outside the store should be safe to repeat.
 - **Which instances did a dead kernel leave behind?** Ask the store from a terminal, no
   kernel needed: `nbflow --dir notebooks/.nbflow/restart list`, or in the notebook
-  `%workflow list --dir .nbflow/restart` (shown below). `nbflow --dir ... status ID` shows one
-  instance; `nbflow --dir ... resume ID --module my_flows.py` continues it from a script.
-- **Where was I?** `%workflow status train` (after re-running the `%%workflow` cell, or with
-  the instance id) shows the stored state and each task; `%workflow show train` shows what a
-  resume would do before running it.
+  `%workflow list --dir .nbflow/restart` (shown below). `nbflow --dir ... status train`
+  shows one instance, task by task (a workflow name works wherever an instance id does);
+  `nbflow --dir ... resume train --module my_flows.py` continues it from a script.
+- **Where was I?** `%workflow status train --dir .nbflow/restart` in a fresh kernel (no
+  need to re-run the cell) shows the stored state and every task — and, for a run whose
+  kernel died, which tasks it was running; `%workflow show train` shows what a resume would
+  do before running it, and why each stale task is stale.
 - **A long run you don't want to block on**: `%%workflow ... --background` returns at once;
   after a restart, re-running that cell resumes in the background too.
 """),
@@ -436,7 +457,12 @@ would happen first: stale tasks are yellow, tasks whose checkpoints will be reus
         code(IGNORE + SALES_V3_NO_RUN),
         md("""
 `%workflow show NAME` shows the same thing at any time: a widget painted with what a resume
-would do, or with `--no-widget` as text:
+would do, or with `--no-widget` as text, with **why** each task is stale: `clean`'s own code
+changed (and the diff of its source against the code that made the checkpoint), the others
+because their upstream `clean` changed. In the widget, click a yellow node for the same.
+A helper function the task calls — also one in your own module next to the notebook —
+counts as its code too. An edit that changes nothing (a renamed variable) can be kept:
+`%workflow accept sales clean` marks the checkpoint valid for the current code.
 """),
         code(CHECK + "%workflow show sales --no-widget"),
         md("""

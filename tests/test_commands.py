@@ -25,8 +25,8 @@ def test_every_command_and_argument_comes_from_the_one_table() -> None:
         expected = {c.name: tuple(a.name for a in c.args_for(front_end)) for c in COMMANDS if front_end in c.front_ends}
         assert parsed == expected, front_end
     shared = set(magic) & set(cli)
-    # the commands both offer: all but the shell-only worker
-    assert shared == {c.name for c in COMMANDS} - {"worker"}
+    # the commands both offer: all but the shell-only worker and migrate
+    assert shared == {c.name for c in COMMANDS} - {"worker", "migrate"}
     for name in shared:
         only_magic = set(magic[name]) - set(cli[name])
         only_cli = set(cli[name]) - set(magic[name])
@@ -38,7 +38,7 @@ def test_every_command_and_argument_comes_from_the_one_table() -> None:
 def test_a_name_or_id_is_accepted_wherever_an_instance_is() -> None:
     for cmd in COMMANDS:
         positional = [a.name for a in cmd.args if a.positional]
-        if cmd.name in ("list", "worker", "help"):
+        if cmd.name in ("list", "worker", "help", "migrate"):
             assert "ref" not in positional
         else:
             assert positional[0] == "ref", cmd.name

@@ -268,7 +268,13 @@ def _scenario(page: Any, lab: Lab, timings: dict[str, float]) -> None:
     lab.wait("the bad-JSON message", lambda s: "not valid JSON" in s["message"], timeout=10)
     payload_box.fill('{"ok": true, "by": "ana"}')
     approve.click()
-    lab.wait("the signal-sent message", lambda s: s["message"] == "Signal 'approval' sent.", timeout=10)
+    # This instance has completed: nothing would ever consume the signal, so it is refused
+    # with the reason (the signal box of a waiting run is exercised in step 4).
+    lab.wait(
+        "the signal-refused message",
+        lambda s: "SignalRefusedError" in s["message"] and "completed" in s["message"],
+        timeout=10,
+    )
 
     # -- 4. approve a run that waits for a signal -----------------------------------------------
     lab.run_cell(3)
@@ -306,7 +312,8 @@ def _scenario(page: Any, lab: Lab, timings: dict[str, float]) -> None:
     lab.run_cell(2)
     status = lab.wait_prompt(2, timeout=20)
     assert "completed (4/4 tasks checkpointed)" in status, status
-    lines = {w[0]: w[-1] for w in map(str.split, status.splitlines()) if w and w[0] in TASKS}
+    # rows are TASK STATE ATTEMPTS DURATION FINISHED OUTPUT: the state is the second column
+    lines = {w[0]: w[1] for w in map(str.split, status.splitlines()) if len(w) > 1 and w[0] in TASKS}
     assert lines == {"extract": "restored", "clean": "done", "train": "done", "report": "done"}, status
     page.screenshot(path=str(ARTIFACTS / "controls-notebook.png"), full_page=True)
 

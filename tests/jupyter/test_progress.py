@@ -132,31 +132,52 @@ def test_run_started_resets_a_previous_run() -> None:
     assert (m.run_state, m.info("a").error) == ("running", "")
 
 
-def test_elapsed_and_eta_from_executed_tasks_only() -> None:
+def test_eta_is_unknown_without_progress_or_history() -> None:
+    """The old estimate (mean of finished tasks x tasks left) read "ETA 0.00s" with most of
+    a long task left when a fast task went first: with nothing to go on it is unknown."""
     m, clock = model(now=0.0)
     assert m.elapsed() is None and m.eta() is None
     m.apply(started(m.task_ids, t=0.0))
     m.apply(ev.TaskRestored(**W, task_id="a", duration=100.0))  # restored: costs nothing now
-    assert m.eta(now=1.0) is None  # nothing has really run yet
     m.apply(ev.TaskStarted(**W, task_id="b", time=0.0))
-    m.apply(ev.TaskFinished(**W, task_id="b", duration=2.0, time=2.0))
+    m.apply(ev.TaskFinished(**W, task_id="b", duration=0.001, time=0.001))
+    m.apply(ev.TaskStarted(**W, task_id="c", time=0.001))
     clock[0] = 2.0
     assert m.elapsed() == 2.0
-    assert m.eta() == pytest.approx(2.0 * 2)  # mean 2s x 2 remaining, chain (parallelism 1)
+    assert m.eta() is None
     progress = m.progress()
-    assert progress["text"] == "2/4 done (1 restored) · elapsed 2.00s · ETA 4.00s"
+    assert progress["text"] == "2/4 done (1 restored) · elapsed 2.00s · ETA unknown"
+    assert progress["eta_unknown"] is True
     assert (progress["done"], progress["total"], progress["fraction"]) == (2, 4, 0.5)
 
 
-def test_eta_accounts_for_measured_parallelism() -> None:
-    tasks = tuple(f"t{i}" for i in range(8))
-    m, _ = model(tasks)
+def test_eta_from_history_is_the_longest_remaining_path() -> None:
+    tasks = ("a", "b", "c", "d")
+    edges = [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")]  # a fork: b and c side by side
+    m, _ = model(tasks, edges=edges, history={"a": 1.0, "b": 4.0, "c": 2.0, "d": 1.0})
     m.apply(started(tasks, t=0.0))
-    for tid in tasks[:4]:  # four tasks ran side by side for 1s each
-        m.apply(ev.TaskStarted(**W, task_id=tid, time=0.0))
-    for tid in tasks[:4]:
-        m.apply(ev.TaskFinished(**W, task_id=tid, duration=1.0, time=1.0))
-    assert m.eta(now=1.0) == pytest.approx(1.0)  # 4 left, mean 1s, 4 at a time
+    assert m.eta(now=0.0) == pytest.approx(1.0 + 4.0 + 1.0)
+    m.apply(ev.TaskStarted(**W, task_id="a", time=0.0))
+    m.apply(ev.TaskFinished(**W, task_id="a", duration=1.0, time=1.0))
+    m.apply(ev.TaskStarted(**W, task_id="b", time=1.0))
+    m.apply(ev.TaskStarted(**W, task_id="c", time=1.0))
+    assert m.eta(now=2.0) == pytest.approx(3.0 + 1.0)  # b has 3 s left, then d
+    assert m.task_remaining("c", now=2.0) == pytest.approx(1.0)
+    assert m.eta(now=6.0) is None  # b overran its history: unknown, not 0
+    assert m.info("b").expected == 4.0
+
+
+def test_eta_from_in_task_progress_needs_no_history() -> None:
+    m, _ = model(("train",))
+    m.apply(started(("train",), t=0.0))
+    m.apply(ev.TaskStarted(**W, task_id="train", time=0.0))
+    assert m.eta(now=1.0) is None
+    m.apply(ev.TaskProgress(**W, task_id="train", done=10, total=100, time=2.0))
+    assert m.eta(now=2.0) is None  # one report is no rate yet
+    m.apply(ev.TaskProgress(**W, task_id="train", done=30, total=100, time=4.0))
+    assert m.eta(now=4.0) == pytest.approx(70 / 10)  # 10 steps/s, 70 to go
+    assert m.eta(now=5.0) == pytest.approx(6.0)
+    assert m.info("train").progress_text() == "30/100 (30%)"
 
 
 def test_eta_is_none_after_the_run() -> None:

@@ -384,7 +384,7 @@ def test_delay_is_durable_and_observable(runner: nf.CheckpointingRunner) -> None
     assert handle.wait().state == "cancelled"
 
     events = record_events(runner)
-    final = runner.resume(wf, "d")
+    final = runner.resume(wf, "d", revive=True)
     assert final.state == "completed" and final.output == 20
     waits = [e for e in events if isinstance(e, ev.TaskWaiting)]
     # the resumed wait counts down to the same stored deadline, not a new full delay
@@ -648,8 +648,8 @@ def test_client_from_another_thread_stops_a_running_workflow(runner: nf.Checkpoi
     assert runner.backend.get_record("g", "t1") is not None
     if verb == "pause":
         client.unpause("g")
-        assert client.status("g").state != "paused"
-    final = runner.resume(wf, "g")
+        assert client.status("g").state == "pending"
+    final = runner.resume(wf, "g", revive=verb == "cancel")
     assert final.state == "completed" and final.output == 5
     assert counts == Counter(t0=1, t1=1, t2=1, t3=1, t4=1)
 
@@ -673,7 +673,7 @@ def test_cli_in_another_process_stops_a_running_workflow(tmp_path: Any, verb: st
     assert counts == Counter(t0=1, t1=1, t2=1)
     if verb == "pause":
         assert nbflow_cli.main(["--dir", str(store), "unpause", "g"]) == 0
-    final = runner.resume(wf, "g")
+    final = runner.resume(wf, "g", revive=verb == "cancel")
     assert final.state == "completed" and counts == Counter(t0=1, t1=1, t2=1, t3=1, t4=1)
 
 

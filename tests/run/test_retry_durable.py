@@ -3,8 +3,9 @@ stored before each retry (``backend.save_task_state``) and a resume continues th
 
 A real kill -9 is in ``tests/integration/test_retry_crash.py``; here a run is stopped
 during its backoff (cancel, pause, a worker shut down), which leaves the store exactly
-as a kill at that moment would, and is resumed in the same process. Stored retry times
-are moved to "now" where a test would otherwise wait out a long backoff.
+as a kill at that moment would, and is resumed in the same process (a cancelled run
+with ``revive=True``, a paused one after ``unpause``: see ``nbflow.run.lifecycle``).
+Stored retry times are moved to "now" where a test would otherwise wait out a long backoff.
 """
 
 from __future__ import annotations
@@ -135,18 +136,18 @@ def test_a_run_stopped_during_the_backoff_continues_the_count(runner: nf.Checkpo
     events: list[ev.RunEvent] = []
     runner.subscribe(events.append)
     state = backend.load_task_states("i")["always"]
-    handle = runner.start(wf, "i", resume=True)
+    handle = runner.start(wf, "i", resume=True, revive=True)
     wait_until(lambda: stored_attempt(backend, "i", "always") == 2, what="attempt 2 stored")
     assert starts[1][1] >= state["next_retry_at"]  # attempt 2 began at the stored time
     handle.cancel()
     handle.wait(30)
     due_now(backend, "i", "always")
-    handle = runner.start(wf, "i", resume=True)
+    handle = runner.start(wf, "i", resume=True, revive=True)
     wait_until(lambda: stored_attempt(backend, "i", "always") == 3, what="attempt 3 stored")
     handle.cancel()
     handle.wait(30)
     due_now(backend, "i", "always")
-    status = runner.resume(wf, "i")
+    status = runner.resume(wf, "i", revive=True)
     assert [a for a, _ in starts] == [1, 2, 3, 4]  # 1 + 3 retries over four runs, never more
     assert status.state == "failed" and status.error.attempt == 4 and status.error.message == "no 4"
     assert backend.load_task_states("i") == {}  # failed for good: the next resume starts over
@@ -175,7 +176,7 @@ def test_resume_waits_only_what_is_left_of_the_backoff(runner: nf.CheckpointingR
     backend.save_task_state("i", "flaky", {**state, "next_retry_at": time.time() + 0.4})  # 0.4 s left
     due = backend.load_task_states("i")["flaky"]["next_retry_at"]
     resumed_at = time.time()
-    status = runner.resume(wf, "i")
+    status = runner.resume(wf, "i", revive=True)
     assert status.state == "completed" and status.output == 1
     assert due <= starts[2] < resumed_at + 30  # waited for the stored time, not a new 30 s
     assert backend.get_record("i", "flaky").attempt == 2
@@ -198,6 +199,7 @@ def test_a_pause_during_the_backoff_parks_the_run_and_keeps_the_count(runner: nf
     handle.pause()
     assert handle.wait(30).state == "paused"  # not failed, and not after the 60 s wait
     due_now(backend, "i", "flaky")
+    nf.WorkflowClient(backend).unpause("i")  # paused means paused: a resume alone leaves it so
     status = runner.resume(wf, "i")
     assert status.state == "completed" and status.output == 8
     assert attempts == [1, 2] and backend.get_record("i", "flaky").attempt == 2
@@ -221,7 +223,7 @@ def test_changed_code_starts_the_policy_over(runner: nf.CheckpointingRunner) -> 
     wait_until(lambda: stored_attempt(backend, "i", "job") == 1)
     handle.cancel()
     handle.wait(30)
-    status = runner.resume(flow("2"), "i")  # the fix: a new fingerprint, no wait, attempt 1
+    status = runner.resume(flow("2"), "i", revive=True)  # the fix: a new fingerprint, no wait, attempt 1
     assert status.state == "completed"
     assert attempts == [("1", 1), ("2", 1)]
     assert backend.load_task_states("i") == {}  # the old state was dropped with the success
@@ -277,13 +279,13 @@ def test_map_items_continue_their_count(runner: nf.CheckpointingRunner, timeout:
     assert handle.wait(30).state == "cancelled"
     for i in flaky:
         due_now(backend, "i", f"m[{i}]")
-    handle = runner.start(wf, "i", resume=True)
+    handle = runner.start(wf, "i", resume=True, revive=True)
     wait_until(lambda: stored() == {2}, what="the second failures stored")
     handle.cancel()
     handle.wait(30)
     for i in flaky:
         due_now(backend, "i", f"m[{i}]")
-    status = runner.resume(wf, "i")
+    status = runner.resume(wf, "i", revive=True)
     assert status.state == "completed" and status.output == [x * 10 for x in range(200)]
     assert all(attempts[i] == [1, 2, 3] for i in flaky)
     assert all(attempts[i] == [1] for i in range(200) if i not in flaky)
@@ -327,7 +329,7 @@ def test_loop_iterations_continue_their_count(runner: nf.CheckpointingRunner) ->
     handle.cancel()
     handle.wait(30)
     due_now(backend, "i", "grow#2")
-    status = runner.resume(wf, "i")
+    status = runner.resume(wf, "i", revive=True)
     assert status.state == "completed" and status.output == 3
     assert attempts == [(1, 1), (2, 1), (2, 2), (3, 1)]
     assert backend.get_record("i", "grow#2").attempt == 2

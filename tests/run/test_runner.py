@@ -344,8 +344,10 @@ def test_start_cancel_then_resume(runner: nf.CheckpointingRunner) -> None:
     assert counts["last"] == 0
     assert not runner.backend.is_locked("i")
     hold[0] = False
-    # Resume runs the cancelled task again (it never checkpointed) but not `first`.
-    status = runner.resume(wf, "i")
+    # A plain resume leaves a cancelled instance alone; revived, it runs the cancelled
+    # task again (it never checkpointed) but not `first`.
+    assert runner.resume(wf, "i").state == "cancelled" and counts["slow"] == 1
+    status = runner.resume(wf, "i", revive=True)
     assert status.state == "completed" and status.output == 2
     assert counts == {"first": 1, "slow": 2, "last": 1}
 
