@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from nbflow.core.keys import parse_item_id, parse_iteration_id
 from nbflow.run.lookup import live_state
+from nbflow.run.task_state import is_retrying, stored_progress
 from nbflow.store.base import Backend, CheckpointRecord, InstanceMeta
 
 __all__ = ["ShapeNode", "TaskRow", "format_rows", "parse_shape", "task_rows"]
@@ -98,7 +99,9 @@ def task_rows(
     """Every task of ``meta``'s instance, in workflow order, as the store has it."""
     records = backend.get_records(meta.instance_id) if records is None else records
     state = live_state(backend, meta)
-    retrying = backend.load_task_states(meta.instance_id)
+    states = backend.load_task_states(meta.instance_id)
+    # a task state may hold only live output or progress (a killed task): not a retry
+    retrying = {tid: st for tid, st in states.items() if is_retrying(st)}
     now = time.time()
     claims = {c.task_id: c for c in backend.get_claims(meta.instance_id).values() if c.expires_at > now}
     items: dict[str, int] = {}
@@ -153,6 +156,9 @@ def task_rows(
             note = f"attempt {st.get('attempt')} failed: {st.get('last_error', '')}"
             if isinstance(due, int | float):
                 note += f"; next attempt at {_when(float(due))}"
+        elif (was := stored_progress(states.get(tid))) is not None and state not in ("completed",):
+            total = f"/{was['total']:g}" if was.get("total") else ""
+            note = f"was at {was['done']:g}{total}" + (f" ({was['note']})" if was.get("note") else "")
         elif ready and node.kind == "signal" and state == "awaiting_signal":
             row_state, note = "awaiting_signal", f"waiting for signal {meta.signal!r}" if meta.signal else ""
         elif ready and node.kind == "delay" and state == "waiting":
