@@ -42,6 +42,11 @@ class RunHandle:
         self._snapshot = snapshot
         self._thread = thread
 
+    @property
+    def future(self) -> concurrent.futures.Future[WorkflowStatus]:
+        """The run's result as a ``concurrent.futures.Future`` (what ``await`` wraps)."""
+        return self._future
+
     def wait(self, timeout: float | None = None) -> WorkflowStatus:
         """Block until the run stops and return its status (raises its nbflow error)."""
         return self._future.result(timeout)

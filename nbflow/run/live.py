@@ -201,6 +201,11 @@ class Buffered:
             self._marked = True
             _FLUSHER.mark(self)
 
+    @property
+    def last_progress(self) -> tuple[float, float | None, str, float] | None:
+        """(done, total, note, reported at) of the latest progress report, if any."""
+        return self._progress
+
     def progress(self, done: float, total: float | None, note: str) -> None:
         """``nf.progress`` / ``ctx.progress``: the task's own word wins over tqdm bars."""
         with self._lock:
@@ -536,8 +541,8 @@ class LiveHub:
         if not ok and (task.stdout_tail or task.stderr_tail):
             with self._lock:
                 self._last[task.task_id] = (task.stdout_tail, task.stderr_tail)
-        elif ok and task._progress is not None:
-            done, total, note, at = task._progress
+        elif ok and task.last_progress is not None:
+            done, total, note, at = task.last_progress
             with self._lock:
                 self._final[task.task_id] = {"done": done, "total": total, "note": note, "at": at}
 

@@ -477,7 +477,7 @@ class CheckpointingRunner:
     @staticmethod
     async def _await(handle: RunHandle) -> WorkflowStatus:
         try:
-            return await asyncio.shield(asyncio.wrap_future(handle._future))
+            return await asyncio.shield(asyncio.wrap_future(handle.future))
         except asyncio.CancelledError:
             handle.cancel("the awaiting task was cancelled", state="cancelled")
             raise
