@@ -10,14 +10,8 @@ from pathlib import Path
 import pytest
 
 import nbflow as nf
-
-BACKENDS = ["memory", "disk"]
-
-
-def make_backend(kind: str, tmp_path: Path) -> nf.InMemoryBackend | nf.DiskcacheBackend:
-    if kind == "memory":
-        return nf.InMemoryBackend()
-    return nf.DiskcacheBackend(tmp_path / "store")
+from tests.store.implementations import IMPLEMENTATIONS as BACKENDS
+from tests.store.implementations import make_store as make_backend
 
 
 @pytest.fixture(params=BACKENDS)

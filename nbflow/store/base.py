@@ -36,11 +36,17 @@ __all__ = [
     "INPUT_KEY",
     "Backend",
     "CheckpointRecord",
+    "CheckpointStore",
     "Claim",
+    "ClaimStore",
+    "ControlChannel",
     "damaged_record",
     "InstanceMeta",
+    "InstanceSummary",
     "Lease",
     "PayloadSink",
+    "matches",
+    "summarize",
     "validate_instance_id",
 ]
 
@@ -208,15 +214,75 @@ class Lease(Protocol):
     def release(self) -> None: ...
 
 
+@dataclass
+class InstanceSummary:
+    """One row of a store's index of instances: what a listing shows, kept so listing
+    and filtering never open an instance's own records. ``tasks_done`` counts the
+    finished steps of ``InstanceMeta.shape`` (a completed run counts all of them)."""
+
+    instance_id: str
+    workflow: str
+    state: str
+    tasks_done: int = 0
+    tasks_total: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    generation: str = ""
+    message: str = ""
+    wake_at: float | None = None
+    signal: str | None = None
+    error: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InstanceSummary:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def summarize(meta: InstanceMeta, record_ids: Iterable[str]) -> InstanceSummary:
+    """The index row of ``meta`` given the ids of its stored records."""
+    done = set(record_ids)
+    completed = meta.state == "completed"
+    return InstanceSummary(
+        instance_id=meta.instance_id,
+        workflow=meta.workflow,
+        state=meta.state,
+        # a completed run's skipped route branches have no record but are done too
+        tasks_done=meta.tasks_total if completed else sum(1 for line in meta.shape if line.split("|", 1)[0] in done),
+        tasks_total=meta.tasks_total,
+        created_at=meta.created_at,
+        updated_at=meta.updated_at,
+        generation=meta.generation,
+        message=meta.message,
+        wake_at=meta.wake_at,
+        signal=meta.signal,
+        error=meta.error,
+    )
+
+
+def matches(summary: InstanceSummary, workflow: str | None, state: str | None) -> bool:
+    """Whether an index row passes a listing's filters."""
+    return (workflow is None or summary.workflow == workflow) and (state is None or summary.state == str(state))
+
+
 @runtime_checkable
-class Backend(Protocol):
-    """Where checkpoints live. Implementations: InMemoryBackend, DiskcacheBackend."""
+class CheckpointStore(Protocol):
+    """Instances, their checkpoints and task state, the index that lists them, and the
+    lock that lets one runner (or a pool of workers) drive an instance."""
 
     # instances
     def load_instance(self, instance_id: str) -> InstanceMeta | None: ...
     def save_instance(self, meta: InstanceMeta) -> None: ...
     def delete_instance(self, instance_id: str) -> bool: ...
     def list_instances(self) -> list[InstanceMeta]: ...
+    def list_summaries(self, workflow: str | None = None, state: str | None = None) -> list[InstanceSummary]:
+        """The store index, optionally filtered: one row per instance, read without
+        opening the instances. Counts of a running instance may trail its records by
+        a moment; they agree again at its next state change."""
+        ...
 
     # checkpoints
     def new_sink(self, instance_id: str) -> PayloadSink: ...
@@ -250,14 +316,28 @@ class Backend(Protocol):
         A probe never makes a concurrent ``lock`` or ``share`` fail."""
         ...
 
-    # signals and control requests (pause / cancel from another process)
+
+@runtime_checkable
+class ControlChannel(Protocol):
+    """Messages into a running instance from other processes: named signals (buffered
+    until a wait step consumes one) and one pending control request (pause, cancel)."""
+
     def push_signal(self, instance_id: str, name: str, payload: bytes) -> None: ...
     def pop_signal(self, instance_id: str, name: str) -> bytes | None: ...
-    def consume_signal(self, instance_id: str, name: str, record: CheckpointRecord) -> CheckpointRecord | None: ...
+    def consume_signal(self, instance_id: str, name: str, record: CheckpointRecord) -> CheckpointRecord | None:
+        """Pop the oldest ``name`` signal and store it as ``record`` (the wait step's
+        checkpoint, whose payload is the signal's) in one transaction; None if none is
+        buffered."""
+        ...
+
     def set_control(self, instance_id: str, action: str | None, reason: str = "") -> None: ...
     def get_control(self, instance_id: str) -> tuple[str, str] | None: ...
 
-    # claims: steps shared out between PooledWorker processes (see the module docstring)
+
+@runtime_checkable
+class ClaimStore(Protocol):
+    """Steps shared out between PooledWorker processes (see the module docstring)."""
+
     def claim(self, instance_id: str, task_id: str, worker: str, ttl: float, seen: float | None = None) -> str | None:
         """Atomically claim ``task_id`` for ``ttl`` seconds; returns a token, or None if a
         live claim of someone else exists or the task's record version is not ``seen``."""
@@ -289,6 +369,12 @@ class Backend(Protocol):
     def get_claims(self, instance_id: str) -> dict[str, Claim]:
         """The claims stored for an instance (expired ones included)."""
         ...
+
+
+@runtime_checkable
+class Backend(CheckpointStore, ControlChannel, ClaimStore, Protocol):
+    """A complete store: what runners, workers and clients are given. Implementations:
+    InMemoryBackend, DiskcacheBackend."""
 
 
 class MemorySink(io.BytesIO):

@@ -56,9 +56,12 @@ from nbflow.store.base import (
     CheckpointRecord,
     Claim,
     InstanceMeta,
+    InstanceSummary,
     PayloadSink,
     damaged_record,
+    matches,
     record_version,
+    summarize,
     validate_instance_id,
 )
 from nbflow.store.disk_layout import (
@@ -401,6 +404,13 @@ class DiskcacheBackend:
                     )
                 )
         return out
+
+    def list_summaries(self, workflow: str | None = None, state: str | None = None) -> list[InstanceSummary]:
+        rows = []
+        for meta in self.list_instances():
+            known = meta.state not in (RunState.DAMAGED.value, RunState.UNREADABLE.value)
+            rows.append(summarize(meta, self.get_records(meta.instance_id) if known else ()))
+        return [row for row in rows if matches(row, workflow, state)]
 
     # -- checkpoints --------------------------------------------------------------------
     def new_sink(self, instance_id: str) -> PayloadSink:

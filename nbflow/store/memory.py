@@ -23,9 +23,12 @@ from nbflow.store.base import (
     CheckpointRecord,
     Claim,
     InstanceMeta,
+    InstanceSummary,
     MemorySink,
     PayloadSink,
+    matches,
     record_version,
+    summarize,
     validate_instance_id,
 )
 
@@ -105,6 +108,11 @@ class InMemoryBackend:
     def list_instances(self) -> list[InstanceMeta]:
         with self._lock:
             return [copy.copy(i.meta) for i in self._instances.values() if i.meta]
+
+    def list_summaries(self, workflow: str | None = None, state: str | None = None) -> list[InstanceSummary]:
+        with self._lock:
+            rows = [summarize(i.meta, i.records) for i in self._instances.values() if i.meta]
+        return [row for row in rows if matches(row, workflow, state)]
 
     # -- checkpoints --------------------------------------------------------------------
     def new_sink(self, instance_id: str) -> PayloadSink:

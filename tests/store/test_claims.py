@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nbflow.store.base import Backend, CheckpointRecord, InstanceMeta, record_version
 from nbflow.store.disk import DiskcacheBackend
-from nbflow.store.memory import InMemoryBackend
+from tests.store.implementations import IMPLEMENTATIONS, close_store, make_store
 
 IID = "claims-1"
 
 
-@pytest.fixture(params=["memory", "disk"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    backend: Backend = InMemoryBackend() if request.param == "memory" else DiskcacheBackend(tmp_path / "store")
+@pytest.fixture(params=IMPLEMENTATIONS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    backend: Backend = make_store(request.param, tmp_path)
     backend.save_instance(InstanceMeta(IID, "wf", "hash"))
-    return backend
+    yield backend
+    close_store(backend)
 
 
 def _item(

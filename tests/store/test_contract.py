@@ -1,6 +1,6 @@
 """One contract suite for every checkpoint store (Hamilton's pattern).
 
-If you add a backend, add it to IMPLEMENTATIONS: it must pass everything here.
+If you add a backend, add it to tests/store/implementations.py: it must pass everything here.
 Implementation-specific behaviour (blob files, locks of killed processes) lives in
 test_disk.py.
 """
@@ -12,21 +12,18 @@ from typing import Any
 
 import pytest
 
-from nbflow import DiskcacheBackend, InMemoryBackend, InstanceLockedError, InvalidInstanceIdError
-from nbflow.store.base import Backend, CheckpointRecord, InstanceMeta
-
-IMPLEMENTATIONS = [InMemoryBackend, DiskcacheBackend]  # add yours here
+from nbflow import InstanceLockedError, InvalidInstanceIdError
+from nbflow.store.base import Backend, CheckpointRecord, CheckpointStore, InstanceMeta
+from tests.store.implementations import IMPLEMENTATIONS, close_store, make_store
 
 LARGE = 300 * 1024  # above the 256 KiB inline limit of the disk store
 
 
 @pytest.fixture
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    cls = request.param
-    backend = cls(tmp_path / "store") if cls is DiskcacheBackend else cls()
+    backend = make_store(request.param, tmp_path)
     yield backend
-    if hasattr(backend, "close"):
-        backend.close()
+    close_store(backend)
 
 
 contract = pytest.mark.parametrize("store", IMPLEMENTATIONS, indirect=True)
@@ -46,6 +43,27 @@ def _payload(store: Any, instance_id: str, record: CheckpointRecord) -> bytes:
 @contract
 def test_is_a_backend(store: Any) -> None:
     assert isinstance(store, Backend)
+    assert isinstance(store, CheckpointStore)
+
+
+@contract
+def test_summaries_list_every_instance_with_its_counts(store: Any) -> None:
+    store.save_instance(InstanceMeta("a", "wf", "h", shape=("x|task", "y|task"), tasks_total=2))
+    store.save_instance(InstanceMeta("b", "other", "h", state="failed"))
+    _put(store, "a", "x", b"1")
+    rows = {row.instance_id: row for row in store.list_summaries()}
+    assert set(rows) == {"a", "b"}
+    assert (rows["a"].workflow, rows["a"].state, rows["a"].tasks_total) == ("wf", "running", 2)
+    assert [r.instance_id for r in store.list_summaries(workflow="other")] == ["b"]
+    assert [r.instance_id for r in store.list_summaries(state="failed")] == ["b"]
+    assert store.list_summaries(workflow="none") == []
+    meta = store.load_instance("a")
+    meta.state = "completed"
+    store.save_instance(meta)
+    (row,) = store.list_summaries(workflow="wf")
+    assert (row.state, row.tasks_done) == ("completed", 2)
+    store.delete_instance("a")
+    assert [r.instance_id for r in store.list_summaries()] == ["b"]
 
 
 @contract
@@ -179,29 +197,6 @@ def test_lock_is_exclusive_and_release_frees_it(store: Any) -> None:
     again = store.lock("i", "third")
     again.release()
     other.release()
-
-
-@contract
-def test_signals_are_fifo_per_name(store: Any) -> None:
-    assert store.pop_signal("i", "go") is None
-    store.push_signal("i", "go", b"1")
-    store.push_signal("i", "go", b"2")
-    store.push_signal("i", "other", b"x")
-    assert store.pop_signal("i", "go") == b"1"
-    assert store.pop_signal("i", "go") == b"2"
-    assert store.pop_signal("i", "go") is None
-    assert store.pop_signal("i", "other") == b"x"
-
-
-@contract
-def test_control_set_get_clear(store: Any) -> None:
-    assert store.get_control("i") is None
-    store.set_control("i", "cancelled", "because")
-    assert store.get_control("i") == ("cancelled", "because")
-    store.set_control("i", "paused")
-    assert store.get_control("i") == ("paused", "")
-    store.set_control("i", None)
-    assert store.get_control("i") is None
 
 
 @contract
