@@ -9,11 +9,7 @@ a moment, and resumes in a new process, which notes when it started.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +17,7 @@ from typing import Any
 import pytest
 
 import nbflow as nf
+from tests.integration.crash import finish, kill_when, spawn, write_script
 
 pytestmark = pytest.mark.slow
 
@@ -85,17 +82,7 @@ print(json.dumps({
 
 
 def _spawn(tmp_path: Path, mode: str, action: str) -> subprocess.Popen[str]:
-    script = tmp_path / "flow.py"
-    if not script.exists():
-        script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.Popen(
-        [sys.executable, str(script), mode, str(tmp_path), action, str(DELAY)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return spawn(write_script(tmp_path / "flow.py", SCRIPT), mode, tmp_path, action, DELAY)
 
 
 def _attempts(tmp_path: Path, task_id: str) -> list[tuple[int, float]]:
@@ -110,39 +97,29 @@ def _kill_after_second_failure(proc: subprocess.Popen[str], tmp_path: Path, task
     """SIGKILL the child once attempt 2 ran and the store holds its failure; returns
     the stored task state at that moment."""
     backend = nf.DiskcacheBackend(tmp_path / "store")
-    deadline = time.monotonic() + 120
+    seen: dict[str, Any] = {}
+
+    def second_failure_stored() -> bool:
+        if len(_attempts(tmp_path, task_id)) < 2:
+            return False
+        state = backend.load_task_states("inst").get(task_id)
+        if state is None or state["attempt"] != 2:
+            return False
+        seen.update(state)
+        return True
+
     try:
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"child exited early ({proc.returncode}): {proc.stderr.read() if proc.stderr else ''}"
-                )
-            assert time.monotonic() < deadline, "the child never stored its second failure"
-            if len(_attempts(tmp_path, task_id)) >= 2:
-                state = backend.load_task_states("inst").get(task_id)
-                if state is not None and state["attempt"] == 2:
-                    break
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(60)
-        assert proc.returncode == -signal.SIGKILL
+        kill_when(proc, second_failure_stored, "stored its second failure")
         assert len(_attempts(tmp_path, task_id)) == 2  # killed in the backoff, before attempt 3
-        return dict(state)
+        return seen
     finally:
         backend.close()
-
-
-def _finish(proc: subprocess.Popen[str]) -> dict[str, Any]:
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
 
 
 def _crash_and_resume(tmp_path: Path, mode: str, task_id: str) -> tuple[dict[str, Any], dict[str, Any], float]:
     state = _kill_after_second_failure(_spawn(tmp_path, mode, "run"), tmp_path, task_id)
     time.sleep(1.0)  # the resumed process starts well after the kill
-    result = _finish(_spawn(tmp_path, mode, "resume"))
+    result = finish(_spawn(tmp_path, mode, "resume"))
     resumed_at = float((tmp_path / "resume_started_at").read_text())
     return state, result, resumed_at
 

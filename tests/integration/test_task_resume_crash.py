@@ -12,16 +12,15 @@ cut mid-step, and that step — logged, not yet saved — would rightly run agai
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.integration.crash import last_json, run, write_script
 
 pytestmark = pytest.mark.slow
 
@@ -83,17 +82,7 @@ if __name__ == "__main__":
 
 
 def _run(tmp_path: Path, mode: str, action: str) -> subprocess.CompletedProcess[str]:
-    script = tmp_path / "flow.py"
-    if not script.exists():
-        script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run(
-        [sys.executable, str(script), mode, str(tmp_path), action, str(K)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return run(write_script(tmp_path / "flow.py", SCRIPT), mode, tmp_path, action, K)
 
 
 def _steps(tmp_path: Path) -> Counter[tuple[str, int]]:
@@ -107,7 +96,7 @@ def _crash_and_resume(tmp_path: Path, mode: str) -> tuple[dict[str, Any], Counte
     before = _steps(tmp_path)
     second = _run(tmp_path, mode, "resume")
     assert second.returncode == 0, second.stderr[-3000:]
-    return json.loads(second.stdout.strip().splitlines()[-1]), before
+    return last_json(second.stdout), before
 
 
 @pytest.mark.parametrize("mode", ["inline", "process"])

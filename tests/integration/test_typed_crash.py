@@ -6,18 +6,14 @@ process that only replays the finished instance gets the final model too."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import nbflow as nf
 from nbflow.core.codecs import JsonCodec
+from tests.integration.crash import finish, kill_when_marked, spawn, write_script
 
 pytest.importorskip("pydantic")
 pytestmark = pytest.mark.slow
@@ -100,36 +96,8 @@ QUOTE = {"order_id": 7, "total": 12.5, "lines": [{"sku": "a", "qty": 2}, {"sku":
 
 
 def _spawn(tmp_path: Path, codec: str, action: str, kill_at: str = "") -> subprocess.Popen[str]:
-    script = tmp_path / "typed_flow.py"
-    if not script.exists():
-        script.write_text(SCRIPT)
-    env = {**os.environ, "KILL_AT": kill_at, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.Popen(
-        [sys.executable, str(script), codec, str(tmp_path), action],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _kill_when_marked(proc: subprocess.Popen[str], marker: Path) -> None:
-    deadline = time.monotonic() + 120
-    while not marker.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"child exited early ({proc.returncode}): {proc.stderr.read() if proc.stderr else ''}")
-        assert time.monotonic() < deadline, "the child never reached the kill point"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(60)
-    assert proc.returncode == -signal.SIGKILL
-
-
-def _finish(proc: subprocess.Popen[str]) -> dict:  # type: ignore[type-arg]
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    result: dict = json.loads(out.strip().splitlines()[-1])  # type: ignore[type-arg]
-    return result
+    script = write_script(tmp_path / "typed_flow.py", SCRIPT)
+    return spawn(script, codec, tmp_path, action, env={"KILL_AT": kill_at})
 
 
 def _counts(tmp_path: Path) -> dict[str, int]:
@@ -139,7 +107,7 @@ def _counts(tmp_path: Path) -> dict[str, int]:
 @pytest.mark.parametrize("codec", ["json", "pickle"])
 def test_models_survive_a_kill_9_and_a_resume_in_a_new_process(tmp_path: Path, codec: str) -> None:
     proc = _spawn(tmp_path, codec, "run", kill_at="price")
-    _kill_when_marked(proc, tmp_path / "marker")
+    kill_when_marked(proc, tmp_path / "marker")
     assert _counts(tmp_path) == {"parse": 1, "price": 1}
 
     backend = nf.DiskcacheBackend(tmp_path / "store")
@@ -151,7 +119,7 @@ def test_models_survive_a_kill_9_and_a_resume_in_a_new_process(tmp_path: Path, c
         assert data == {"id": 7, "placed": "2026-11-25", "items": [{"sku": "a", "qty": 2}, {"sku": "b", "qty": 3}]}
     backend.close()
 
-    result = _finish(_spawn(tmp_path, codec, "resume"))
+    result = finish(_spawn(tmp_path, codec, "resume"))
     assert result == {
         "state": "completed",
         "error": None,
@@ -164,6 +132,6 @@ def test_models_survive_a_kill_9_and_a_resume_in_a_new_process(tmp_path: Path, c
 
     # A third process replays the completed instance: every output is restored, and the
     # final one comes back as the model (rebuilt through check's return annotation).
-    replay = _finish(_spawn(tmp_path, codec, "resume"))
+    replay = finish(_spawn(tmp_path, codec, "resume"))
     assert replay == result
     assert _counts(tmp_path) == {"check": 1, "parse": 1, "price": 2}
