@@ -10,6 +10,7 @@ backend=InMemoryBackend())`` → a status with ``.status`` / ``.output`` /
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ import diskcache
 
 __all__ = [
     "have_sayiir",
+    "np_save_fsync",
     "plain_loop",
     "raw_diskcache_set",
     "sayiir_chain",
@@ -63,6 +65,18 @@ def raw_diskcache_set(directory: Path, items: list[tuple[str, Any]], **settings:
     finally:
         cache.close()
     return time.perf_counter() - t0
+
+
+# -- numpy ----------------------------------------------------------------------------
+def np_save_fsync(path: Path, array: Any) -> None:
+    """``np.save`` the array to ``path`` and ``fsync`` it: the durable write a checkpoint
+    of a large array is measured against."""
+    import numpy as np
+
+    with open(path, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 # -- plain Python ---------------------------------------------------------------------

@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.baselines import np_save_fsync
 from bench.core import Config, Row, Timing, scratch_dir
+from bench.fresh_process import run_worker
 
 NAME = "large"
 REPO = Path(__file__).resolve().parent.parent
@@ -143,10 +142,7 @@ def worker_baseline(nbytes: int, directory: Path) -> dict[str, Any]:
     reset_ok = reset_peak()
     t0 = time.perf_counter()
     a = make(None)
-    with open(path, "wb") as f:
-        np.save(f, a)
-        f.flush()
-        os.fsync(f.fileno())
+    np_save_fsync(path, a)
     del a
     t1 = time.perf_counter()
     out = consume(np.load(path))
@@ -166,26 +162,8 @@ def worker_baseline(nbytes: int, directory: Path) -> dict[str, Any]:
 
 def _spawn(kind: str, nbytes: int, cfg: Config) -> dict[str, Any]:
     with scratch_dir(cfg, f"large-{kind}") as d:
-        # The worker imports the very nbflow and bench this process imported (a snapshot
-        # under test may shadow the working tree), and runs in a neutral directory.
-        import bench
-        import nbflow
-
-        roots = [str(Path(m.__file__).parent.parent) for m in (nbflow, bench) if m.__file__]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*dict.fromkeys(roots), env.get("PYTHONPATH")]))
-        proc = subprocess.run(
-            [sys.executable, "-m", "bench.large", "--worker", kind, "--bytes", str(nbytes), "--dir", str(d)],
-            cwd=d,
-            env=env,
-            capture_output=True,
-            check=False,
-            text=True,
-            timeout=600,
-        )
-    if proc.returncode != 0:
-        raise RuntimeError(f"large {kind} worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        args = ["--worker", kind, "--bytes", str(nbytes), "--dir", str(d)]
+        return run_worker("bench.large", args, cwd=d)  # a neutral directory, clean RSS
 
 
 def run(cfg: Config, log: Callable[[str], None]) -> list[Row]:
@@ -200,49 +178,38 @@ def run(cfg: Config, log: Callable[[str], None]) -> list[Row]:
             if cfg.verbose:
                 log(f"  round {r + 1} {kind}: {json.dumps(res)}")
     nb, base = results["nbflow"], results["baseline"]
-    t_nb, t_base = Timing([x["seconds"] for x in nb]), Timing([x["seconds"] for x in base])
-    w_nb, w_base = Timing([x["write_s"] for x in nb]), Timing([x["write_s"] for x in base])
-    r_nb, r_base = Timing([x["read_s"] for x in nb]), Timing([x["read_s"] for x in base])
     peak_nb = min(x["peak_delta"] for x in nb)
     peak_base = min(x["peak_delta"] for x in base)
     size = f"{nbytes / MB:.0f} MB"
     how = "VmHWM reset" if all(x["reset_peak"] for x in nb) else "getrusage peak"
-    return [
-        Row(
+
+    def timed(key: str, what: str, baseline: str, **extra: Any) -> Row:
+        """The best of the rounds of ``key`` (seconds), nbflow against the baseline."""
+        t_nb, t_base = Timing([x[key] for x in nb]), Timing([x[key] for x in base])
+        measure = f"{size} array: {what}"
+        return Row(
             NAME,
-            f"{size} array: checkpoint + restore",
+            measure,
             t_nb.best,
             "s",
-            "np.save+fsync+np.load",
+            baseline,
             t_base.best,
+            spread=t_nb.spread_text(),
+            samples=t_nb.samples,
+            **extra,
+        )
+
+    return [
+        timed(
+            "seconds",
+            "checkpoint + restore",
+            "np.save+fsync+np.load",
             target="<= 2x",
             target_max=2.0,
-            spread=t_nb.spread_text(),
             note="run (make, fails) + resume (restore, consume)",
-            samples=t_nb.samples,
         ),
-        Row(
-            NAME,
-            f"{size} array: run (make + checkpoint)",
-            w_nb.best,
-            "s",
-            "make + np.save + fsync",
-            w_base.best,
-            spread=w_nb.spread_text(),
-            note="informational split",
-            samples=w_nb.samples,
-        ),
-        Row(
-            NAME,
-            f"{size} array: resume (restore + consume)",
-            r_nb.best,
-            "s",
-            "np.load + consume",
-            r_base.best,
-            spread=r_nb.spread_text(),
-            note="informational split",
-            samples=r_nb.samples,
-        ),
+        timed("write_s", "run (make + checkpoint)", "make + np.save + fsync", note="informational split"),
+        timed("read_s", "resume (restore + consume)", "np.load + consume", note="informational split"),
         Row(
             NAME,
             f"{size} array: nbflow peak RSS growth",

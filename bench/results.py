@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +31,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.baselines import np_save_fsync
 from bench.core import Config, Row, Timing, scratch_dir
+from bench.fresh_process import run_worker
 
 NAME = "results"
 MB = 10**6
@@ -48,8 +48,6 @@ def _array(nbytes: int) -> Any:
 
 
 def _prepare_store(directory: Path, nbytes: int) -> None:
-    import numpy as np
-
     import nbflow as nf
 
     wf = nf.Workflow("big").then("make", lambda _: _array(nbytes)).build()
@@ -57,10 +55,7 @@ def _prepare_store(directory: Path, nbytes: int) -> None:
     status = nf.CheckpointingRunner(backend, echo_output=False).run(wf, "big-1", None)
     assert status.state == "completed", status
     backend.close()
-    with open(directory / "array.npy", "wb") as f:
-        np.save(f, _array(nbytes))
-        f.flush()
-        os.fsync(f.fileno())
+    np_save_fsync(directory / "array.npy", _array(nbytes))
 
 
 def worker(kind: str, directory: Path, nbytes: int) -> dict[str, Any]:
@@ -83,24 +78,8 @@ def worker(kind: str, directory: Path, nbytes: int) -> dict[str, Any]:
 
 
 def _spawn(kind: str, directory: Path, nbytes: int) -> float:
-    import bench
-    import nbflow
-
-    roots = [str(Path(m.__file__).parent.parent) for m in (nbflow, bench) if m.__file__]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*dict.fromkeys(roots), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.results", "--worker", kind, "--dir", str(directory), "--bytes", str(nbytes)],
-        cwd=directory,
-        env=env,
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=600,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"results {kind} worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"])
+    args = ["--worker", kind, "--dir", str(directory), "--bytes", str(nbytes)]
+    return float(run_worker("bench.results", args, cwd=directory)["seconds"])
 
 
 # -- 2. fingerprinting local-module helpers ---------------------------------------------------
