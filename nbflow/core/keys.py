@@ -7,6 +7,7 @@ task id; nbflow stores more under ids it derives from those:
 - ``m[3]``: item 3 of map ``m``; ``m[0:64]``: a chunk of its items (a pooled worker's unit);
 - ``newton#2``: iteration 2 of loop ``newton``; ``nap#wake``: the stored deadline of a wait;
 - ``train#state``: the state a running task saved with ``ctx.checkpoint`` (also ``m[3]#state``);
+- ``plot#display``: what a finished task displayed (figures, ``display(...)``), stored with it;
 - ``child/load``: task ``load`` of a child workflow composed with ``then_flow``.
 
 Those forms stay unambiguous only if no task id can take them, so user task ids (and
@@ -30,6 +31,7 @@ __all__ = [
     "INPUT_ID",
     "MAX_ID_LENGTH",
     "RESERVED_PREFIX",
+    "DISPLAY_SUFFIX",
     "STATE_SUFFIX",
     "check_task_id",
     "child_id",
@@ -39,6 +41,8 @@ __all__ = [
     "iteration_id",
     "parse_item_id",
     "parse_iteration_id",
+    "display_id",
+    "parse_display_id",
     "parse_state_id",
     "state_id",
     "wait_id",
@@ -158,6 +162,33 @@ def parse_state_id(record_id: str) -> str | None:
     """
     if record_id.endswith(STATE_SUFFIX) and len(record_id) > len(STATE_SUFFIX):
         return record_id[: -len(STATE_SUFFIX)]
+    return None
+
+
+DISPLAY_SUFFIX = "#display"
+
+
+def display_id(task_id: str) -> str:
+    """The record id of what task ``task_id`` displayed (its captured mimebundles),
+    stored in the same transaction as its output.
+
+    ``#`` cannot appear in a task id, and a loop iteration ends in digits, so this id
+    never names a task, an item, an iteration, a wait or a state.
+
+    >>> display_id("plot"), display_id("square[3]"), display_id("newton#2")
+    ('plot#display', 'square[3]#display', 'newton#2#display')
+    """
+    return task_id + DISPLAY_SUFFIX
+
+
+def parse_display_id(record_id: str) -> str | None:
+    """The task (or item, or iteration) id a display record belongs to, else None.
+
+    >>> parse_display_id("plot#display"), parse_display_id("plot#state"), parse_display_id("plot")
+    ('plot', None, None)
+    """
+    if record_id.endswith(DISPLAY_SUFFIX) and len(record_id) > len(DISPLAY_SUFFIX):
+        return record_id[: -len(DISPLAY_SUFFIX)]
     return None
 
 

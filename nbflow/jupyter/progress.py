@@ -15,22 +15,52 @@ task took in earlier runs of the workflow (:class:`DurationHistory`, read once p
 process from the store's records), and the run's ETA is the longest remaining path
 through the graph. With nothing to go on it is None ("unknown"), never a guess.
 
+It also keeps what each task displayed (``TaskDisplay`` events while it runs, then the
+``displays`` of its ``TaskFinished``/``TaskRestored``/``TaskFailed``) and its output's
+rich preview, for the detail pane.
+
+**The detail contract** (:meth:`TaskInfo.detail`, what ``widget.js`` and the static
+views render), besides the text fields:
+
+- ``detail["displays"]``: a list, in the order shown, of mimebundles — ``{mime: str}``
+  as Jupyter's ``display_data`` carries them: ``image/png`` and ``image/jpeg`` are
+  base64 text, ``image/svg+xml``/``text/html``/``text/markdown``/``text/plain`` are
+  text, JSON mime types are JSON text. Render the richest type you can (html, svg,
+  png, …) and fall back to ``text/plain``. ``detail["display_items"]`` is a parallel
+  list naming the map item that displayed each one (``"m[3]"``), or "" for the task
+  itself. A restored task's list is the one stored when it ran.
+- ``detail["preview_bundle"]``: the output's rich preview, ``{mime: str}`` with the same
+  encodings (a DataFrame: ``text/html`` head table + ``text/plain``; an array:
+  ``text/plain``; a figure: ``image/png``); empty when ``detail["preview"]`` (one line)
+  says it all.
+
+HTML in either comes from the task's own objects (its DataFrames, its
+``_repr_html_``), as under a notebook cell; the front end shows it the way
+JupyterLab shows cell outputs.
+
+This module installs the notebook layer's display capture
+(``nbflow.jupyter.display_capture``) when a model is made inside IPython, since a model
+is what shows the displays it captures.
+
 Nothing here draws or imports a UI toolkit; layout lives in ``render.py``, painting in
 ``widget.py`` and ``static/``.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from nbflow.core.keys import INPUT_ID, parse_item_id, parse_iteration_id, parse_state_id
+from nbflow.jupyter import display_capture
 from nbflow.run import events as ev
+from nbflow.run.displays import MAX_DISPLAYS
 from nbflow.run.live import collapse, store_of
 from nbflow.run.live import last_line as _last_line
 
@@ -128,13 +158,22 @@ class TaskInfo:
     expected: float | None = None  # how long it took in earlier runs (median), if known
     rate_first: tuple[float, float] | None = None  # (time, done) of its first report this attempt
     rate_last: tuple[float, float] | None = None  # (time, done) of its latest report
+    # what it displayed: {"data": {mime: str}, "metadata": {...}, "id": display id, "item": map item}
+    displays: list[dict[str, Any]] = field(default_factory=list)
+    preview_bundle: dict[str, str] = field(default_factory=dict)
 
     def detail(self, task_id: str) -> dict[str, Any]:
-        """A JSON-ready view of this task for the detail pane. While it runs (or after
-        it was cut short) ``stdout``/``stderr`` are what it printed so far."""
-        out = asdict(self)
+        """A JSON-ready view of this task for the detail pane (the module docstring has
+        the contract). While it runs (or after it was cut short) ``stdout``/``stderr``
+        are what it printed so far."""
+        # shallow (asdict would deep-copy every image); every non-scalar is rebuilt below
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown = list(self.displays)
         for private in ("started_at", "rate_first", "rate_last", "live_stdout", "live_stderr"):
             del out[private]
+        out["displays"] = [_as_text(d["data"]) for d in shown]
+        out["display_items"] = [str(d.get("item") or "") for d in shown]
+        out["preview_bundle"] = dict(self.preview_bundle)
         if not self.stdout and not self.stderr:
             out["stdout"], out["stderr"] = self.live_stdout, self.live_stderr
         out.update(task=task_id, duration_text=format_seconds(self.duration))
@@ -154,6 +193,37 @@ class TaskInfo:
         if note:
             text += f" {note}"
         return ("was at " if self.progress_stored else "") + text
+
+
+def _as_text(bundle: Mapping[str, Any]) -> dict[str, str]:
+    """A mimebundle with every value as text (JSON mime types as JSON text)."""
+    out: dict[str, str] = {}
+    for mime, value in bundle.items():
+        if isinstance(value, str):
+            out[str(mime)] = value
+        else:
+            try:
+                out[str(mime)] = json.dumps(value)
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+def _bundle_of(value: Any) -> dict[str, str]:
+    """A stored preview bundle as {str: str} (anything else in it is left out)."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _stored_displays(displays: Iterable[Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for d in displays:
+        if isinstance(d, Mapping) and isinstance(d.get("data"), Mapping):
+            md = d.get("metadata")
+            md = md if isinstance(md, Mapping) else {}
+            out.append({"data": dict(d["data"]), "metadata": dict(md), "id": None, "item": md.get("nbflow_item")})
+    return out[-MAX_DISPLAYS:]
 
 
 def _num(value: float | None) -> str:
@@ -213,6 +283,7 @@ class ProgressModel:
         self._reset(tuple(tasks), kinds or {})
         if plan:
             self.set_plan(plan, reasons)
+        display_capture.install()  # a no-op outside IPython
 
     # -- folding ------------------------------------------------------------------------
     def _set_edges(self, edges: Iterable[tuple[str, str]]) -> None:
@@ -316,6 +387,8 @@ class ProgressModel:
         if owner is not None:
             return self._apply_item(self._tasks[owner], e)
         info = self._info(task_id)
+        if isinstance(e, ev.TaskDisplay):
+            return self._display(info, e)
         if isinstance(e, ev.TaskOutput):
             return self._output(info, e)
         if isinstance(e, ev.TaskProgress):
@@ -326,6 +399,7 @@ class ProgressModel:
             info.attempts, info.worker, info.started_at = e.attempt, e.worker, e.time
             info.error = info.traceback = ""
             info.stdout = info.stderr = info.live_stdout = info.live_stderr = ""
+            info.displays = []  # a new attempt shows its own
             info.rate_first = info.rate_last = None
             info.progress_stored = info.progress is not None  # "was at ..." until it reports again
             if self._first_start is None:
@@ -337,6 +411,9 @@ class ProgressModel:
             info.preview, info.stdout, info.stderr = _clip(e.preview), _clip(e.stdout), _clip(e.stderr)
             info.live_stdout = info.live_stderr = ""
             info.progress_stored = False
+            info.preview_bundle = _bundle_of(e.preview_bundle)
+            if e.displays:  # else: what came live (a map's items) stays
+                info.displays = _stored_displays(e.displays)
             if not restored:
                 self._exec_total += e.duration
                 self._exec_count += 1
@@ -350,6 +427,8 @@ class ProgressModel:
             info.stdout, info.stderr = _clip(e.stdout), _clip(e.stderr)
             if not info.stdout and not info.stderr:
                 info.stdout, info.stderr = info.live_stdout, info.live_stderr
+            if e.displays:
+                info.displays = _stored_displays(e.displays)
             if info.started_at is not None:
                 info.duration = max(0.0, e.time - info.started_at)
         elif isinstance(e, ev.TaskSkipped):
@@ -384,6 +463,22 @@ class ProgressModel:
             info.last_line = prefix + line
         return True
 
+    def _display(self, info: TaskInfo, e: ev.TaskDisplay, item: str | None = None) -> bool:
+        """A running attempt (or map item) displayed something, updated or cleared it."""
+        if e.clear:
+            info.displays = [d for d in info.displays if d.get("item") != item] if item else []
+            return True
+        if e.update and e.display_id is not None:
+            for d in reversed(info.displays):
+                if d.get("id") == e.display_id and d.get("item") == item:
+                    d["data"], d["metadata"] = dict(e.bundle), dict(e.metadata)
+                    return True
+            return False
+        info.displays.append({"data": dict(e.bundle), "metadata": dict(e.metadata), "id": e.display_id, "item": item})
+        if len(info.displays) > MAX_DISPLAYS:
+            del info.displays[0]
+        return True
+
     def _progress(
         self, info: TaskInfo, at: float, done: float, total: float | None, note: str, *, stored: bool = False
     ) -> None:
@@ -405,7 +500,10 @@ class ProgressModel:
     def _apply_item(self, info: TaskInfo, e: ev.RunEvent) -> bool:
         """One map item's or loop iteration's event, folded into its node: items are
         never rows of their own (a 10,000-item map is one node with a counter). Their
-        output goes to the node's output, their progress to its note."""
+        output goes to the node's output, their progress to its note, their displays
+        to its displays (each naming its item)."""
+        if isinstance(e, ev.TaskDisplay):
+            return self._display(info, e, item=e.task_id)
         if isinstance(e, ev.TaskOutput):
             return self._output(info, e, prefix=f"{e.task_id}: ")
         if isinstance(e, ev.TaskProgress):

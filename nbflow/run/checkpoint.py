@@ -2,36 +2,36 @@
 
 The runner never touches codecs or payload files directly; it goes through
 :class:`CheckpointIO`, which knows the instance, the backend and the codec.
+
+An output is stored with its previews (``nbflow.core.previews``: a one-line text and a
+small mimebundle, made here once, so no view ever decodes an output to say what it is)
+and, when the task displayed something, with its displays: one more record in the
+same transaction (``nbflow.run.displays``).
 """
 
 from __future__ import annotations
 
-import reprlib
+import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from nbflow.core.codecs import Codec, codec_by_name
 from nbflow.core.errors import CheckpointCorruptError, CodecError, NbflowError, StoreFullError
-from nbflow.core.keys import item_id
+from nbflow.core.keys import display_id, item_id
+from nbflow.core.previews import make_preview, text_preview
 from nbflow.core.typed import MODEL_KEY, RecordTypes
+from nbflow.run.displays import DISPLAY_CODEC
+from nbflow.run.displays import encode as encode_displays
 from nbflow.store.base import DAMAGED_CODEC, Backend, CheckpointRecord
 
 __all__ = ["CheckpointIO", "preview"]
 
-_repr = reprlib.Repr()
-_repr.maxstring = 80
-_repr.maxother = 80
-_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 6
-_repr.maxlevel = 3
-
 
 def preview(value: Any, limit: int = 160) -> str:
-    """A short, safe repr of an output for the widget and the CLI."""
-    try:
-        text = _repr.repr(value)
-    except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not fail a task
-        text = f"<{type(value).__name__}: repr failed: {exc!r}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """A short, safe one-line preview of an output for the widget and the CLI
+    (a DataFrame says its shape and dtypes, a long list how many items it has more)."""
+    text = text_preview(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class CheckpointIO:
@@ -47,9 +47,16 @@ class CheckpointIO:
         # Which records hold pydantic models (stored as JSON with JsonCodec, rebuilt
         # through the task's annotation on read): see nbflow.core.typed.
         self.types: RecordTypes | None = None
+        # What a task displayed, handed over once when its output is written (the
+        # run's LiveHub sets it): stored as a display record in the same transaction.
+        self.displays_of: Callable[[str], tuple[Mapping[str, Any], ...]] | None = None
 
     def encode(self, task_id: str, fingerprint: str, value: Any, **fields: Any) -> tuple[CheckpointRecord, Any]:
-        """Encode ``value`` into a backend sink; returns the record and the sink to commit."""
+        """Encode ``value`` into a backend sink; returns the record and the sink to commit.
+
+        An output (``preview`` given) gets its rich preview here unless it has one."""
+        if "preview" in fields and "preview_bundle" not in fields:
+            fields["preview_bundle"] = make_preview(value)[1]
         if self.types is not None:
             value, fields = self.types.to_store(task_id, value, self.codec.name, fields)
         sink = self.backend.new_sink(self.instance_id)
@@ -74,11 +81,48 @@ class CheckpointIO:
     def write(self, task_id: str, fingerprint: str, value: Any, **fields: Any) -> CheckpointRecord:
         """Encode and durably store one output (one atomic backend write)."""
         record, sink = self.encode(task_id, fingerprint, value, **fields)
-        return self.backend.put_record(self.instance_id, record, sink)
+        items = self.with_displays([(record, sink)])
+        if len(items) == 1:
+            return self.backend.put_record(self.instance_id, record, sink)
+        return self.backend.put_records(self.instance_id, items)[0]
 
     def write_many(self, items: list[tuple[CheckpointRecord, Any]]) -> list[CheckpointRecord]:
-        """Store several encoded outputs in one commit (map items)."""
-        return self.backend.put_records(self.instance_id, items)
+        """Store several encoded outputs in one commit (map items); returns their records."""
+        full = self.with_displays(items)
+        stored = self.backend.put_records(self.instance_id, full)
+        if len(full) == len(items):
+            return stored
+        return [rec for rec in stored if rec.codec != DISPLAY_CODEC]
+
+    def with_displays(self, items: list[tuple[CheckpointRecord, Any]]) -> list[tuple[CheckpointRecord, Any]]:
+        """``items`` plus a display record after each output whose task displayed
+        something; the output's record names it by a fresh token, so an older display
+        record of the same task (it ran again since, showing nothing) is never its own."""
+        take = self.displays_of
+        if take is None:
+            return items
+        out: list[tuple[CheckpointRecord, Any]] = []
+        for record, sink in items:
+            out.append((record, sink))
+            pictures = take(record.task_id)
+            if not pictures:
+                continue
+            token = secrets.token_hex(8)
+            record.extra = {**record.extra, "displays": token}
+            shown = CheckpointRecord(
+                task_id=display_id(record.task_id),
+                fingerprint=record.fingerprint,
+                codec=DISPLAY_CODEC,
+                attempt=record.attempt,
+                started_at=record.started_at,
+                finished_at=record.finished_at,
+                worker=record.worker,
+                extra={"for": token, "count": len(pictures)},
+            )
+            payload = self.backend.new_sink(self.instance_id)
+            payload.write(encode_displays(pictures))
+            out.append((shown, payload))
+        return out
 
     def write_ref(self, task_id: str, fingerprint: str, extra: dict[str, Any], **fields: Any) -> CheckpointRecord:
         """Store a record whose value lives in other records (a merge points at the

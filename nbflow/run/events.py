@@ -8,7 +8,8 @@ event with a default value; subscribers must ignore what they do not know.
 
 Events are published from the engine's own thread — except :class:`TaskOutput` and
 :class:`TaskProgress`, which come from the run's live flusher thread (``live.py``) while
-the task runs, at most about 20 per second per task. Subscribers must be quick, must be
+the task runs, at most about 20 per second per task, and :class:`TaskDisplay`, which
+comes from the thread of the task that displayed something. Subscribers must be quick, must be
 thread-safe, and must not raise: a subscriber that raises is unsubscribed with one
 warning, so a broken progress display can never fail a run.
 """
@@ -21,7 +22,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 from nbflow.core.keys import parse_item_id, parse_iteration_id
 
@@ -31,6 +32,7 @@ __all__ = [
     "RunEvent",
     "RunFinished",
     "RunStarted",
+    "TaskDisplay",
     "TaskFailed",
     "TaskFinished",
     "TaskOutput",
@@ -89,7 +91,10 @@ class TaskStarted(RunEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class TaskRestored(RunEvent):
-    """A task's output comes from its checkpoint; the task does not run."""
+    """A task's output comes from its checkpoint; the task does not run.
+
+    ``displays`` are what it displayed when it ran (stored with its checkpoint), shown
+    again; ``preview_bundle`` is its output's rich preview (mime type -> str)."""
 
     task_id: str
     duration: float = 0.0
@@ -98,11 +103,14 @@ class TaskRestored(RunEvent):
     stdout: str = ""
     stderr: str = ""
     worker: str | None = None
+    displays: tuple[Mapping[str, Any], ...] = ()
+    preview_bundle: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
 class TaskFinished(RunEvent):
-    """A task finished and its checkpoint is durably written."""
+    """A task finished and its checkpoint is durably written (with ``displays``: what
+    it displayed, each ``{"data": {mime: str}, "metadata": {...}}``)."""
 
     task_id: str
     attempt: int = 1
@@ -111,6 +119,8 @@ class TaskFinished(RunEvent):
     stdout: str = ""
     stderr: str = ""
     worker: str | None = None
+    displays: tuple[Mapping[str, Any], ...] = ()
+    preview_bundle: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +143,7 @@ class TaskFailed(RunEvent):
     traceback: str = ""
     stdout: str = ""
     stderr: str = ""
+    displays: tuple[Mapping[str, Any], ...] = ()  # what the failed attempt displayed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,6 +185,22 @@ class TaskOutput(RunEvent):
     stdout: str = ""
     stderr: str = ""
     cut: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskDisplay(RunEvent):
+    """A running attempt displayed something (a figure, ``display(df)``): ``bundle``
+    maps mime types to data (images as base64 text), as Jupyter's ``display_data``.
+    ``display_id`` with ``update`` replaces what was shown under that id; ``clear``
+    (``clear_output()`` in the task) empties what the attempt showed so far."""
+
+    task_id: str
+    attempt: int = 1
+    bundle: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    display_id: str | None = None
+    update: bool = False
+    clear: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,6 +18,14 @@ Each attempt of a task gets a :class:`LiveTask` (its ``get_task_context().hooks`
   state is used only while the task's fingerprint and the records it reads are those it
   was saved with. :meth:`LiveHub.settled` drops it once the task's output is stored.
 
+- **Displays.** What the task displays (``display(...)``, ``plt.show()``, figures it
+  leaves open) reaches :meth:`LiveTask.display` from the notebook layer's capture
+  (``nbflow.run.displays`` has the seam); each is sent at once as a
+  :class:`~nbflow.run.events.TaskDisplay` event and, when the attempt succeeds, stored
+  with its output in the same transaction (``CheckpointIO`` asks :meth:`LiveHub.take_displays`).
+  A restored task's displays are read back for its ``TaskRestored`` event
+  (:meth:`LiveHub.display_fields`).
+
 Remote bodies (``ProcessExecutor``, ``DaskExecutor``) get a :class:`RemoteLink` instead:
 their output, progress and states travel back to the runner, which publishes and
 commits them (``live_remote.py``).
@@ -34,7 +42,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from nbflow.core.keys import STATE_SUFFIX, parse_item_id, parse_iteration_id, state_id
+from nbflow.core.keys import (
+    DISPLAY_SUFFIX,
+    STATE_SUFFIX,
+    display_id,
+    item_id,
+    parse_display_id,
+    parse_item_id,
+    parse_iteration_id,
+    state_id,
+)
+from nbflow.run import displays as shown
 from nbflow.run import events as ev
 from nbflow.run import tqdm_hook
 from nbflow.run.task_state import LIVE_KEY, PROGRESS_KEY, TaskStates, stored_progress
@@ -278,8 +296,8 @@ class LiveTask(Buffered):
     attempt's messages are folded into."""
 
     __slots__ = (
-        "_deps", "_node", "_saved_at", "_state", "_unsaved", "fingerprint", "hub", "remote_token",
-        "stderr_tail", "stdout_tail",
+        "_deps", "_displays", "_figures", "_node", "_saved_at", "_state", "_unsaved", "fingerprint", "hub",
+        "remote_token", "stderr_tail", "stdout_tail",
     )  # fmt: skip
 
     def __init__(self, hub: LiveHub, task_id: str, attempt: int, node: Node) -> None:
@@ -292,6 +310,10 @@ class LiveTask(Buffered):
         self._saved_at = time.monotonic()
         self._unsaved = False  # output or progress the store has not seen
         self.remote_token: str | None = None
+        self._displays: shown.DisplayList | None = None  # made on the first display
+        capture = shown.provider()
+        # the figures open as the attempt starts: those open at its end and not here are its own
+        self._figures: Any = capture.begin() if capture is not None else None
 
     @property
     def deps(self) -> dict[str, float]:
@@ -363,6 +385,45 @@ class LiveTask(Buffered):
                 return None  # a damaged state is as good as none: start from the default
         return bytes(data)
 
+    # -- displays --
+    def display(
+        self, data: Mapping[str, Any], metadata: Mapping[str, Any] | None = None, *, display_id: str | None = None,
+        update: bool = False,
+    ) -> None:  # fmt: skip
+        """The task displayed ``data`` (a mimebundle); called from the task's thread."""
+        bundle = shown.normalize(data, metadata)
+        if bundle is None:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            if self._displays is None:
+                self._displays = shown.DisplayList()
+            self._displays.add(bundle, display_id=display_id, update=update)
+            self._touched = True
+        self.hub.publish(
+            ev.TaskDisplay,
+            task_id=self.task_id,
+            attempt=self.attempt,
+            bundle=bundle["data"],
+            metadata=bundle["metadata"],
+            display_id=display_id,
+            update=update,
+        )
+
+    def clear_displays(self) -> None:
+        """``clear_output()`` in the task: what it displayed so far is dropped."""
+        with self._lock:
+            if self._closed or self._displays is None:
+                return
+            self._displays.clear()
+        self.hub.publish(ev.TaskDisplay, task_id=self.task_id, attempt=self.attempt, clear=True)
+
+    @property
+    def displays(self) -> tuple[Mapping[str, Any], ...]:
+        """What this attempt displayed so far, in order."""
+        return self._displays.items() if self._displays is not None else ()
+
     def remote(self, out: str, err: str, cut: int, progress: tuple[float, float | None, str, float] | None) -> None:
         """Fold in one flush of this attempt running in another process (``live_remote``)."""
         with self._lock:
@@ -425,8 +486,14 @@ class LiveTask(Buffered):
                 pass
 
     def close(self, ok: bool) -> None:
-        """The attempt is over: send what is left, refuse later states, and (if it did
-        not succeed) store what it printed and how far it got."""
+        """The attempt is over: take the figures it left open, send what is left, refuse
+        later states, and (if it did not succeed) store what it printed and how far it got."""
+        capture = shown.provider()
+        if capture is not None and not self._closed:
+            try:
+                capture.end(self._figures, self)
+            except Exception:  # noqa: BLE001 - a figure that cannot be drawn must not fail the task
+                pass
         if not self._touched and self.remote_token is None:  # a silent attempt: nothing to send or keep
             self._closed = True
             return
@@ -466,12 +533,25 @@ class LiveHub:
         self.publish, self.io, self.states, self.records = publish, io, states, records
         # state records a previous process left (a task killed while it ran): dropped when
         # their task finishes, as the ones saved here
-        self._left = {rid for rid in records if rid.endswith(STATE_SUFFIX)} if records else set()
+        self._left: set[str] = set()
+        # display records stored by earlier runs: a restored task shows them again
+        self._display_records: set[str] = set()
+        for rid in records if records else ():
+            if rid.endswith(STATE_SUFFIX):
+                self._left.add(rid)
+            elif rid.endswith(DISPLAY_SUFFIX):
+                self._display_records.add(rid)
         _remember_store(io.instance_id, io.backend)
         self._saved: set[str] = set()  # task ids whose state record this process wrote or read
         self._last: dict[str, tuple[str, str]] = {}  # task id -> (stdout, stderr) of a failed attempt
         self._final: dict[str, dict[str, Any]] = {}  # task id -> last progress of its successful attempt
+        # displays of successful attempts until their record is written (take_displays),
+        # then until their TaskFinished is built (display_fields); of failed attempts
+        self._shown: dict[str, tuple[Mapping[str, Any], ...]] = {}
+        self._announce: dict[str, tuple[Mapping[str, Any], ...]] = {}
+        self._failed_shown: dict[str, tuple[Mapping[str, Any], ...]] = {}
         self._lock = threading.Lock()
+        io.displays_of = self.take_displays  # the output's writer stores them in its transaction
         tqdm_hook.install()  # tqdm bars in tasks report here (patched once, when tqdm is imported)
 
     def attempt(self, node: Node, task_id: str, attempt: int) -> LiveTask:
@@ -509,9 +589,14 @@ class LiveHub:
         """These tasks' outputs are stored: drop their saved states and live output (a
         plain task keeps its last progress, so a restored node can still say it)."""
         stored = self.states.all() if self.states.loaded else None
-        if not (self._saved or self._left or self._final or self._last or stored):
-            return  # the common case: nothing was saved, printed or reported
+        if not (self._saved or self._left or self._final or self._last or stored or self._shown or self._failed_shown):
+            return  # the common case: nothing was saved, printed, reported or displayed
         task_ids = tuple(task_ids)
+        if self._shown or self._failed_shown:
+            with self._lock:
+                for tid in task_ids:
+                    self._shown.pop(tid, None)  # a writer that does not store displays (a claimed unit)
+                    self._failed_shown.pop(tid, None)
         drop: list[str] = []
         final: dict[str, dict[str, Any]] = {}
         with self._lock:
@@ -538,6 +623,14 @@ class LiveHub:
 
     # -- output of attempts that did not succeed --
     def closed(self, task: LiveTask, ok: bool) -> None:
+        pictures = task.displays
+        if pictures:
+            with self._lock:
+                if ok:
+                    self._shown[task.task_id] = pictures
+                    self._failed_shown.pop(task.task_id, None)
+                else:
+                    self._failed_shown[task.task_id] = pictures
         if not ok and (task.stdout_tail or task.stderr_tail):
             with self._lock:
                 self._last[task.task_id] = (task.stdout_tail, task.stderr_tail)
@@ -545,6 +638,79 @@ class LiveHub:
             done, total, note, at = task.last_progress
             with self._lock:
                 self._final[task.task_id] = {"done": done, "total": total, "note": note, "at": at}
+
+    # -- displays, for the output's record and the events --
+    def take_displays(self, task_id: str) -> tuple[Mapping[str, Any], ...]:
+        """The displays of ``task_id``'s successful attempt, handed to the writer of its
+        record (once); kept for its TaskFinished event (not for map items and loop
+        iterations, which have none: their TaskDisplay events were sent live)."""
+        if not self._shown:
+            return ()
+        with self._lock:
+            pictures = self._shown.pop(task_id, ())
+            if pictures and parse_item_id(task_id) is None and parse_iteration_id(task_id) is None:
+                self._announce[task_id] = pictures
+        return pictures
+
+    def display_fields(
+        self, task_id: str, record: CheckpointRecord | None = None, *, restored: bool = False
+    ) -> dict[str, Any]:
+        """The display fields of ``task_id``'s TaskFinished (``record``: the one just
+        written), TaskRestored (``restored``: read back from the store) or TaskFailed
+        (no record) event."""
+        if record is None:
+            with self._lock:
+                return {"displays": self._failed_shown.pop(task_id, ())} if self._failed_shown else {}
+        fields: dict[str, Any] = {"preview_bundle": record.preview_bundle}
+        if restored:
+            if self._display_records:
+                fields["displays"] = self.stored_displays(task_id, record)
+        elif self._announce:
+            with self._lock:
+                fields["displays"] = self._announce.pop(task_id, ())
+        return fields
+
+    def stored_displays(self, task_id: str, record: CheckpointRecord) -> tuple[Mapping[str, Any], ...]:
+        """What ``task_id`` displayed when it ran, read from its display record (a map's:
+        what its items displayed, the first :data:`~nbflow.run.displays.MAX_DISPLAYS`).
+        Nothing on a missing, outdated or damaged record: a picture never fails a resume."""
+        pictures = list(self._read_displays(task_id, record))
+        items = record.extra.get("items")
+        if isinstance(items, int) and not isinstance(items, bool) and items > 0:
+            owned = sorted(
+                (parsed[1], rid)
+                for rid in self._display_records
+                if (owner := parse_display_id(rid)) is not None
+                and (parsed := parse_item_id(owner)) is not None
+                and parsed[0] == task_id
+            )
+            for index, _ in owned:
+                if len(pictures) >= shown.MAX_DISPLAYS:
+                    break
+                iid = item_id(task_id, index)
+                item = self.records.get(iid)
+                if item is not None:
+                    for picture in self._read_displays(iid, item):
+                        pictures.append({**picture, "metadata": {**picture["metadata"], "nbflow_item": iid}})
+        return tuple(pictures[: shown.MAX_DISPLAYS])
+
+    def _read_displays(self, task_id: str, record: CheckpointRecord) -> tuple[Mapping[str, Any], ...]:
+        rid = display_id(task_id)
+        token = record.extra.get("displays")
+        if not token or rid not in self._display_records:
+            return ()
+        stored = self.records.get(rid)
+        if stored is None or stored.extra.get("for") != token:
+            return ()  # an older run's displays: the task ran again since and showed nothing
+        try:
+            with self.io.backend.open_payload(self.io.instance_id, stored) as stream:
+                data = stream.read()
+                verify = getattr(stream, "verify", None)
+                if verify is not None and not verify():
+                    return ()
+        except Exception:  # noqa: BLE001 - see stored_displays
+            return ()
+        return shown.decode(bytes(data))
 
     def last_output(self, task_id: str) -> tuple[str, str]:
         """(stdout, stderr) of ``task_id``'s last attempt that did not succeed."""

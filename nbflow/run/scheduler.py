@@ -316,6 +316,7 @@ class Scheduler:
             traceback=tb,
             stdout=out,
             stderr=err,
+            **self.live.display_fields(task_id),  # what the failed attempt displayed
         )
         return StepFailed(error)
 
@@ -371,6 +372,7 @@ class Scheduler:
             stdout=record.stdout,
             stderr=record.stderr,
             worker=record.worker or self.worker,
+            **self.live.display_fields(node.id, record),  # its displays and rich preview
         )
 
     # -- one step ---------------------------------------------------------------------
@@ -449,6 +451,7 @@ class Scheduler:
                     stdout=rec.stdout,
                     stderr=rec.stderr,
                     worker=rec.worker,
+                    **self.live.display_fields(node.id, rec, restored=True),  # shown again, from the store
                 )
             elif step == SKIP:
                 self._skip_one(node.id, "route took another branch")

@@ -103,6 +103,10 @@ class CheckpointRecord:
     stdout: str = ""
     stderr: str = ""
     worker: str | None = None
+    # A richer preview of the output (mime type -> str: text/plain, text/html, image/png
+    # as base64), made when it was stored and bounded in size (nbflow.core.previews), so
+    # it is shown without decoding the output. Empty when ``preview`` says it all.
+    preview_bundle: dict[str, str] = field(default_factory=dict)
     # Kind-specific facts (a route's branch, a delay's wake-up time, a reference to the
     # record that holds the value); JSON-able.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -119,6 +123,7 @@ class CheckpointRecord:
         # Shallow on purpose: dataclasses.asdict deep-copies the payload bytes.
         data = {name: getattr(self, name) for name in _RECORD_FIELDS}
         data["extra"] = dict(self.extra)
+        data["preview_bundle"] = dict(self.preview_bundle)
         return data
 
     @classmethod
