@@ -19,40 +19,22 @@ fed by named upstream tasks or workflow inputs, in any order (edges are resolved
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any, NoReturn, Self
 
 from nbflow.core.branching import DEFAULT_BRANCH, ForkBuilder, RouteBuilder, branch_label
 from nbflow.core.context import WorkflowContext
+from nbflow.core.draft import Draft
 from nbflow.core.errors import WorkflowDefinitionError
-from nbflow.core.fingerprint import fingerprint, stable_digest
+from nbflow.core.fingerprint import fingerprint
 from nbflow.core.graph import InputRef, Node, Source, WorkflowDefinition
-from nbflow.core.keys import ID_RULE, MAX_ID_LENGTH, check_task_id, child_id, child_prefix
+from nbflow.core.keys import child_id, child_prefix
 from nbflow.core.retry import parse_duration
-from nbflow.core.signatures import check_call
-from nbflow.core.task import TASK_OPTIONS, TaskSpec, check_option_names, make_spec, spec_of
 
 __all__ = ["DEFAULT_BRANCH", "ForkBuilder", "branch_label", "RouteBuilder", "Workflow", "WorkflowBuilder"]
 
 Step = Callable[..., Any]
-
-# Keyword options a step method takes besides the task options, so that a misspelt
-# one (``concurency=4``) is matched against them too.
-_METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
-    "map": ("concurrency",),
-    "loop": ("max_iterations", "on_max"),
-    "add": ("inputs",),
-}
-
-_NOT_ALLOWED = re.compile(r"[^\w.\- ]+")
-
-
-def _suggest_id(bad: str) -> str:
-    """A nearby allowed id for a refused one (``m[0]`` -> ``m_0``), or "" if none."""
-    guess = _NOT_ALLOWED.sub("_", bad).strip("_ ")[:MAX_ID_LENGTH]
-    return guess if guess and check_task_id(guess) is None else ""
 
 
 def _takes_no_argument(fn: Step) -> bool:
@@ -85,96 +67,11 @@ class WorkflowBuilder:
                 repr(context), "WorkflowBuilder needs a WorkflowContext or a name", "Use Workflow('name')"
             )
         self.context = context
-        self._nodes: list[Node] = []
-        self._ids: set[str] = set()
-        self._cursor: Source = Source()  # the workflow input, until a step is added
-        self._lambda_count = 0
+        self._draft = Draft(context.name)
 
     @property
     def name(self) -> str:
         return self.context.name
-
-    # -- naming ------------------------------------------------------------------------
-    def _fail(self, problem: str, fix: str = "") -> WorkflowDefinitionError:
-        return WorkflowDefinitionError(self.name, problem, fix)
-
-    def _check_id(self, task_id: object, what: str) -> None:
-        """Refuse an id that is not allowed (see :mod:`nbflow.core.keys`): one that
-        looks like an internal record id would overwrite that record."""
-        reason = check_task_id(task_id)
-        if reason is None:
-            return
-        guess = _suggest_id(task_id) if isinstance(task_id, str) else ""
-        raise self._fail(
-            f"invalid {what} id {task_id!r}: {reason}",
-            f"{what.capitalize()} ids may use {ID_RULE}" + (f"; e.g. {guess!r}" if guess else ""),
-        )
-
-    def _resolve(
-        self, method: str, name_or_fn: str | Step, fn: Step | None, options: Mapping[str, Any]
-    ) -> tuple[str, Step, TaskSpec]:
-        if isinstance(name_or_fn, str):
-            if fn is None or not callable(fn):
-                raise self._fail(
-                    f".{method}({name_or_fn!r}) got a name but no function",
-                    f"Pass the function after the name: .{method}({name_or_fn!r}, my_function)",
-                )
-            name: str | None = name_or_fn
-            func = fn
-        else:
-            if fn is not None:
-                raise self._fail(f".{method}() got two functions", f"Use .{method}(fn) or .{method}('name', fn)")
-            func = name_or_fn
-            name = options.get("name")
-        if not callable(func):
-            raise self._fail(
-                f".{method}() needs a function, got {type(func).__name__} {func!r}",
-                f"Pass a function: .{method}(my_function) or .{method}('name', my_function)",
-            )
-        check_option_names(f".{method}()", options, (*TASK_OPTIONS, *_METHOD_OPTIONS.get(method, ())))
-        base = spec_of(func)
-        extra = {k: v for k, v in options.items() if k != "name"}
-        spec = make_spec(
-            name=base.name if name is None else name,  # "" must be refused, not ignored
-            retries=extra.get("retries", base.retry),
-            timeout=extra.get("timeout", base.timeout),
-            tags=extra.get("tags", base.tags),
-            description=extra.get("description", base.description),
-            priority=extra.get("priority", base.priority),
-            version=extra.get("version", base.version),
-            pin=extra.get("pin", base.pin),
-        )
-        task_id = spec.name or self._default_id(func)
-        self._check_id(task_id, "task")
-        if task_id in self._ids:
-            raise self._fail(
-                f"task id {task_id!r} is used twice",
-                f"Give the second one its own name: .{method}('{task_id}_2', fn)",
-            )
-        return task_id, func, spec
-
-    def _default_id(self, fn: Step) -> str:
-        name = getattr(fn, "__name__", None)
-        if name is None:
-            inner = getattr(fn, "func", None)  # functools.partial
-            name = getattr(inner, "__name__", None) or type(fn).__name__
-        if name == "<lambda>":
-            # Stable across processes: derived from the code, not from object ids.
-            base = "lambda_" + fingerprint(fn)[:6]
-            candidate, n = base, 2
-            while candidate in self._ids:
-                candidate, n = f"{base}_{n}", n + 1
-            return candidate
-        return name
-
-    def _add_node(self, node: Node) -> Node:
-        # Checked here, at the call that adds the step, rather than at build(): the
-        # traceback then points at the offending .then()/.join(), and no run starts
-        # with a step that would fail with a TypeError when reached.
-        check_call(self.name, node)
-        self._ids.add(node.id)
-        self._nodes.append(node)
-        return node
 
     # -- steps ------------------------------------------------------------------------
     def then(self, name_or_fn: str | Step, fn: Step | None = None, **options: Any) -> Self:
@@ -183,17 +80,17 @@ class WorkflowBuilder:
         Task options (``retries``, ``timeout``, ``tags``, ``description``, ``priority``,
         ``version``) given here take precedence over those from ``@task``.
         """
-        task_id, func, spec = self._resolve("then", name_or_fn, fn, options)
+        task_id, func, spec = self._draft.resolve("then", name_or_fn, fn, options)
         after: tuple[str, ...] = ()
-        params: tuple[tuple[str, Source], ...] = (("", self._cursor),)
+        params: tuple[tuple[str, Source], ...] = (("", self._draft.cursor),)
         if _takes_no_argument(func):
             # A task without parameters still runs after the previous step.
-            after = (self._cursor.task,) if self._cursor.task else ()
+            after = (self._draft.cursor.task,) if self._draft.cursor.task else ()
             node = Node(task_id, "task", func, spec, "none", (), fingerprint(func, spec.version, spec.pin), after=after)
         else:
             node = Node(task_id, "task", func, spec, "value", params, fingerprint(func, spec.version, spec.pin))
-        self._add_node(node)
-        self._cursor = Source(task_id)
+        self._draft.add_node(node)
+        self._draft.cursor = Source(task_id)
         return self
 
     def add(
@@ -211,7 +108,7 @@ class WorkflowBuilder:
         order; references are checked at ``build()``. This is how a ``%%workflow`` cell
         becomes a workflow. ``add`` does not move the cursor used by ``then``.
         """
-        task_id, func, spec = self._resolve("add", name_or_fn, fn, options)
+        task_id, func, spec = self._draft.resolve("add", name_or_fn, fn, options)
         params: list[tuple[str, Source]] = []
         for param, ref in (inputs or {}).items():
             if isinstance(ref, InputRef):
@@ -219,12 +116,12 @@ class WorkflowBuilder:
             elif isinstance(ref, str) and ref:
                 params.append((param, Source(ref)))
             else:
-                raise self._fail(
+                raise self._draft.fail(
                     f"input {param!r} of task {task_id!r} is {ref!r}",
                     "Map each parameter to a task id (str) or InputRef('key')",
                 )
         mode = "kwargs" if params else "none"
-        self._add_node(
+        self._draft.add_node(
             Node(task_id, "task", func, spec, mode, tuple(params), fingerprint(func, spec.version, spec.pin))
         )
         return self
@@ -235,20 +132,20 @@ class WorkflowBuilder:
         Close them with ``.join(fn)``; the join receives ``{branch_key: last output}``
         where a branch's key is the id of its first task.
         """
-        return ForkBuilder(self)
+        return ForkBuilder(self, self._draft)
 
     # Branch methods belong to .fork() and .route(); on the builder itself they would be
     # an AttributeError that does not say what was forgotten.
     def join(self, *args: Any, **kwargs: Any) -> NoReturn:
         """Refused: a join closes a fork. Use ``.fork().branch(f).branch(g).join(fn)``."""
-        raise self._fail(
+        raise self._draft.fail(
             ".join() without .fork(): there are no branches to join",
             "Open them first: .fork().branch(f).branch(g).join(fn); to run one step after another use .then(fn)",
         )
 
     def branch(self, *args: Any, **kwargs: Any) -> NoReturn:
         """Refused: branches belong to a fork or a route."""
-        raise self._fail(
+        raise self._draft.fail(
             ".branch() outside a fork or route",
             "Start the branches with .fork().branch(f).branch(g).join(fn) (all run) "
             "or .route(key_fn, keys=[...]).branch(key, f).done() (one runs)",
@@ -256,57 +153,19 @@ class WorkflowBuilder:
 
     def default_branch(self, *args: Any, **kwargs: Any) -> NoReturn:
         """Refused: a default branch belongs to a route."""
-        raise self._fail(
+        raise self._draft.fail(
             ".default_branch() outside a route",
             "Use .route(key_fn, keys=[...]).branch(key, f).default_branch(g).done()",
         )
 
     def done(self, *args: Any, **kwargs: Any) -> NoReturn:
         """Refused: ``.done()`` closes a route."""
-        raise self._fail(
+        raise self._draft.fail(
             ".done() without .route()",
             "Use .route(key_fn, keys=[...]).branch(key, f).done(); a fork ends with .join(fn)",
         )
 
     # -- control flow -----------------------------------------------------------------
-    def _special(
-        self,
-        kind: str,
-        task_id: str,
-        *,
-        fn: Step | None = None,
-        spec: TaskSpec | None = None,
-        mode: str = "value",
-        params: tuple[tuple[str, Source], ...] | None = None,
-        after: tuple[str, ...] = (),
-        options: Mapping[str, Any] | None = None,
-    ) -> Node:
-        """Add a control-flow node fed by the cursor, and move the cursor onto it."""
-        if task_id in self._ids:
-            raise self._fail(f"step id {task_id!r} is used twice", f"Give the {kind} step another name")
-        if kind != "collect":  # a collect step's id is made by keys.child_id, not given
-            self._check_id(task_id, "step")
-        opts = dict(options or {})
-        fp = (
-            fingerprint(fn, (spec or TaskSpec()).version, (spec or TaskSpec()).pin)
-            if fn is not None
-            else stable_digest(kind, repr(sorted(opts.items())))
-        )
-        node = Node(
-            task_id,
-            kind,
-            fn,
-            spec or TaskSpec(),
-            mode,
-            params if params is not None else (("", self._cursor),),
-            fp,
-            after=after,
-            options=opts,
-        )
-        self._add_node(node)
-        self._cursor = Source(task_id)
-        return node
-
     def route(
         self,
         key_fn: str | Step,
@@ -327,23 +186,23 @@ class WorkflowBuilder:
         branch that ran.
         """
         if isinstance(key_fn, str):  # the ("name", fn) form
-            task_id, func, spec = self._resolve("route", key_fn, fn_or_keys, {})  # type: ignore[arg-type]
+            task_id, func, spec = self._draft.resolve("route", key_fn, fn_or_keys, {})  # type: ignore[arg-type]
         else:
             if fn_or_keys is not None:
                 if callable(fn_or_keys) or keys is not None:
-                    raise self._fail(
+                    raise self._draft.fail(
                         ".route() got two functions or keys twice",
                         "Use .route(key_fn, keys=[...]) or .route('name', key_fn, keys=[...])",
                     )
                 keys = fn_or_keys
-            task_id, func, spec = self._resolve("route", name or key_fn, key_fn if name else None, {})
+            task_id, func, spec = self._draft.resolve("route", name or key_fn, key_fn if name else None, {})
         declared = tuple(keys) if keys is not None else None
         if declared is not None and len(set(map(repr, declared))) != len(declared):
-            raise self._fail(f"route {task_id!r} declares a key twice: {list(declared)!r}", "List each key once")
-        node = self._special(
+            raise self._draft.fail(f"route {task_id!r} declares a key twice: {list(declared)!r}", "List each key once")
+        node = self._draft.special(
             "route", task_id, fn=func, spec=spec, options={"keys": list(declared) if declared is not None else None}
         )
-        return RouteBuilder(self, node.id, declared)
+        return RouteBuilder(self, self._draft, node.id, declared)
 
     def loop(
         self,
@@ -361,12 +220,14 @@ class WorkflowBuilder:
         resumes at iteration 7. After ``max_iterations``, ``on_max="fail"`` fails the
         run and ``"exit_with_last"`` continues with the last value.
         """
-        task_id, func, spec = self._resolve("loop", body, fn, options)
+        task_id, func, spec = self._draft.resolve("loop", body, fn, options)
         if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
-            raise self._fail(f"loop {task_id!r} has max_iterations={max_iterations!r}", "Use a whole number >= 1")
+            raise self._draft.fail(f"loop {task_id!r} has max_iterations={max_iterations!r}", "Use a whole number >= 1")
         if on_max not in ("fail", "exit_with_last"):
-            raise self._fail(f"loop {task_id!r} has on_max={on_max!r}", "Use on_max='fail' or 'exit_with_last'")
-        self._special("loop", task_id, fn=func, spec=spec, options={"max_iterations": max_iterations, "on_max": on_max})
+            raise self._draft.fail(f"loop {task_id!r} has on_max={on_max!r}", "Use on_max='fail' or 'exit_with_last'")
+        self._draft.special(
+            "loop", task_id, fn=func, spec=spec, options={"max_iterations": max_iterations, "on_max": on_max}
+        )
         return self
 
     def map(self, name_or_fn: str | Step, fn: Step | None = None, *, concurrency: int = 8, **options: Any) -> Self:
@@ -376,17 +237,17 @@ class WorkflowBuilder:
         resumes there; results come back as a list in input order. Retries and
         timeouts apply per item; a failing item fails the step with its index.
         """
-        task_id, func, spec = self._resolve("map", name_or_fn, fn, options)
+        task_id, func, spec = self._draft.resolve("map", name_or_fn, fn, options)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise self._fail(f"map {task_id!r} has concurrency={concurrency!r}", "Use a whole number >= 1")
-        self._special("map", task_id, fn=func, spec=spec, options={"concurrency": concurrency})
+            raise self._draft.fail(f"map {task_id!r} has concurrency={concurrency!r}", "Use a whole number >= 1")
+        self._draft.special("map", task_id, fn=func, spec=spec, options={"concurrency": concurrency})
         return self
 
     def delay(self, name: str, duration: str | float | timedelta) -> Self:
         """A durable pause: the wake-up time is stored, so after a restart only the
         remaining time is waited. The next step receives the previous output."""
         seconds = parse_duration(duration, f"delay {name!r}")
-        self._special("delay", name, options={"seconds": seconds})
+        self._draft.special("delay", name, options={"seconds": seconds})
         return self
 
     def wait_for_signal(
@@ -399,10 +260,10 @@ class WorkflowBuilder:
         the payload. After ``timeout`` the run fails with ``SignalTimeoutError``.
         """
         if not isinstance(signal, str) or not signal:
-            raise self._fail(f"wait_for_signal got signal name {signal!r}", "Use a non-empty string")
+            raise self._draft.fail(f"wait_for_signal got signal name {signal!r}", "Use a non-empty string")
         seconds = None if timeout is None else parse_duration(timeout, f"timeout of signal {signal!r}")
-        after = (self._cursor.task,) if self._cursor.task else ()
-        self._special(
+        after = (self._draft.cursor.task,) if self._draft.cursor.task else ()
+        self._draft.special(
             "signal",
             name or signal,
             mode="none",
@@ -426,10 +287,10 @@ class WorkflowBuilder:
         Like ``add``, it does not move the cursor used by ``then``."""
         signal = step_id if signal is None else signal
         if not isinstance(signal, str) or not signal:
-            raise self._fail(f"signal step {step_id!r} got signal name {signal!r}", "Use a non-empty string")
+            raise self._draft.fail(f"signal step {step_id!r} got signal name {signal!r}", "Use a non-empty string")
         seconds = None if timeout is None else parse_duration(timeout, f"timeout of signal {signal!r}")
-        cursor = self._cursor
-        self._special(
+        cursor = self._draft.cursor
+        self._draft.special(
             "signal",
             step_id,
             mode="none",
@@ -437,7 +298,7 @@ class WorkflowBuilder:
             after=tuple(after),
             options={"signal": signal, "timeout": seconds},
         )
-        self._cursor = cursor
+        self._draft.cursor = cursor
         return self
 
     def then_flow(self, child: WorkflowDefinition | WorkflowBuilder) -> Self:
@@ -450,15 +311,15 @@ class WorkflowBuilder:
         if isinstance(child, WorkflowBuilder):
             child = child.build()
         if not isinstance(child, WorkflowDefinition):
-            raise self._fail(
+            raise self._draft.fail(
                 f".then_flow() needs a built workflow, got {type(child).__name__}", "Pass Workflow('child')...build()"
             )
         prefix = child_prefix(child.name)
-        if any(i.startswith(prefix) for i in self._ids):
-            raise self._fail(
+        if any(i.startswith(prefix) for i in self._draft.ids):
+            raise self._draft.fail(
                 f"child workflow {child.name!r} is composed twice", "Build the second copy under another name"
             )
-        origin = self._cursor
+        origin = self._draft.cursor
 
         def rebase(src: Source) -> Source:
             if src.task is None:
@@ -477,7 +338,7 @@ class WorkflowBuilder:
             if not node.deps and origin.task and node.mode == "none":
                 after = (*after, origin.task)
             group = child.name if node.group is None else f"{child.name}/{node.group}"
-            self._add_node(
+            self._draft.add_node(
                 Node(
                     child_id(child.name, node.id),
                     node.kind,
@@ -492,18 +353,18 @@ class WorkflowBuilder:
                 )
             )
         if len(child.sinks) == 1:
-            self._cursor = Source(child_id(child.name, child.sinks[0]))
+            self._draft.cursor = Source(child_id(child.name, child.sinks[0]))
         else:
             params = tuple((sink, Source(child_id(child.name, sink))) for sink in child.sinks)
-            self._special("collect", child_id(child.name, "output"), mode="dict", params=params, options={})
-            self._nodes[-1] = _regroup(self._nodes[-1], child.name)
+            self._draft.special("collect", child_id(child.name, "output"), mode="dict", params=params, options={})
+            self._draft.nodes[-1] = _regroup(self._draft.nodes[-1], child.name)
         return self
 
     def build(self) -> WorkflowDefinition:
         """Freeze the steps into an immutable, validated workflow definition."""
-        if not self._nodes:
-            raise self._fail("it has no tasks", "Add a step first, e.g. .then(my_function)")
-        return WorkflowDefinition(self.name, list(self._nodes), self.context.codec, self.context.metadata)
+        if not self._draft.nodes:
+            raise self._draft.fail("it has no tasks", "Add a step first, e.g. .then(my_function)")
+        return WorkflowDefinition(self.name, list(self._draft.nodes), self.context.codec, self.context.metadata)
 
 
 def _regroup(node: Node, group: str) -> Node:

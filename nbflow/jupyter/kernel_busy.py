@@ -21,13 +21,24 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-__all__ = ["hold_current_cell"]
+__all__ = ["hold_current_cell", "keep_busy"]
 
 _lock = threading.Lock()
+_keepers: dict[int, _Keeper] = {}  # id(kernel) -> its keeper: installed once per kernel
 
 
 class _Keeper:
-    """Wraps one kernel's ``_publish_status`` (installed once per kernel)."""
+    """Wraps one kernel's ``_publish_status`` (installed once per kernel).
+
+    ``Kernel._publish_status(status, channel, parent=None)`` (ipykernel 6 and 7) is the
+    one private ipykernel API nbflow uses, and this class is the only code that touches
+    it; tests/jupyter/test_kernel_busy.py checks that the installed ipykernel still has
+    it with that signature."""
+
+    @staticmethod
+    def supported(kernel: Any) -> bool:
+        """Whether ``kernel`` has what the keeper wraps and reads."""
+        return hasattr(kernel, "_publish_status") and hasattr(kernel, "get_parent")
 
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
@@ -81,8 +92,13 @@ def hold_current_cell() -> bool:
         return False
     if not Kernel.initialized():
         return False
-    kernel: Any = Kernel.instance()  # ipykernel's private API, reached duck-typed
-    if not hasattr(kernel, "_publish_status") or not hasattr(kernel, "get_parent"):
+    return keep_busy(Kernel.instance())
+
+
+def keep_busy(kernel: Any) -> bool:
+    """Keep ``kernel``'s current shell request (a cell being executed) reported busy
+    until it ends; False when ``kernel`` is not an ipykernel-like kernel running a cell."""
+    if not _Keeper.supported(kernel):
         return False
     try:
         parent = kernel.get_parent("shell")
@@ -91,9 +107,8 @@ def hold_current_cell() -> bool:
     if not parent or (parent.get("header") or {}).get("msg_type") != "execute_request":
         return False
     with _lock:
-        keeper = getattr(kernel, "_nbflow_busy_keeper", None)
-        if keeper is None:
-            keeper = _Keeper(kernel)
-            kernel._nbflow_busy_keeper = keeper
+        keeper = _keepers.get(id(kernel))
+        if keeper is None:  # the keeper holds the kernel, so its id is never reused meanwhile
+            keeper = _keepers[id(kernel)] = _Keeper(kernel)
     keeper.hold(parent)
     return True

@@ -24,7 +24,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from nbflow.core.branching import DEFAULT_BRANCH, branch_label
@@ -34,44 +33,19 @@ from nbflow.core.graph import Node, Source, WorkflowDefinition
 from nbflow.core.status import TaskError
 from nbflow.core.typed import types_of
 from nbflow.run import events as ev
-from nbflow.run.attempts import RetryLedger, is_async, run_attempt
+from nbflow.run.attempts import RetryLedger, run_attempt
+from nbflow.run.attempts import is_async as is_coroutine_function
 from nbflow.run.capture import Capture
 from nbflow.run.checkpoint import CheckpointIO, preview
 from nbflow.run.control import POLL_INTERVAL, RunControl
 from nbflow.run.live import LiveHub
+from nbflow.run.outcomes import Outcome, Parked, StepFailed
 from nbflow.run.plan import RESTORE, SKIP
 from nbflow.store.base import INPUT_KEY, CheckpointRecord
 
-__all__ = ["Outcome", "Parked", "RunControl", "Scheduler", "StepFailed"]  # RunControl: re-exported
+__all__ = ["Scheduler"]
 
 _INLINE_KINDS = ("task", "route", "merge", "collect", "loop")
-
-
-@dataclass
-class Outcome:
-    state: str
-    output: Any = None
-    error: TaskError | None = None
-    reason: str = ""
-    done: int = 0
-    total: int = 0
-    signal: str | None = None
-
-
-class StepFailed(Exception):  # noqa: N818 - an internal outcome carrying a TaskError
-    """A step failed for good; carries the TaskError that the run reports."""
-
-    def __init__(self, error: TaskError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-class Parked(Exception):  # noqa: N818 - a control outcome, not an error
-    """A blocking run reached a signal that has not been sent: it parks."""
-
-    def __init__(self, task_id: str, signal: str) -> None:
-        super().__init__(signal)
-        self.task_id, self.signal = task_id, signal
 
 
 _MISSING = object()
@@ -110,11 +84,11 @@ class Scheduler:
         self._running: dict[asyncio.Task[None], str] = {}
         self._contexts: dict[str, TaskContext] = {}
         self._branch_of: dict[str, str] = {}
-        self._skipped: set[str] = set()
+        self.skipped: set[str] = set()
         self._error: TaskError | None = None
         self._crash: BaseException | None = None
         self._parked: Parked | None = None
-        self._cancel_event = threading.Event()  # set when the run stops; each attempt's own flag follows it
+        self.cancel_event = threading.Event()  # set when the run stops; each attempt's own flag follows it
         self.retries = RetryLedger(io.backend, instance_id)  # attempt counts that survive a restart
         # live output, progress and saved states of running tasks (shares the task states)
         self.live = LiveHub(self.publish, io, self.retries.states, records)
@@ -122,11 +96,11 @@ class Scheduler:
         self._async_cache: dict[int, bool] = {}
         self.done = 0
 
-    def _async(self, fn: Callable[..., Any]) -> bool:
+    def is_async(self, fn: Callable[..., Any]) -> bool:
         """is_async(fn), computed once per function per run (inspect is slow)."""
         flag = self._async_cache.get(id(fn))
         if flag is None:
-            flag = self._async_cache[id(fn)] = is_async(fn)
+            flag = self._async_cache[id(fn)] = is_coroutine_function(fn)
         return flag
 
     # -- values -----------------------------------------------------------------------
@@ -137,7 +111,7 @@ class Scheduler:
     def lookup(self, task_id: str) -> CheckpointRecord | None:
         return self.records.get(task_id)
 
-    def _value(self, task_id: str) -> Any:
+    def value(self, task_id: str) -> Any:
         if task_id == INPUT_KEY:
             return self.input_value
         value = self._values.get(task_id, _MISSING)
@@ -147,10 +121,10 @@ class Scheduler:
         return value
 
     def get(self, src: Source) -> Any:
-        value = self.input_value if src.task is None else self._value(src.task)
+        value = self.input_value if src.task is None else self.value(src.task)
         return value if src.key is None else value[src.key]
 
-    def _arguments(self, node: Node) -> tuple[list[Any], dict[str, Any]]:
+    def arguments(self, node: Node) -> tuple[list[Any], dict[str, Any]]:
         get = self.get
         args: list[Any]
         kwargs: dict[str, Any]
@@ -162,10 +136,10 @@ class Scheduler:
             args, kwargs = [], {name: get(src) for name, src in node.params}
         else:
             args, kwargs = [], {}
-        self._release(node)
+        self.release(node)
         return args, kwargs
 
-    def _release(self, node: Node) -> None:
+    def release(self, node: Node) -> None:
         """Free outputs nobody needs any more (big intermediate values)."""
         for dep in node.deps:
             self._consumers[dep] -= 1
@@ -179,7 +153,7 @@ class Scheduler:
 
     def _tell_tasks(self) -> None:
         """Set running tasks' ``cancelled`` flags from the thread asking for the stop."""
-        self._cancel_event.set()
+        self.cancel_event.set()
         for tctx in list(self._contexts.values()):
             tctx.cancel_event.set()
 
@@ -239,10 +213,10 @@ class Scheduler:
             # An attempt with a timeout has its own cancel flag, which its timeout sets;
             # a stop of the run sets every running attempt's (_tell_tasks). Without a
             # timeout the run's flag serves (no Event to make per attempt).
-            cancel = self._cancel_event
+            cancel = self.cancel_event
             if node.spec.timeout is not None:
                 cancel = threading.Event()
-                if self._cancel_event.is_set():
+                if self.cancel_event.is_set():
                     cancel.set()
             live = self.live.attempt(node, task_id, attempt)
             tctx = TaskContext(self.wf.name, self.instance_id, task_id, attempt, self.wf.metadata, cancel, live)
@@ -257,7 +231,7 @@ class Scheduler:
                     inline=inline,
                     executor=self.executor,
                     echo=self.echo,
-                    is_coroutine=self._async(fn),
+                    is_coroutine=self.is_async(fn),
                 )
                 if typed is not None and typed.result is not None:
                     value = typed.output(task_id, value)  # TaskOutputError: a failed attempt
@@ -376,24 +350,24 @@ class Scheduler:
         )
 
     # -- one step ---------------------------------------------------------------------
-    async def _execute(self, node: Node, inline: bool) -> None:
+    async def execute(self, node: Node, inline: bool) -> None:
         from nbflow.run import steps
 
         kind = node.kind
         if kind == "task":
             assert node.fn is not None
-            args, kwargs = self._arguments(node)
+            args, kwargs = self.arguments(node)
             value, cap, attempt, started = await self.attempts(node, node.fn, args, kwargs, node.id, inline)
             self.commit(node, value, attempt=attempt, started=started, cap=cap)
         elif kind == "route":
             await self._route(node, inline)
         elif kind == "merge":
-            taken = next(src.task for _, src in node.params if src.task not in self._skipped)
+            taken = next(src.task for _, src in node.params if src.task not in self.skipped)
             assert taken is not None
-            self._release(node)
-            self.commit(node, self._value(taken), ref=taken)
+            self.release(node)
+            self.commit(node, self.value(taken), ref=taken)
         elif kind == "collect":
-            args, _ = self._arguments(node)
+            args, _ = self.arguments(node)
             self.commit(node, args[0])
         elif kind == "loop":
             await steps.run_loop(self, node, inline)
@@ -408,7 +382,7 @@ class Scheduler:
 
     async def _route(self, node: Node, inline: bool) -> None:
         assert node.fn is not None
-        args, kwargs = self._arguments(node)
+        args, kwargs = self.arguments(node)
         key, cap, attempt, started = await self.attempts(node, node.fn, args, kwargs, node.id, inline)
         labels = {n.options.get("when") for n in self.wf.nodes if n.options.get("guard") == node.id}
         label = branch_label(key)
@@ -465,7 +439,7 @@ class Scheduler:
             waiting[child] -= 1
             if waiting[child] == 0:
                 cnode = wf.node(child)
-                if cnode.kind == "merge" and all(d in self._skipped for d in cnode.deps):
+                if cnode.kind == "merge" and all(d in self.skipped for d in cnode.deps):
                     skip(child)
                 else:
                     push(child)
@@ -506,11 +480,11 @@ class Scheduler:
                         alone
                         and self.inline_sync
                         and node.kind in _INLINE_KINDS
-                        and (node.fn is None or not self._async(node.fn))
+                        and (node.fn is None or not self.is_async(node.fn))
                         and node.spec.timeout is None
                     ):
                         try:
-                            await self._execute(node, inline=True)
+                            await self.execute(node, inline=True)
                         except StepFailed as failed:
                             self._error = failed.error
                             break
@@ -522,7 +496,7 @@ class Scheduler:
                         if self.control.poll() is not None:
                             break
                         continue
-                    task = loop.create_task(self._execute(node, inline=False))
+                    task = loop.create_task(self.execute(node, inline=False))
                     self._running[task] = task_id
             if not self._running:
                 break
@@ -566,17 +540,17 @@ class Scheduler:
         return Outcome("completed", output=self._output(), done=self.done, total=total)
 
     def _skip_one(self, task_id: str, reason: str) -> None:
-        if task_id in self._skipped:
+        if task_id in self.skipped:
             return
-        self._skipped.add(task_id)
+        self.skipped.add(task_id)
         self.done += 1
         self.publish(ev.TaskSkipped, task_id=task_id, reason=reason)
 
     def _output(self) -> Any:
-        sinks = [s for s in self.wf.sinks if s not in self._skipped]
+        sinks = [s for s in self.wf.sinks if s not in self.skipped]
         if len(sinks) == 1:
-            return self._value(sinks[0])
-        return {sink: self._value(sink) for sink in sinks}
+            return self.value(sinks[0])
+        return {sink: self.value(sink) for sink in sinks}
 
 
 def _short(exc: BaseException) -> str:

@@ -23,6 +23,7 @@ from nbflow.core.typed import types_of
 from nbflow.run import events as ev
 from nbflow.run.attempts import call_sync
 from nbflow.run.checkpoint import preview
+from nbflow.run.outcomes import Parked
 from nbflow.run.plan import RUN
 from nbflow.run.threads import in_thread
 from nbflow.store.base import CheckpointRecord
@@ -30,7 +31,7 @@ from nbflow.store.base import CheckpointRecord
 if TYPE_CHECKING:
     from nbflow.run.scheduler import Scheduler
 
-__all__ = ["run_delay", "run_loop", "run_map", "run_signal"]
+__all__ = ["run_delay", "run_loop", "run_map", "run_signal", "stored_deadline"]
 
 SIGNAL_POLL = 0.2  # seconds between looks for a signal sent from another process
 MAP_BATCH = 256  # map items committed in one transaction at most
@@ -54,7 +55,7 @@ def _reusable(sched: Scheduler, node: Node, key: str) -> CheckpointRecord | None
 # -- loop ---------------------------------------------------------------------------------
 async def run_loop(sched: Scheduler, node: Node, inline: bool) -> None:
     assert node.fn is not None
-    args, _ = sched._arguments(node)
+    args, _ = sched.arguments(node)
     current = args[0]
     max_iterations: int = node.options["max_iterations"]
     on_max: str = node.options["on_max"]
@@ -117,7 +118,7 @@ async def run_map(sched: Scheduler, node: Node) -> None:
     as take about 20 ms, which keeps tiny items cheap and slow items committed soon."""
     assert node.fn is not None
     fn = node.fn
-    args, _ = sched._arguments(node)
+    args, _ = sched.arguments(node)
     try:
         items = list(args[0])
     except TypeError:
@@ -134,7 +135,7 @@ async def run_map(sched: Scheduler, node: Node) -> None:
     queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
     next_index = iter(todo)
     stop = stopped = False
-    chunked = not sched._async(fn) and node.spec.timeout is None and not hasattr(sched.executor, "submit_task")
+    chunked = not sched.is_async(fn) and node.spec.timeout is None and not hasattr(sched.executor, "submit_task")
     chunked = chunked and types_of(fn) is None  # typed items go through attempts(), which validates them
     if chunked and node.spec.retry.max_retries:
         # Items whose retries were under way when the last run stopped continue their
@@ -270,7 +271,7 @@ async def _run_chunk(
     Returns ("ok", i, value, capture, 1) per item that succeeded and ("again", i, exc)
     per item that raised: its retries run through ``Scheduler.attempts`` on the loop,
     so their count is stored before each retry like any task's."""
-    cancel = sched._cancel_event
+    cancel = sched.cancel_event
 
     def body() -> list[tuple[Any, ...]]:
         out: list[tuple[Any, ...]] = []
@@ -299,7 +300,7 @@ async def _run_chunk(
 
 
 # -- durable delay ------------------------------------------------------------------------
-async def _deadline(sched: Scheduler, node: Node, suffix: str, seconds: float) -> float:
+async def stored_deadline(sched: Scheduler, node: Node, suffix: str, seconds: float) -> float:
     """The stored deadline of a wait, written the first time the step is reached."""
     key = wait_id(node.id, suffix)
     rec = _reusable(sched, node, key)
@@ -312,7 +313,7 @@ async def _deadline(sched: Scheduler, node: Node, suffix: str, seconds: float) -
 
 async def run_delay(sched: Scheduler, node: Node) -> None:
     value_src = node.params[0][1]
-    wake_at = await _deadline(sched, node, "wake", node.options["seconds"])
+    wake_at = await stored_deadline(sched, node, "wake", node.options["seconds"])
     remaining = wake_at - time.time()
     if remaining > 0:
         sched.publish(ev.TaskWaiting, task_id=node.id, wake_at=wake_at)
@@ -322,7 +323,7 @@ async def run_delay(sched: Scheduler, node: Node) -> None:
         finally:
             sched.set_state("running")
     value = sched.get(value_src)
-    sched._release(node)
+    sched.release(node)
     ref = value_src.task if value_src.task is not None and value_src.key is None else None
     if ref is None:
         sched.commit(node, value)
@@ -332,11 +333,9 @@ async def run_delay(sched: Scheduler, node: Node) -> None:
 
 # -- signals ------------------------------------------------------------------------------
 async def run_signal(sched: Scheduler, node: Node) -> None:
-    from nbflow.run.scheduler import Parked
-
     name: str = node.options["signal"]
     timeout: float | None = node.options.get("timeout")
-    deadline = await _deadline(sched, node, "deadline", timeout) if timeout is not None else None
+    deadline = await stored_deadline(sched, node, "deadline", timeout) if timeout is not None else None
     backend = sched.io.backend
     announced = False
     started = time.time()

@@ -70,8 +70,10 @@ from nbflow.core.typed import record_types
 from nbflow.run import events as ev
 from nbflow.run import lifecycle, steps
 from nbflow.run.checkpoint import CheckpointIO, preview
+from nbflow.run.control import RunControl
+from nbflow.run.outcomes import NotDue, Parked, StepFailed
 from nbflow.run.plan import RESTORE, RUN, SKIP, compute_plan
-from nbflow.run.scheduler import Parked, RunControl, Scheduler, StepFailed
+from nbflow.run.scheduler import Scheduler
 from nbflow.run.threads import TaskThreads
 from nbflow.run.worker_units import CachedView, ClaimedIO, InstanceView, Unit, chunk_size, record_is_valid
 from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta, Lease, record_version
@@ -84,11 +86,6 @@ log = logging.getLogger("nbflow.worker")
 # unpause and revive move an instance back to pending (see nbflow.run.lifecycle).
 RUNNABLE = (RunState.PENDING, RunState.RUNNING, RunState.WAITING, RunState.AWAITING_SIGNAL)
 _BUSY = (RunState.PENDING, RunState.RUNNING, RunState.WAITING)  # keeps ``run(until_idle=True)`` going
-
-
-class _NotDue(Exception):  # noqa: N818 - control flow: a delay that has not elapsed yet
-    def __init__(self, at: float) -> None:
-        self.at = at
 
 
 class WorkerHandle:
@@ -529,7 +526,7 @@ class PooledWorker:
             worker=self.worker_id,
             park_on_signal=True,
         )
-        sched._skipped.update(t for t, p in view.plan.items() if p == SKIP)
+        sched.skipped.update(t for t, p in view.plan.items() if p == SKIP)
         self.stats["units"] += 1
         try:
             if unit.item is not None:
@@ -541,12 +538,12 @@ class PooledWorker:
                 output = [view.value(item_id(node.id, i)) for i in range(total)]
                 sched.commit(node, output, extra={"items": total})
             elif node.kind == "delay":
-                at = await steps._deadline(sched, node, "wake", node.options["seconds"])
+                at = await steps.stored_deadline(sched, node, "wake", node.options["seconds"])
                 if at > time.time():
-                    raise _NotDue(at)
+                    raise NotDue(at)
                 await steps.run_delay(sched, node)
             else:
-                await sched._execute(node, inline=False)
+                await sched.execute(node, inline=False)
         except ClaimLostError as exc:
             self.stats["lost"] += 1
             log.warning("%s", exc)
@@ -555,7 +552,7 @@ class PooledWorker:
             self._fail(iid, failed.error)
         except Parked as parked:
             self._set_state(iid, RunState.AWAITING_SIGNAL.value, signal=parked.signal)
-        except _NotDue as due:
+        except NotDue as due:
             self._set_state(iid, RunState.WAITING.value, wake_at=due.at)
         except asyncio.CancelledError:
             pass  # shutdown(finish=False): the claim is released below
