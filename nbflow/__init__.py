@@ -60,6 +60,7 @@ from nbflow.run.runner import CheckpointingRunner
 from nbflow.run.worker import PooledWorker
 from nbflow.store.disk import DiskcacheBackend
 from nbflow.store.memory import InMemoryBackend
+from nbflow.store.postgres import PostgresBackend  # psycopg is imported only when one is opened
 
 __version__ = "0.1.0"
 
@@ -87,6 +88,7 @@ __all__ = [
     "NbflowError",
     "PickleCodec",
     "PooledWorker",
+    "PostgresBackend",
     "ProcessExecutor",
     "RetryPolicy",
     "RouteKeyError",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install what nbflow needs on a fresh Debian machine: the graphviz `dot` binary and
-# Chromium (for the browser tests) from Debian, and a virtualenv in .venv with nbflow
-# and its extras. Safe to run again: it skips what is already there.
+# Install what nbflow needs on a fresh Debian machine: the graphviz `dot` binary,
+# Chromium (for the browser tests) and the PostgreSQL server (which the PostgresBackend
+# tests start themselves) from Debian, and a virtualenv in .venv with nbflow and its
+# extras. Safe to run again: it skips what is already there.
 #   usage: bash scripts/setup.sh [extras]     (default extras: test,bench,dask)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,8 @@ command -v "$python" >/dev/null 2>&1 || need+=(python3)
 command -v dot >/dev/null 2>&1 || need+=(graphviz)
 if [[ ",$extras," == *",test,"* ]]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  # the PostgreSQL server the test suite starts for PostgresBackend (tests/pg_server.py)
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 fi
 if (( ${#need[@]} )); then
   sudo=""

@@ -4,7 +4,7 @@
 # (JupyterLab in headless Chromium). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test,bench,dask
+bash scripts/setup.sh test,bench,dask,postgres
 . .venv/bin/activate
 exec python -m pytest tests notebooks \
   --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg \

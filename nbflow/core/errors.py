@@ -37,8 +37,13 @@ __all__ = [
     "SignalRefusedError",
     "SignalTimeoutError",
     "StaleInstanceError",
+    "StoreAddressError",
+    "StoreAuthError",
+    "StoreConnectionError",
+    "StoreDatabaseMissingError",
     "StoreFormatError",
     "StoreFullError",
+    "StoreSchemaError",
     "StoreUnreadableError",
     "TaskChangedError",
     "TaskInputError",
@@ -515,3 +520,63 @@ class TaskOutputError(NbflowError, ValueError):
                 f"Return a {model} (or a dict that validates as one), or change the return annotation."
             )
         super().__init__(text)
+
+
+class StoreConnectionError(NbflowError, ConnectionError):
+    """A database store cannot be reached (the server is down, or the address is wrong).
+    Nothing is damaged: what was stored is on the server."""
+
+    def __init__(self, where: str, detail: str, fix: str = "") -> None:
+        self.where, self.detail = where, detail
+        fix = fix or "check that the server is running and that host and port in the address are right, then retry"
+        super().__init__(f"cannot reach the store at {where} ({detail}). Nothing is damaged: {fix}.")
+
+
+class StoreAddressError(NbflowError, ValueError):
+    """A store address (``postgresql://…``) that cannot be parsed."""
+
+    def __init__(self, address: str, detail: str) -> None:
+        self.address, self.detail = address, detail
+        super().__init__(
+            f"the store address {address!r} is not valid ({detail}). Give a folder path, or a PostgreSQL address "
+            "such as 'postgresql://user:password@host:5432/database'."
+        )
+
+
+class StoreAuthError(StoreConnectionError):
+    """The database server refused the user name or password of a store address."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        super().__init__(
+            where,
+            detail,
+            "put the right user and password in the address (or in ~/.pgpass / PGPASSWORD), "
+            "or ask the database's administrator for access",
+        )
+
+
+class StoreDatabaseMissingError(StoreConnectionError):
+    """The server is up but the database a store address names does not exist."""
+
+    def __init__(self, where: str, database: str, detail: str) -> None:
+        self.database = database
+        super().__init__(
+            where, detail, f"create it once (`createdb {database}`, or CREATE DATABASE {database};) or fix its name"
+        )
+
+
+class StoreSchemaError(NbflowError):
+    """A database store's tables were made by another version of nbflow."""
+
+    def __init__(self, where: str, found: int, expected: int) -> None:
+        self.where, self.found, self.expected = where, found, expected
+        if found > expected:
+            fix = "a newer nbflow wrote it: upgrade nbflow here (pip install -U nbflow) to use this store"
+        else:
+            fix = (
+                "an older nbflow wrote it: finish or export its runs with that version, or point this nbflow at "
+                "a new database; nothing in it was changed"
+            )
+        super().__init__(
+            f"the store at {where} has schema version {found}, this nbflow uses version {expected}. Nothing is damaged: {fix}."
+        )

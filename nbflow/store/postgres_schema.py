@@ -1,0 +1,202 @@
+"""The tables and functions of a PostgreSQL store, and the version that names them.
+
+Every store-level value is data only, as on disk (``records.py``): instance meta, task
+state and control requests are JSON text, a task record is ``encode_record``'s bytes
+(JSON header + inline payload). A payload too large to keep inline is split into
+``nbflow_chunks`` rows named like a disk blob (``<32 hex>.bin``), written in the same
+transaction as the record that names them.
+
+The write paths that must be atomic and fast are functions (one round trip each):
+
+* ``nbflow_put`` — write records of an instance and a new change stamp, refusing a
+  handle that knew another generation (SQLSTATE ``NBSTL``); returns the generation
+  and the pending control request, so a runner learns of a cancel at no extra cost.
+* ``nbflow_claim`` / ``nbflow_commit_claimed`` — claims on the server's clock. Both
+  take a transaction-scoped advisory lock on (instance, step) first; statements after
+  it see everything committed before, so a take-over can never miss the commit of the
+  worker it replaces, and a commit can never land after a take-over.
+
+The schema version is one row of ``nbflow_schema``; a store of another version is
+refused (``StoreSchemaError``) rather than changed.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CHECK_VERSION", "CREATE", "SCHEMA_LOCK", "SCHEMA_VERSION", "STALE_SQLSTATE"]
+
+SCHEMA_VERSION = 1
+STALE_SQLSTATE = "NBSTL"  # raised by nbflow_lock_instance; message: "cleared" or "restarted"
+SCHEMA_LOCK = 0x6E62_666C_6F77  # advisory key held while the schema is created ("nbflow")
+
+CHECK_VERSION = "SELECT version FROM nbflow_schema"
+
+CREATE = r"""
+CREATE TABLE nbflow_schema (version integer NOT NULL, written_by text NOT NULL);
+
+CREATE SEQUENCE nbflow_stamps;
+
+-- One row per instance id that holds anything: meta NULL means records only so far.
+CREATE TABLE nbflow_instances (
+    instance_id text PRIMARY KEY,
+    meta text,
+    generation text,
+    stamp bigint,
+    control text
+);
+
+-- The store index: what a listing shows, one row per instance with meta.
+CREATE TABLE nbflow_index (
+    instance_id text PRIMARY KEY,
+    workflow text NOT NULL,
+    state text NOT NULL,
+    summary text NOT NULL
+);
+CREATE INDEX nbflow_index_by_workflow ON nbflow_index (workflow, state);
+
+CREATE TABLE nbflow_records (
+    instance_id text NOT NULL,
+    task_id text NOT NULL,
+    generation text NOT NULL,
+    finished_at double precision NOT NULL,
+    blob text,
+    data bytea NOT NULL,
+    PRIMARY KEY (instance_id, task_id)
+);
+-- Payloads are codec output (often incompressible): store them as they are.
+ALTER TABLE nbflow_records ALTER COLUMN data SET STORAGE EXTERNAL;
+
+CREATE TABLE nbflow_chunks (
+    instance_id text NOT NULL,
+    blob text NOT NULL,
+    seq integer NOT NULL,
+    data bytea NOT NULL,
+    PRIMARY KEY (instance_id, blob, seq)
+);
+ALTER TABLE nbflow_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+
+CREATE TABLE nbflow_task_states (
+    instance_id text NOT NULL,
+    task_id text NOT NULL,
+    state text NOT NULL,
+    PRIMARY KEY (instance_id, task_id)
+);
+
+CREATE TABLE nbflow_signals (
+    id bigserial PRIMARY KEY,
+    uid text NOT NULL UNIQUE,
+    instance_id text NOT NULL,
+    name text NOT NULL,
+    payload bytea NOT NULL
+);
+CREATE INDEX nbflow_signals_queue ON nbflow_signals (instance_id, name, id);
+
+CREATE TABLE nbflow_claims (
+    instance_id text NOT NULL,
+    task_id text NOT NULL,
+    worker text NOT NULL,
+    token text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (instance_id, task_id)
+);
+
+-- Who holds an instance's exclusive lock (the lock itself is an advisory lock).
+CREATE TABLE nbflow_holders (instance_id text PRIMARY KEY, holder text NOT NULL);
+
+-- Lock the instance row (creating it if needed) and check the caller's generation.
+CREATE FUNCTION nbflow_lock_instance(p_iid text, p_known text, OUT generation text, OUT control text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT i.generation, i.control INTO generation, control
+        FROM nbflow_instances i WHERE i.instance_id = p_iid FOR UPDATE;
+    IF NOT FOUND THEN
+        IF p_known IS NOT NULL THEN
+            RAISE EXCEPTION 'cleared' USING ERRCODE = 'NBSTL';
+        END IF;
+        INSERT INTO nbflow_instances (instance_id) VALUES (p_iid) ON CONFLICT (instance_id) DO NOTHING;
+        SELECT i.generation, i.control INTO generation, control
+            FROM nbflow_instances i WHERE i.instance_id = p_iid FOR UPDATE;
+    END IF;
+    IF p_known IS NOT NULL AND generation IS DISTINCT FROM p_known THEN
+        RAISE EXCEPTION '%', CASE WHEN generation IS NULL THEN 'cleared' ELSE 'restarted' END USING ERRCODE = 'NBSTL';
+    END IF;
+    generation := coalesce(generation, '');
+END $$;
+
+CREATE FUNCTION nbflow_put(
+    p_iid text, p_known text, p_tids text[], p_finished double precision[], p_blobs text[], p_datas bytea[],
+    OUT generation text, OUT control text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT l.generation, l.control INTO generation, control FROM nbflow_lock_instance(p_iid, p_known) l;
+    DELETE FROM nbflow_chunks c USING nbflow_records r
+        WHERE r.instance_id = p_iid AND r.task_id = ANY(p_tids) AND r.blob IS NOT NULL
+          AND c.instance_id = p_iid AND c.blob = r.blob;
+    INSERT INTO nbflow_records (instance_id, task_id, generation, finished_at, blob, data)
+        SELECT p_iid, t.tid, generation, t.fin, t.blob, t.data
+        FROM unnest(p_tids, p_finished, p_blobs, p_datas) AS t(tid, fin, blob, data)
+        ON CONFLICT (instance_id, task_id) DO UPDATE
+            SET generation = excluded.generation, finished_at = excluded.finished_at,
+                blob = excluded.blob, data = excluded.data;
+    UPDATE nbflow_instances SET stamp = nextval('nbflow_stamps') WHERE instance_id = p_iid;
+END $$;
+
+CREATE FUNCTION nbflow_claim(
+    p_iid text, p_tid text, p_worker text, p_token text, p_ttl double precision, p_seen double precision)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    held text;
+    live boolean;
+    version double precision;
+BEGIN
+    PERFORM pg_advisory_xact_lock(1, hashtext(p_iid || E'\x1f' || p_tid));
+    SELECT c.token, c.expires_at > clock_timestamp() INTO held, live
+        FROM nbflow_claims c WHERE c.instance_id = p_iid AND c.task_id = p_tid;
+    IF FOUND AND live THEN
+        RETURN CASE WHEN held = p_token THEN p_token END;  -- a retried call gets its own claim back
+    END IF;
+    SELECT r.finished_at INTO version FROM nbflow_records r WHERE r.instance_id = p_iid AND r.task_id = p_tid;
+    IF version IS DISTINCT FROM p_seen THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO nbflow_claims (instance_id, task_id, worker, token, expires_at)
+        VALUES (p_iid, p_tid, p_worker, p_token, clock_timestamp() + make_interval(secs => p_ttl))
+        ON CONFLICT (instance_id, task_id) DO UPDATE
+            SET worker = excluded.worker, token = excluded.token, expires_at = excluded.expires_at;
+    RETURN p_token;
+END $$;
+
+CREATE FUNCTION nbflow_commit_claimed(
+    p_iid text, p_claim text, p_token text, p_release boolean, p_known text,
+    p_tids text[], p_finished double precision[], p_blobs text[], p_datas bytea[],
+    OUT ok boolean, OUT generation text, OUT control text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(1, hashtext(p_iid || E'\x1f' || p_claim));
+    PERFORM 1 FROM nbflow_claims c WHERE c.instance_id = p_iid AND c.task_id = p_claim AND c.token = p_token;
+    IF NOT FOUND THEN
+        ok := false;
+        RETURN;
+    END IF;
+    SELECT p.generation, p.control INTO generation, control
+        FROM nbflow_put(p_iid, p_known, p_tids, p_finished, p_blobs, p_datas) p;
+    IF p_release THEN
+        DELETE FROM nbflow_claims c WHERE c.instance_id = p_iid AND c.task_id = p_claim;
+    END IF;
+    ok := true;
+END $$;
+
+CREATE FUNCTION nbflow_delete_instance(p_iid text) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    had boolean;
+BEGIN
+    SELECT i.meta IS NOT NULL INTO had FROM nbflow_instances i WHERE i.instance_id = p_iid FOR UPDATE;
+    DELETE FROM nbflow_chunks WHERE instance_id = p_iid;
+    DELETE FROM nbflow_records WHERE instance_id = p_iid;
+    DELETE FROM nbflow_task_states WHERE instance_id = p_iid;
+    DELETE FROM nbflow_signals WHERE instance_id = p_iid;
+    DELETE FROM nbflow_claims WHERE instance_id = p_iid;
+    DELETE FROM nbflow_index WHERE instance_id = p_iid;
+    DELETE FROM nbflow_instances WHERE instance_id = p_iid;
+    RETURN coalesce(had, false);
+END $$;
+"""

@@ -1,0 +1,335 @@
+"""PostgresBackend beyond the shared contract: its errors, its locks between "machines"
+(separate backends), chunked payloads, the schema version, and reconnection after a
+server restart — all on a real PostgreSQL server the suite starts (tests/pg_server.py)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import nbflow as nf
+from nbflow.core.errors import (
+    CheckpointCorruptError,
+    InstanceLockedError,
+    MissingDependencyError,
+    StoreAddressError,
+    StoreAuthError,
+    StoreConnectionError,
+    StoreDatabaseMissingError,
+    StoreSchemaError,
+)
+from nbflow.store.base import CheckpointRecord, InstanceMeta
+from nbflow.store.postgres import PostgresBackend
+from nbflow.store.postgres_payloads import CHUNK
+from tests import pg_server
+
+reason = pg_server.unavailable_reason()
+pytestmark = pytest.mark.skipif(reason is not None, reason=f"no PostgreSQL test server: {reason}")
+
+
+@pytest.fixture(scope="module")
+def server() -> pg_server.PgServer:
+    try:
+        return pg_server.shared_server()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def dsn(server: pg_server.PgServer) -> Iterator[str]:
+    dsn = server.take_store()
+    yield dsn
+    server.give_store(dsn)
+
+
+@pytest.fixture
+def store(dsn: str) -> Iterator[PostgresBackend]:
+    backend = PostgresBackend(dsn)
+    yield backend
+    backend.close()
+
+
+def _sql(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(sql, params)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
+
+
+def _put(store: PostgresBackend, iid: str, tid: str, data: bytes) -> CheckpointRecord:
+    sink = store.new_sink(iid)
+    sink.write(data)
+    return store.put_record(iid, CheckpointRecord(tid, "fp", "pickle", finished_at=time.time()), sink)
+
+
+# -- errors that say what to do ---------------------------------------------------------
+def test_without_psycopg_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(MissingDependencyError) as err:
+        PostgresBackend("postgresql://localhost/x")
+    assert 'pip install "nbflow[postgres]"' in str(err.value)
+
+
+def test_a_malformed_address_is_refused() -> None:
+    with pytest.raises(StoreAddressError) as err:
+        PostgresBackend("host=localhost port")
+    assert "not valid" in str(err.value)
+
+
+def test_wrong_password(server: pg_server.PgServer) -> None:
+    backend = PostgresBackend(server.dsn("postgres", password="wrong"))
+    with pytest.raises(StoreAuthError) as err:
+        backend.list_instances()
+    assert "password" in str(err.value) and "wrong" not in str(err.value).split("(")[0]
+    assert isinstance(err.value, StoreConnectionError)
+
+
+def test_missing_database(server: pg_server.PgServer) -> None:
+    backend = PostgresBackend(server.dsn("no_such_db"))
+    with pytest.raises(StoreDatabaseMissingError) as err:
+        backend.list_instances()
+    assert "createdb no_such_db" in str(err.value)
+
+
+def test_nobody_listening_fails_at_once_without_waiting() -> None:
+    backend = PostgresBackend(f"postgresql://nbflow:x@127.0.0.1:{pg_server._free_port()}/db", reconnect_timeout=60)
+    with pytest.raises(StoreConnectionError) as err:
+        backend.list_instances()
+    assert "cannot reach the store" in str(err.value) and "Nothing is damaged" in str(err.value)
+    assert ":x@" not in str(err.value)  # never the password
+
+
+@pytest.mark.parametrize(("version", "says"), [(99, "upgrade nbflow"), (0, "older nbflow")])
+def test_a_store_of_another_schema_version_is_refused(dsn: str, version: int, says: str) -> None:
+    PostgresBackend(dsn).list_instances()
+    _sql(dsn, "UPDATE nbflow_schema SET version = %s", (version,))
+    try:
+        with pytest.raises(StoreSchemaError) as err:
+            PostgresBackend(dsn).list_instances()
+        assert says in str(err.value) and f"schema version {version}" in str(err.value)
+    finally:
+        _sql(dsn, "UPDATE nbflow_schema SET version = 1")
+
+
+def test_the_schema_is_created_on_first_use(server: pg_server.PgServer) -> None:
+    name = "fresh_" + str(int(time.time() * 1000))
+    server._admin(f"CREATE DATABASE {name}")  # an empty database, not the template
+    try:
+        backend = PostgresBackend(server.dsn(name))
+        backend.save_instance(InstanceMeta("a", "wf", "h"))
+        assert [m.instance_id for m in backend.list_instances()] == ["a"]
+        assert _sql(server.dsn(name), "SELECT version FROM nbflow_schema") == [(1,)]
+        backend.close()
+    finally:
+        server.drop_database(server.dsn(name))
+
+
+def test_importable_as_nbflow_postgres_backend() -> None:
+    assert nf.PostgresBackend is PostgresBackend
+
+
+# -- one store, many machines -----------------------------------------------------------
+def test_two_handles_exclude_each_other_like_two_machines(dsn: str) -> None:
+    a, b = PostgresBackend(dsn), PostgresBackend(dsn)
+    lease = a.lock("i", "runner on laptop")
+    assert b.is_locked("i")
+    with pytest.raises(InstanceLockedError) as err:
+        b.lock("i", "runner on server")
+    assert "runner on laptop" in str(err.value)
+    with pytest.raises(InstanceLockedError) as err:
+        b.share("i", "worker w1")
+    assert "a runner holds it" in str(err.value)
+    lease.release()
+    assert not b.is_locked("i")
+    shared = [b.share("i", "worker w1"), a.share("i", "worker w2")]  # any number of workers
+    assert not a.is_locked("i")  # shared holders are not a runner
+    with pytest.raises(InstanceLockedError) as err:
+        a.lock("i", "runner")
+    assert "PooledWorker" in str(err.value)
+    for s in shared:
+        s.release()
+    a.lock("i", "runner").release()
+
+
+def test_a_dead_holders_lock_is_free_again(dsn: str) -> None:
+    a, b = PostgresBackend(dsn), PostgresBackend(dsn)
+    a.lock("i", "a runner that dies")
+    # the holder's session ends (its process was killed, its machine lost the network)
+    _sql(
+        dsn,
+        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l WHERE l.locktype = 'advisory' AND l.mode = 'ExclusiveLock'",
+    )
+    deadline = time.monotonic() + 10
+    while b.is_locked("i") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    b.lock("i", "the next runner").release()
+
+
+def test_a_probe_never_makes_a_lock_fail(dsn: str) -> None:
+    a, b = PostgresBackend(dsn), PostgresBackend(dsn)
+    for _ in range(20):
+        assert not b.is_locked("i")
+        lease = a.lock("i", "r")
+        assert b.is_locked("i")
+        lease.release()
+
+
+def test_locks_are_per_store_not_per_server(server: pg_server.PgServer) -> None:
+    one, two = server.take_store(), server.take_store()
+    try:
+        lease = PostgresBackend(one).lock("same-id", "r1")
+        PostgresBackend(two).lock("same-id", "r2").release()  # another database: another store
+        lease.release()
+    finally:
+        server.give_store(one)
+        server.give_store(two)
+
+
+def test_pickles_as_its_address(store: PostgresBackend) -> None:
+    store.save_instance(InstanceMeta("a", "wf", "h"))
+    clone = pickle.loads(pickle.dumps(store))
+    assert isinstance(clone, PostgresBackend) and clone.dsn == store.dsn
+    assert [m.instance_id for m in clone.list_instances()] == ["a"]
+
+
+def _race(dsn: str, worker: str) -> list[str]:
+    store = PostgresBackend(dsn)
+    return [f"t{i}" for i in range(50) if store.claim("c", f"t{i}", worker, ttl=60)]
+
+
+def test_claims_across_processes(store: PostgresBackend) -> None:
+    """Two processes race for the same 50 steps: each step is claimed exactly once."""
+    store.save_instance(InstanceMeta("c", "wf", "h"))
+    with mp.get_context("spawn").Pool(2) as pool:
+        results = pool.starmap(_race, [(store.dsn, "p1"), (store.dsn, "p2")])
+    assert sorted(results[0] + results[1]) == sorted(f"t{i}" for i in range(50))
+
+
+def test_claims_expire_on_the_servers_clock(store: PostgresBackend, dsn: str) -> None:
+    store.save_instance(InstanceMeta("c", "wf", "h"))
+    assert store.claim("c", "a", "w1", ttl=600)
+    ((server_now,),) = _sql(dsn, "SELECT extract(epoch FROM clock_timestamp())::float8")
+    expires = store.get_claims("c")["a"].expires_at
+    assert server_now + 590 < expires < server_now + 610
+
+
+# -- payloads ---------------------------------------------------------------------------
+def test_a_large_payload_is_stored_in_chunk_rows_and_streamed_back(store: PostgresBackend, dsn: str) -> None:
+    data = bytes(range(256)) * (CHUNK // 256 * 2 + 1000)  # a bit over two chunks
+    record = _put(store, "i", "big", data)
+    assert record.blob is not None and record.payload is None
+    ((inline,),) = _sql(dsn, "SELECT octet_length(data) FROM nbflow_records WHERE task_id = 'big'")
+    assert inline < 4096  # the record row holds the header only
+    assert _sql(dsn, "SELECT count(*) FROM nbflow_chunks") == [(3,)]
+    stream = store.open_payload("i", store.get_record("i", "big"))  # type: ignore[arg-type]
+    assert stream.read() == data
+    assert stream.verify()  # type: ignore[attr-defined]
+    _put(store, "i", "big", b"small now")  # replacing it drops its chunks in the same transaction
+    assert _sql(dsn, "SELECT count(*) FROM nbflow_chunks") == [(0,)]
+
+
+def test_a_damaged_chunk_fails_its_checksum(store: PostgresBackend, dsn: str) -> None:
+    _put(store, "i", "big", b"a" * (600 * 1024))
+    _sql(dsn, "UPDATE nbflow_chunks SET data = overlay(data placing 'b'::bytea from 10 for 1)")
+    with store.open_payload("i", store.get_record("i", "big")) as stream:  # type: ignore[arg-type]
+        stream.read()
+        assert not stream.verify()  # type: ignore[attr-defined]
+
+
+def test_a_lost_chunk_shows_as_a_damaged_record_and_hides_nothing_else(store: PostgresBackend, dsn: str) -> None:
+    _put(store, "i", "big", b"a" * (600 * 1024))
+    _put(store, "i", "small", b"fine")
+    _sql(dsn, "DELETE FROM nbflow_chunks")
+    records = store.get_records("i")
+    assert records["big"].codec == "damaged" and "bytes stored" in records["big"].extra["damage"]
+    assert records["small"].codec == "pickle"
+
+
+def test_a_refused_claimed_commit_leaves_no_chunks(store: PostgresBackend, dsn: str) -> None:
+    store.save_instance(InstanceMeta("c", "wf", "h"))
+    sink = store.new_sink("c")
+    sink.write(b"z" * (600 * 1024))
+    assert store.commit_claimed("c", "big", "nobody", [(CheckpointRecord("big", "f", "pickle"), sink)]) is None
+    assert _sql(dsn, "SELECT count(*) FROM nbflow_chunks") == [(0,)]
+
+
+def test_a_damaged_instance_record_is_listed_as_damaged_and_hides_no_other(store: PostgresBackend, dsn: str) -> None:
+    store.save_instance(InstanceMeta("good", "wf", "h"))
+    store.save_instance(InstanceMeta("bad", "wf", "h"))
+    _sql(dsn, "UPDATE nbflow_instances SET meta = 'not json' WHERE instance_id = 'bad'")
+    states = {m.instance_id: m.state for m in store.list_instances()}
+    assert states == {"bad": "damaged", "good": "running"}
+    with pytest.raises(CheckpointCorruptError):
+        store.load_instance("bad")
+
+
+def test_a_planted_pickle_is_never_unpickled(store: PostgresBackend, dsn: str) -> None:
+    store.save_instance(InstanceMeta("i", "wf", "h"))
+    _put(store, "i", "t", b"x")
+    planted = pickle.dumps(InstanceMeta("i", "wf", "h"))
+    _sql(dsn, "UPDATE nbflow_instances SET meta = %s, control = %s", (planted.hex(), planted.hex()))
+    _sql(dsn, "UPDATE nbflow_records SET data = %s", (planted,))
+    _sql(dsn, "UPDATE nbflow_index SET summary = %s", (planted.hex(),))
+    assert [m.state for m in store.list_instances()] == ["damaged"]
+    assert store.get_records("i")["t"].codec == "damaged"
+    assert [s.state for s in store.list_summaries()] == ["damaged"]
+    with pytest.raises(CheckpointCorruptError):
+        store.get_control("i")
+
+
+def test_the_index_follows_the_instance_in_its_transaction(store: PostgresBackend, dsn: str) -> None:
+    meta = InstanceMeta("i", "wf", "h", shape=("x|task",), tasks_total=1)
+    store.save_instance(meta)
+    _put(store, "i", "x", b"1")
+    meta.state = "completed"
+    store.save_instance(meta)
+    ((workflow, state),) = _sql(dsn, "SELECT workflow, state FROM nbflow_index")
+    assert (workflow, state) == ("wf", "completed")
+    (row,) = store.list_summaries(state="completed")
+    assert (row.tasks_done, row.tasks_total) == (1, 1)
+    store.delete_instance("i")
+    assert _sql(dsn, "SELECT count(*) FROM nbflow_index") == [(0,)]
+
+
+# -- connection loss --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[pg_server.PgServer]:
+    """A server of this module's own, to restart without disturbing other tests."""
+    server = pg_server.PgServer.start()
+    yield server
+    server.stop()
+
+
+def test_a_server_restart_is_survived(own_server: pg_server.PgServer) -> None:
+    dsn = own_server.take_store()
+    store = PostgresBackend(dsn)
+    store.save_instance(InstanceMeta("i", "wf", "h"))
+    _put(store, "i", "before", b"1")
+    lease = store.lock("j", "runner")
+    own_server.restart()  # every connection is cut, the pool's idle ones included
+    _put(store, "i", "after", b"2")
+    assert set(store.get_records("i")) == {"before", "after"}
+    assert store.claim("i", "u", "w1", ttl=30)
+    lease.release()  # its session is gone; releasing it is harmless
+    store.lock("j", "runner").release()
+
+
+def test_a_server_down_for_longer_than_the_timeout_is_an_error(own_server: pg_server.PgServer) -> None:
+    dsn = own_server.take_store()
+    store = PostgresBackend(dsn, reconnect_timeout=0.5)
+    store.list_instances()
+    own_server._ctl("stop", "-w", "-m", "fast")
+    try:
+        with pytest.raises(StoreConnectionError) as err:
+            store.list_instances()
+        assert "gave up after 0.5 s" in str(err.value)
+    finally:
+        own_server._ctl("start", "-w", "-l", str(own_server.log))
+    assert store.list_instances() == []  # and it works again once the server is back
