@@ -53,6 +53,7 @@ from nbflow.core.errors import (
 )
 from nbflow.core.status import RunState
 from nbflow.store.base import (
+    DAMAGED_CODEC,
     CheckpointRecord,
     Claim,
     InstanceMeta,
@@ -109,6 +110,7 @@ from nbflow.store.sqlite_rows import Rows
 __all__ = ["INLINE_LIMIT", "DiskcacheBackend"]
 
 
+_RECHECK_HELD = 1.0  # seconds between file checks of an instance this handle holds
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # a symlink planted in the store is refused (ELOOP), not followed
 
 
@@ -188,6 +190,14 @@ class DiskcacheBackend:
         self._flags: dict[str, str] = {}
         self._control_seen: dict[str, tuple[int, tuple[str, str] | None]] = {}
         self._locks = FileLocks(self.directory / "locks")
+        # Instances this handle holds exclusively: nobody else writes or replaces them
+        # meanwhile, which lets a checkpoint skip re-checking the file (see _rows).
+        self._held: dict[str, FileLease] = {}
+        self._checked_at: dict[str, float] = {}
+        # Per instance, the tasks whose current record has a blob file, once known (a
+        # full read of the records, or a fresh generation): a record written over one
+        # of them must delete that file; over any other, nothing needs reading first.
+        self._blobbed: dict[str, set[str]] = {}
 
     def __repr__(self) -> str:
         return f"DiskcacheBackend({str(self.directory)!r})"
@@ -215,7 +225,20 @@ class DiskcacheBackend:
         return path
 
     def _rows(self, instance_id: str, create: bool = True) -> Rows | None:
-        return self._rows_at(self._instance_dir(instance_id), instance_id, create)
+        path = self._instance_dir(instance_id)
+        if self._holds(instance_id):
+            # Held exclusively: only a hand-made deletion could replace the file, so it
+            # is looked at once a second rather than before every checkpoint.
+            entry = self._open.get(path.name)
+            now = time.monotonic()
+            if entry is not None and now - self._checked_at.get(instance_id, 0.0) < _RECHECK_HELD:
+                return entry.rows
+            self._checked_at[instance_id] = now
+        return self._rows_at(path, instance_id, create)
+
+    def _holds(self, instance_id: str) -> bool:
+        lease = self._held.get(instance_id)
+        return lease is not None and lease.held
 
     def _rows_at(self, path: Path, instance_id: str, create: bool) -> Rows | None:
         """The open database of the instance folder ``path``; None if it has none and
@@ -256,6 +279,7 @@ class DiskcacheBackend:
             while len(self._open) > MAX_OPEN:
                 _, old = self._open.popitem(last=False)
                 old.rows.close()
+            self._checked_at.pop(instance_id, None)
             return rows
 
     def _connect(self, path: Path, instance_id: str, create: bool) -> Rows:
@@ -342,16 +366,21 @@ class DiskcacheBackend:
                 meta.generation = uuid.uuid4().hex
                 if stored is not None:  # replaces an instance: nothing of the old one stays visible
                     rows.delete([k for k, _ in rows.scan(RECORD_PREFIX)] + [k for k, _ in rows.scan("a:")])
+                    rows.put(STAMP, uuid.uuid4().hex)
             elif stored != meta.generation:
                 raise StaleInstanceError(instance_id, "it was cleared" if stored is None else "it was restarted")
+            fresh = stored != meta.generation
             rows.put_many([(META, encode_meta(meta)), (GENERATION, meta.generation)])
         self._gens[instance_id] = meta.generation
+        if fresh:
+            self._blobbed[instance_id] = set()
 
     def delete_instance(self, instance_id: str) -> bool:
         path = self._instance_dir(instance_id)
         key = path.name
         self._control_seen.pop(instance_id, None)
         self._gens.pop(instance_id, None)
+        self._blobbed.pop(instance_id, None)
         with self._open_lock:
             entry = self._open.pop(key, None)
             if entry is not None:
@@ -435,6 +464,8 @@ class DiskcacheBackend:
         self, instance_id: str, items: list[tuple[CheckpointRecord, PayloadSink]]
     ) -> list[CheckpointRecord]:
         records = [record for record, _ in items]
+        if len(records) == 1 and self._put_fast(instance_id, items[0]):
+            return records
         rows = self._writable(instance_id, create=instance_id not in self._gens)
         if rows is None:
             self._drop_blobs(instance_id, records)
@@ -449,11 +480,41 @@ class DiskcacheBackend:
         self._unlink(instance_id, replaced)
         return records
 
+    def _put_fast(self, instance_id: str, item: tuple[CheckpointRecord, PayloadSink]) -> bool:
+        """The checkpoint of one task as one statement: the record row, written only
+        while the instance's generation is the one this handle knows. Taken when this
+        handle holds the instance and knows no blob file is being replaced; False (the
+        caller takes the checked path) when it cannot be taken."""
+        record = item[0]
+        generation = self._gens.get(instance_id)
+        blobbed = self._blobbed.get(instance_id)
+        if not generation or blobbed is None or record.task_id in blobbed or not self._holds(instance_id):
+            return False
+        rows = self._rows(instance_id)
+        if rows is None or rows.read_only:
+            return False
+        self._seal([item], instance_id)
+        record.generation = generation
+        try:
+            with self._errors(instance_id, record.task_id):
+                written = rows.put_if(RECORD_PREFIX + record.task_id, encode_record(record), GENERATION, generation)
+        except BaseException:
+            self._drop_blobs(instance_id, [record])
+            raise
+        if not written:  # another process cleared or restarted the instance under our lease
+            self._drop_blobs(instance_id, [record])
+            current = self._generation(rows, instance_id)
+            raise StaleInstanceError(instance_id, "it was cleared" if current is None else "it was restarted")
+        if record.blob:
+            blobbed.add(record.task_id)
+        return True
+
     def _store_records(self, rows: Rows, instance_id: str, records: list[CheckpointRecord]) -> list[str]:
         """Write records and a new change stamp (inside a transaction); returns the blob
         files of the records they replace, to delete once the transaction committed."""
         generation = self._check_generation(rows, instance_id)
         replaced = []
+        blobbed = self._blobbed.get(instance_id)
         for record in records:
             record.generation = generation
             old = rows.get(RECORD_PREFIX + record.task_id)
@@ -461,8 +522,9 @@ class DiskcacheBackend:
                 blob = _blob_of(old)
                 if blob and blob != record.blob:
                     replaced.append(blob)
-        rows.put_many([(RECORD_PREFIX + r.task_id, encode_record(r)) for r in records])
-        rows.put(STAMP, uuid.uuid4().hex)
+            if blobbed is not None:
+                (blobbed.add if record.blob else blobbed.discard)(record.task_id)
+        rows.replace_many([(RECORD_PREFIX + r.task_id, encode_record(r)) for r in records])  # moves the high water
         return replaced
 
     def _blob_path(self, instance_id: str, name: str) -> Path:
@@ -483,12 +545,21 @@ class DiskcacheBackend:
     def change_stamp(self, instance_id: str) -> str | None:
         """A token that changes whenever a record of the instance is written or deleted.
 
-        Set in the same transaction as the records, so a reader that reads the stamp
-        and *then* the records can never pair a stamp with records older than it (at
-        worst with newer ones: it re-reads once more). A random token, not a counter,
-        so a deleted and resubmitted instance never repeats an old stamp."""
-        raw = self._get(instance_id, STAMP)
-        return None if raw is None else str(raw)
+        Records are written as new rows (see ``Rows.replace_many``), so the database's
+        high water moves with each; deletions renew the ``stamp`` row; the generation
+        tells a resubmitted instance from the old one. All three are read in one
+        statement, in the same snapshot, before the records: a stamp can never be paired
+        with records older than it (at worst with newer ones: the reader re-reads once
+        more). Other writes (claims, task state) may move it too; it never stays put
+        across a record change."""
+        rows = self._rows(instance_id, create=False)
+        if rows is None:
+            return None
+        with self._errors(instance_id):
+            high, (generation, deleted) = rows.marks(GENERATION, STAMP)
+        if generation is None and deleted is None and not rows.get(META):
+            return None
+        return f"{generation}:{high}:{deleted}"
 
     def get_records(self, instance_id: str) -> dict[str, CheckpointRecord]:
         rows = self._rows(instance_id, create=False)
@@ -497,10 +568,15 @@ class DiskcacheBackend:
         out = {}
         with self._errors(instance_id):
             generation = self._generation(rows, instance_id)
+            blobbed = set()
             for key, data in rows.scan(RECORD_PREFIX):
                 record = self._decode_or_stand_in(instance_id, key, data)
+                if record.blob or record.codec == DAMAGED_CODEC:
+                    blobbed.add(key[len(RECORD_PREFIX) :])  # a damaged row may name a file too
                 if record.generation in ("", generation):
                     out[key[len(RECORD_PREFIX) :]] = record
+        if generation and generation == self._gens.get(instance_id):
+            self._blobbed[instance_id] = blobbed
         return out
 
     def get_record(self, instance_id: str, task_id: str) -> CheckpointRecord | None:
@@ -590,6 +666,7 @@ class DiskcacheBackend:
         rows = self._writable(instance_id, create=False)
         if rows is None:
             return
+        task_ids = list(task_ids)
         keys = [RECORD_PREFIX + tid for tid in task_ids]
         blobs = []
         with self._errors(instance_id), rows.transact():
@@ -599,7 +676,10 @@ class DiskcacheBackend:
                 if blob:
                     blobs.append(blob)
             rows.delete(keys)
-            rows.put(STAMP, uuid.uuid4().hex)
+            rows.put(STAMP, uuid.uuid4().hex)  # deletions do not move the high water
+        blobbed = self._blobbed.get(instance_id)
+        if blobbed is not None:
+            blobbed.difference_update(task_ids)
         self._unlink(instance_id, blobs)
 
     def sweep_blobs(self, instance_id: str) -> int:
@@ -652,6 +732,8 @@ class DiskcacheBackend:
 
     def lock(self, instance_id: str, holder: str) -> FileLease:
         lease = self._acquire(instance_id, holder, shared=False)
+        self._held[instance_id] = lease
+        self._checked_at.pop(instance_id, None)
         try:
             self.sweep_blobs(instance_id)
         except Exception:  # noqa: BLE001 - tidying never stops a run; the next lock tries again

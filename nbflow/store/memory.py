@@ -96,6 +96,7 @@ class InMemoryBackend:
                 if inst is not None and stored is not None:
                     inst.records.clear()
                     inst.task_states.clear()
+                    inst.stamp = next(self._stamps)  # the records changed: readers must see it
             elif stored != meta.generation:
                 raise StaleInstanceError(meta.instance_id, "it was cleared" if stored is None else "it was restarted")
             self._get(meta.instance_id).meta = copy.copy(meta)

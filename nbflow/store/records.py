@@ -88,7 +88,12 @@ def encode_json(value: Any) -> bytes:
 
     ``ensure_ascii`` keeps lone surrogates (which Python strings may hold, e.g. in
     captured output) representable; the bytes are plain ASCII either way."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("ascii")
+    return _ENCODER.encode(value).encode("ascii")
+
+
+# Built once: json.dumps with options builds a new encoder per call, a noticeable part of
+# a trivial task's checkpoint. Store records are trees of plain values, never cyclic.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False)
 
 
 def decode_json(data: bytes | str, what: str) -> Any:

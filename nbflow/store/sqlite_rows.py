@@ -10,7 +10,12 @@ instance folder stays a valid ``diskcache.Cache``. nbflow then reads and writes 
   diskcache itself uses for ``bytes`` and short ``str``), and anything else is
   reported as a foreign row, never decoded. Writes never delete a file a row names.
   The pragmas are nbflow's, never read from the database's Settings table.
-- *Speed.* One statement per row, without diskcache's read-before-write.
+- *Speed.* One statement per row, without diskcache's read-before-write. A task's
+  checkpoint is one statement (the record row, guarded by the instance generation) and
+  one commit.
+- *Change marks.* ``replace`` writes a row as a new row (a new, larger rowid, where an
+  update would keep the old one), so the high water of ``marks()`` — the largest rowid —
+  moves with every such write, read in O(1) without a separate stamp row to keep up to date.
 - *Closing.* diskcache keeps a connection per thread and closes only the calling
   thread's; one connection (serialised by a lock) closes for real, so a store can be
   unmounted or deleted after ``close()``.
@@ -53,6 +58,18 @@ _UPSERT = (
 )
 
 
+_GUARDED_REPLACE = (
+    "INSERT OR REPLACE INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode,"
+    " filename, value) SELECT ?, 1, ?, NULL, ?, 0, NULL, ?, 1, NULL, ?"
+    " WHERE (SELECT value FROM Cache WHERE key = ? AND raw = 1) IS ?"
+)
+
+_REPLACE = (
+    "INSERT OR REPLACE INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode,"
+    " filename, value) VALUES (?, 1, ?, NULL, ?, 0, NULL, ?, 1, NULL, ?)"
+)
+
+
 class ForeignRowError(ValueError):
     """A row that nbflow did not write in this form (damaged or planted)."""
 
@@ -66,7 +83,13 @@ def _value(key: str, mode: Any, value: Any) -> bytes | str:
 class Rows:
     """Byte-valued rows under ``str`` keys in one instance's database."""
 
-    def __init__(self, directory: Path, settings: dict[str, Any], *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        settings: dict[str, Any],
+        *,
+        read_only: bool = False,
+    ) -> None:
         self.directory = directory
         self.read_only = read_only
         db = directory / "cache.db"
@@ -143,6 +166,29 @@ class Rows:
     def put(self, key: str, value: bytes | str) -> None:
         now = time.time()
         self._rows(_UPSERT, (key, now, now, len(value), value))
+
+    def replace_many(self, items: Iterable[tuple[str, bytes | str]]) -> None:
+        """Write rows as new rows, moving the high water of ``marks()`` (see the module docstring)."""
+        now = time.time()
+        with self._lock:
+            self._live().executemany(_REPLACE, [(key, now, now, len(value), value) for key, value in items])
+
+    def marks(self, *keys: str) -> tuple[int, list[Any]]:
+        """In one snapshot: the high water — the largest rowid, which grows with every
+        ``replace``/``put_if`` (and every new row), so an unchanged value means no such
+        write happened in between — and the values of ``keys`` (None where absent)."""
+        sub = "".join(", (SELECT value FROM Cache WHERE key = ? AND raw = 1)" for _ in keys)
+        (row,) = self._rows(f"SELECT (SELECT max(rowid) FROM Cache){sub}", keys)
+        return int(row[0] or 0), list(row[1:])
+
+    def put_if(self, key: str, value: bytes | str, guard: str, expected: str | None) -> bool:
+        """Write one row as a new row (see ``replace_many``) in its own transaction, only
+        while row ``guard`` holds ``expected`` (None: absent); False (nothing written)
+        otherwise."""
+        now = time.time()
+        with self._lock:
+            cursor = self._live().execute(_GUARDED_REPLACE, (key, now, now, len(value), value, guard, expected))
+            return cursor.rowcount == 1
 
     def put_many(self, items: Iterable[tuple[str, bytes | str]]) -> None:
         now = time.time()

@@ -138,6 +138,8 @@ def build_pristine(store: Path) -> None:
             "saved_at": now,
         },
     )
+    # A deletion of records (as rerun_from does) leaves the deletion stamp (the ``stamp`` row).
+    backend.delete_records("paused-1", ["no-such-task"])
     # A PooledWorker's claim on a unit (a ``c:`` row), as the worker stores it.
     assert backend.claim("signal-waiting", "after", "worker-1", 3600.0) is not None
     backend.close()
