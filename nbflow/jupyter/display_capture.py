@@ -42,7 +42,7 @@ from typing import Any
 from nbflow.core.context import current_task_context
 from nbflow.run import displays
 
-__all__ = ["DisplayCapture", "install", "installed"]
+__all__ = ["DisplayCapture", "install", "installed", "uninstall"]
 
 WIDGET_MIME = displays.WIDGET_MIME
 _lock = threading.Lock()
@@ -91,6 +91,12 @@ class DisplayCapture:
             clear()
         return None
 
+    def remove(self) -> None:
+        """Put the publisher's own methods back."""
+        self.publisher.publish = self.original_publish
+        if self.original_clear is not None:
+            self.publisher.clear_output = self.original_clear
+
     # -- the run layer's display provider --
     def begin(self) -> Any:
         return displays.figure_numbers()
@@ -133,7 +139,12 @@ def install(shell: Any = None) -> bool:
         return False
     with _lock:
         capture = getattr(shell, "nbflow_display_capture", None)
-        if not isinstance(capture, DisplayCapture) or capture.publisher is not shell.display_pub:
+        pub = shell.display_pub
+        if (
+            not isinstance(capture, DisplayCapture)
+            or capture.publisher is not pub
+            or getattr(pub.publish, "__self__", None) is not capture  # replaced since: wrap again
+        ):
             capture = DisplayCapture(shell)
             shell.nbflow_display_capture = capture
         displays.set_provider(capture)
@@ -143,3 +154,14 @@ def install(shell: Any = None) -> bool:
 def installed() -> bool:
     """Whether displays made in tasks are captured in this process."""
     return isinstance(displays.provider(), DisplayCapture)
+
+
+def uninstall(shell: Any) -> None:
+    """Stop capturing on ``shell`` (``%unload_ext nbflow``, tests)."""
+    with _lock:
+        capture = getattr(shell, "nbflow_display_capture", None)
+        if isinstance(capture, DisplayCapture):
+            capture.remove()
+            shell.nbflow_display_capture = None
+            if displays.provider() is capture:
+                displays.set_provider(None)
