@@ -25,6 +25,7 @@ from nbflow.core.status import RunState, TaskError, WorkflowStatus
 from nbflow.core.typed import record_types
 from nbflow.run import lifecycle
 from nbflow.run.checkpoint import CheckpointIO
+from nbflow.run.instances import as_definition, new_instance
 from nbflow.run.lookup import live_state, resolve_instance
 from nbflow.store.base import DAMAGED_CODEC, INPUT_KEY, Backend, InstanceMeta, validate_instance_id
 
@@ -64,30 +65,32 @@ class WorkflowClient:
         return [self._listed(m) for m in metas]
 
     def _listed(self, meta: InstanceMeta) -> WorkflowStatus:
-        """A listing row; an instance whose records cannot be read is listed as such,
-        never hiding the others."""
+        """A listing row; an instance whose records cannot be read is listed as such
+        (``damaged`` or ``unreadable``: shown, never stored), never hiding the others."""
         try:
             return self._status(meta, with_output=False)
         except (CheckpointCorruptError, StoreUnreadableError) as exc:
-            unreadable = isinstance(exc, StoreUnreadableError)
-            meta.state = (RunState.UNREADABLE if unreadable else RunState.DAMAGED).value
-            meta.message = str(exc)
-            return self._status(meta, with_output=False)
+            shown = RunState.UNREADABLE if isinstance(exc, StoreUnreadableError) else RunState.DAMAGED
+            return self._status(meta, with_output=False, shown=(shown, str(exc)))
 
     def status(self, instance_id: str, output: bool = True) -> WorkflowStatus:
         """The stored status; ``output`` is filled in once the instance completed
         (unless ``output=False``: then nothing is decoded)."""
         return self._status(self._meta(instance_id), with_output=output)
 
-    def _status(self, meta: InstanceMeta, with_output: bool) -> WorkflowStatus:
-        state = _state(meta, self.backend)
-        readable = state not in (RunState.DAMAGED, RunState.UNREADABLE)
+    def _status(
+        self, meta: InstanceMeta, with_output: bool, shown: tuple[RunState, str] | None = None
+    ) -> WorkflowStatus:
+        """The status of ``meta``; ``shown``: the state and message a listing shows
+        instead of the stored ones (records that cannot be read, which are not read)."""
+        state, message = shown or (_state(meta, self.backend), meta.message)
+        readable = state not in (RunState.DAMAGED, RunState.UNREADABLE)  # a store lists such metas too
         records = self.backend.get_records(meta.instance_id) if readable else {}
         damaged = [rid for rid, record in records.items() if record.codec == DAMAGED_CODEC]
         if damaged:
-            state, meta.message = (
-                RunState.DAMAGED,
-                f"the checkpoint of {damaged[0]!r} is damaged: " + str(records[damaged[0]].extra.get("damage", "")),
+            state = RunState.DAMAGED
+            message = f"the checkpoint of {damaged[0]!r} is damaged: " + str(
+                records[damaged[0]].extra.get("damage", "")
             )
         output = None
         if with_output and state == RunState.COMPLETED and meta.sinks:
@@ -112,7 +115,7 @@ class WorkflowClient:
             tasks_total=meta.tasks_total,
             wake_at=meta.wake_at,
             signal=meta.signal,
-            message=meta.message,
+            message=message,
         )
 
     def is_running(self, instance_id: str) -> bool:
@@ -166,16 +169,14 @@ class WorkflowClient:
         that cannot move so — completed, failed, cancelled — is left as it is)."""
         meta = self._meta(instance_id)
         self.backend.set_control(meta.instance_id, action, reason)
-        if not self.backend.is_locked(meta.instance_id) and lifecycle.allowed(meta.state, action):
-            lifecycle.transition(meta, action, by=_CLIENT, message=reason)
+        locked = self.backend.is_locked(meta.instance_id)
+        if not locked and lifecycle.try_transition(meta, action, by=_CLIENT, message=reason):
             self.backend.save_instance(meta)
 
     def submit(self, wf: Any, instance_id: str, input: Any = None) -> WorkflowStatus:  # noqa: A002
         """Enqueue a new instance (state "pending") for a ``PooledWorker`` to run.
 
         Raises ``InstanceExistsError`` if the id is taken."""
-        from nbflow.run.runner import as_definition, new_instance
-
         definition = as_definition(wf)
         validate_instance_id(instance_id)
         lease = self.backend.lock(instance_id, holder="submit")
@@ -185,7 +186,7 @@ class WorkflowClient:
                 raise InstanceExistsError(existing.workflow, instance_id, existing.state)
             io = CheckpointIO(self.backend, instance_id, definition.codec or PickleCodec())
             io.types = record_types(definition)  # a model input is stored as JSON with JsonCodec
-            meta, _ = new_instance(definition, io, input, state=RunState.PENDING.value)
+            meta, _ = new_instance(definition, io, input, state=RunState.PENDING)
             self.backend.save_instance(meta)
         finally:
             lease.release()

@@ -1,11 +1,12 @@
 """The lifecycle of a stored instance: which moves between run states are allowed, and
-the one function that makes them.
+the one function that makes them (:func:`transition`).
 
 Every change of a stored instance's state — the runner's, a ``PooledWorker``'s, the
 ``WorkflowClient``'s — goes through :func:`transition`, which refuses a move the table
 forbids with ``IllegalTransitionError`` and records who made it (``meta.message``). A
 caller that only *may* move an instance (a worker noticing a pause, a late unit of a
-cancelled instance) asks :func:`allowed` first and leaves it be when the answer is no.
+cancelled instance) uses :func:`try_transition`, which leaves it be when the answer is
+no; :func:`nbflow.run.instances.move_stored` does that on a stored instance.
 
 The rules the table encodes (the same for the runner, workers, the client and the CLI):
 
@@ -39,7 +40,7 @@ from nbflow.core.errors import IllegalTransitionError
 from nbflow.core.status import RunState
 from nbflow.store.base import InstanceMeta
 
-__all__ = ["MOVES", "REOPEN", "allowed", "begin_run", "hold_reason", "transition"]
+__all__ = ["MOVES", "REOPEN", "allowed", "begin_run", "hold_reason", "transition", "try_transition"]
 
 _P, _R, _C, _F = RunState.PENDING, RunState.RUNNING, RunState.COMPLETED, RunState.FAILED
 _X, _I, _Z = RunState.CANCELLED, RunState.INTERRUPTED, RunState.PAUSED
@@ -134,6 +135,29 @@ def transition(
     meta.message = message if message is not None else f"{target.value} ({by})"
     meta.updated_at = time.time()
     return meta
+
+
+def try_transition(
+    meta: InstanceMeta,
+    to: RunState | str,
+    *,
+    by: str,
+    message: str | None = None,
+    reopen: bool = False,
+    **fields: Any,
+) -> bool:
+    """:func:`transition` if the table allows the move, and True; False, with nothing
+    changed, when it does not. For a caller that only *may* move the instance: a worker
+    noticing a pause, a late unit of an instance cancelled meanwhile (it stays so).
+
+    >>> meta = InstanceMeta("i-1", "etl", "hash", state="cancelled")
+    >>> try_transition(meta, "failed", by="worker w1"), meta.state
+    (False, 'cancelled')
+    """
+    if not allowed(meta.state, to, reopen=reopen):
+        return False
+    transition(meta, to, by=by, message=message, reopen=reopen, **fields)
+    return True
 
 
 def hold_reason(meta: InstanceMeta, *, revive: bool = False) -> str | None:

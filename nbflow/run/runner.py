@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import hashlib
 import os
 import re
 import socket
@@ -41,13 +40,15 @@ from nbflow.core.typed import record_types
 from nbflow.run import capture, lifecycle
 from nbflow.run import events as ev
 from nbflow.run.checkpoint import CheckpointIO
+from nbflow.run.client import WorkflowClient
 from nbflow.run.control import RunControl
 from nbflow.run.handle import RunHandle, launch
+from nbflow.run.instances import as_definition, new_instance
 from nbflow.run.lookup import resolve_instance
 from nbflow.run.plan import RESTORE, SKIP, changed_tasks, compute_plan
 from nbflow.run.scheduler import Scheduler
 from nbflow.run.stale import accept as accept_task
-from nbflow.run.stale import explain_plan, input_facts, record_notes
+from nbflow.run.stale import explain_plan, record_notes
 from nbflow.run.threads import TaskThreads
 from nbflow.store.base import (
     DAMAGED_CODEC,
@@ -76,15 +77,6 @@ class _Prepared:
     resumed: bool
     control: RunControl = field(default_factory=RunControl)
     reasons: Mapping[str, Any] = field(default_factory=dict)  # task id -> StaleReason
-
-
-def as_definition(wf: Any) -> WorkflowDefinition:
-    """Accept a built workflow, or a builder (built on the spot)."""
-    if isinstance(wf, WorkflowDefinition):
-        return wf
-    if isinstance(wf, WorkflowBuilder):
-        return wf.build()
-    raise ConfigurationError("workflow", wf, "a workflow from Workflow(name)...build()")
 
 
 def describe_shape_change(old: Iterable[str], new: Iterable[str]) -> list[str]:
@@ -159,6 +151,7 @@ class CheckpointingRunner:
         self.events = ev.EventBus()
         self._pool: TaskThreads | None = None
         self._pool_lock = threading.Lock()
+        self._client = WorkflowClient(backend)  # reads stored statuses and results
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -273,15 +266,11 @@ class CheckpointingRunner:
 
     def status(self, instance_id: str) -> WorkflowStatus:
         """The stored status of an instance (output included once it completed)."""
-        from nbflow.run.client import WorkflowClient
-
-        return WorkflowClient(self._backend).status(instance_id)
+        return self._client.status(instance_id)
 
     def get_task_result(self, instance_id: str, task_id: str) -> Any:
         """The checkpointed output of one task of an instance."""
-        from nbflow.run.client import WorkflowClient
-
-        return WorkflowClient(self._backend).get_task_result(instance_id, task_id)
+        return self._client.get_task_result(instance_id, task_id)
 
     # -- prepare ------------------------------------------------------------------------
     def _prepare(
@@ -323,7 +312,8 @@ class CheckpointingRunner:
                     )
                 hold = lifecycle.hold_reason(meta, revive=revive or bool(force))
                 if hold is not None:
-                    held = _held(backend, instance_id, hold)
+                    # as stored, with the reason as its message
+                    held = dataclasses.replace(self._client.status(instance_id, output=False), message=hold)
                     lease.release()
                     return held
                 records = backend.get_records(instance_id)
@@ -501,52 +491,6 @@ def _without_repaired_damage(
         if task not in rerun:
             raise CheckpointCorruptError(instance_id, str(records[rid].extra.get("damage", "")), task_id=task)
     return {rid: record for rid, record in records.items() if record.codec != DAMAGED_CODEC}
-
-
-def new_instance(
-    definition: WorkflowDefinition, io: CheckpointIO, input_value: Any, state: str = "running"
-) -> tuple[InstanceMeta, CheckpointRecord]:
-    """Check the input, store it, and make the record of a new instance (not saved)."""
-    _check_input(definition, input_value)
-    meta = InstanceMeta(
-        instance_id=io.instance_id,
-        workflow=definition.name,
-        definition_hash=definition.definition_hash,
-        shape=definition.shape(),
-        tasks_total=len(definition.nodes),
-        sinks=definition.sinks,
-        state=state,
-        codec=io.codec.name,
-    )
-    now = time.time()
-    record = io.write(INPUT_KEY, "", input_value, started_at=now, finished_at=now, extra=input_facts(input_value))
-    meta.input_digest = hashlib.sha256(record.payload or (record.blob or "").encode()).hexdigest()[:16]
-    return meta, record
-
-
-def _check_input(wf: WorkflowDefinition, value: Any) -> None:
-    """Tasks that read items of the input need a mapping holding those items."""
-    needs: dict[str, list[str]] = {}
-    for node in wf.nodes:
-        for key in node.input_keys:
-            if key is not None:
-                needs.setdefault(key, []).append(node.id)
-    if not needs:
-        return
-    if not isinstance(value, Mapping):
-        raise ConfigurationError("input", value, f"a dict with the keys {sorted(needs)} (read by the workflow's tasks)")
-    missing = sorted(k for k in needs if k not in value)
-    if missing:
-        who = "; ".join(f"{k!r} for task(s) {', '.join(needs[k])}" for k in missing)
-        raise ConfigurationError("input", dict(value), f"a dict that also has {who}")
-
-
-def _held(backend: Backend, instance_id: str, reason: str) -> WorkflowStatus:
-    """The status a resume hands back for an instance it must not run (paused, or
-    cancelled without revive): as stored, with the reason as its message."""
-    from nbflow.run.client import WorkflowClient
-
-    return dataclasses.replace(WorkflowClient(backend).status(instance_id, output=False), message=reason)
 
 
 def _done_handle(status: WorkflowStatus) -> RunHandle:

@@ -68,9 +68,10 @@ from nbflow.core.retry import parse_duration
 from nbflow.core.status import RunState, TaskError
 from nbflow.core.typed import record_types
 from nbflow.run import events as ev
-from nbflow.run import lifecycle, steps
+from nbflow.run import steps
 from nbflow.run.checkpoint import CheckpointIO, preview
 from nbflow.run.control import RunControl
+from nbflow.run.instances import as_definition, move_stored
 from nbflow.run.outcomes import NotDue, Parked, StepFailed
 from nbflow.run.plan import RESTORE, RUN, SKIP, compute_plan
 from nbflow.run.scheduler import Scheduler
@@ -152,8 +153,6 @@ class PooledWorker:
         codec: Codec | None = None,
         echo_output: bool = False,
     ) -> None:
-        from nbflow.run.runner import as_definition
-
         if not isinstance(worker_id, str) or not worker_id.strip():
             raise ConfigurationError("worker_id", worker_id, "a non-empty name such as 'worker-1'")
         if not isinstance(backend, Backend):
@@ -352,7 +351,7 @@ class PooledWorker:
                 continue
             control = self.backend.get_control(iid)
             if control is not None and control[0] in ("cancelled", "paused"):
-                self._set_state(iid, control[0], message=control[1])
+                self._set_state(iid, RunState(control[0]), message=control[1])
                 continue
             view = self._view(meta, wf)
             if all(p in (RESTORE, SKIP) for p in view.plan.values()):
@@ -360,13 +359,14 @@ class PooledWorker:
                 continue
             units = self._ready(view)
             random.shuffle(units)  # workers spread over the branches and items
+            marked_running = meta.state == RunState.RUNNING
             for unit in units:
                 token = self._claim(unit)
                 if token is None:
                     continue
-                if meta.state != RunState.RUNNING and unit.node.kind not in ("delay", "signal"):
-                    self._set_state(iid, RunState.RUNNING.value)
-                    meta.state = RunState.RUNNING.value
+                if not marked_running and unit.node.kind not in ("delay", "signal"):
+                    self._set_state(iid, RunState.RUNNING)
+                    marked_running = True
                 claimed.append(unit)
                 if len(claimed) >= free:
                     return claimed, True
@@ -551,9 +551,9 @@ class PooledWorker:
             self.stats["failed"] += 1
             self._fail(iid, failed.error)
         except Parked as parked:
-            self._set_state(iid, RunState.AWAITING_SIGNAL.value, signal=parked.signal)
+            self._set_state(iid, RunState.AWAITING_SIGNAL, signal=parked.signal)
         except NotDue as due:
-            self._set_state(iid, RunState.WAITING.value, wake_at=due.at)
+            self._set_state(iid, RunState.WAITING, wake_at=due.at)
         except asyncio.CancelledError:
             pass  # shutdown(finish=False): the claim is released below
         except Exception as exc:  # noqa: BLE001 - a store problem (unreadable checkpoint, ...)
@@ -656,24 +656,16 @@ class PooledWorker:
 
     # -- instance states --------------------------------------------------------------
     def _set_state(
-        self, iid: str, state: str, *, wake_at: float | None = None, signal: str | None = None, message: str = ""
+        self, iid: str, state: RunState, *, wake_at: float | None = None, signal: str | None = None, message: str = ""
     ) -> None:
-        meta = self.backend.load_instance(iid)
         # a late unit of an instance paused or cancelled meanwhile leaves it so
-        if meta is None or not lifecycle.allowed(meta.state, state):
-            return
-        if (meta.state, meta.wake_at, meta.signal) == (state, wake_at, signal):
-            return
-        lifecycle.transition(meta, state, by=self._by, message=message or None, wake_at=wake_at, signal=signal)
-        self.backend.save_instance(meta)
+        move_stored(self.backend, iid, state, by=self._by, message=message or None, wake_at=wake_at, signal=signal)
 
     def _fail(self, iid: str, error: TaskError) -> None:
-        meta = self.backend.load_instance(iid)
-        if meta is None or not lifecycle.allowed(meta.state, RunState.FAILED):  # completed/cancelled stay so
-            return
         message = f"failed on worker {self.worker_id}"
-        lifecycle.transition(meta, RunState.FAILED, by=self._by, message=message, error=error.to_dict())
-        self.backend.save_instance(meta)
+        meta = move_stored(self.backend, iid, RunState.FAILED, by=self._by, message=message, error=error.to_dict())
+        if meta is None:  # completed or cancelled meanwhile: it stays so
+            return
         self.events.publish(
             ev.RunFinished(
                 workflow=meta.workflow, instance_id=iid, state="failed", error=str(error), failed_task=error.task_id
@@ -681,12 +673,10 @@ class PooledWorker:
         )
 
     def _complete(self, view: InstanceView) -> None:
-        meta = self.backend.load_instance(view.meta.instance_id)
-        if meta is None or meta.state == RunState.COMPLETED or not lifecycle.allowed(meta.state, RunState.COMPLETED):
-            return
         message = f"completed by worker {self.worker_id}"
-        lifecycle.transition(
-            meta, RunState.COMPLETED, by=self._by, message=message, wake_at=None, signal=None, error=None
-        )
-        self.backend.save_instance(meta)
+        iid = view.meta.instance_id
+        fields: dict[str, Any] = {"wake_at": None, "signal": None, "error": None}
+        meta = move_stored(self.backend, iid, RunState.COMPLETED, by=self._by, message=message, **fields)
+        if meta is None:  # completed already (by another worker), or cancelled meanwhile
+            return
         self.events.publish(ev.RunFinished(workflow=meta.workflow, instance_id=meta.instance_id, state="completed"))

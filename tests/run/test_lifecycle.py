@@ -20,6 +20,7 @@ import nbflow as nf
 from nbflow import cli
 from nbflow.core.status import RunState
 from nbflow.run import lifecycle
+from nbflow.run.instances import move_stored
 from nbflow.store.base import InstanceMeta
 
 # -- the table ---------------------------------------------------------------------------
@@ -128,6 +129,31 @@ def test_transition_sets_fields_and_says_what_to_do() -> None:
         assert type(clone) is nf.IllegalTransitionError and str(clone) == str(caught.value)
     assert issubclass(nf.IllegalTransitionError, nf.NbflowError)
     assert nf.errors.IllegalTransitionError is nf.IllegalTransitionError
+
+
+@pytest.mark.parametrize(("frm", "to"), list(itertools.product(STORED, STORED)), ids=lambda s: str(s))
+def test_try_transition_moves_only_what_the_table_allows(frm: RunState, to: RunState) -> None:
+    meta = InstanceMeta("i-1", "wf", "hash", state=frm.value, message="before", wake_at=3.0)
+    moved = lifecycle.try_transition(meta, to, by="tester", wake_at=None)
+    assert moved == (EXPECTED[(frm, to)] == "y")
+    if moved:
+        assert (meta.state, meta.message, meta.wake_at) == (to.value, f"{to.value} (tester)", None)
+    else:
+        assert (meta.state, meta.message, meta.wake_at) == (frm.value, "before", 3.0)  # untouched
+
+
+def test_move_stored_saves_allowed_moves_that_change_something(backend: Any) -> None:
+    backend.save_instance(InstanceMeta("i-1", "wf", "hash", state="running"))
+    moved = move_stored(backend, "i-1", RunState.WAITING, by="worker w1", wake_at=5.0)
+    assert moved is not None and moved.message == "waiting (worker w1)"
+    stored = backend.load_instance("i-1")
+    assert (stored.state, stored.wake_at, stored.message) == ("waiting", 5.0, "waiting (worker w1)")
+    assert move_stored(backend, "i-1", RunState.WAITING, by="worker w2", wake_at=5.0) is None  # nothing changes
+    assert backend.load_instance("i-1").message == "waiting (worker w1)"
+    assert move_stored(backend, "i-1", RunState.CANCELLED, by="ops", message="stop") is not None
+    assert move_stored(backend, "i-1", RunState.FAILED, by="worker w1") is None  # cancelled stays so
+    assert backend.load_instance("i-1").state == "cancelled"
+    assert move_stored(backend, "no-such", RunState.RUNNING, by="worker w1") is None
 
 
 # -- workflows and helpers ---------------------------------------------------------------
