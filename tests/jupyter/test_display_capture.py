@@ -155,7 +155,7 @@ def test_figures_a_task_leaves_open_are_its_own_and_closed(loose: list[dict[str,
     before_number = before.number
 
     def draw() -> int:
-        fig, ax = plt.subplots(figsize=(2, 2))
+        _, ax = plt.subplots(figsize=(2, 2))
         ax.plot([1, 3, 2])
         plt.show()  # Agg: a no-op; the figure stays open and the task keeps it
         return 1
