@@ -3,7 +3,7 @@
 For instances started from scripts, or left behind by a dead kernel (``nbflow help``
 lists them all; they are ``%workflow``'s commands, from one table, :mod:`nbflow.commands`)::
 
-    nbflow list [--dir .nbflow] [--workflow W] [--state S]
+    nbflow list [--dir .nbflow | --dsn postgresql://…] [--workflow W] [--state S]
     nbflow status NAME|ID [--module my_flows]   # every task; why stale (with the current code)
     nbflow result NAME|ID TASK                  # print a task's checkpointed output
     nbflow resume NAME|ID --module my_flows [--revive]  # the module (or .py file) defining the workflow
@@ -12,6 +12,10 @@ lists them all; they are ``%workflow``'s commands, from one table, :mod:`nbflow.
     nbflow signal NAME|ID SIGNAL [JSON]
     nbflow clear NAME|ID
     nbflow worker --module my_flows [--id NAME] [--concurrency N]   # a PooledWorker on the store
+
+The store is a folder (``--dir``, default ``./.nbflow``) or a PostgreSQL address
+(``--dsn postgresql://user@host/db``, also accepted by ``--dir``), which workers and
+runners on several machines share.
 
 A workflow NAME means its instance (``--latest``: its most recent one, when it has
 several); an instance id wins. Errors advise ``nbflow`` commands. Everything goes
@@ -35,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nbflow.commands import CLI, DEFAULT_DIR, build_parser, hint, render_error, usage
+from nbflow.commands import CLI, DEFAULT_DIR, build_parser, hint, render_error, subcommand_parsers, usage
 from nbflow.core.builder import WorkflowBuilder
 from nbflow.core.errors import ConfigurationError, NbflowError, UnknownInstanceError
 from nbflow.core.graph import WorkflowDefinition
@@ -46,7 +50,9 @@ from nbflow.run.lookup import live_state, resolve_instance
 from nbflow.run.report import format_rows, task_rows
 from nbflow.run.runner import CheckpointingRunner
 from nbflow.run.stale import explain_plan
-from nbflow.store.disk import DiskcacheBackend
+from nbflow.store.base import Backend
+from nbflow.store.open_store import is_store_address, open_store
+from nbflow.store.postgres_connect import redact_password
 
 __all__ = ["find_workflows", "main"]
 
@@ -113,7 +119,7 @@ def _print_status(status: WorkflowStatus, running: bool, preview: str | None = N
         print(f"output    {status.output!r}"[:400] if preview is None else f"output    {preview}"[:400])
 
 
-def _output_preview(backend: DiskcacheBackend, instance_id: str) -> str | None:
+def _output_preview(backend: Backend, instance_id: str) -> str | None:
     """The stored previews of a completed instance's final outputs (no payload decoded)."""
     meta = backend.load_instance(instance_id)
     if meta is None or not meta.sinks:
@@ -142,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _store_hint(args: argparse.Namespace) -> str | None:
     """The --dir to repeat in advice: None for the default store."""
     directory = getattr(args, "dir", DEFAULT_DIR)
+    if is_store_address(directory):
+        return redact_password(directory)  # advice is printed: never the password
     return None if directory == DEFAULT_DIR else str(directory)
 
 
@@ -182,8 +190,10 @@ def _run(args: argparse.Namespace) -> int:
     if cmd == "help":
         return _help(args.topic)
     if cmd == "migrate":
+        if is_store_address(args.dir):
+            raise ConfigurationError("--dir", args.dir, "a store folder: only folders hold nbflow 0.1 instances")
         return _migrate(args.dir)
-    backend = DiskcacheBackend(args.dir)
+    backend = open_store(args.dir)
     client = WorkflowClient(backend)
     if cmd == "list":
         return _list(backend, client, args)
@@ -259,9 +269,7 @@ def _help(topic: str | None) -> int:
     if topic is None:
         print(usage(CLI))
         return 0
-    parser = _parser()
-    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    sub = subs.choices.get(topic)
+    sub = subcommand_parsers(_parser()).get(topic)
     if sub is None:
         print(f"nbflow: unknown command {topic!r}\n{usage(CLI)}", file=sys.stderr)
         return 2
@@ -269,10 +277,15 @@ def _help(topic: str | None) -> int:
     return 0
 
 
-def _list(backend: DiskcacheBackend, client: WorkflowClient, args: argparse.Namespace) -> int:
+def _where(backend: Backend) -> str:
+    """How to name a store to the user (a database's address without its password)."""
+    return str(getattr(backend, "where", None) or getattr(backend, "directory", backend))
+
+
+def _list(backend: Backend, client: WorkflowClient, args: argparse.Namespace) -> int:
     rows = [s for s in client.list_instances(workflow=args.workflow) if args.state is None or s.state == args.state]
     if not rows:
-        print(f"no instances in {backend.directory}")
+        print(f"no instances in {_where(backend)}")
         return 0
     metas = {m.instance_id: m for m in backend.list_instances()}
     print(f"{'INSTANCE':<32} {'WORKFLOW':<20} {'STATE':<16} {'TASKS':>9}  UPDATED")
@@ -282,7 +295,7 @@ def _list(backend: DiskcacheBackend, client: WorkflowClient, args: argparse.Name
     return 0
 
 
-def _print_tasks(backend: DiskcacheBackend, iid: str, where: str | None) -> None:
+def _print_tasks(backend: Backend, iid: str, where: str | None) -> None:
     """Every task as the store has it, and what to do about a run that stopped."""
     meta = backend.load_instance(iid)
     if meta is None:
@@ -303,7 +316,7 @@ def _print_tasks(backend: DiskcacheBackend, iid: str, where: str | None) -> None
         print(f"continue it with {hint(CLI, 'resume', iid, '--module', 'FILE', directory=where)}")
 
 
-def _print_plan(backend: DiskcacheBackend, iid: str, wf: WorkflowDefinition) -> None:
+def _print_plan(backend: Backend, iid: str, wf: WorkflowDefinition) -> None:
     """What a resume with ``wf`` (the current code) would do, and why stale tasks are stale."""
     records = backend.get_records(iid)
     runner = CheckpointingRunner(backend)
@@ -332,7 +345,7 @@ def _workflow_of(name: str, module: str | None) -> WorkflowDefinition:
     return flows[name]
 
 
-def _worker(backend: DiskcacheBackend, args: argparse.Namespace) -> int:
+def _worker(backend: Backend, args: argparse.Namespace) -> int:
     import os
     import signal
     import socket
@@ -354,7 +367,7 @@ def _worker(backend: DiskcacheBackend, args: argparse.Namespace) -> int:
     # SIGTERM exists on every platform, but Windows never runs a handler for it
     # (os.kill(pid, SIGTERM) there is TerminateProcess): stop a Windows worker with Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop(finish=True))
-    print(f"worker {worker.worker_id} on {backend.directory}: {', '.join(sorted(flows))}", flush=True)
+    print(f"worker {worker.worker_id} on {_where(backend)}: {', '.join(sorted(flows))}", flush=True)
     try:
         worker.run(until_idle=args.until_idle)
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -33,10 +34,12 @@ __all__ = [
     "MAGIC",
     "Arg",
     "Command",
+    "DIR_ALIASES",
     "CommandLineError",
     "ParserExit",
     "build_cell_parser",
     "build_parser",
+    "subcommand_parsers",
     "command",
     "hint",
     "render_error",
@@ -100,7 +103,14 @@ class Command:
 
 _REF = Arg("ref", "a workflow name (its most recent instance, if it has only one) or an instance id", "NAME|ID")
 _TASK = Arg("task", "a task id of the workflow", "TASK")
-_DIR = Arg("--dir", f"the store folder (default ./{DEFAULT_DIR}; in a notebook, the cell's --dir)", "PATH")
+_DIR = Arg(
+    "--dir",
+    f"the store: a folder (default ./{DEFAULT_DIR}; in a notebook, the cell's --dir) or a PostgreSQL address "
+    "postgresql://user@host/database (also spelt --store, or --dsn)",
+    "PATH|URL",
+)
+# Other spellings of --dir: a database store is an address, not a folder.
+DIR_ALIASES = ("--store", "--dsn")
 _LATEST = Arg("--latest", "a NAME with several instances means its most recently updated one", flag=True)
 _MODULE = Arg(
     "--module",
@@ -228,23 +238,39 @@ class _RaisingParser(argparse.ArgumentParser):
         raise ParserExit()
 
 
-def _add(parser: argparse.ArgumentParser, arg: Arg, front_end: str, *, sub: bool) -> None:
+def _add(parser: argparse.ArgumentParser, arg: Arg, front_end: str, *, sub: bool) -> argparse.Action:
     if arg.positional:
         kwargs: dict[str, Any] = {"help": arg.help, "metavar": arg.metavar}
         if arg.optional:
             kwargs.update(nargs="?", default=arg.default)
-        parser.add_argument(arg.name, **kwargs)
-        return
+        return parser.add_argument(arg.name, **kwargs)
     if arg.flag:
-        parser.add_argument(arg.name, action="store_true", help=arg.help)
-        return
+        return parser.add_argument(arg.name, action="store_true", help=arg.help)
     default = arg.default
-    if arg.name == "--dir" and sub and front_end == CLI:
-        default = argparse.SUPPRESS  # `nbflow --dir D status X` and `nbflow status X --dir D` both work
+    names: tuple[str, ...] = (arg.name,)
+    if arg.name == "--dir":
+        names += DIR_ALIASES
+        if sub and front_end == CLI:
+            default = argparse.SUPPRESS  # `nbflow --dir D status X` and `nbflow status X --dir D` both work
     kwargs = {"type": arg.type} if arg.type is not None else {}
-    parser.add_argument(
-        arg.name, metavar=arg.metavar, help=arg.help, default=default, required=front_end in arg.required_in, **kwargs
+    return parser.add_argument(
+        *names, metavar=arg.metavar, help=arg.help, default=default, required=front_end in arg.required_in, **kwargs
     )
+
+
+# What each parser built here holds, recorded from argparse's own return values as it is
+# built: argparse has no public way to list a parser's subcommands or their arguments.
+_BUILT: weakref.WeakKeyDictionary[argparse.ArgumentParser, dict[str, tuple[argparse.ArgumentParser, tuple[str, ...]]]]
+_BUILT = weakref.WeakKeyDictionary()
+
+
+def _name_of(action: argparse.Action) -> str:
+    return action.option_strings[0] if action.option_strings else action.dest
+
+
+def subcommand_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """{command: its own parser} of a parser made by :func:`build_parser` (for ``help``)."""
+    return {name: sub for name, (sub, _) in _BUILT.get(parser, {}).items()}
 
 
 def build_parser(front_end: str) -> argparse.ArgumentParser:
@@ -257,15 +283,15 @@ def build_parser(front_end: str) -> argparse.ArgumentParser:
         )
     else:
         parser = argparse.ArgumentParser(prog="nbflow", description="Inspect and steer nbflow instances in a store.")
-        parser.add_argument("--dir", default=DEFAULT_DIR, help=_DIR.help)
+        parser.add_argument("--dir", *DIR_ALIASES, default=DEFAULT_DIR, metavar=_DIR.metavar, help=_DIR.help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for cmd in commands_for(front_end):
         kwargs: dict[str, Any] = {"help": cmd.summary, "description": cmd.summary}
         if front_end == MAGIC:
             kwargs["prog"] = f"%workflow {cmd.name}"
         p = sub.add_parser(cmd.name, **kwargs)
-        for arg in cmd.args_for(front_end):
-            _add(p, arg, front_end, sub=True)
+        added = tuple(_name_of(_add(p, arg, front_end, sub=True)) for arg in cmd.args_for(front_end))
+        _BUILT.setdefault(parser, {})[cmd.name] = (p, added)
     return parser
 
 
@@ -300,7 +326,10 @@ def usage(front_end: str) -> str:
         "NAME is a workflow name (in a notebook: the one its %%workflow cell defined) or an instance id; "
         "an instance id wins."
     )
-    lines.append(f"Every command takes --dir PATH (default ./{DEFAULT_DIR}); '{head} help COMMAND' shows its options.")
+    lines.append(
+        f"Every command takes --dir PATH (default ./{DEFAULT_DIR}) or --dir postgresql://… (a shared store); "
+        f"'{head} help COMMAND' shows its options."
+    )
     return "\n".join(lines)
 
 
@@ -336,14 +365,6 @@ def render_error(exc: BaseException, front_end: str, directory: str | None = Non
 
 
 def names_and_args(parser: argparse.ArgumentParser) -> dict[str, tuple[str, ...]]:
-    """{command: its argument names} as a parser knows them (what the golden test compares)."""
-    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    out: dict[str, tuple[str, ...]] = {}
-    for name, p in subs.choices.items():
-        names: list[str] = []
-        for action in p._actions:
-            if isinstance(action, argparse._HelpAction):
-                continue
-            names.append(action.option_strings[0] if action.option_strings else action.dest)
-        out[name] = tuple(names)
-    return out
+    """{command: its argument names} as argparse registered them on a parser made by
+    :func:`build_parser` (what the golden test compares with the table)."""
+    return {name: names for name, (_, names) in _BUILT.get(parser, {}).items()}

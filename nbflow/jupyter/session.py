@@ -63,6 +63,7 @@ from nbflow.run.lookup import live_state, resolve_instance
 from nbflow.run.report import task_rows
 from nbflow.run.results import BoundWorkflow
 from nbflow.run.stale import explain_plan, previous_run
+from nbflow.store.open_store import is_store_address, open_store
 
 __all__ = ["BackgroundControls", "CellInterrupted", "Entry", "Session"]
 
@@ -223,6 +224,10 @@ class Session:
 
     # -- stores ------------------------------------------------------------------------
     def backend(self, directory: str | os.PathLike[str] | None, *, create: bool = True) -> DiskcacheBackend:
+        if is_store_address(directory):  # a database store (`--dir postgresql://…`): one per address
+            store = self._backends.get(str(directory)) or open_store(str(directory))
+            self._backends[str(directory)] = store  # type: ignore[assignment]  # it has .directory too
+            return store  # type: ignore[return-value]
         path = Path(directory or DEFAULT_DIR).expanduser().absolute()
         key = str(path)
         found = self._backends.get(key)

@@ -136,6 +136,12 @@ class PostgresBackend:
     def __repr__(self) -> str:
         return f"PostgresBackend({self.where!r})"
 
+    @property
+    def directory(self) -> str:
+        """The address the store was opened with: what ``open_store`` (and ``--dir``)
+        take to open it again, as a disk store's ``directory`` is its folder."""
+        return self.dsn
+
     def __getstate__(self) -> dict[str, Any]:
         return {"dsn": self.dsn, "reconnect_timeout": self.reconnect_timeout}
 

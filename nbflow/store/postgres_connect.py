@@ -34,7 +34,7 @@ from nbflow.store.postgres_schema import CHECK_VERSION, CREATE, SCHEMA_LOCK, SCH
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["ConnectionPool", "describe", "import_psycopg"]
+__all__ = ["ConnectionPool", "describe", "import_psycopg", "redact_password"]
 
 T = TypeVar("T")
 _MAX_IDLE = 8
@@ -60,7 +60,7 @@ def describe(dsn: str) -> str:
     try:
         parts = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise StoreAddressError(_hide_password(dsn), str(exc).strip()) from None
+        raise StoreAddressError(redact_password(dsn), str(exc).strip()) from None
     host = parts.get("host") or os.environ.get("PGHOST") or "localhost"
     port = parts.get("port") or os.environ.get("PGPORT") or "5432"
     user = parts.get("user") or os.environ.get("PGUSER") or ""
@@ -68,7 +68,12 @@ def describe(dsn: str) -> str:
     return f"postgresql://{user + '@' if user else ''}{host}:{port}/{database}"
 
 
-def _hide_password(dsn: str) -> str:
+def redact_password(dsn: str) -> str:
+    """``dsn`` with the password of a ``scheme://user:password@…`` address replaced by ``***``.
+
+    >>> redact_password("postgresql://ada:secret@db/x")
+    'postgresql://ada:***@db/x'
+    """
     if "://" in dsn and "@" in dsn:
         scheme, rest = dsn.split("://", 1)
         creds, _, tail = rest.rpartition("@")
@@ -142,7 +147,7 @@ class ConnectionPool:
         except pg.OperationalError as exc:
             raise self._connect_error(exc) from None
         except pg.ProgrammingError as exc:
-            raise StoreAddressError(_hide_password(self.dsn), str(exc).strip()) from None
+            raise StoreAddressError(redact_password(self.dsn), str(exc).strip()) from None
         self._ever_connected = True
         if not self._schema_checked:
             try:
