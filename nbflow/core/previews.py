@@ -53,7 +53,8 @@ HTML_LIMIT = 4_000  # characters of the bundle's text/html
 PNG_LIMIT = 96_000  # base64 characters of a figure's preview image (a small PNG)
 _ITEMS = 8  # container items shown per level in the line
 _PLAIN_ITEMS = 60  # ... and in the detail pane's text
-_DEPTH = 3  # container levels shown
+_DEPTH = 3  # container levels shown in the line
+_PLAIN_DEPTH = 5  # ... and in the detail pane's text
 _PREVIEW_DPI = 60  # a figure preview is a thumbnail: the task's own display keeps full size
 
 
@@ -98,7 +99,9 @@ def _type_name(value: Any) -> str:
         return "object"
 
 
-def _short(value: Any, budget: int, depth: int, seen: set[int], items_max: int = _ITEMS) -> str:
+def _short(
+    value: Any, budget: int, depth: int, seen: set[int], items_max: int = _ITEMS, depth_max: int = _DEPTH
+) -> str:
     """A repr of ``value`` within about ``budget`` characters: containers show their
     first items, then ``… N more``; nested ones down to ``_DEPTH`` levels."""
     if isinstance(value, str):
@@ -127,7 +130,7 @@ def _short(value: Any, budget: int, depth: int, seen: set[int], items_max: int =
         return _safe_repr(value, budget)
     if size == 0:
         return _safe_repr(value, budget)
-    if depth >= _DEPTH:
+    if depth >= depth_max:
         return f"{opening[0]}… {size} item{'s' if size != 1 else ''}{opening[1]}"
     seen.add(id(value))
     parts: list[str] = []
@@ -140,10 +143,10 @@ def _short(value: Any, budget: int, depth: int, seen: set[int], items_max: int =
             room = max(8, (budget - used) // max(1, min(size, items_max) - n))
             if isinstance(value, Mapping):
                 key, val = item
-                k = _short(key, room // 3, depth + 1, seen, items_max)
-                text = f"{k}: {_short(val, room, depth + 1, seen, items_max)}"
+                k = _short(key, room // 3, depth + 1, seen, items_max, depth_max)
+                text = f"{k}: {_short(val, room, depth + 1, seen, items_max, depth_max)}"
             else:
-                text = _short(item, room, depth + 1, seen, items_max)
+                text = _short(item, room, depth + 1, seen, items_max, depth_max)
             parts.append(text)
             used += len(text) + 2
     except Exception:  # noqa: BLE001 - a container that fails while iterated
@@ -240,11 +243,12 @@ def _frame_preview(df: Any, rich: bool) -> tuple[str, dict[str, str]]:
     if len(dtypes) > 20:
         types += f"\n  … {len(dtypes) - 20} more columns"
     pd = sys.modules["pandas"]
+    top = _clip_cells(df.head(5))
     with pd.option_context("display.max_colwidth", 30, "display.width", 100):
-        head = df.head(5).to_string(max_cols=8, max_rows=5)
+        head = top.to_string(max_cols=8, max_rows=5)
         table = ""
         for max_cols, n_rows in ((10, 5), (6, 5), (4, 3)):
-            table = df.head(n_rows).to_html(max_cols=max_cols, max_rows=n_rows, border=0, notebook=False)
+            table = top.head(n_rows).to_html(max_cols=max_cols, max_rows=n_rows, border=0, notebook=False)
             if len(table) <= HTML_LIMIT - 600:
                 break
         else:
@@ -258,6 +262,22 @@ def _frame_preview(df: Any, rich: bool) -> tuple[str, dict[str, str]]:
     if len(view) <= HTML_LIMIT:
         bundle["text/html"] = view
     return line, bundle
+
+
+def _clip_cells(head: Any) -> Any:
+    """``head`` (a few rows) with long text cells cut, so one long cell cannot take the
+    whole table budget (``to_html`` ignores ``display.max_colwidth``)."""
+
+    def cut(v: Any) -> Any:
+        return v[:29] + "…" if isinstance(v, str) and len(v) > 30 else v
+
+    texts = [c for c, dtype in head.dtypes.items() if str(dtype) in ("object", "str", "string")]
+    if not texts:
+        return head
+    head = head.copy()
+    for column in texts:
+        head[column] = head[column].map(cut)
+    return head
 
 
 def _series_preview(s: Any, rich: bool) -> tuple[str, dict[str, str]]:
@@ -362,7 +382,7 @@ def make_preview(value: Any, *, rich: bool = True) -> tuple[str, dict[str, str]]
         line = line if len(line) <= TEXT_LIMIT else _one_line(line)
         if not rich or ("\n" not in line and (len(line) < TEXT_LIMIT - 20 and "… " not in line)):
             return _one_line(line) if "\n" in line else line, {}
-        plain = _short(value, PLAIN_LIMIT - 100, 0, set(), items_max=_PLAIN_ITEMS)
+        plain = _short(value, PLAIN_LIMIT - 100, 0, set(), items_max=_PLAIN_ITEMS, depth_max=_PLAIN_DEPTH)
         return _one_line(line), {"text/plain": clip_text(plain, PLAIN_LIMIT)}
     except Exception as exc:  # noqa: BLE001 - see above
         return _one_line(f"<{_type_name(value)}: preview failed: {type(exc).__name__}>"), {}
