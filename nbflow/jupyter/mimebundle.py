@@ -1,10 +1,10 @@
-"""The static fallback of the widget: what a saved notebook shows without a kernel.
+"""State colours and the painted DAG: what a view without the widget's JavaScript draws.
 
-nbconvert, GitHub and nbval never run widget JavaScript, so next to the live widget view
-``_repr_mimebundle_`` carries a ``text/plain`` summary (deterministic: no timings, no
-addresses, so nbval can compare it) and an ``image/svg+xml`` DAG with every node's state
-painted as an *inline* ``fill`` colour (CSS classes are kept too, but a renderer that
-ignores CSS still shows the colours). Nothing here is live; ``widget.py`` is.
+``paint_svg`` fills every node of a laid-out DAG in its state's colour as an *inline*
+``fill`` attribute (CSS classes are kept too, but an SVG shown as an ``<img>`` or by a
+renderer that ignores CSS still shows the colours); ``static_view`` puts it in the saved
+view of a run. ``static_bundle`` is the plain pair (text summary, painted SVG) for callers
+that want no HTML. Nothing here is live; ``widget.py`` is.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ STATE_COLORS: dict[str, str] = {
     "failed": "#fca5a5",
     "cancelled": "#d1d5db",
     "skipped": "#f3f4f6",
+    # not a run state: what the live view paints a task that was running when the
+    # kernel died (``static/widget.js``)
+    "interrupted": "#fed7aa",
 }
 
 _NODE = re.compile(
@@ -55,14 +58,17 @@ def paint_svg(svg: str, states: Mapping[str, str]) -> str:
     """``svg`` (from ``render.layout``) with each node filled in its state's colour.
 
     Also adds the ``nbflow-state-<state>`` class, so the painted SVG answers the same
-    selectors as the live widget. Tasks missing from ``states`` stay white.
+    selectors as the live widget, and a dashed outline on restored tasks (as the live
+    widget draws them) as an attribute, since an SVG shown as an image gets no page CSS.
+    Tasks missing from ``states`` stay white.
     """
 
     def paint(m: re.Match[str]) -> str:
         state = states.get(_unescape(m.group(4)), "pending")
         color = STATE_COLORS.get(state, STATE_COLORS["pending"])
         classes = f"{m.group(2)} nbflow-state-{state}"
-        return f'{m.group(1)}{classes}{m.group(3)}{m.group(4)}{m.group(5)} fill="{color}"'
+        dashed = ' stroke-dasharray="4,2"' if state == "restored" else ""
+        return f'{m.group(1)}{classes}{m.group(3)}{m.group(4)}{m.group(5)} fill="{color}"{dashed}'
 
     return _NODE.sub(paint, svg)
 

@@ -9,7 +9,7 @@ group (``then_flow`` child) a ``cluster`` with ``id="nbflow-cluster-<group>"``, 
 
 No ``dot`` binary (or no ``graphviz`` package): warn once with the install command and
 return None; the widget still shows the progress bar and the table. Painting states and
-the static fallback live in ``widget.py`` / ``mimebundle.py``, not here.
+the saved static view live in ``mimebundle.py`` / ``static_view.py``, not here.
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ import traitlets as t
 
 from nbflow.core.errors import MissingDependencyError
 from nbflow.jupyter import kernel_busy, render
-from nbflow.jupyter.mimebundle import static_bundle
 from nbflow.jupyter.progress import ACTIVE_STATES, Coalescer, ProgressModel, format_seconds
+from nbflow.jupyter.static_view import error_line, static_view_bundle, user_frames
 
 try:
     import anywidget
@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from nbflow.core.graph import WorkflowDefinition
     from nbflow.run.events import EventBus, RunEvent
 
-__all__ = ["LIVE_TAIL", "MAX_LIVE", "MAX_ROWS", "WidgetControls", "WorkflowWidget"]
+__all__ = ["LIVE_TAIL", "MAX_LIVE", "MAX_ROWS", "STATIC_INTERVAL", "WidgetControls", "WorkflowWidget"]
 
 STATIC = Path(__file__).parent / "static"
 #: The task table shows at most this many rows (the most interesting first).
@@ -53,6 +53,9 @@ MAX_ROWS = 500
 #: ``live`` covers at most this many running tasks, with this many characters of each stream.
 MAX_LIVE = 50
 LIVE_TAIL = 4_000
+#: While a run goes, the saved static view is refreshed at most this often (seconds), so a
+#: notebook saved after the kernel died still shows where the run was.
+STATIC_INTERVAL = 5.0
 # Table order when there are more tasks than rows: what needs attention comes first.
 _ROW_PRIORITY = {
     "failed": 0,
@@ -162,6 +165,9 @@ class WorkflowWidget(anywidget.AnyWidget):
         self._inbox: deque[RunEvent] = deque()
         self._pending_message = ""
         self._display_handle: Any = None
+        self._static_handle: Any = None
+        self._static_version = -1
+        self._static_at = 0.0
         self.on_msg(self._on_front_end_message)
         self.observe(self._on_selected, names=["selected"])
         self._push(force=True)
@@ -201,7 +207,7 @@ class WorkflowWidget(anywidget.AnyWidget):
 
     def flush(self) -> None:
         """Push the latest state now (call it at run end: the throttle may hold the last
-        events back). On the kernel's main thread it also refreshes the saved fallback."""
+        events back). On the kernel's main thread it also refreshes the saved outputs."""
         self._cancel_timer()
         self._push(force=True)
         if self._display_handle is not None and threading.current_thread() is threading.main_thread():
@@ -212,25 +218,64 @@ class WorkflowWidget(anywidget.AnyWidget):
         return self.model.summary()
 
     def display(self) -> None:
-        """Display the widget with a display id, so :meth:`update_display` (called by
-        :meth:`flush` on the main thread) can replace the saved text/SVG fallback with the
-        final states; plain ``display(widget)`` keeps the fallback of display time."""
+        """Show the live widget and, right under it, its static view (``static_view``).
+
+        Two outputs, because JupyterLab renders a widget output with the widget's renderer
+        whenever the notebook is trusted, and says "model not found" once the kernel is
+        gone, whatever else the output carries. The static view is a plain ``text/html``
+        output: hidden while the live widget is on the page (``widget.css``), it is what a
+        saved notebook, nbconvert and a headless run show. Both have display ids, so
+        :meth:`update_display` (called by :meth:`flush` on the main thread) brings the
+        saved view up to the run's final state. ``display(widget)`` ends up here too.
+        """
         from IPython.display import display
 
-        self._display_handle = display(self, display_id=True)  # type: ignore[no-untyped-call]
+        bundle = self._repr_mimebundle_()
+        if bundle is None:  # pragma: no cover - anywidget returns None only without a view
+            return
+        data, metadata = bundle
+        self._display_handle = display(data, metadata=metadata, raw=True, display_id=True)  # type: ignore[no-untyped-call]
+        self._static_version = self._model.version
+        self._static_at = time.monotonic()
+        self._static_handle = display(self._static_bundle(), raw=True, display_id=True)  # type: ignore[no-untyped-call]
+
+    def _ipython_display_(self) -> None:
+        self.display()
 
     def update_display(self) -> None:
-        """Re-send the output of :meth:`display` (same live model, fresh static fallback)."""
+        """Re-send both outputs of :meth:`display`: the same live model (its text/plain
+        summary refreshed) and a fresh static view."""
         if self._display_handle is not None:
-            self._display_handle.update(self)
+            bundle = self._repr_mimebundle_()
+            if bundle is not None:
+                self._display_handle.update(bundle[0], metadata=bundle[1], raw=True)
+        self._update_static()
+
+    def _update_static(self) -> None:
+        handle = self._static_handle
+        if handle is None:
+            return
+        self._static_version = self._model.version
+        self._static_at = time.monotonic()
+        handle.update(self._static_bundle(), raw=True)
+
+    def _static_bundle(self) -> dict[str, Any]:
+        with self._push_lock:
+            self._drain()
+            return static_view_bundle(self._model, self._layout, self._detail)
+
+    def static_html(self) -> str:
+        """The saved view of the run as it is now (what a notebook without a kernel shows)."""
+        return str(self._static_bundle()["text/html"])
 
     def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """Live widget view plus a static fallback: text/plain summary and painted SVG."""
+        """Live widget view plus a deterministic text/plain summary (the static view is a
+        separate output, see :meth:`display`)."""
         bundle = super()._repr_mimebundle_(**kwargs)
         if bundle is None:  # pragma: no cover - anywidget returns None only without a view
             return None
         data, metadata = bundle
-        data = {**data, **static_bundle(self.model, self._layout)}
+        data = {**data, "text/plain": self.model.summary()}
         return data, metadata
 
     def __repr__(self) -> str:
@@ -311,6 +356,13 @@ class WorkflowWidget(anywidget.AnyWidget):
                 self.detail = self._detail(self.selected) if self.selected else {}
                 if self._pending_message:
                     self.message, self._pending_message = self._pending_message, ""
+            if (
+                self._static_handle is not None
+                and self._model.run_state == "running"
+                and self._model.version != self._static_version
+                and time.monotonic() - self._static_at >= STATIC_INTERVAL
+            ):
+                self._update_static()
             self._coalescer.spent(time.perf_counter() - started)
 
     def _rows(self, states: Mapping[str, str]) -> list[list[Any]]:
@@ -363,6 +415,14 @@ class WorkflowWidget(anywidget.AnyWidget):
         detail["deps"] = list(self._wf.node(task_id).deps)
         if self._load_code is not None and detail["state"] in ("done", "restored"):
             detail["load"] = self._load_code(task_id)
+        if detail.get("error") or detail.get("traceback"):
+            # what the pane shows first: the one-line error and only the user's frames
+            # (the full traceback stays, behind a toggle)
+            detail["error_line"] = error_line(detail)
+            tb = str(detail.get("traceback") or "")
+            detail["user_traceback"] = user_frames(tb, detail["error_line"]) if tb else ""
+        detail.setdefault("displays", [])
+        detail.setdefault("preview_bundle", {})
         return detail
 
     # -- front-end side -------------------------------------------------------------------

@@ -8,7 +8,12 @@
 //   .nbflow-progress > .nbflow-progress-bar (style.width = "NN%") + .nbflow-progress-text
 //   .nbflow-dag svg g.node.nbflow-node.nbflow-state-<state>[data-task]
 //   table.nbflow-table tr.nbflow-row[data-task][data-state]
-//   .nbflow-detail[data-task] pre.nbflow-detail-{why,preview,stdout,stderr,traceback}
+//   .nbflow-detail[data-task] pre.nbflow-detail-{why,preview,stdout,stderr}
+//   a failed task: .nbflow-detail-error (one line) + pre.nbflow-detail-user-traceback (the
+//   user's frames) + details.nbflow-detail-full-traceback > pre.nbflow-detail-traceback
+//   .nbflow-detail .nbflow-detail-displays > .nbflow-detail-display (captured displays)
+//   kernel gone: .nbflow-widget[data-kernel="lost"][data-run-state="interrupted"] +
+//   .nbflow-kernel-lost (what to do); the tasks it was running: nbflow-state-interrupted
 //   .nbflow-detail code.nbflow-detail-load (the line that loads a finished task's output)
 //   .nbflow-controls button.nbflow-{cancel,rerun,approve}, .nbflow-message
 //   live (running tasks, from the `live` trait; drawn without asking the kernel, which a
@@ -19,8 +24,45 @@
 
 const STATE_CLASSES = [
   "pending", "stale", "running", "retrying", "waiting", "awaiting_signal",
-  "done", "restored", "failed", "cancelled", "skipped",
+  "done", "restored", "failed", "cancelled", "skipped", "interrupted",
 ].map((s) => `nbflow-state-${s}`);
+// States of a task in flight: what a dead kernel leaves "interrupted".
+const ACTIVE = new Set(["running", "retrying", "waiting", "awaiting_signal"]);
+// The class ipywidgets puts on a view whose kernel connection is gone (its widget manager
+// disconnects every model when the kernel restarts or dies and is auto-restarted).
+const DISCONNECTED = "jupyter-widgets-disconnected";
+
+// Preferred mime type of a captured display, best first (an image over its text repr).
+const DISPLAY_ORDER = ["image/png", "image/jpeg", "image/svg+xml", "text/html", "text/plain"];
+function displayNode(bundle) {
+  for (const mime of DISPLAY_ORDER) {
+    let value = bundle && bundle[mime];
+    if (value === undefined || value === null) continue;
+    if (Array.isArray(value)) value = value.join("");
+    if (mime === "image/png" || mime === "image/jpeg") {
+      const img = document.createElement("img");
+      img.src = `data:${mime};base64,${String(value).trim()}`;
+      img.alt = "figure";
+      return img;
+    }
+    if (mime === "image/svg+xml") {
+      const img = document.createElement("img");
+      img.src = `data:image/svg+xml;charset=utf-8,${encodeURIComponent(value)}`;
+      img.alt = "figure";
+      return img;
+    }
+    if (mime === "text/html") {
+      const div = document.createElement("div");
+      div.className = "nbflow-detail-display-html";
+      div.innerHTML = value; // the task's own output, shown as the notebook would show it
+      return div;
+    }
+    const pre = document.createElement("pre");
+    pre.textContent = String(value);
+    return pre;
+  }
+  return null;
+}
 
 function h(tag, cls, text) {
   const node = document.createElement(tag);
@@ -35,6 +77,41 @@ function fmt(seconds) {
   if (seconds < 60) return `${seconds.toFixed(1)}s`;
   if (seconds < 3600) return `${Math.floor(seconds / 60)}m${String(Math.floor(seconds % 60)).padStart(2, "0")}s`;
   return `${Math.floor(seconds / 3600)}h${String(Math.floor((seconds % 3600) / 60)).padStart(2, "0")}m`;
+}
+
+// The kernel this view's model lives in is gone when its status says it restarted or
+// died, or the notebook switched to another kernel: the model's comm belonged to the old
+// process, so nothing will ever update this view again. JupyterLab 4 and Notebook 7 share
+// the widget manager that exposes the kernel (`widget_manager.kernel`, a Lumino
+// KernelConnection, and its document's session context); elsewhere (no such API) the
+// `jupyter-widgets-disconnected` class ipywidgets sets on the view is the signal.
+const GONE = new Set(["restarting", "autorestarting", "dead"]);
+function watchKernel(manager, onLost) {
+  const undo = [];
+  const hook = (signal, fn) => {
+    if (signal && typeof signal.connect === "function") {
+      signal.connect(fn);
+      undo.push(() => signal.disconnect(fn));
+    }
+  };
+  let kernel = null;
+  try {
+    kernel = manager ? manager.kernel : null;
+  } catch (err) {
+    kernel = null;
+  }
+  if (kernel) {
+    if (GONE.has(kernel.status)) onLost();
+    hook(kernel.statusChanged, (_, status) => { if (GONE.has(status)) onLost(); });
+    hook(kernel.connectionStatusChanged, (_, status) => { if (status === "disconnected") onLost(); });
+  }
+  const session = manager && manager.context ? manager.context.sessionContext : null;
+  if (session) {
+    hook(session.kernelChanged, (_, change) => {
+      if (kernel && change && change.oldValue && change.oldValue.id === kernel.id) onLost();
+    });
+  }
+  return () => { for (const fn of undo) fn(); };
 }
 
 function render({ model, el }) {
@@ -83,7 +160,9 @@ function render({ model, el }) {
   tableBox.append(table, more);
   const detail = h("div", "nbflow-detail");
   lower.append(tableBox, detail);
-  root.append(header, controls, dag, lower);
+  const lost = h("div", "nbflow-kernel-lost");
+  lost.style.display = "none";
+  root.append(header, lost, controls, dag, lower);
 
   let nodes = new Map(); // task id -> <g> element
   let painted = new Map(); // task id -> state class currently applied
@@ -110,10 +189,18 @@ function render({ model, el }) {
     }
   }
 
+  // The kernel is gone (dead, restarted, connection lost): `states` can never change
+  // again, so what was in flight is painted interrupted and the clock stops.
+  let kernelLost = false;
+  function shownState(state) {
+    const s = state || "pending";
+    return kernelLost && ACTIVE.has(s) ? "interrupted" : s;
+  }
+
   function paint() {
     const states = model.get("states") || {};
     for (const [taskId, g] of nodes) {
-      const cls = `nbflow-state-${states[taskId] || "pending"}`;
+      const cls = `nbflow-state-${shownState(states[taskId])}`;
       if (painted.get(taskId) === cls) continue;
       g.classList.remove(...STATE_CLASSES);
       g.classList.add(cls);
@@ -175,7 +262,7 @@ function render({ model, el }) {
     title.textContent = `${model.get("workflow")}${model.get("instance_id") ? " / " + model.get("instance_id") : ""}`;
     bar.style.width = `${Math.round(100 * (p.fraction || 0))}%`;
     text.textContent = p.text || "";
-    root.dataset.runState = p.run_state || "idle";
+    root.dataset.runState = kernelLost && p.run_state === "running" ? "interrupted" : p.run_state || "idle";
     root.dataset.done = String(p.done ?? 0);
     root.dataset.total = String(p.total ?? 0);
     progress.classList.toggle("nbflow-progress-failed", (p.counts || {}).failed > 0);
@@ -185,7 +272,7 @@ function render({ model, el }) {
   // Between pushes (a long task sends no events) keep the elapsed time ticking locally.
   const ticker = setInterval(() => {
     const p = model.get("progress") || {};
-    if (p.run_state !== "running" || p.elapsed === null || p.elapsed === undefined) return;
+    if (kernelLost || p.run_state !== "running" || p.elapsed === null || p.elapsed === undefined) return;
     const dt = (Date.now() - receivedAt) / 1000;
     let line = `${p.base} · elapsed ${fmt(p.elapsed + dt)}`;
     if (p.eta !== null && p.eta !== undefined) line += ` · ETA ${fmt(Math.max(0, p.eta - dt))}`;
@@ -197,7 +284,8 @@ function render({ model, el }) {
     const rows = model.get("rows") || [];
     const sel = model.get("selected");
     tbody.innerHTML = "";
-    for (const [taskId, state, attempts, duration, items, expected, now] of rows) {
+    for (const [taskId, rowState, attempts, duration, items, expected, now] of rows) {
+      const state = shownState(rowState);
       const tr = h("tr", "nbflow-row");
       tr.dataset.task = taskId;
       tr.dataset.state = state;
@@ -265,11 +353,12 @@ function render({ model, el }) {
       detail.appendChild(h("div", "nbflow-detail-hint", "Click a task in the graph or the table for its output."));
       return;
     }
+    const state = shownState(d.state);
     detail.dataset.task = d.task;
-    detail.dataset.state = d.state || "";
-    detail.dataset.live = d.live ? "true" : "false";
+    detail.dataset.state = state === "pending" && !d.state ? "" : state;
+    detail.dataset.live = d.live && !kernelLost ? "true" : "false";
     detail.appendChild(h("div", "nbflow-detail-title", d.task));
-    const meta = [`state: ${d.state}`, `attempts: ${d.attempts}`, `duration: ${d.duration_text}`];
+    const meta = [`state: ${state}`, `attempts: ${d.attempts}`, `duration: ${d.duration_text}`];
     if (d.expected_text) meta.push(`usually: ${d.expected_text}`);
     const live = (model.get("live") || {})[d.task];
     if (live && live.remaining !== null && live.remaining !== undefined) meta.push(`about ${fmt(live.remaining)} left`);
@@ -300,12 +389,84 @@ function render({ model, el }) {
       detail.appendChild(load);
     }
     section("why", d.why);
-    section("error", d.error && !d.traceback ? d.error : "");
-    section("traceback", d.traceback);
-    section("preview", d.preview);
+    drawFailure(d);
+    const previewNode = d.preview_bundle && Object.keys(d.preview_bundle).length ? displayNode(d.preview_bundle) : null;
+    if (previewNode) {
+      detail.appendChild(h("div", "nbflow-detail-label", "preview"));
+      const box = h("div", "nbflow-detail-preview-rich");
+      box.appendChild(previewNode);
+      detail.appendChild(box);
+    } else {
+      section("preview", d.preview);
+    }
     section("stdout", d.stdout);
     section("stderr", d.stderr);
+    const displays = (d.displays || []).map(displayNode).filter(Boolean);
+    if (displays.length) {
+      detail.appendChild(h("div", "nbflow-detail-label", "displays"));
+      const box = h("div", "nbflow-detail-displays");
+      for (const node of displays) {
+        const item = h("div", "nbflow-detail-display");
+        item.appendChild(node);
+        box.appendChild(item);
+      }
+      detail.appendChild(box);
+    }
   }
+
+  // A failed task: the one-line error first, then only the user's frames (nbflow's and
+  // the event loop's are filtered out by the kernel), the full traceback behind a toggle.
+  function drawFailure(d) {
+    const line = d.error_line || d.error || "";
+    if (!line && !d.traceback) return;
+    if (line) detail.appendChild(h("div", "nbflow-detail-error", line));
+    const mine = (d.user_traceback || "").trim();
+    if (mine && mine !== line.trim()) {
+      detail.appendChild(h("div", "nbflow-detail-label", "your code"));
+      detail.appendChild(h("pre", "nbflow-detail-user-traceback", mine));
+    }
+    if (d.traceback) {
+      const full = h("details", "nbflow-detail-full-traceback");
+      full.appendChild(h("summary", "", "full traceback"));
+      full.appendChild(h("pre", "nbflow-detail-traceback", d.traceback));
+      detail.appendChild(full);
+    }
+  }
+
+  function drawKernelLost() {
+    const p = model.get("progress") || {};
+    const states = model.get("states") || {};
+    const running = Object.keys(states).filter((t) => ACTIVE.has(states[t]));
+    root.dataset.kernel = "lost";
+    lost.style.display = "";
+    if (p.run_state === "running") {
+      const during = running.length ? ` during ${running.slice(0, 3).map((t) => `\`${t}\``).join(", ")}` : "";
+      lost.textContent = `The kernel stopped${during}; ${p.done ?? 0} of ${p.total ?? 0} tasks are saved — re-run this cell to resume.`;
+      const elapsed = p.elapsed === null || p.elapsed === undefined ? "" : ` · stopped after ${fmt(p.elapsed + (Date.now() - receivedAt) / 1000)}`;
+      text.textContent = `${p.base || ""} · interrupted${elapsed}`;
+    } else {
+      lost.textContent = "The kernel has stopped: this is where the run ended. Re-run the cell to follow a new run.";
+    }
+  }
+
+  function onKernelLost() {
+    if (kernelLost) return;
+    kernelLost = true;
+    clearInterval(ticker);
+    const wasRunning = (model.get("progress") || {}).run_state === "running";
+    drawKernelLost();
+    root.dataset.runState = wasRunning ? "interrupted" : root.dataset.runState;
+    paint();
+    drawRows();
+    drawDetail();
+    for (const b of [cancel, rerun, approve]) b.disabled = true;
+  }
+  function checkKernel() {
+    if (el.classList.contains(DISCONNECTED)) onKernelLost();
+  }
+  const kernelWatch = new MutationObserver(checkKernel);
+  kernelWatch.observe(el, { attributes: true, attributeFilter: ["class"] });
+  const unwatchKernel = watchKernel(model.widget_manager, onKernelLost);
 
   function drawControls() {
     const on = !!model.get("controls_enabled");
@@ -338,6 +499,7 @@ function render({ model, el }) {
     ["change:selected", onSelected],
     ["change:controls_enabled", drawControls],
     ["change:message", drawControls],
+    ["comm_live_update", checkKernel],
   ];
   for (const [name, fn] of listeners) model.on(name, fn);
 
@@ -346,9 +508,12 @@ function render({ model, el }) {
   drawRows();
   drawDetail();
   drawControls();
+  checkKernel();
 
   return () => {
     clearInterval(ticker);
+    kernelWatch.disconnect();
+    unwatchKernel();
     for (const [name, fn] of listeners) model.off(name, fn);
   };
 }
