@@ -59,7 +59,7 @@ _STYLE = """<style>
 .nbflow-static table.nbflow-static-table { border-collapse: collapse; margin: 6px 0; }
 .nbflow-static table.nbflow-static-table th, .nbflow-static table.nbflow-static-table td {
   padding: 1px 8px; border-bottom: 1px solid #e5e7eb; text-align: left; vertical-align: top; }
-.nbflow-static pre { white-space: pre-wrap; max-height: 300px; overflow: auto; margin: 2px 0;
+.nbflow-static pre { white-space: pre-wrap; font-family: var(--jp-code-font-family, monospace); max-height: 300px; overflow: auto; margin: 2px 0;
   background: #f6f8fa; padding: 4px 6px; border-radius: 3px; font-size: 12px; }
 .nbflow-static details.nbflow-static-task { margin: 2px 0; }
 .nbflow-static details.nbflow-static-task > summary { cursor: pointer; }
@@ -221,10 +221,12 @@ def _task_details(task: str, detail: Mapping[str, Any], budget: list[int]) -> st
 def _legend(states: Mapping[str, str]) -> str:
     present = set(states.values())
     items = [f"{_badge(s)}" for s in STATES if s in present]
+    if "restored" in present:
+        items.append('<span style="color: #57606a">(dashed: restored from a checkpoint, not run again)</span>')
     return (
         '<div class="nbflow-static-legend" style="margin: 4px 0; display: flex; gap: 6px; flex-wrap: wrap">'
         + "".join(items)
-        + '<span style="color: #57606a">(a dashed border: restored from a checkpoint)</span></div>'
+        + "</div>"
     )
 
 

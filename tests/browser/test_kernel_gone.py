@@ -77,8 +77,12 @@ def _kill_while_running(page: Any, root: Path, app: str) -> tuple[dict[str, Any]
     lost = page.evaluate(STATE_JS)
     time.sleep(2.5)  # the clock ticks every second while a run is live: it must not now
     later = page.evaluate(STATE_JS)
+    dialog = page.locator(".jp-Dialog button", has_text="Ok")  # JupyterLab's "Kernel Restarting" notice
+    if dialog.count():
+        dialog.first.click()
     w.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / f"{app}-kernel-dead.png"))
+    w.screenshot(path=str(ARTIFACTS / f"{app}-kernel-dead-widget.png"))
     return before, lost, later
 
 

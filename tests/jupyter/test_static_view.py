@@ -110,7 +110,12 @@ def test_restored_tasks_are_dashed_in_the_saved_graph(runner: nf.CheckpointingRu
     svg = dag_svg(page)
     assert svg.count("nbflow-state-restored") == 2
     assert svg.count('stroke-dasharray="4,2"') == 2  # an attribute: an <img> SVG gets no page CSS
-    assert "border: 1px dashed" in page  # and the legend's restored badge
+    legend = re.search(r'<div class="nbflow-static-legend".*?</div>', page, re.S)
+    assert (
+        legend is not None
+        and "border: 1px dashed" in legend.group(0)
+        and "restored from a checkpoint" in legend.group(0)
+    )
     assert "reading 3 orders" in task_section(page, "orders")  # restored tasks keep their output
 
 

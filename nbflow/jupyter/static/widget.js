@@ -361,7 +361,7 @@ function render({ model, el }) {
     const meta = [`state: ${state}`, `attempts: ${d.attempts}`, `duration: ${d.duration_text}`];
     if (d.expected_text) meta.push(`usually: ${d.expected_text}`);
     const live = (model.get("live") || {})[d.task];
-    if (live && live.remaining !== null && live.remaining !== undefined) meta.push(`about ${fmt(live.remaining)} left`);
+    if (!kernelLost && live && live.remaining !== null && live.remaining !== undefined) meta.push(`about ${fmt(live.remaining)} left`);
     if (d.worker) meta.push(`worker: ${d.worker}`);
     if (d.map) meta.push(`items: ${d.map[0]}/${d.map[1]}${d.map[2] ? ` (${d.map[2]} failed)` : ""}`);
     if (d.signal) meta.push(`waiting for signal: ${d.signal}`);
