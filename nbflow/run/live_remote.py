@@ -13,6 +13,14 @@ context there gets :class:`RemoteHooks`, and what they produce travels back:
   another machine): the last state goes back with the outcome and the runner commits
   it, so a retry or a resume continues from it.
 
+Displays: when the runner's process captures displays (a notebook,
+``nbflow.run.displays.provider()``), the pyplot figures a shipped body leaves open
+(``plt.show()`` is a no-op there, so that covers it too) are drawn as PNG in the worker
+and sent over the channel before the result, and stored with the task's output like a
+local task's. A worker process has no IPython shell: an explicit ``display(obj)`` there
+prints its text form into the task's captured stdout, and without a reachable channel
+(a remote Dask worker) figures are not brought back.
+
 A shipped attempt restores the state the runner read for it before sending it
 (:class:`RemoteLink`), so ``ctx.restore`` costs no round trip.
 """
@@ -27,6 +35,7 @@ import time
 from multiprocessing.connection import Client, Connection, Listener
 from typing import TYPE_CHECKING, Any
 
+from nbflow.run import displays
 from nbflow.run.live import Buffered
 
 if TYPE_CHECKING:
@@ -38,7 +47,7 @@ __all__ = ["Channel", "RemoteHooks", "RemoteLink", "link_for"]
 class RemoteLink:
     """What a shipped attempt needs to talk back (pickled with the call)."""
 
-    __slots__ = ("address", "attempt", "authkey", "codec", "state", "task_id", "token")
+    __slots__ = ("address", "attempt", "authkey", "codec", "displays", "state", "task_id", "token")
 
     def __init__(
         self,
@@ -49,9 +58,11 @@ class RemoteLink:
         attempt: int,
         codec: Any,
         state: bytes | None,
+        displays: bool = False,
     ) -> None:
         self.address, self.authkey, self.token = address, authkey, token
         self.task_id, self.attempt, self.codec, self.state = task_id, attempt, codec, state
+        self.displays = displays  # the runner captures displays: send back the figures left open
 
     def __getstate__(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -124,6 +135,9 @@ class Channel:
                 if kind == "live":
                     if task is not None:
                         task.remote(*msg[2:])
+                elif kind == "display":
+                    if task is not None:
+                        task.display(msg[2], msg[3])
                 elif kind == "sync":  # everything before it is folded in: the result may go ahead
                     try:
                         conn.send(("ok",))
@@ -160,7 +174,8 @@ def link_for(task: LiveTask) -> RemoteLink:
         return RemoteLink(None, b"", "", task.task_id, task.attempt, codec, state)
     token = channel.register(task)
     task.remote_token = token
-    return RemoteLink(channel.address, channel.authkey, token, task.task_id, task.attempt, codec, state)
+    capture = displays.provider() is not None
+    return RemoteLink(channel.address, channel.authkey, token, task.task_id, task.attempt, codec, state, capture)
 
 
 def forget(token: str | None) -> None:
@@ -193,7 +208,7 @@ def _connection(link: RemoteLink) -> Connection | None:
 class RemoteHooks(Buffered):
     """A shipped attempt's ``TaskContext.hooks`` (see the module docstring)."""
 
-    __slots__ = ("_sent", "_state", "_unsent", "link")
+    __slots__ = ("_figures", "_sent", "_state", "_unsent", "link")
 
     def __init__(self, link: RemoteLink) -> None:
         super().__init__(link.task_id, link.attempt)
@@ -201,6 +216,7 @@ class RemoteHooks(Buffered):
         self._state: Any = _NOTHING
         self._unsent: bytes | None = None
         self._sent = False  # live messages went out: close() waits until they are folded in
+        self._figures = displays.figure_numbers() if link.displays else None
 
     def _emit(self, out: str, err: str, cut: int, progress: tuple[float, float | None, str, float] | None) -> None:
         with _conn_lock:
@@ -256,6 +272,8 @@ class RemoteHooks(Buffered):
                 return self._unsent
             self.flush()
             self._closed = True
+        if self.link.displays:
+            self._send_figures()
         if self._sent:
             with _conn_lock:
                 conn = _connection(self.link)
@@ -266,6 +284,26 @@ class RemoteHooks(Buffered):
                     except (OSError, EOFError):
                         _conns[(os.getpid(), self.link.address)] = None
         return self._unsent
+
+    def _send_figures(self) -> None:
+        """Draw the figures the body left open, send them, and close them."""
+        for fig in displays.new_figures(self._figures):
+            try:
+                shown = displays.figure_display(fig)
+            except Exception:  # noqa: BLE001 - a figure that cannot be drawn must not fail the task
+                continue
+            finally:
+                displays.close_figure(fig)
+            with _conn_lock:
+                conn = _connection(self.link)
+                if conn is None:
+                    return
+                try:
+                    conn.send(("display", self.link.token, shown["data"], shown["metadata"]))
+                    self._sent = True
+                except OSError:
+                    _conns[(os.getpid(), self.link.address)] = None
+                    return
 
 
 _NOTHING = object()
