@@ -13,6 +13,10 @@ A ``%%workflow`` cell of three tasks runs in a real kernel: ``table`` calls
 - neither run published the figure under the cell (captured displays belong to their
   task, in the original run as in the restored one).
 
+A second kernel keeps matplotlib's default inline backend: ``plt.show()`` in a task and
+a figure the task leaves open both end up in the task's detail, and neither is drawn
+under the cell (not even by the backend's end-of-cell flush).
+
 Follows ``shared/recipes`` (isolated IPYTHONDIR / JUPYTER_RUNTIME_DIR, this venv's
 ``python3`` kernel). No timing assertions: deadlines only bound a broken run.
 """
@@ -164,3 +168,40 @@ def test_a_restored_task_shows_its_figure_again_after_kill_9(kernels: list[Kerne
     # the output's own preview, made at checkpoint time and read without the codec
     assert "<table" in table["preview_bundle"]["text/html"]
     assert table["preview"].startswith("DataFrame 2x2: region")
+
+
+def test_inline_backend_plt_show_and_a_figure_left_open_stay_with_their_task(
+    kernels: list[Kernel], kernel_env: Path
+) -> None:
+    tmp = kernel_env
+    kernel = new_kernel(kernels, tmp)  # the kernel's default: matplotlib's inline backend
+    kernel.run("%load_ext nbflow")
+    cell = f"%%workflow inline --dir {tmp / 'store'}\n" + textwrap.dedent(
+        """
+        import matplotlib.pyplot as plt
+
+        def draw():
+            plt.plot([1, 2, 3])
+            plt.title("shown")
+            plt.show()  # the inline backend displays it (and closes it)
+            plt.figure()
+            plt.plot([3, 2, 1])  # left open at the end of the task
+            return 1
+        """
+    )
+    content, messages = run_collecting(kernel, cell)
+    assert content["status"] == "ok", messages
+    assert loose_images(messages) == []  # neither under the cell, nor drawn again when the cell ends
+    content, messages = run_collecting(
+        kernel,
+        "import json, matplotlib\n"
+        "w = get_ipython().magics_manager.registry['WorkflowMagics'].entries['inline'].widget\n"
+        "w.selected = 'draw'\n"
+        "print(json.dumps({'backend': matplotlib.get_backend(), 'open': plt.get_fignums(), "
+        "'displays': w.detail['displays']}))",
+    )
+    printed = json.loads("".join(m["content"]["text"] for m in messages if m["header"]["msg_type"] == "stream"))
+    assert "inline" in printed["backend"]
+    assert printed["open"] == []
+    assert len(printed["displays"]) == 2
+    assert all(is_png(d["image/png"]) for d in printed["displays"])
