@@ -554,21 +554,18 @@ class PostgresBackend:
 
         def call(conn: psycopg.Connection[Any]) -> bool:
             row = conn.execute(f"SELECT {fn}(%s)", (key,)).fetchone()
-            return bool(row and row[0])
-
-        # The lease keeps its connection: the lock lives as long as that session.
-        conn = self._pool.take()
-        try:
-            got = call(conn)
-            if got and not shared:
+            if not (row and row[0]):
+                return False
+            if not shared:
                 conn.execute(
                     "INSERT INTO nbflow_holders (instance_id, holder) VALUES (%s, %s) "
                     "ON CONFLICT (instance_id) DO UPDATE SET holder = excluded.holder",
                     (instance_id, f"{holder}, {self._host}"),
                 )
-        except BaseException:
-            self._pool.discard(conn)
-            raise
+            return True
+
+        # The lease keeps its connection: the lock lives as long as that session.
+        got, conn = self._pool.run_keeping(call)
         if got:
             return _PgLease(self, conn, key, shared)
         self._pool.give(conn)

@@ -191,21 +191,32 @@ class ConnectionPool:
     def run(self, call: Callable[[psycopg.Connection[Any]], T]) -> T:
         """``call(conn)`` on a pooled connection, retried on a new one while the
         connection keeps breaking (up to ``reconnect_timeout``)."""
+        result, conn = self._run(call, self.give)
+        self.give(conn)
+        return result
 
-        def attempt() -> T:
+    def run_keeping(self, call: Callable[[psycopg.Connection[Any]], T]) -> tuple[T, psycopg.Connection[Any]]:
+        """Like :meth:`run`, but the connection stays the caller's (a lease holds its
+        lock in that session): ``give`` or ``discard`` it when done. On an error the
+        connection is closed, so a lock it may hold goes with it."""
+        return self._run(call, self.discard)
+
+    def _run(
+        self, call: Callable[[psycopg.Connection[Any]], T], drop: Callable[[psycopg.Connection[Any]], None]
+    ) -> tuple[T, psycopg.Connection[Any]]:
+        def attempt() -> tuple[T, psycopg.Connection[Any]]:
             conn = self.take()
             try:
-                result = call(conn)
+                return call(conn), conn
             except self.psycopg.OperationalError as exc:
-                self.give(conn)
-                if conn.broken or conn.closed:
+                gone = conn.broken or conn.closed
+                drop(conn)
+                if gone:
                     raise  # the connection is gone: retried on a new one
                 raise _AnsweredError(exc) from exc  # the server answered (e.g. its disk is full)
             except BaseException:
-                self.give(conn)
+                drop(conn)
                 raise
-            self.give(conn)
-            return result
 
         try:
             return self._retrying(attempt)
