@@ -27,7 +27,7 @@ from nbflow.run import lifecycle
 from nbflow.run.checkpoint import CheckpointIO
 from nbflow.run.instances import as_definition, new_instance
 from nbflow.run.lookup import live_state, resolve_instance
-from nbflow.store.base import DAMAGED_CODEC, INPUT_KEY, Backend, InstanceMeta, validate_instance_id
+from nbflow.store.base import DAMAGED_CODEC, INPUT_KEY, Backend, InstanceMeta, InstanceSummary, validate_instance_id
 
 __all__ = ["WorkflowClient"]
 
@@ -55,14 +55,32 @@ class WorkflowClient:
 
     # -- reading ------------------------------------------------------------------------
     def list_instances(self, workflow: str | None = None, state: str | None = None) -> list[WorkflowStatus]:
-        """Stored instances, newest first, optionally filtered by workflow and state."""
-        metas = [
-            m
-            for m in self.backend.list_instances()
-            if (workflow is None or m.workflow == workflow) and (state is None or m.state == str(state))
-        ]
-        metas.sort(key=lambda m: m.updated_at, reverse=True)
-        return [self._listed(m) for m in metas]
+        """Stored instances, newest first, optionally filtered by workflow and (stored)
+        state. Read from the store's index: an instance is opened only if it changed
+        since it was indexed; one that cannot be read is listed as such."""
+        rows = self.backend.list_summaries(workflow=workflow, state=None if state is None else str(state))
+        rows.sort(key=lambda row: row.updated_at, reverse=True)
+        return [self._summarised(row) for row in rows]
+
+    def _summarised(self, row: InstanceSummary) -> WorkflowStatus:
+        """A listing row from an index row; a running instance nobody holds any more
+        reads ``interrupted``."""
+        stand_in = InstanceMeta(row.instance_id, row.workflow, "", state=row.state)
+        try:
+            state = RunState(live_state(self.backend, stand_in))
+        except ValueError:
+            state = RunState.FAILED
+        return WorkflowStatus(
+            workflow=row.workflow,
+            instance_id=row.instance_id,
+            state=state,
+            error=TaskError.from_dict(row.error) if row.error else None,
+            tasks_done=row.tasks_done,
+            tasks_total=row.tasks_total,
+            wake_at=row.wake_at,
+            signal=row.signal,
+            message=row.message,
+        )
 
     def _listed(self, meta: InstanceMeta) -> WorkflowStatus:
         """A listing row; an instance whose records cannot be read is listed as such

@@ -34,6 +34,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
@@ -106,6 +107,7 @@ from nbflow.store.records import (
     verify_inline,
 )
 from nbflow.store.sqlite_rows import Rows
+from nbflow.store.store_index import StoreIndex, files_of
 
 __all__ = ["INLINE_LIMIT", "DiskcacheBackend"]
 
@@ -198,6 +200,8 @@ class DiskcacheBackend:
         # full read of the records, or a fresh generation): a record written over one
         # of them must delete that file; over any other, nothing needs reading first.
         self._blobbed: dict[str, set[str]] = {}
+        self._index = StoreIndex(self.directory, self.read_only)
+        self._indexed: dict[str, tuple[InstanceSummary, str]] = {}  # rows this handle wrote, per folder
 
     def __repr__(self) -> str:
         return f"DiskcacheBackend({str(self.directory)!r})"
@@ -211,9 +215,23 @@ class DiskcacheBackend:
     def close(self) -> None:
         """Close every open database (they reopen on demand)."""
         with self._open_lock:
-            for entry in self._open.values():
-                entry.rows.close()
+            entries = list(self._open.items())
             self._open.clear()
+        for folder, entry in entries:
+            self._close_entry(folder, entry)
+        self._index.close()
+
+    def _close_entry(self, folder: str, entry: _Open) -> None:
+        """Close an instance database. Closing folds its write-ahead log into the file,
+        which changes the files an index row was written against: a row this handle
+        wrote, with nothing written since, is carried over to the closed files so the
+        next listing need not open the instance again."""
+        path = self.directory / "instances" / folder
+        indexed = self._indexed.pop(folder, None)
+        current = files_of(path) if indexed is not None else None
+        entry.rows.close()
+        if indexed is not None and indexed[1] == current:
+            self._index.put({folder: (indexed[0], files_of(path))})
 
     # -- paths, databases, errors -------------------------------------------------------
     def _instance_dir(self, instance_id: str) -> Path:
@@ -277,8 +295,8 @@ class DiskcacheBackend:
             with self._errors(instance_id, path=path):
                 self._open[key] = _Open(rows, os.stat(db).st_ino)
             while len(self._open) > MAX_OPEN:
-                _, old = self._open.popitem(last=False)
-                old.rows.close()
+                folder, old = self._open.popitem(last=False)
+                self._close_entry(folder, old)
             self._checked_at.pop(instance_id, None)
             return rows
 
@@ -374,6 +392,20 @@ class DiskcacheBackend:
         self._gens[instance_id] = meta.generation
         if fresh:
             self._blobbed[instance_id] = set()
+        self._index_instance(path, rows, meta)
+
+    def _index_instance(self, path: Path, rows: Rows, meta: InstanceMeta) -> None:
+        """Bring the instance's index row up to date (after its commit). The index is
+        derived data: if it cannot be written the next listing reads the instance."""
+        try:
+            files = files_of(path)  # before reading: a write after this makes the row untrusted
+            with self._errors(meta.instance_id, path=path):
+                done = [key[len(RECORD_PREFIX) :] for key in rows.keys(RECORD_PREFIX)]
+            row = (summarize(meta, done), files)
+            if self._index.put({path.name: row}):
+                self._indexed[path.name] = row
+        except (NbflowError, OSError, sqlite3.Error):
+            pass
 
     def delete_instance(self, instance_id: str) -> bool:
         path = self._instance_dir(instance_id)
@@ -396,50 +428,98 @@ class DiskcacheBackend:
                 shutil.rmtree(path)
         self._dirs.pop(instance_id, None)  # a cleared legacy-named folder is not reused
         self._flags.pop(instance_id, None)
+        self._index.drop([key])
+        self._indexed.pop(key, None)
         return True
 
     def list_instances(self) -> list[InstanceMeta]:
         """Every instance of the store, oldest folder name first. One that cannot be
         read is listed with state ``damaged`` or ``unreadable`` and its reason in
-        ``message``; it never hides the others."""
-        out = []
+        ``message``; it never hides the others. Opens every instance: a listing reads
+        ``list_summaries`` instead."""
         with self._errors("", path=self.directory):
             folders = sorted((self.directory / "instances").iterdir())
-        for path in folders:
-            if not path.is_dir():
-                continue
-            try:
-                rows = self._rows_at(path, path.name, create=False)
-                data = None if rows is None else rows.get(META)
-                if data is None:
-                    damage = _missing_record_damage(path, rows)
-                    if damage:
-                        raise RecordFormatError(damage)
-                    continue  # a folder being created
-                if is_old_format(data):
-                    raise StoreFormatError(path.name, str(path))
-                out.append(decode_meta(data))
-            except Exception as exc:  # noqa: BLE001 - one bad instance must not hide the rest
-                err = store_error(exc, str(path), path.name)
-                readable = not isinstance(err, StoreUnreadableError | PermissionError | StoreFormatError)
-                state = RunState.DAMAGED if readable else RunState.UNREADABLE
-                out.append(
-                    InstanceMeta(
-                        instance_id=path.name,
-                        workflow="?",
-                        definition_hash="",
-                        state=state.value,
-                        message=str(err or exc),
-                    )
-                )
-        return out
+        metas = (self._meta_at(path) for path in folders if path.is_dir())
+        return [meta for meta in metas if meta is not None]
+
+    def _meta_at(self, path: Path) -> InstanceMeta | None:
+        """The meta of the instance folder ``path``; None for a folder being created;
+        for one that cannot be read, a stand-in whose state says so."""
+        try:
+            rows = self._rows_at(path, path.name, create=False)
+            data = None if rows is None else rows.get(META)
+            if data is None:
+                damage = _missing_record_damage(path, rows)
+                if damage:
+                    raise RecordFormatError(damage)
+                return None
+            if is_old_format(data):
+                raise StoreFormatError(path.name, str(path))
+            return decode_meta(data)
+        except Exception as exc:  # noqa: BLE001 - one bad instance must not hide the rest
+            err = store_error(exc, str(path), path.name)
+            readable = not isinstance(err, StoreUnreadableError | PermissionError | StoreFormatError)
+            state = RunState.DAMAGED if readable else RunState.UNREADABLE
+            return InstanceMeta(
+                instance_id=path.name,
+                workflow="?",
+                definition_hash="",
+                state=state.value,
+                message=str(err or exc),
+            )
 
     def list_summaries(self, workflow: str | None = None, state: str | None = None) -> list[InstanceSummary]:
-        rows = []
-        for meta in self.list_instances():
-            known = meta.state not in (RunState.DAMAGED.value, RunState.UNREADABLE.value)
-            rows.append(summarize(meta, self.get_records(meta.instance_id) if known else ()))
-        return [row for row in rows if matches(row, workflow, state)]
+        """The store index (see store_index.py): one read of the index and two ``stat``
+        calls per instance; only instances changed since their row was written (a run
+        in progress, a killed one) are opened, and their rows rewritten."""
+        with self._errors("", path=self.directory):
+            entries = sorted(os.scandir(self.directory / "instances"), key=lambda e: e.name)
+        indexed = self._index.rows() or {}
+        out, fresh = [], {}
+        names = set()
+        for entry in entries:
+            if not entry.is_dir():
+                continue
+            names.add(entry.name)
+            path = Path(entry.path)
+            files = files_of(path)
+            known = indexed.get(entry.name)
+            if known is not None and known[1] == files and not path.is_symlink():
+                out.append(known[0])
+                continue
+            summary, trusted = self._summary_of(path)
+            if summary is None:
+                continue  # a folder being created
+            if trusted:
+                fresh[entry.name] = (summary, files)
+            out.append(summary)
+        self._index.put(fresh)
+        self._index.drop([name for name in indexed if name not in names])
+        return [row for row in out if matches(row, workflow, state)]
+
+    def _summary_of(self, path: Path) -> tuple[InstanceSummary | None, bool]:
+        """Read one instance folder for its index row: (summary, whether the index may
+        keep it). One that cannot be read is summarised as such (damaged, unreadable),
+        never kept: it is looked at again next time."""
+        meta = self._meta_at(path)
+        if meta is None:
+            return None, False
+        if meta.state in (RunState.DAMAGED.value, RunState.UNREADABLE.value):
+            return summarize(meta, ()), False
+        try:
+            records = self.get_records(meta.instance_id)
+        except (CheckpointCorruptError, StoreUnreadableError) as exc:
+            meta.state = (RunState.UNREADABLE if isinstance(exc, StoreUnreadableError) else RunState.DAMAGED).value
+            meta.message = str(exc)
+            return summarize(meta, ()), False
+        damaged = [tid for tid, record in records.items() if record.codec == DAMAGED_CODEC]
+        if damaged:
+            meta.state = RunState.DAMAGED.value
+            meta.message = f"the checkpoint of {damaged[0]!r} is damaged: " + str(
+                records[damaged[0]].extra.get("damage", "")
+            )
+            return summarize(meta, records), False
+        return summarize(meta, records), True
 
     # -- checkpoints --------------------------------------------------------------------
     def new_sink(self, instance_id: str) -> PayloadSink:

@@ -162,6 +162,12 @@ class Rows:
         rows = self._rows("SELECT key, mode, value FROM Cache WHERE raw = 1 AND key >= ? AND key < ?", (prefix, upper))
         return [(key, _value(key, mode, value)) for key, mode, value in rows if isinstance(key, str)]
 
+    def keys(self, prefix: str) -> list[str]:
+        """The keys of every row starting with ``prefix`` (no values read)."""
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        rows = self._rows("SELECT key FROM Cache WHERE raw = 1 AND key >= ? AND key < ?", (prefix, upper))
+        return [key for (key,) in rows if isinstance(key, str)]
+
     # -- writes (call inside transact() when several must land together) --------------
     def put(self, key: str, value: bytes | str) -> None:
         now = time.time()

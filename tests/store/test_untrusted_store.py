@@ -308,10 +308,11 @@ def copy_of(pristine: Path, tmp_path: Path) -> Iterator[Callable[[], Path]]:
 
 
 def databases(store: Path) -> list[Path]:
-    """Every SQLite database under the store, found by its header (not its name)."""
+    """Every instance database under the store, found by its header (not its name). The
+    store index (a database of its own table) is planted in test_store_index.py."""
     found = []
     for path in sorted(store.rglob("*")):
-        if path.is_file() and not path.is_symlink():
+        if path.is_file() and not path.is_symlink() and path.parent != store:
             with open(path, "rb") as f:
                 if f.read(16) == b"SQLite format 3\x00":
                     found.append(path)

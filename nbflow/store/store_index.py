@@ -1,0 +1,208 @@
+"""The index of a disk store: one row per instance folder, so listing reads one file.
+
+Listing used to open every instance's database (a connection, pragmas, the meta row
+and every record header): tens of seconds for a few thousand instances. The index
+keeps, per instance folder, the :class:`~nbflow.store.base.InstanceSummary` a listing
+shows and when it was written. It is *derived* data, never the truth:
+
+- A row is trusted only while the instance's database files are exactly as they were
+  when the row was written: their sizes and modification times (two ``stat`` calls,
+  far cheaper than opening the database) are stored with the row and compared. A run
+  in progress, a process killed between its checkpoint and the index write, or a
+  writer that does not keep the index (an older nbflow) all change them, so the next
+  listing reads that instance itself and rewrites its row. (A file's time has the
+  clock tick's resolution — a few ms — so a commit landing in the same tick as the
+  row *and* rewriting the log from its start could pass unseen; nbflow's own runs
+  write the row after their last commit, so this needs a foreign writer.)
+- A row whose folder is gone is dropped; a folder without a row is read and indexed.
+- The file is plain SQLite with nbflow's own table, read with nbflow's own SQL; its
+  rows are strict JSON checked field by field. A row that does not parse is ignored
+  (the instance is read instead). An index that cannot be opened, read or written —
+  damaged, on a read-only mount, a full disk — only makes listing slower: it never
+  makes listing fail, and it is rebuilt from the instances (the damaged file is kept
+  beside it, not deleted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from nbflow.store.base import InstanceSummary
+
+__all__ = ["INDEX_FILE", "StoreIndex", "files_of"]
+
+INDEX_FILE = "index.db"
+_VERSION = 1
+_SCHEMA = "CREATE TABLE IF NOT EXISTS instances ( folder TEXT PRIMARY KEY, summary TEXT NOT NULL, files TEXT NOT NULL)"
+_STR = ("instance_id", "workflow", "state", "generation", "message")
+_NUM = ("created_at", "updated_at")
+_INT = ("tasks_done", "tasks_total")
+
+
+class StoreIndex:
+    """The index file of one store folder; every method swallows what the index cannot
+    do (see the module docstring) and says so by returning None / False."""
+
+    def __init__(self, directory: Path, read_only: bool) -> None:
+        self.path = directory / INDEX_FILE
+        self.read_only = read_only
+        self._lock = threading.Lock()
+        self._con: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        self._broken = False
+
+    # -- connection -----------------------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection | None:
+        if self._pid != os.getpid():  # a forked child opens its own
+            self._con, self._pid = None, os.getpid()
+        if self._con is not None:
+            return self._con
+        if self._broken:
+            return None
+        try:
+            self._con = self._open()
+        except sqlite3.DatabaseError:
+            self._con = self._set_aside_and_reopen()
+        except OSError:
+            self._con = None
+        return self._con
+
+    def _open(self) -> sqlite3.Connection:
+        if self.read_only:
+            if not self.path.exists():
+                raise OSError("no index")
+            con = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            con.execute("SELECT count(*) FROM instances").fetchall()
+            return con
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        os.close(fd)  # created private, and never through a planted link
+        con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        try:
+            con.execute("PRAGMA journal_mode = WAL")
+            con.execute("PRAGMA synchronous = NORMAL")
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _VERSION):
+                raise sqlite3.DatabaseError(f"index version {version}")
+            con.execute(_SCHEMA)
+            con.execute(f"PRAGMA user_version = {_VERSION}")
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _set_aside_and_reopen(self) -> sqlite3.Connection | None:
+        """A damaged index (or one of another version) is derived data: keep it beside
+        for inspection and start a new one."""
+        if self.read_only:
+            self._broken = True
+            return None
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{self.path}{suffix}")
+                if src.exists():
+                    os.replace(src, f"{self.path}.damaged-{time.time_ns()}{suffix}")
+            return self._open()
+        except (OSError, sqlite3.DatabaseError):
+            self._broken = True
+            return None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._con is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._con.close()
+            self._con = None
+
+    # -- rows -----------------------------------------------------------------------------
+    def rows(self) -> dict[str, tuple[InstanceSummary, str]] | None:
+        """Every row that parses: folder -> (summary, files as in ``files_of``); None
+        if the index cannot be read at all."""
+        with self._lock:
+            con = self._connection()
+            if con is None:
+                return None
+            try:
+                raw = con.execute("SELECT folder, summary, files FROM instances").fetchall()
+            except sqlite3.DatabaseError:
+                self._con = None
+                with contextlib.suppress(sqlite3.Error):
+                    con.close()
+                self._con = self._set_aside_and_reopen()
+                return None
+        out = {}
+        for folder, text, files in raw:
+            summary = _parse(text)
+            if summary is not None and isinstance(folder, str) and isinstance(files, str):
+                out[folder] = (summary, files)
+        return out
+
+    def put(self, rows: dict[str, tuple[InstanceSummary, str]]) -> bool:
+        """Write rows — folder -> (summary, ``files_of`` the folder taken after the
+        instance's commit) — in one transaction."""
+        if self.read_only or not rows:
+            return False
+        values = [(folder, json.dumps(s.to_dict(), allow_nan=False), files) for folder, (s, files) in rows.items()]
+        return self._write("INSERT OR REPLACE INTO instances(folder, summary, files) VALUES (?, ?, ?)", values)
+
+    def drop(self, folders: list[str]) -> bool:
+        if self.read_only or not folders:
+            return False
+        return self._write("DELETE FROM instances WHERE folder = ?", [(f,) for f in folders])
+
+    def _write(self, sql: str, values: list[tuple[Any, ...]]) -> bool:
+        with self._lock:
+            con = self._connection()
+            if con is None:
+                return False
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                con.executemany(sql, values)
+                con.execute("COMMIT")
+                return True
+            except (sqlite3.Error, ValueError):
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
+                return False
+
+
+def _parse(text: Any) -> InstanceSummary | None:
+    """A summary from a row, or None for anything but the exact shape nbflow writes."""
+    if not isinstance(text, str):
+        return None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    ok = (
+        all(isinstance(data.get(k, ""), str) for k in _STR)
+        and all(isinstance(data.get(k, 0), int | float) and not isinstance(data.get(k, 0), bool) for k in _NUM)
+        and all(isinstance(data.get(k, 0), int) and not isinstance(data.get(k, 0), bool) for k in _INT)
+        and isinstance(data.get("wake_at"), int | float | type(None))
+        and isinstance(data.get("signal"), str | type(None))
+        and isinstance(data.get("error"), dict | type(None))
+        and isinstance(data.get("instance_id"), str)
+    )
+    return InstanceSummary.from_dict(data) if ok else None
+
+
+def files_of(folder: Path) -> str:
+    """Size and modification time of the instance's database and its write-ahead log:
+    changes with every commit (see the module docstring)."""
+    parts = []
+    for name in ("cache.db", "cache.db-wal"):
+        try:
+            st = os.stat(folder / name)
+        except OSError:
+            parts.append("-")
+            continue
+        parts.append(f"{st.st_size}@{st.st_mtime_ns}")
+    return " ".join(parts)
