@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 from nbflow.core.draft import Draft
 from nbflow.core.fingerprint import fingerprint
 from nbflow.core.graph import Node, Source
+from nbflow.core.vocabulary import NodeKind, PassMode
 
 if TYPE_CHECKING:
     from nbflow.core.builder import WorkflowBuilder
@@ -74,8 +75,10 @@ class ForkBuilder(Generic[B]):
             raise draft.fail(".join() after .fork() with no branches", "Add .branch(fn) before .join(...)")
         task_id, func, spec = draft.resolve("join", name_or_fn, fn, options)
         params = tuple((key, Source(last)) for key, last in self._branches)
-        mode = "kwargs" if _takes_exactly(func, [key for key, _ in self._branches]) else "dict"
-        draft.add_node(Node(task_id, "task", func, spec, mode, params, fingerprint(func, spec.version, spec.pin)))
+        mode = PassMode.KWARGS if _takes_exactly(func, [key for key, _ in self._branches]) else PassMode.DICT
+        draft.add_node(
+            Node(task_id, NodeKind.TASK, func, spec, mode, params, fingerprint(func, spec.version, spec.pin))
+        )
         draft.cursor = Source(task_id)
         return parent
 
@@ -215,9 +218,9 @@ class RouteBuilder(Generic[B]):
         merge_id = name or f"{self._route}.done"
         draft.cursor = Source(self._route)
         draft.special(
-            "merge",
+            NodeKind.MERGE,
             merge_id,
-            mode="first",
+            mode=PassMode.FIRST,
             params=tuple((k, Source(last)) for k, last in ends),
             options={"route": self._route},
         )

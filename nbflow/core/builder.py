@@ -31,6 +31,7 @@ from nbflow.core.fingerprint import fingerprint
 from nbflow.core.graph import InputRef, Node, Source, WorkflowDefinition
 from nbflow.core.keys import child_id, child_prefix
 from nbflow.core.retry import parse_duration
+from nbflow.core.vocabulary import NodeKind, PassMode
 
 __all__ = ["DEFAULT_BRANCH", "ForkBuilder", "branch_label", "RouteBuilder", "Workflow", "WorkflowBuilder"]
 
@@ -86,9 +87,20 @@ class WorkflowBuilder:
         if _takes_no_argument(func):
             # A task without parameters still runs after the previous step.
             after = (self._draft.cursor.task,) if self._draft.cursor.task else ()
-            node = Node(task_id, "task", func, spec, "none", (), fingerprint(func, spec.version, spec.pin), after=after)
+            node = Node(
+                task_id,
+                NodeKind.TASK,
+                func,
+                spec,
+                PassMode.NONE,
+                (),
+                fingerprint(func, spec.version, spec.pin),
+                after=after,
+            )
         else:
-            node = Node(task_id, "task", func, spec, "value", params, fingerprint(func, spec.version, spec.pin))
+            node = Node(
+                task_id, NodeKind.TASK, func, spec, PassMode.VALUE, params, fingerprint(func, spec.version, spec.pin)
+            )
         self._draft.add_node(node)
         self._draft.cursor = Source(task_id)
         return self
@@ -120,9 +132,9 @@ class WorkflowBuilder:
                     f"input {param!r} of task {task_id!r} is {ref!r}",
                     "Map each parameter to a task id (str) or InputRef('key')",
                 )
-        mode = "kwargs" if params else "none"
+        mode = PassMode.KWARGS if params else PassMode.NONE
         self._draft.add_node(
-            Node(task_id, "task", func, spec, mode, tuple(params), fingerprint(func, spec.version, spec.pin))
+            Node(task_id, NodeKind.TASK, func, spec, mode, tuple(params), fingerprint(func, spec.version, spec.pin))
         )
         return self
 
@@ -200,7 +212,11 @@ class WorkflowBuilder:
         if declared is not None and len(set(map(repr, declared))) != len(declared):
             raise self._draft.fail(f"route {task_id!r} declares a key twice: {list(declared)!r}", "List each key once")
         node = self._draft.special(
-            "route", task_id, fn=func, spec=spec, options={"keys": list(declared) if declared is not None else None}
+            NodeKind.ROUTE,
+            task_id,
+            fn=func,
+            spec=spec,
+            options={"keys": list(declared) if declared is not None else None},
         )
         return RouteBuilder(self, self._draft, node.id, declared)
 
@@ -226,7 +242,7 @@ class WorkflowBuilder:
         if on_max not in ("fail", "exit_with_last"):
             raise self._draft.fail(f"loop {task_id!r} has on_max={on_max!r}", "Use on_max='fail' or 'exit_with_last'")
         self._draft.special(
-            "loop", task_id, fn=func, spec=spec, options={"max_iterations": max_iterations, "on_max": on_max}
+            NodeKind.LOOP, task_id, fn=func, spec=spec, options={"max_iterations": max_iterations, "on_max": on_max}
         )
         return self
 
@@ -240,14 +256,14 @@ class WorkflowBuilder:
         task_id, func, spec = self._draft.resolve("map", name_or_fn, fn, options)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise self._draft.fail(f"map {task_id!r} has concurrency={concurrency!r}", "Use a whole number >= 1")
-        self._draft.special("map", task_id, fn=func, spec=spec, options={"concurrency": concurrency})
+        self._draft.special(NodeKind.MAP, task_id, fn=func, spec=spec, options={"concurrency": concurrency})
         return self
 
     def delay(self, name: str, duration: str | float | timedelta) -> Self:
         """A durable pause: the wake-up time is stored, so after a restart only the
         remaining time is waited. The next step receives the previous output."""
         seconds = parse_duration(duration, f"delay {name!r}")
-        self._draft.special("delay", name, options={"seconds": seconds})
+        self._draft.special(NodeKind.DELAY, name, options={"seconds": seconds})
         return self
 
     def wait_for_signal(
@@ -264,9 +280,9 @@ class WorkflowBuilder:
         seconds = None if timeout is None else parse_duration(timeout, f"timeout of signal {signal!r}")
         after = (self._draft.cursor.task,) if self._draft.cursor.task else ()
         self._draft.special(
-            "signal",
+            NodeKind.SIGNAL,
             name or signal,
-            mode="none",
+            mode=PassMode.NONE,
             params=(),
             after=after,
             options={"signal": signal, "timeout": seconds},
@@ -291,9 +307,9 @@ class WorkflowBuilder:
         seconds = None if timeout is None else parse_duration(timeout, f"timeout of signal {signal!r}")
         cursor = self._draft.cursor
         self._draft.special(
-            "signal",
+            NodeKind.SIGNAL,
             step_id,
-            mode="none",
+            mode=PassMode.NONE,
             params=(),
             after=tuple(after),
             options={"signal": signal, "timeout": seconds},
@@ -335,7 +351,7 @@ class WorkflowBuilder:
             if "guard" in options:
                 options["guard"] = child_id(child.name, options["guard"])
             after = tuple(child_id(child.name, a) for a in node.after)
-            if not node.deps and origin.task and node.mode == "none":
+            if not node.deps and origin.task and node.mode == PassMode.NONE:
                 after = (*after, origin.task)
             group = child.name if node.group is None else f"{child.name}/{node.group}"
             self._draft.add_node(
@@ -356,7 +372,9 @@ class WorkflowBuilder:
             self._draft.cursor = Source(child_id(child.name, child.sinks[0]))
         else:
             params = tuple((sink, Source(child_id(child.name, sink))) for sink in child.sinks)
-            self._draft.special("collect", child_id(child.name, "output"), mode="dict", params=params, options={})
+            self._draft.special(
+                NodeKind.COLLECT, child_id(child.name, "output"), mode=PassMode.DICT, params=params, options={}
+            )
             self._draft.nodes[-1] = _regroup(self._draft.nodes[-1], child.name)
         return self
 

@@ -20,6 +20,7 @@ from nbflow.core.graph import Node, Source
 from nbflow.core.keys import ID_RULE, MAX_ID_LENGTH, check_task_id
 from nbflow.core.signatures import check_call
 from nbflow.core.task import TASK_OPTIONS, TaskSpec, check_option_names, make_spec, spec_of
+from nbflow.core.vocabulary import NodeKind, PassMode
 
 __all__ = ["Draft"]
 
@@ -138,12 +139,12 @@ class Draft:
 
     def special(
         self,
-        kind: str,
+        kind: NodeKind,
         task_id: str,
         *,
         fn: Step | None = None,
         spec: TaskSpec | None = None,
-        mode: str = "value",
+        mode: PassMode = PassMode.VALUE,
         params: tuple[tuple[str, Source], ...] | None = None,
         after: tuple[str, ...] = (),
         options: Mapping[str, Any] | None = None,
@@ -151,7 +152,7 @@ class Draft:
         """Add a control-flow node fed by the cursor, and move the cursor onto it."""
         if task_id in self.ids:
             raise self.fail(f"step id {task_id!r} is used twice", f"Give the {kind} step another name")
-        if kind != "collect":  # a collect step's id is made by keys.child_id, not given
+        if kind != NodeKind.COLLECT:  # a collect step's id is made by keys.child_id, not given
             self.check_id(task_id, "step")
         opts = dict(options or {})
         fp = (

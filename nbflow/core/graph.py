@@ -2,12 +2,13 @@
 
 Every front end (the fluent builder, the ``%%workflow`` cell) compiles to this one
 model, and the scheduler only ever sees this model. A node says *where its arguments
-come from* (``Source``) and *how they are passed* (``mode``):
+come from* (``Source``) and *how they are passed* (``mode``, a
+:class:`~nbflow.core.vocabulary.PassMode`):
 
-- ``"value"``: ``fn(upstream)`` — the builder's ``then``;
-- ``"dict"``: ``fn({key: upstream, ...})`` — a fork's ``join``;
-- ``"kwargs"``: ``fn(name=upstream, ...)`` — a notebook cell's parameter names;
-- ``"none"``: ``fn()``.
+- ``VALUE``: ``fn(upstream)`` — the builder's ``then``;
+- ``DICT``: ``fn({key: upstream, ...})`` — a fork's ``join``;
+- ``KWARGS``: ``fn(name=upstream, ...)`` — a notebook cell's parameter names;
+- ``NONE``: ``fn()``; ``FIRST``: a route's merge (the branch that ran).
 
 This module holds no execution logic and imports nothing outside ``nbflow.core``.
 """
@@ -25,10 +26,9 @@ from typing import Any
 from nbflow.core.errors import UnknownTaskError, WorkflowDefinitionError
 from nbflow.core.fingerprint import stable_digest
 from nbflow.core.task import TaskSpec
+from nbflow.core.vocabulary import NodeKind, PassMode
 
 __all__ = ["InputRef", "Node", "Source", "WorkflowDefinition"]
-
-MODES = ("value", "dict", "kwargs", "none", "first")
 
 
 @dataclass(frozen=True)
@@ -57,20 +57,27 @@ class InputRef:
 
 @dataclass(frozen=True, eq=False)
 class Node:
-    """One step of a workflow. ``kind`` is "task" for plain tasks; control-flow steps
-    (loop, map, route, delay, signal) carry their settings in ``options``."""
+    """One step of a workflow. ``kind`` is ``NodeKind.TASK`` for plain tasks;
+    control-flow steps (loop, map, route, delay, signal) carry their settings in
+    ``options``."""
 
     id: str
-    kind: str
+    kind: NodeKind
     fn: Callable[..., Any] | None
     spec: TaskSpec
-    mode: str
+    mode: PassMode
     params: tuple[tuple[str, Source], ...]
     fingerprint: str
     group: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     # Extra dependencies that pass no value (e.g. the branches of a route feed their merge).
     after: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A kind or mode given as its string is read as the word (so a misspelt one
+        # fails here, when the workflow is built, not when a run reaches the step).
+        object.__setattr__(self, "kind", NodeKind(self.kind))
+        object.__setattr__(self, "mode", PassMode(self.mode))
 
     @functools.cached_property
     def deps(self) -> tuple[str, ...]:

@@ -153,11 +153,11 @@ class WorkflowClient:
     # -- steering -----------------------------------------------------------------------
     def cancel(self, instance_id: str, reason: str = "", by: str = "") -> None:
         """Ask a running instance to stop; a stopped one is marked cancelled."""
-        self._request(instance_id, "cancelled", _why(reason, by, "cancelled"))
+        self._request(instance_id, RunState.CANCELLED, _why(reason, by, "cancelled"))
 
     def pause(self, instance_id: str, reason: str = "", by: str = "") -> None:
         """Ask a running instance to stop after its running tasks finish."""
-        self._request(instance_id, "paused", _why(reason, by, "paused"))
+        self._request(instance_id, RunState.PAUSED, _why(reason, by, "paused"))
 
     def unpause(self, instance_id: str, by: str = "") -> None:
         """Lift a pause. A paused instance goes back to "pending": a ``PooledWorker``
@@ -182,7 +182,7 @@ class WorkflowClient:
         lifecycle.transition(meta, RunState.PENDING, by=by or _CLIENT, message=message, reopen=True, error=None)
         self.backend.save_instance(meta)
 
-    def _request(self, instance_id: str, action: str, reason: str) -> None:
+    def _request(self, instance_id: str, action: RunState, reason: str) -> None:
         """Store the request for a running instance; move a stopped one at once (one
         that cannot move so — completed, failed, cancelled — is left as it is)."""
         meta = self._meta(instance_id)

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from nbflow.core.status import RunState
 from nbflow.store.base import Backend
 
 __all__ = ["POLL_INTERVAL", "RunControl"]
@@ -27,7 +28,7 @@ class RunControl:
 
     def __init__(self, backend: Backend | None = None, instance_id: str = "") -> None:
         self._lock = threading.Lock()
-        self.requested: tuple[str, str] | None = None  # (state, reason)
+        self.requested: tuple[RunState, str] | None = None  # (state, reason)
         self._callback: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._notify: Callable[[], None] | None = None
@@ -45,13 +46,15 @@ class RunControl:
         if pending:
             loop.call_soon_threadsafe(callback)
 
-    def request(self, state: str, reason: str = "") -> None:
-        """Ask the run to stop with ``state`` ("cancelled", "interrupted", "paused")."""
+    def request(self, state: RunState | str, reason: str = "") -> None:
+        """Ask the run to stop with ``state`` (cancelled, interrupted, paused; failed
+        when the engine itself cannot go on)."""
+        state = RunState(state)
         with self._lock:
-            if self.requested is None or state != "paused":
+            if self.requested is None or state != RunState.PAUSED:
                 self.requested = (state, reason)
             loop, callback, notify = self._loop, self._callback, self._notify
-        if notify is not None and state != "paused":
+        if notify is not None and state != RunState.PAUSED:
             notify()
         if loop is not None and callback is not None and not loop.is_closed():
             try:
@@ -59,14 +62,14 @@ class RunControl:
             except RuntimeError:  # the loop closed in between: the run is over anyway
                 pass
 
-    def poll(self) -> tuple[str, str] | None:
+    def poll(self) -> tuple[RunState, str] | None:
         """The pending request; reads the backend's control key at most every 0.25 s."""
         if self.requested is None and self._backend is not None:
             now = time.monotonic()
             if now >= self._next_poll:
                 self._next_poll = now + POLL_INTERVAL
                 ctl = self._backend.get_control(self._instance_id)
-                if ctl and ctl[0] in ("cancelled", "paused"):
+                if ctl and ctl[0] in (RunState.CANCELLED, RunState.PAUSED):
                     self.request(ctl[0], ctl[1])
         return self.requested
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nbflow.core.status import TaskError
+from nbflow.core.status import RunState, TaskError
 
 __all__ = ["NotDue", "Outcome", "Parked", "StepFailed"]
 
@@ -24,7 +24,7 @@ __all__ = ["NotDue", "Outcome", "Parked", "StepFailed"]
 class Outcome:
     """Where a run of the scheduler ended: its state and what goes with it."""
 
-    state: str
+    state: RunState
     output: Any = None
     error: TaskError | None = None
     reason: str = ""

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from nbflow.core.graph import Node, WorkflowDefinition
+from nbflow.core.vocabulary import NodeKind, PlanStep
 from nbflow.store.base import CheckpointRecord
 
-__all__ = ["RESTORE", "RUN", "SKIP", "STALE", "changed_tasks", "compute_plan", "skipped_by"]
+__all__ = ["RESTORE", "RUN", "SKIP", "STALE", "PlanStep", "changed_tasks", "compute_plan", "skipped_by"]
 
-RESTORE, STALE, RUN, SKIP = "restore", "stale", "run", "skip"
+RESTORE, STALE, RUN, SKIP = PlanStep.RESTORE, PlanStep.STALE, PlanStep.RUN, PlanStep.SKIP
 
 
 def skipped_by(node: Node, plan: Mapping[str, str], branch_of: Mapping[str, str]) -> bool:
@@ -26,7 +27,7 @@ def skipped_by(node: Node, plan: Mapping[str, str], branch_of: Mapping[str, str]
     if guard is not None and guard in branch_of and branch_of[guard] != node.options.get("when"):
         return True
     deps = node.deps
-    if node.kind == "merge":
+    if node.kind == NodeKind.MERGE:
         return bool(deps) and all(plan.get(d) == SKIP for d in deps)
     return any(plan.get(d) == SKIP for d in deps)
 
@@ -35,7 +36,7 @@ def compute_plan(
     wf: WorkflowDefinition,
     records: Mapping[str, CheckpointRecord],
     force: Iterable[str] = (),
-) -> dict[str, str]:
+) -> dict[str, PlanStep]:
     """Map every task id to RESTORE, STALE (has a checkpoint, runs again), RUN or SKIP.
 
     >>> from nbflow.core.builder import Workflow
@@ -44,9 +45,9 @@ def compute_plan(
     {'a': 'run', 'b': 'run'}
     """
     forced = set(force)
-    plan: dict[str, str] = {}
+    plan: dict[str, PlanStep] = {}
     branch_of: dict[str, str] = {}
-    routed = any(node.kind == "route" for node in wf.nodes)  # no route: nothing can be skipped
+    routed = any(node.kind == NodeKind.ROUTE for node in wf.nodes)  # no route: nothing can be skipped
     for node in wf.nodes:
         nid = node.id
         if routed and skipped_by(node, plan, branch_of):
@@ -63,7 +64,7 @@ def compute_plan(
                     valid = False
                     break
         plan[nid] = RESTORE if valid else STALE
-        if valid and node.kind == "route" and "branch" in record.extra:
+        if valid and node.kind == NodeKind.ROUTE and "branch" in record.extra:
             branch_of[nid] = record.extra["branch"]
     return plan
 

@@ -45,7 +45,7 @@ from nbflow.run.control import RunControl
 from nbflow.run.handle import RunHandle, launch
 from nbflow.run.instances import as_definition, new_instance
 from nbflow.run.lookup import resolve_instance
-from nbflow.run.plan import RESTORE, SKIP, changed_tasks, compute_plan
+from nbflow.run.plan import RESTORE, SKIP, PlanStep, changed_tasks, compute_plan
 from nbflow.run.scheduler import Scheduler
 from nbflow.run.stale import accept as accept_task
 from nbflow.run.stale import explain_plan, record_notes
@@ -70,7 +70,7 @@ class _Prepared:
     wf: WorkflowDefinition
     meta: InstanceMeta
     records: dict[str, CheckpointRecord]
-    plan: dict[str, str]
+    plan: dict[str, PlanStep]
     input_value: Any
     io: CheckpointIO
     lease: Lease
@@ -251,7 +251,7 @@ class CheckpointingRunner:
         prepared = self._prepare(wf, instance_id, None, resume=True, revive=revive)
         return await self._await(self._launch(prepared, park=True))
 
-    def plan(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str) -> dict[str, str]:
+    def plan(self, wf: WorkflowDefinition | WorkflowBuilder, instance_id: str) -> dict[str, PlanStep]:
         """What a resume would do with each task: "restore", "stale" or "run"."""
         definition = as_definition(wf)
         records = self._backend.get_records(validate_instance_id(instance_id))
@@ -354,7 +354,7 @@ class CheckpointingRunner:
         capture.install()
         meta = prep.meta
 
-        def on_state(state: str, wake_at: float | None, signal: str | None) -> None:
+        def on_state(state: RunState, wake_at: float | None, signal: str | None) -> None:
             lifecycle.transition(meta, state, by=self._by, wake_at=wake_at, signal=signal)
             self._backend.save_instance(meta)
 
@@ -394,7 +394,7 @@ class CheckpointingRunner:
                 )
             )
 
-            def finished(state: str, error: str | None = None, failed_task: str | None = None) -> None:
+            def finished(state: RunState, error: str | None = None, failed_task: str | None = None) -> None:
                 self.events.publish(
                     ev.RunFinished(
                         workflow=wf.name,
@@ -413,7 +413,7 @@ class CheckpointingRunner:
                     crash = TaskError("", type(exc).__name__, str(exc)).to_dict()
                     lifecycle.transition(meta, RunState.FAILED, by=self._by, error=crash)
                     _save_quietly(self._backend, meta)
-                finished("failed", str(exc))
+                finished(RunState.FAILED, str(exc))
                 raise
             lifecycle.transition(
                 meta,
@@ -457,7 +457,7 @@ class CheckpointingRunner:
         try:
             return handle.wait()
         except KeyboardInterrupt:
-            handle.cancel("interrupted (KeyboardInterrupt)", state="interrupted")
+            handle.cancel("interrupted (KeyboardInterrupt)", state=RunState.INTERRUPTED)
             try:
                 handle.wait(timeout=30)
             except (KeyboardInterrupt, TimeoutError, NbflowError):
@@ -469,7 +469,7 @@ class CheckpointingRunner:
         try:
             return await asyncio.shield(asyncio.wrap_future(handle.future))
         except asyncio.CancelledError:
-            handle.cancel("the awaiting task was cancelled", state="cancelled")
+            handle.cancel("the awaiting task was cancelled", state=RunState.CANCELLED)
             raise
 
     def __repr__(self) -> str:

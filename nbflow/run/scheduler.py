@@ -30,8 +30,9 @@ from nbflow.core.branching import DEFAULT_BRANCH, branch_label
 from nbflow.core.context import TaskContext
 from nbflow.core.errors import CodecError, RouteKeyError, TaskInputError
 from nbflow.core.graph import Node, Source, WorkflowDefinition
-from nbflow.core.status import TaskError
+from nbflow.core.status import RunState, TaskError
 from nbflow.core.typed import types_of
+from nbflow.core.vocabulary import NodeKind, PassMode
 from nbflow.run import events as ev
 from nbflow.run.attempts import RetryLedger, run_attempt
 from nbflow.run.attempts import is_async as is_coroutine_function
@@ -40,12 +41,13 @@ from nbflow.run.checkpoint import CheckpointIO, preview
 from nbflow.run.control import POLL_INTERVAL, RunControl
 from nbflow.run.live import LiveHub
 from nbflow.run.outcomes import Outcome, Parked, StepFailed
-from nbflow.run.plan import RESTORE, SKIP
+from nbflow.run.plan import RESTORE, SKIP, PlanStep
 from nbflow.store.base import INPUT_KEY, CheckpointRecord
 
 __all__ = ["Scheduler"]
 
-_INLINE_KINDS = ("task", "route", "merge", "collect", "loop")
+# steps that may run on the engine thread when nothing else could run beside them
+_INLINE_KINDS = (NodeKind.TASK, NodeKind.ROUTE, NodeKind.MERGE, NodeKind.COLLECT, NodeKind.LOOP)
 
 
 _MISSING = object()
@@ -59,7 +61,7 @@ class Scheduler:
         *,
         wf: WorkflowDefinition,
         instance_id: str,
-        plan: dict[str, str],
+        plan: dict[str, PlanStep],
         records: dict[str, CheckpointRecord],
         input_value: Any,
         io: CheckpointIO,
@@ -69,7 +71,7 @@ class Scheduler:
         echo: bool,
         inline_sync: bool,
         worker: str | None = None,
-        on_state: Callable[[str, float | None, str | None], None] | None = None,
+        on_state: Callable[[RunState, float | None, str | None], None] | None = None,
         park_on_signal: bool = True,
     ) -> None:
         self.wf, self.instance_id, self.plan = wf, instance_id, plan
@@ -77,7 +79,7 @@ class Scheduler:
         self.bus, self.control, self.executor = bus, control, executor
         self.echo, self.inline_sync, self.worker = echo, inline_sync, worker
         self.on_state, self.park_on_signal = on_state, park_on_signal
-        self.state = "running"
+        self.state = RunState.RUNNING
         self._values: dict[str, Any] = {}
         self._consumers = {n.id: len(wf.children(n.id)) for n in wf.nodes}
         self._sinks = set(wf.sinks)
@@ -128,11 +130,11 @@ class Scheduler:
         get = self.get
         args: list[Any]
         kwargs: dict[str, Any]
-        if node.mode == "value":
+        if node.mode == PassMode.VALUE:
             args, kwargs = [get(node.params[0][1])], {}
-        elif node.mode == "dict":
+        elif node.mode == PassMode.DICT:
             args, kwargs = [{key: get(src) for key, src in node.params}], {}
-        elif node.mode == "kwargs":
+        elif node.mode == PassMode.KWARGS:
             args, kwargs = [], {name: get(src) for name, src in node.params}
         else:
             args, kwargs = [], {}
@@ -146,7 +148,7 @@ class Scheduler:
             if self._consumers[dep] <= 0 and dep not in self._sinks:
                 self._values.pop(dep, None)
 
-    def set_state(self, state: str, wake_at: float | None = None, signal: str | None = None) -> None:
+    def set_state(self, state: RunState, wake_at: float | None = None, signal: str | None = None) -> None:
         self.state = state
         if self.on_state is not None:
             self.on_state(state, wake_at, signal)
@@ -164,9 +166,9 @@ class Scheduler:
             return
         self._stopping.set()  # a retry wait ends now, for a pause too (its state is stored)
         for task, task_id in self._running.items():
-            if requested[0] != "paused" or self.wf.node(task_id).kind in ("delay", "signal"):
+            if requested[0] != RunState.PAUSED or self.wf.node(task_id).kind.waits:
                 task.cancel()  # a pause lets running tasks finish and checkpoint, but stops waits
-        if requested[0] != "paused":
+        if requested[0] != RunState.PAUSED:
             self._tell_tasks()
 
     # -- attempts and commits -----------------------------------------------------------
@@ -251,7 +253,7 @@ class Scheduler:
         """Attempt ``attempt`` raised ``exc``: store the count and wait for the retry, or
         raise StepFailed (no retries left) or CancelledError (the run is stopping)."""
         stop = self.control.requested
-        if stop is not None and stop[0] != "paused":
+        if stop is not None and stop[0] != RunState.PAUSED:
             # It gave up because the run is being stopped (it saw ctx.cancelled):
             # a stop, not a failure, as when a task running in a thread is cancelled.
             raise asyncio.CancelledError(stop[1]) from exc
@@ -354,28 +356,28 @@ class Scheduler:
         from nbflow.run import steps
 
         kind = node.kind
-        if kind == "task":
+        if kind == NodeKind.TASK:
             assert node.fn is not None
             args, kwargs = self.arguments(node)
             value, cap, attempt, started = await self.attempts(node, node.fn, args, kwargs, node.id, inline)
             self.commit(node, value, attempt=attempt, started=started, cap=cap)
-        elif kind == "route":
+        elif kind == NodeKind.ROUTE:
             await self._route(node, inline)
-        elif kind == "merge":
+        elif kind == NodeKind.MERGE:
             taken = next(src.task for _, src in node.params if src.task not in self.skipped)
             assert taken is not None
             self.release(node)
             self.commit(node, self.value(taken), ref=taken)
-        elif kind == "collect":
+        elif kind == NodeKind.COLLECT:
             args, _ = self.arguments(node)
             self.commit(node, args[0])
-        elif kind == "loop":
+        elif kind == NodeKind.LOOP:
             await steps.run_loop(self, node, inline)
-        elif kind == "map":
+        elif kind == NodeKind.MAP:
             await steps.run_map(self, node)
-        elif kind == "delay":
+        elif kind == NodeKind.DELAY:
             await steps.run_delay(self, node)
-        elif kind == "signal":
+        elif kind == NodeKind.SIGNAL:
             await steps.run_signal(self, node)
         else:  # pragma: no cover - the builder makes only the kinds above
             raise RuntimeError(f"unknown step kind {kind!r}")
@@ -413,7 +415,7 @@ class Scheduler:
             step = self.plan[node.id]
             if step == RESTORE:
                 rec = self.records[node.id]
-                if node.kind == "route":
+                if node.kind == NodeKind.ROUTE:
                     self._branch_of[node.id] = rec.extra.get("branch", "")
                 self.done += 1
                 self.publish(
@@ -439,7 +441,7 @@ class Scheduler:
             waiting[child] -= 1
             if waiting[child] == 0:
                 cnode = wf.node(child)
-                if cnode.kind == "merge" and all(d in self.skipped for d in cnode.deps):
+                if cnode.kind == NodeKind.MERGE and all(d in self.skipped for d in cnode.deps):
                     skip(child)
                 else:
                     push(child)
@@ -450,7 +452,7 @@ class Scheduler:
             for child in wf.children(task_id):
                 if child not in waiting:
                     continue
-                if wf.node(child).kind == "merge":
+                if wf.node(child).kind == NodeKind.MERGE:
                     resolve(child)
                 else:
                     skip(child)
@@ -462,7 +464,7 @@ class Scheduler:
                     continue
                 cnode = wf.node(child)
                 if (
-                    node.kind == "route"
+                    node.kind == NodeKind.ROUTE
                     and cnode.options.get("guard") == task_id
                     and cnode.options.get("when") != self._branch_of.get(task_id)
                 ):
@@ -515,29 +517,29 @@ class Scheduler:
                 elif isinstance(exc, Parked):
                     self._parked = self._parked or exc
                     for other, other_id in self._running.items():  # waits hold no work: stop them
-                        if wf.node(other_id).kind in ("delay", "signal"):
+                        if wf.node(other_id).kind.waits:
                             other.cancel()
                 else:  # a store problem (e.g. an unreadable checkpoint): stop and report it
                     self._crash = self._crash or exc
-                    self.control.request("failed", str(exc))
+                    self.control.request(RunState.FAILED, str(exc))
 
         if self._crash is not None:
             raise self._crash
         total = len(wf.nodes)
         if self._error is not None:
-            return Outcome("failed", error=self._error, done=self.done, total=total)
+            return Outcome(RunState.FAILED, error=self._error, done=self.done, total=total)
         stopped = self.control.requested
         if stopped is not None and self.done < total:
             return Outcome(stopped[0], reason=stopped[1], done=self.done, total=total)
         if self._parked is not None:
             return Outcome(
-                "awaiting_signal",
+                RunState.AWAITING_SIGNAL,
                 reason=f"waiting for signal {self._parked.signal!r}",
                 done=self.done,
                 total=total,
                 signal=self._parked.signal,
             )
-        return Outcome("completed", output=self._output(), done=self.done, total=total)
+        return Outcome(RunState.COMPLETED, output=self._output(), done=self.done, total=total)
 
     def _skip_one(self, task_id: str, reason: str) -> None:
         if task_id in self.skipped:

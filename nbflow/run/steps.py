@@ -18,7 +18,7 @@ from nbflow.core.context import TaskContext
 from nbflow.core.errors import CodecError, SignalTimeoutError
 from nbflow.core.graph import Node
 from nbflow.core.keys import item_id, iteration_id, wait_id
-from nbflow.core.status import LoopResult
+from nbflow.core.status import LoopResult, RunState
 from nbflow.core.typed import types_of
 from nbflow.run import events as ev
 from nbflow.run.attempts import call_sync
@@ -317,11 +317,11 @@ async def run_delay(sched: Scheduler, node: Node) -> None:
     remaining = wake_at - time.time()
     if remaining > 0:
         sched.publish(ev.TaskWaiting, task_id=node.id, wake_at=wake_at)
-        sched.set_state("waiting", wake_at=wake_at)
+        sched.set_state(RunState.WAITING, wake_at=wake_at)
         try:
             await asyncio.sleep(remaining)
         finally:
-            sched.set_state("running")
+            sched.set_state(RunState.RUNNING)
     value = sched.get(value_src)
     sched.release(node)
     ref = value_src.task if value_src.task is not None and value_src.key is None else None
@@ -361,10 +361,10 @@ async def run_signal(sched: Scheduler, node: Node) -> None:
             if not announced:
                 announced = True
                 sched.publish(ev.TaskWaiting, task_id=node.id, signal=name, wake_at=deadline)
-                sched.set_state("awaiting_signal", wake_at=deadline, signal=name)
+                sched.set_state(RunState.AWAITING_SIGNAL, wake_at=deadline, signal=name)
                 if sched.park_on_signal:
                     raise Parked(node.id, name)
             await asyncio.sleep(SIGNAL_POLL)
     finally:
         if announced:
-            sched.set_state("running")
+            sched.set_state(RunState.RUNNING)

@@ -67,6 +67,7 @@ from nbflow.core.keys import chunk_id, item_id
 from nbflow.core.retry import parse_duration
 from nbflow.core.status import RunState, TaskError
 from nbflow.core.typed import record_types
+from nbflow.core.vocabulary import NodeKind
 from nbflow.run import events as ev
 from nbflow.run import steps
 from nbflow.run.checkpoint import CheckpointIO, preview
@@ -350,7 +351,7 @@ class PooledWorker:
             if self.backend.is_locked(iid):  # a CheckpointingRunner runs it in one process
                 continue
             control = self.backend.get_control(iid)
-            if control is not None and control[0] in ("cancelled", "paused"):
+            if control is not None and control[0] in (RunState.CANCELLED, RunState.PAUSED):
                 self._set_state(iid, RunState(control[0]), message=control[1])
                 continue
             view = self._view(meta, wf)
@@ -364,7 +365,7 @@ class PooledWorker:
                 token = self._claim(unit)
                 if token is None:
                     continue
-                if not marked_running and unit.node.kind not in ("delay", "signal"):
+                if not marked_running and not unit.node.kind.waits:
                     self._set_state(iid, RunState.RUNNING)
                     marked_running = True
                 claimed.append(unit)
@@ -460,7 +461,7 @@ class PooledWorker:
             if state in (RESTORE, SKIP) or any(plan[d] not in (RESTORE, SKIP) for d in node.deps):
                 continue
             seen = record_version(records.get(node.id))
-            if node.kind == "map" and state == RUN:
+            if node.kind == NodeKind.MAP and state == RUN:
                 items = self._map_items(view, node)
                 if items is None:  # not iterable: let the step itself fail with the message
                     units.append(Unit(view, node, node.id, seen))
@@ -482,7 +483,7 @@ class PooledWorker:
                         todo.append(Unit(view, node, key, record_version(records.get(key)), chunk=(start, stop)))
                 units.extend(todo or [Unit(view, node, node.id, seen, finalize=True)])
                 continue
-            if node.kind == "delay" and state == RUN:
+            if node.kind == NodeKind.DELAY and state == RUN:
                 wake = records.get(f"{node.id}#wake")
                 if wake is not None and wake.fingerprint == node.fingerprint and float(wake.extra.get("at", 0)) > now:
                     continue  # not due yet
@@ -537,7 +538,7 @@ class PooledWorker:
                 total = len(self._map_items(view, node) or [])
                 output = [view.value(item_id(node.id, i)) for i in range(total)]
                 sched.commit(node, output, extra={"items": total})
-            elif node.kind == "delay":
+            elif node.kind == NodeKind.DELAY:
                 at = await steps.stored_deadline(sched, node, "wake", node.options["seconds"])
                 if at > time.time():
                     raise NotDue(at)
@@ -668,7 +669,11 @@ class PooledWorker:
             return
         self.events.publish(
             ev.RunFinished(
-                workflow=meta.workflow, instance_id=iid, state="failed", error=str(error), failed_task=error.task_id
+                workflow=meta.workflow,
+                instance_id=iid,
+                state=RunState.FAILED,
+                error=str(error),
+                failed_task=error.task_id,
             )
         )
 
@@ -679,4 +684,6 @@ class PooledWorker:
         meta = move_stored(self.backend, iid, RunState.COMPLETED, by=self._by, message=message, **fields)
         if meta is None:  # completed already (by another worker), or cancelled meanwhile
             return
-        self.events.publish(ev.RunFinished(workflow=meta.workflow, instance_id=meta.instance_id, state="completed"))
+        self.events.publish(
+            ev.RunFinished(workflow=meta.workflow, instance_id=meta.instance_id, state=RunState.COMPLETED)
+        )

@@ -14,6 +14,7 @@ from typing import Any
 from nbflow.core.codecs import Codec
 from nbflow.core.errors import ClaimLostError
 from nbflow.core.graph import Node, Source, WorkflowDefinition
+from nbflow.core.vocabulary import PlanStep
 from nbflow.run.checkpoint import CheckpointIO
 from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta
 
@@ -59,7 +60,7 @@ class InstanceView:
     meta: InstanceMeta
     wf: WorkflowDefinition
     records: dict[str, CheckpointRecord]
-    plan: dict[str, str]
+    plan: dict[str, PlanStep]
     io: CheckpointIO
     _values: dict[str, Any] = field(default_factory=dict)
 
