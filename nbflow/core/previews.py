@@ -214,7 +214,7 @@ def is_figure(value: Any) -> bool:
     return figure is not None and isinstance(value, figure.Figure)
 
 
-def figure_png(fig: Any, *, dpi: float | None = None) -> str:
+def figure_png(fig: Any, *, dpi: float | None = None, tight: bool = True) -> str:
     """A matplotlib figure as base64 PNG text (what Jupyter sends as ``image/png``),
     rendered with the Agg canvas whatever the backend, so this works in any thread of
     any process and never opens a window."""
@@ -222,7 +222,9 @@ def figure_png(fig: Any, *, dpi: float | None = None) -> str:
 
     buffer = io.BytesIO()
     canvas = FigureCanvasAgg(fig) if not isinstance(fig.canvas, FigureCanvasAgg) else fig.canvas
-    kwargs: dict[str, Any] = {"format": "png", "bbox_inches": "tight"}
+    kwargs: dict[str, Any] = {"format": "png"}
+    if tight:  # trimmed margins, as the inline backend draws; costs a second draw of the figure
+        kwargs["bbox_inches"] = "tight"
     if dpi is not None:
         kwargs["dpi"] = dpi
     canvas.print_figure(buffer, **kwargs)

@@ -13,8 +13,8 @@ shell's ``display_pub`` (``publish(data, metadata, ..., transient=, update=)`` a
 - **anywhere else** the original method runs: nothing changes outside tasks.
 
 It also registers itself as the run layer's display provider (``nbflow.run.displays``):
-when an attempt ends, pyplot figures it opened and left open are drawn (the way
-IPython's formatters draw them, PNG at least), given to the attempt, and closed — so
+when an attempt ends, pyplot figures it opened and left open are drawn (PNG, in one
+pass), given to the attempt, and closed — so
 the inline backend does not draw them again under the cell when the cell ends, and a
 task that never calls ``plt.show()`` still keeps its chart.
 
@@ -110,20 +110,12 @@ class DisplayCapture:
                 displays.close_figure(fig)
 
     def _format(self, fig: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        """A figure as the shell's formatters show it (the inline backend's format and
-        size), PNG drawn by nbflow when no formatter makes an image (an Agg session)."""
-        data: dict[str, Any] = {}
-        metadata: dict[str, Any] = {}
-        formatter = getattr(self.shell, "display_formatter", None)
-        if formatter is not None:
-            try:
-                data, metadata = formatter.format(fig)
-            except Exception:  # noqa: BLE001 - a broken formatter: draw it ourselves below
-                data, metadata = {}, {}
-        if not any(m.startswith("image/") for m in data):
-            fallback = displays.figure_display(fig)
-            data = {**data, **fallback["data"]}
-        return dict(data), dict(metadata or {})
+        """A figure left open, as a display: drawn by nbflow in one pass (PNG at the
+        figure's dpi). ``plt.show()``/``display(fig)`` go through the shell's own
+        formatters (the inline backend's format and options); a figure nobody showed
+        is drawn the cheap way, as a task may leave one open per call."""
+        shown = displays.figure_display(fig)
+        return dict(shown["data"]), dict(shown["metadata"])
 
 
 def install(shell: Any = None) -> bool:

@@ -204,9 +204,10 @@ def close_figure(fig: Any) -> None:
 
 
 def figure_display(fig: Any) -> Display:
-    """A figure as a display (PNG at the figure's own dpi, as the inline backend shows it)."""
+    """A figure as a display: PNG at the figure's own dpi, drawn once (no tight-bbox
+    pass, which would draw it twice: a figure per task must stay cheap)."""
     text = f"<Figure size {fig.bbox.width:g}x{fig.bbox.height:g} with {len(fig.axes)} Axes>"
-    return {"data": {"image/png": figure_png(fig), "text/plain": text}, "metadata": {}}
+    return {"data": {"image/png": figure_png(fig, tight=False), "text/plain": text}, "metadata": {}}
 
 
 # -- stored form -----------------------------------------------------------------------------
