@@ -1,0 +1,152 @@
+"""Cost of capturing what tasks display (issue 11): a figure per task.
+
+A 200-task chain on ``DiskcacheBackend`` (fresh store per round), measured round-robin
+in the same process, three variants:
+
+- **no figures**: each task does a little arithmetic;
+- **figure, not captured**: each task also draws a 4x3 in matplotlib figure (Agg, 100
+  points) and closes it itself — the user's own drawing cost, nbflow capturing nothing;
+- **figure, rendered as Jupyter would**: the same, plus the PNG the inline backend
+  makes to show it under a cell (``bbox_inches="tight"``) — what showing a figure costs
+  without nbflow;
+- **figure, captured**: the same figure left open, inside an IPython shell with nbflow's
+  display capture installed (``nbflow.jupyter.display_capture``): at the end of each
+  task it is drawn as PNG, sent as a TaskDisplay event, stored as the task's display
+  record in the output's transaction, and closed.
+
+A ``WorkflowWidget`` listens in every variant (as under a ``%%workflow`` cell) when the
+jupyter extra is installed. Target: the captured figure adds ≤ 20 ms per task over
+"no figures" (best rounds). The capture's own share (captured vs not captured) is
+reported beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import nbflow as nf
+from bench import flows
+from bench.core import Config, Row, round_robin, scaled, scratch_dir
+
+NAME = "displays"
+ADDED_MS_MAX = 20.0
+
+
+def _plain(x: int) -> int:
+    return sum(i * i for i in range(200)) % 7 + x
+
+
+def _draw(close: bool, render: bool = False) -> Callable[[int], int]:
+    def draw(x: int) -> int:
+        import io
+
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.plot([(i * x) % 17 for i in range(100)])
+        ax.set_title(f"task {x}")
+        if render:
+            fig.savefig(io.BytesIO(), format="png", bbox_inches="tight")
+        if close:
+            plt.close(fig)
+        return _plain(x)
+
+    return draw
+
+
+def _chain(n: int, fn: Callable[[int], int], name: str) -> Any:
+    builder = nf.Workflow(name).then("t0", fn)
+    for i in range(1, n):
+        builder = builder.then(f"t{i}", fn)
+    return builder.build()
+
+
+def _variant(wf: Any, cfg: Config, *, capture: bool, shell: Any) -> Callable[[], float]:
+    from nbflow.jupyter import display_capture
+
+    counter = iter(range(10**9))
+
+    def run() -> float:
+        with scratch_dir(cfg, f"displays-{wf.name}") as d:
+            backend = flows.make_backend("disk", d)
+            try:
+                runner = nf.CheckpointingRunner(backend, echo_output=False)
+                iid = f"{wf.name}-{next(counter)}"
+                widget = _widget(wf, iid)
+                if capture:
+                    display_capture.install(shell)
+                t0 = time.perf_counter()
+                unsubscribe = widget.listen(runner.events) if widget is not None else None
+                status = runner.run(wf, iid, 1)
+                if widget is not None and unsubscribe is not None:
+                    unsubscribe()
+                    widget.flush()
+                seconds = time.perf_counter() - t0
+                if capture:
+                    display_capture.uninstall(shell)
+                if status.state.value != "completed":
+                    raise RuntimeError(f"{wf.name} ended {status.state}: {status.error}")
+                if capture:
+                    shown = [r for r in backend.get_records(iid) if r.endswith("#display")]
+                    if len(shown) != len(wf.nodes):
+                        raise RuntimeError(f"{len(shown)} of {len(wf.nodes)} tasks stored a display")
+                if widget is not None:
+                    widget.close()
+            finally:
+                flows.close_backend(backend)
+        return seconds
+
+    return run
+
+
+def _widget(wf: Any, iid: str) -> Any:
+    try:
+        from nbflow.jupyter.widget import WorkflowWidget
+    except Exception:  # noqa: BLE001 - no jupyter extra: measure without a widget
+        return None
+    return WorkflowWidget(wf, instance_id=iid)  # layout happens here, off the clock
+
+
+def run(cfg: Config, log: Callable[[str], None]) -> list[Row]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from IPython.core.interactiveshell import InteractiveShell
+    except ImportError as exc:
+        return [Row(NAME, "figure per task", None, "", note=f"skipped: {exc}")]
+    shell = InteractiveShell.instance()
+    n = scaled(cfg, 200, minimum=10)
+    variants = {
+        "no figures": _variant(_chain(n, _plain, "plain"), cfg, capture=False, shell=shell),
+        "figure, not captured": _variant(_chain(n, _draw(True), "drawn"), cfg, capture=False, shell=shell),
+        "figure, rendered as Jupyter would": _variant(
+            _chain(n, _draw(True, render=True), "rendered"), cfg, capture=False, shell=shell
+        ),
+        "figure, captured": _variant(_chain(n, _draw(False), "captured"), cfg, capture=True, shell=shell),
+    }
+    rounds = cfg.rounds(3, 2)
+    log(f"displays: {n}-task chain, {rounds} rounds")
+    t = round_robin(variants, rounds, log if cfg.verbose else None)
+    base, drawn, captured = t["no figures"], t["figure, not captured"], t["figure, captured"]
+    jupyter = t["figure, rendered as Jupyter would"]
+    added_ms = (captured.best - base.best) / n * 1000
+    capture_ms = (captured.best - drawn.best) / n * 1000
+    vs_jupyter_ms = (captured.best - jupyter.best) / n * 1000
+    return [
+        Row(NAME, f"{n}-task chain, a figure per task, captured: ms added per task", added_ms, "ms",
+            "target ceiling", ADDED_MS_MAX, ratio=added_ms / ADDED_MS_MAX,
+            target=f"<= {ADDED_MS_MAX:.0f} ms per task (ratio <= 1)", target_max=1.0, spread=captured.spread_text(),
+            note=(f"best rounds: no figures {base.best:.2f} s, figure drawn and closed by the task "
+                  f"{drawn.best:.2f} s, captured {captured.best:.2f} s; the capture's own share "
+                  f"(PNG, event, display record) {capture_ms:.1f} ms per task"),
+            samples=captured.samples),
+        Row(NAME, f"{n}-task chain: the capture's share per task", capture_ms, "ms",
+            "figure drawn, not captured", drawn.best / n * 1000, spread=drawn.spread_text(), samples=drawn.samples),
+        Row(NAME, f"{n}-task chain: captured vs shown by the inline backend, per task", vs_jupyter_ms, "ms",
+            "figure rendered as Jupyter would", jupyter.best / n * 1000, spread=jupyter.spread_text(),
+            note="negative: capturing (one PNG pass) costs less than the inline backend's tight-bbox PNG",
+            samples=jupyter.samples),
+    ]  # fmt: skip
