@@ -34,6 +34,7 @@ BENCHES: dict[str, str] = {
     "results": "bench.results",  # issue 12: results by name in a fresh process; local-module fingerprints
     "live": "bench.live",  # issue 10: task state checkpoints, live output and progress
     "displays": "bench.displays",  # issue 11: a figure per task, captured and stored
+    "postgres": "bench.postgres",  # issue 13: PostgresBackend per-task cost and worker throughput
 }
 
 #: Benches from later issues: listed so `--only` knows them, skipped until the feature
