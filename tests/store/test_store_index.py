@@ -1,0 +1,311 @@
+"""The disk store's index (store_index.py): listing from it must always agree with what
+reading every instance would say — after runs, clears, start-overs, kill -9 in the
+middle of a checkpoint, two processes writing at once, foreign writers, a damaged or
+planted index file — and must not open instances that did not change."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nbflow as nf
+from nbflow.store.base import CheckpointRecord, InstanceMeta, summarize
+from nbflow.store.disk import DiskcacheBackend
+from nbflow.store.store_index import INDEX_FILE
+from tests.store.faults import remount, require_root, tmpfs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _truth(store: Path) -> dict[str, tuple[str, int, int]]:
+    """What a full read of every instance says: id -> (state, done, total)."""
+    backend = DiskcacheBackend(store)
+    try:
+        out = {}
+        for meta in backend.list_instances():
+            row = summarize(meta, backend.get_records(meta.instance_id))
+            out[meta.instance_id] = (row.state, row.tasks_done, row.tasks_total)
+        return out
+    finally:
+        backend.close()
+
+
+def _listed(store: Path) -> dict[str, tuple[str, int, int]]:
+    backend = DiskcacheBackend(store)
+    try:
+        return {r.instance_id: (r.state, r.tasks_done, r.tasks_total) for r in backend.list_summaries()}
+    finally:
+        backend.close()
+
+
+def _chain(n: int, name: str = "chain") -> Any:
+    wf = nf.Workflow(name)
+    for i in range(n):
+        wf = wf.then(f"t{i}", lambda x: x + 1)
+    return wf.build()
+
+
+def _put(backend: DiskcacheBackend, iid: str, task: str) -> None:
+    sink = backend.new_sink(iid)
+    sink.write(b"1")
+    backend.put_records(iid, [(CheckpointRecord(task, "f", "pickle"), sink)])
+
+
+def test_listing_agrees_with_the_instances_after_runs_clears_and_start_overs(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    backend = DiskcacheBackend(store)
+    runner = nf.CheckpointingRunner(backend, echo_output=False)
+    client = nf.WorkflowClient(backend)
+    for i in range(5):
+        runner.run(_chain(3), f"run-{i}", 0)
+    assert _listed(store) == _truth(store)
+    client.clear("run-1")
+    assert "run-1" not in _listed(store)
+    client.clear("run-2")
+    runner.run(_chain(4), "run-2", 0)  # the same id started over with another workflow shape
+    assert _listed(store)["run-2"] == ("completed", 4, 4)
+    assert _listed(store) == _truth(store)
+    backend.close()
+    statuses = {s.instance_id: (s.state.value, s.tasks_done, s.tasks_total) for s in client.list_instances()}
+    assert statuses == _truth(store)
+
+
+def test_an_unchanged_store_is_listed_without_opening_an_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "store"
+    backend = DiskcacheBackend(store)
+    runner = nf.CheckpointingRunner(backend, echo_output=False)
+    for i in range(6):
+        runner.run(_chain(2), f"i{i}", 0)
+    backend.close()
+    fresh = DiskcacheBackend(store)
+    opened: list[Path] = []
+    real = DiskcacheBackend._summary_of
+
+    def spy(self: DiskcacheBackend, path: Path) -> Any:
+        opened.append(path)
+        return real(self, path)
+
+    monkeypatch.setattr(DiskcacheBackend, "_summary_of", spy)
+    rows = fresh.list_summaries()
+    assert len(rows) == 6
+    assert opened == []  # the closing handle carried its rows over to the closed files
+    # A write to one instance (from anywhere) makes exactly that one be read again.
+    other = DiskcacheBackend(store)
+    _put(other, "i3", "extra")
+    other.close()
+    fresh.list_summaries()
+    assert [p.name for p in opened] == [DiskcacheBackend(store)._instance_dir("i3").name]
+
+
+def test_a_foreign_writer_that_keeps_no_index_is_noticed(tmp_path: Path) -> None:
+    """A writer that changes an instance without touching the index (an older nbflow,
+    a hand edit) changes its files, so the listing reads it again."""
+    store = tmp_path / "store"
+    backend = DiskcacheBackend(store)
+    backend.save_instance(InstanceMeta("x", "wf", "h", shape=("a|task", "b|task"), tasks_total=2))
+    backend.close()
+    assert _listed(store)["x"] == ("running", 0, 2)
+    con = sqlite3.connect(store / INDEX_FILE)
+    old_rows = con.execute("SELECT folder, summary, files FROM instances").fetchall()
+    con.close()
+    writer = DiskcacheBackend(store)
+    _put(writer, "x", "a")
+    writer.close()
+    con = sqlite3.connect(store / INDEX_FILE)  # as if the writer kept no index: the old rows stay
+    con.execute("DELETE FROM instances")
+    con.executemany("INSERT INTO instances VALUES (?, ?, ?)", old_rows)
+    con.commit()
+    con.close()
+    assert _listed(store)["x"] == ("running", 1, 2)
+
+
+def test_two_processes_writing_different_instances(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import nbflow as nf
+        backend = nf.DiskcacheBackend(sys.argv[1])
+        runner = nf.CheckpointingRunner(backend, echo_output=False)
+        wf = nf.Workflow("w")
+        for i in range(5):
+            wf = wf.then(f"t{{i}}", lambda x: x + 1)
+        wf = wf.build()
+        for k in range(15):
+            runner.run(wf, f"{{sys.argv[2]}}-{{k}}", 0)
+        """
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(store), tag]) for tag in ("p", "q")]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    listed = _listed(store)
+    assert len(listed) == 30
+    assert listed == _truth(store)
+    assert all(value == ("completed", 5, 5) for value in listed.values())
+
+
+def test_kill_during_checkpoints_then_resume(tmp_path: Path) -> None:
+    """kill -9 while a run checkpoints: the listing agrees with the records (the run
+    reads interrupted, its done count is what was stored); after a resume too."""
+    store = tmp_path / "store"
+    marker = tmp_path / "started"
+    script = textwrap.dedent(
+        f"""
+        import sys, time, pathlib
+        sys.path.insert(0, {str(ROOT)!r})
+        import nbflow as nf
+        backend = nf.DiskcacheBackend(sys.argv[1])
+        runner = nf.CheckpointingRunner(backend, echo_output=False)
+        def step(x):
+            if x == 40:
+                pathlib.Path(sys.argv[2]).touch()
+            if x >= 40:
+                time.sleep(0.002)
+            return x + 1
+        wf = nf.Workflow("slow")
+        for i in range(3000):
+            wf = wf.then(f"t{{i}}", step)
+        runner.run(wf.build(), "victim", 0)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(store), str(marker)])
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert proc.poll() is None, "the child ended before its kill point"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    time.sleep(0.3)  # well inside the checkpoints
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    truth = _truth(store)
+    listed = _listed(store)
+    assert listed == truth
+    state, done, total = listed["victim"]
+    assert state == "running" and 40 < done < total  # stored as running; clients show interrupted
+    backend = DiskcacheBackend(store)
+    client = nf.WorkflowClient(backend)
+    (status,) = client.list_instances()
+    assert (status.state, status.tasks_done) == (nf.RunState.INTERRUPTED, done)
+    backend.close()
+
+    def step(x: int) -> int:
+        return x + 1
+
+    wf = nf.Workflow("slow")
+    for i in range(3000):
+        wf = wf.then(f"t{i}", step)
+    backend = DiskcacheBackend(store)
+    runner = nf.CheckpointingRunner(backend, echo_output=False)
+    assert runner.resume(wf.build(), "victim").output == 3000
+    backend.close()
+    assert _listed(store) == _truth(store) == {"victim": ("completed", 3000, 3000)}
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other-version"])
+def test_a_damaged_index_is_set_aside_and_rebuilt(tmp_path: Path, damage: str) -> None:
+    store = tmp_path / "store"
+    backend = DiskcacheBackend(store)
+    for i in range(3):
+        backend.save_instance(InstanceMeta(f"i{i}", "wf", "h"))
+    backend.close()
+    index = store / INDEX_FILE
+    if damage == "garbage":
+        index.write_bytes(os.urandom(8192))
+    elif damage == "truncated":
+        index.write_bytes(index.read_bytes()[:100])
+    else:
+        con = sqlite3.connect(index)
+        con.execute("PRAGMA user_version = 99")
+        con.commit()
+        con.close()
+    assert sorted(_listed(store)) == ["i0", "i1", "i2"]
+    kept = [p for p in store.iterdir() if p.name.startswith(INDEX_FILE + ".damaged-")]
+    assert kept, "the damaged index is kept beside, not deleted"
+    assert sorted(_listed(store)) == ["i0", "i1", "i2"]  # and the new one works
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        "not json",
+        json.dumps([1, 2]),
+        json.dumps({"instance_id": 5, "workflow": "w", "state": "completed"}),
+        json.dumps({"instance_id": "i0", "workflow": "w", "state": "completed", "tasks_done": "all"}),
+        json.dumps({"instance_id": "i0", "workflow": "w", "state": "completed", "error": "boom"}),
+    ],
+)
+def test_planted_index_rows_are_ignored(tmp_path: Path, planted: str) -> None:
+    store = tmp_path / "store"
+    backend = DiskcacheBackend(store)
+    backend.save_instance(InstanceMeta("i0", "wf", "h"))
+    folder = backend._instance_dir("i0").name
+    backend.close()
+    con = sqlite3.connect(store / INDEX_FILE)
+    con.execute("UPDATE instances SET summary = ? WHERE folder = ?", (planted, folder))
+    con.commit()
+    con.close()
+    assert _listed(store) == {"i0": ("running", 0, 0)}
+
+
+def test_index_rows_of_vanished_folders_are_dropped(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    backend = DiskcacheBackend(store)
+    backend.save_instance(InstanceMeta("gone", "wf", "h"))
+    backend.save_instance(InstanceMeta("kept", "wf", "h"))
+    folder = backend._instance_dir("gone")
+    backend.close()
+    import shutil
+
+    shutil.rmtree(folder)  # by hand, past nbflow
+    assert sorted(_listed(store)) == ["kept"]
+    con = sqlite3.connect(store / INDEX_FILE)
+    assert [row[0] for row in con.execute("SELECT folder FROM instances")] == [
+        DiskcacheBackend(store)._instance_dir("kept").name
+    ]
+    con.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_index", [True, False], ids=["indexed", "no-index"])
+def test_a_read_only_mount_lists_from_its_index_or_its_instances(tmp_path: Path, with_index: bool) -> None:
+    require_root()
+    with tmpfs(tmp_path / "fs", "16m") as fs:
+        store = fs / "store"
+        backend = DiskcacheBackend(store)
+        runner = nf.CheckpointingRunner(backend, echo_output=False)
+        runner.run(_chain(2), "a", 0)
+        backend.save_instance(InstanceMeta("b", "wf", "h", shape=("x|task",), tasks_total=1))
+        backend.close()
+        if not with_index:
+            (store / INDEX_FILE).unlink()
+        truth = _truth(store)
+        remount(fs, "ro")
+        reader = DiskcacheBackend(store)
+        assert reader.read_only
+        assert {r.instance_id: (r.state, r.tasks_done, r.tasks_total) for r in reader.list_summaries()} == truth
+        assert sorted(s.instance_id for s in nf.WorkflowClient(reader).list_instances()) == ["a", "b"]
+        reader.close()
+        remount(fs, "rw")
+
+
+def test_filters_read_the_index(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    backend = DiskcacheBackend(store)
+    backend.save_instance(InstanceMeta("a", "wf", "h", state="completed"))
+    backend.save_instance(InstanceMeta("b", "wf", "h", state="failed"))
+    backend.save_instance(InstanceMeta("c", "other", "h", state="failed"))
+    assert sorted(r.instance_id for r in backend.list_summaries(state="failed")) == ["b", "c"]
+    assert [r.instance_id for r in backend.list_summaries(workflow="other")] == ["c"]
+    assert backend.list_summaries(workflow="nobody") == []
