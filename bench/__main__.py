@@ -34,6 +34,7 @@ BENCHES: dict[str, str] = {
     "results": "bench.results",  # issue 12: results by name in a fresh process; local-module fingerprints
     "live": "bench.live",  # issue 10: task state checkpoints, live output and progress
     "displays": "bench.displays",  # issue 11: a figure per task, captured and stored
+    "listing": "bench.listing",  # the store index: listing flat per instance, nbflow list within 0.5 s
     "postgres": "bench.postgres",  # issue 13: PostgresBackend per-task cost and worker throughput
 }
 
