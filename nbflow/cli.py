@@ -287,10 +287,10 @@ def _list(backend: Backend, client: WorkflowClient, args: argparse.Namespace) ->
     if not rows:
         print(f"no instances in {_where(backend)}")
         return 0
-    metas = {m.instance_id: m for m in backend.list_instances()}
+    changed = {r.instance_id: r.updated_at for r in backend.list_summaries(workflow=args.workflow)}  # the index again
     print(f"{'INSTANCE':<32} {'WORKFLOW':<20} {'STATE':<16} {'TASKS':>9}  UPDATED")
     for s in rows:
-        updated = _age(metas[s.instance_id].updated_at) if s.instance_id in metas else ""
+        updated = _age(changed[s.instance_id]) if s.instance_id in changed else ""
         print(f"{s.instance_id:<32} {s.workflow:<20} {s.state!s:<16} {s.tasks_done:>4}/{s.tasks_total:<4}  {updated}")
     return 0
 
