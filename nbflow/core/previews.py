@@ -104,6 +104,8 @@ def _short(
 ) -> str:
     """A repr of ``value`` within about ``budget`` characters: containers show their
     first items, then ``… N more``; nested ones down to ``_DEPTH`` levels."""
+    if type(value) in _SCALARS:
+        return _safe_repr(value, budget)
     if isinstance(value, str):
         if len(value) <= budget:
             return repr(value)
@@ -162,6 +164,7 @@ def _short(
     return f"{opening[0]}{body}{opening[1]}"
 
 
+_SCALARS = frozenset({int, float, bool, type(None)})
 _OPEN: dict[type, tuple[str, str]] = {
     list: ("[", "]"),
     tuple: ("(", ")"),
@@ -366,6 +369,13 @@ def make_preview(value: Any, *, rich: bool = True) -> tuple[str, dict[str, str]]
     >>> make_preview("x" * 10_000)[0].endswith("… 9880 more characters")
     True
     """
+    kind_of = type(value)
+    if kind_of in _SCALARS:  # the common case (a map of 10,000 numbers): no checks to make
+        if kind_of is not int or value.bit_length() <= 4 * TEXT_LIMIT:
+            text = repr(value)
+            return (text, {}) if len(text) <= TEXT_LIMIT else (_one_line(text), {})
+    elif kind_of is str and len(value) <= TEXT_LIMIT // 2:
+        return repr(value), {}
     try:
         kind = _pandas_kind(value)
         if kind == "frame":
