@@ -73,6 +73,16 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def _folder_for_server() -> str:
+    """Where the cluster's folder goes: the temp folder, unless the ``postgres`` user
+    could not reach into it (a private TMPDIR of root's), then ``/tmp``."""
+    base = Path(tempfile.gettempdir()).resolve()
+    if os.geteuid() != 0:
+        return str(base)
+    reachable = all(os.stat(p).st_mode & 0o001 for p in (base, *base.parents))
+    return str(base) if reachable else "/tmp"
+
+
 def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -100,7 +110,7 @@ class PgServer:
             raise RuntimeError(reason)
         bin_dir = find_bin_dir()
         assert bin_dir is not None
-        folder = Path(tempfile.mkdtemp(prefix="nbflow-pg-"))
+        folder = Path(tempfile.mkdtemp(prefix="nbflow-pg-", dir=_folder_for_server()))
         server = cls(folder, bin_dir, _free_port(), listen)
         try:
             server._init(durable)
@@ -110,6 +120,7 @@ class PgServer:
         except BaseException:
             server.stop()
             raise
+        atexit.register(server.stop)  # a test or lesson that fails half-way leaves no server running
         return server
 
     def _run(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
