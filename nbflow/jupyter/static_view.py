@@ -231,7 +231,9 @@ def _legend(states: Mapping[str, str]) -> str:
 
 
 def _table(model: ProgressModel, states: Mapping[str, str]) -> str:
-    head = "".join(f"<th>{h}</th>" for h in ("Task", "State", "Attempts", "Duration", "Items", "Output"))
+    head = "".join(
+        f'<th style="text-align: left">{h}</th>' for h in ("Task", "State", "Attempts", "Duration", "Items", "Output")
+    )
     rows = []
     for tid in list(states)[:_MAX_TABLE_ROWS]:
         info = model.info(tid)
@@ -246,8 +248,9 @@ def _table(model: ProgressModel, states: Mapping[str, str]) -> str:
             note = note[:119] + "…"
         rows.append(
             f'<tr class="nbflow-static-row nbflow-state-{_esc(info.state)}" title="{_esc(tid)}">'
-            f'<td class="nbflow-static-col-task">{_esc(tid)}</td><td>{_badge(info.state)}</td>'
-            f"<td>{info.attempts or ''}</td><td>{duration}</td><td>{items}</td><td>{_esc(note)}</td></tr>"
+            f'<td class="nbflow-static-col-task" style="text-align: left">{_esc(tid)}</td><td>{_badge(info.state)}</td>'
+            f"<td>{info.attempts or ''}</td><td>{duration}</td><td>{items}</td>"
+            f'<td style="text-align: left">{_esc(note)}</td></tr>'
         )
     more = len(states) - len(rows)
     tail = f'<div class="nbflow-static-note">{more} more tasks not listed</div>' if more > 0 else ""
@@ -269,6 +272,12 @@ def _note(model: ProgressModel) -> str:
         )
     if state == "failed":
         return "The run failed: fix the failed task and re-run this cell; finished tasks are restored."
+    if state == "idle":
+        name = model.workflow or "<name>"
+        return (
+            "Saved before this run reported back (a background run, or a kernel that stopped early): "
+            f"%workflow status {name} shows where it got to."
+        )
     if state in ("cancelled", "interrupted"):
         return f"The run stopped: {saved} of {model.total} tasks are saved; re-run this cell to resume."
     return ""

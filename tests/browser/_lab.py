@@ -50,9 +50,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(app: str, root: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], str, str, Any]:
+def start_server(
+    app: str, root: Path, tmp: Path, *, extra_args: tuple[str, ...] = (), env_extra: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str, str, Any]:
+    """``extra_args`` go on the server's command line; ``env_extra`` into its environment
+    (e.g. a fresh ``JUPYTER_DATA_DIR``: a notebook signed elsewhere is then untrusted)."""
     token = secrets.token_hex(16)
     env = dict(os.environ)
+    env.update(env_extra or {})
     env.update(
         JUPYTER_CONFIG_DIR=str(tmp / "jcfg"),
         JUPYTERLAB_SETTINGS_DIR=str(tmp / "lab-settings"),
@@ -77,6 +82,7 @@ def start_server(app: str, root: Path, tmp: Path) -> tuple[subprocess.Popen[byte
         ]  # fmt: skip
         if app == "lab":
             cmd += ["--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+        cmd += list(extra_args)
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60

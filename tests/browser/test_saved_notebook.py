@@ -11,8 +11,14 @@ new server whose fresh kernel has never seen the widget (JupyterLab 4 and Notebo
    DAG (an image whose SVG has every node in its state), the legend, the summary line,
    the task table, each task's captured stdout and — once display capture stores them —
    the figure ``chart`` drew, and for the failed run the one-line error.
+4. A server with no kernel to start (the user picks "No Kernel"): the widget renderer
+   waits forever ("Loading widget..."), hidden; the static view shows.
+5. A colleague's server (another trust database, so the notebook is untrusted): the
+   sanitized static view still shows the graph image, the table and the error.
 
-Screenshots: ``artifacts/<app>-failed-task.png``, ``artifacts/<app>-reopened.png``.
+Screenshots: ``artifacts/<app>-failed-task.png``, ``artifacts/<app>-chart-displays.png``,
+``artifacts/<app>-reopened.png``, ``artifacts/<app>-reopened-no-kernel.png``,
+``artifacts/<app>-reopened-untrusted.png``.
 """
 
 from __future__ import annotations
@@ -63,6 +69,14 @@ def _run_and_save(page: Any, root: Path, app: str) -> dict[str, Any]:
         "static_in_dom": page.locator(".nbflow-static").count(),
         "static_visible": page.evaluate(VISIBLE_JS, ".nbflow-static"),
     }
+    if _display_capture_landed():  # chart's figure in its own detail pane
+        sales = page.locator(".nbflow-widget").nth(0)
+        sales.locator('.nbflow-dag svg g.node[data-task="chart"]').click()
+        img = sales.locator('.nbflow-detail[data-task="chart"] .nbflow-detail-displays img')
+        img.wait_for(state="visible", timeout=15_000)
+        live["figure_width"] = img.evaluate("i => i.complete ? i.naturalWidth : 0")
+        sales.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / f"{app}-chart-displays.png"))
     checks = page.locator(".nbflow-widget").nth(1)
     checks.locator('.nbflow-dag svg g.node[data-task="validate"]').click()
     pane = checks.locator('.nbflow-detail[data-task="validate"]')
@@ -132,6 +146,38 @@ def _reopened(page: Any, app: str) -> dict[str, Any]:
     return out
 
 
+NO_KERNEL_READY_JS = """(nCells) => document.querySelectorAll('.jp-Notebook .jp-Cell').length === nCells
+  && document.querySelectorAll('.nbflow-static').length === 2"""
+
+
+def _without_kernel(page: Any, base: str, token: str, app: str) -> dict[str, Any]:
+    """Open with no kernel to start: JupyterLab asks which; the answer is No Kernel."""
+    path = "lab/tree" if app == "lab" else "notebooks"
+    page.goto(f"{base}/{path}/sales.ipynb?token={token}" + ("&reset" if app == "lab" else ""))
+    page.wait_for_function(NO_KERNEL_READY_JS, arg=3, timeout=90_000)
+    dialog = page.locator(".jp-Dialog")
+    try:
+        dialog.wait_for(state="visible", timeout=15_000)
+        dialog.locator("button.jp-mod-accept").click()  # "Select" with "No Kernel" chosen
+    except Exception:  # noqa: BLE001 - no dialog: nothing to answer
+        pass
+    time.sleep(3)  # the widget renderer's own timeout for a model (2 s) has passed
+    out = {
+        "kernel": page.locator(".jp-Toolbar-kernelName").first.inner_text(),
+        "loading_visible": page.get_by_text("Loading widget").filter(visible=True).count(),
+        "error_visible": page.get_by_text("Error displaying widget").filter(visible=True).count(),
+        "static_visible": page.evaluate(VISIBLE_JS, ".nbflow-static"),
+        "dag_widths": page.locator("img.nbflow-static-dag").evaluate_all("els => els.map(i => i.naturalWidth)"),
+        "rows": page.locator("tr.nbflow-static-row").count(),
+        # the widget output's text/plain: hidden by the static view's <style> when trusted;
+        # an untrusted notebook loses that <style> and shows it (one summary line)
+        "fallback_visible": page.get_by_text("sales: 4/4 done | orders done").filter(visible=True).count(),
+        "failed_error": page.locator(".nbflow-static-error").first.inner_text(),
+    }
+    page.locator(".nbflow-static").first.scroll_into_view_if_needed()
+    return out
+
+
 @pytest.mark.parametrize("app", ["lab", pytest.param("notebook", id="notebook7")])
 def test_a_saved_notebook_shows_the_run_without_its_kernel(app: str, browser: Any, tmp_path: Path) -> None:
     if app == "notebook":
@@ -142,13 +188,15 @@ def test_a_saved_notebook_shows_the_run_without_its_kernel(app: str, browser: An
     n_cells = write_notebook(root / "sales.ipynb", steps=6, delay=0.2, failing=True)
     errors: list[str] = []
 
-    def session(server_tmp: Path, work: Any) -> Any:
+    def session(server_tmp: Path, work: Any, *, kernel: bool = True, **server: Any) -> Any:
         server_tmp.mkdir()
-        proc, base, token, log = start_server(app, root, server_tmp)
+        proc, base, token, log = start_server(app, root, server_tmp, **server)
         context = browser.new_context(viewport={"width": 1280, "height": 1100})
         page = context.new_page()
         page.on("pageerror", lambda exc: None if known_page_error(app, exc) else errors.append(f"pageerror: {exc}"))
         try:
+            if not kernel:
+                return work(page, base, token)
             open_notebook(page, base, token, "sales.ipynb", n_cells, app)
             return work(page)
         except Exception:
@@ -166,7 +214,28 @@ def test_a_saved_notebook_shows_the_run_without_its_kernel(app: str, browser: An
     live = session(tmp_path / "first", first)
     saved = json.loads((root / "sales.ipynb").read_text())
     reopened = session(tmp_path / "second", lambda page: _reopened(page, app))
-    print(f"\n[{app}] live: {live}\n[{app}] reopened: {reopened}\n[{app}] errors: {errors}")
+
+    def shot(name: str, result: dict[str, Any], page: Any) -> dict[str, Any]:
+        page.screenshot(path=str(ARTIFACTS / f"{app}-reopened-{name}.png"))
+        return result
+
+    no_kernel = session(
+        tmp_path / "third",
+        lambda page, base, token: shot("no-kernel", _without_kernel(page, base, token, app), page),
+        kernel=False,
+        extra_args=("--KernelSpecManager.allowed_kernelspecs=no-such-kernel",),
+    )
+    untrusted = session(
+        tmp_path / "fourth",
+        lambda page, base, token: shot("untrusted", _without_kernel(page, base, token, app), page),
+        kernel=False,
+        extra_args=("--KernelSpecManager.allowed_kernelspecs=no-such-kernel",),
+        env_extra={"JUPYTER_DATA_DIR": str(tmp_path / "colleague-data")},
+    )
+    print(
+        f"\n[{app}] live: {live}\n[{app}] reopened: {reopened}\n[{app}] no kernel: {no_kernel}"
+        f"\n[{app}] untrusted: {untrusted}\n[{app}] errors: {errors}"
+    )
 
     # live: widgets shown, the saved views under them hidden
     assert live["widgets"] == 2 and live["static_in_dom"] == 2 and live["static_visible"] == 0
@@ -189,6 +258,15 @@ def test_a_saved_notebook_shows_the_run_without_its_kernel(app: str, browser: An
     assert "north" in reopened["report_stdout"]
     if _display_capture_landed():  # chart's plt.show() figure is stored with its task
         assert reopened["figures"] >= 1
+    if _display_capture_landed():
+        assert live["figure_width"] > 100
+    for view in (no_kernel, untrusted):
+        assert view["kernel"] == "No Kernel"
+        assert view["loading_visible"] == 0 and view["error_visible"] == 0, view
+        assert view["static_visible"] == 2 and len(view["dag_widths"]) == 2 and min(view["dag_widths"]) > 50
+        assert view["rows"] == 6 and view["failed_error"] == "ValueError: 1 orders have a negative amount"
+    assert no_kernel["fallback_visible"] == 0  # trusted: the widget renders "Loading widget...", hidden
+    assert untrusted["fallback_visible"] == 1  # untrusted indeed: no widget renderer, its text fallback
     assert reopened["failed_open"] is True
     assert reopened["failed_error"] == "ValueError: 1 orders have a negative amount"
     assert "1 failed" in reopened["failed_summary"]

@@ -199,6 +199,11 @@ def test_a_snapshot_taken_while_running_says_what_to_do() -> None:
     assert "re-run this cell to resume" in page
 
 
+def test_a_view_saved_before_the_run_reported_says_where_to_look() -> None:
+    page = static_html(ProgressModel(["a"], workflow="etl"), None)
+    assert "Saved before this run reported back" in page and "%workflow status etl" in page
+
+
 def test_every_essential_part_survives_an_html_sanitizer() -> None:
     """JupyterLab shows an untrusted notebook's HTML sanitized: no <svg>, no <style>, no
     data-* attributes. Every part of the view that carries information uses none of them."""
