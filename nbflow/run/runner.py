@@ -49,6 +49,7 @@ from nbflow.run.plan import RESTORE, SKIP, PlanStep, changed_tasks, compute_plan
 from nbflow.run.scheduler import Scheduler
 from nbflow.run.stale import accept as accept_task
 from nbflow.run.stale import explain_plan, record_notes
+from nbflow.run.step_host import EngineSettings
 from nbflow.run.threads import TaskThreads
 from nbflow.store.base import (
     DAMAGED_CODEC,
@@ -367,13 +368,15 @@ class CheckpointingRunner:
             io=prep.io,
             bus=self.events,
             control=prep.control,
-            executor=self._threads(),
-            echo=self.echo_output,
-            # a remote executor (Dask, processes) runs every body remotely, even a lone one
-            inline_sync=self.inline_sync and not hasattr(self.executor, "submit_task"),
-            worker=self.worker_id,
+            settings=EngineSettings(
+                self._threads(),
+                echo=self.echo_output,
+                # a remote executor (Dask, processes) runs every body remotely, even a lone one
+                inline_sync=self.inline_sync and not hasattr(self.executor, "submit_task"),
+                worker=self.worker_id,
+                park_on_signal=park,
+            ),
             on_state=on_state,
-            park_on_signal=park,
         )
         wf = prep.wf
 

@@ -12,8 +12,9 @@ so their work is never lost. A stop request (cancel, interrupt, pause) is seen a
 task boundary, from this process (``RunControl``) or another (the backend's control
 key, polled a few times a second).
 
-Control-flow steps (loop, map, delay, signal) live in ``steps.py``; this module only
-decides *when* each step runs.
+What each step does lives in ``steps.py`` (one function per node kind, in one table);
+this module decides *when* each step runs, and is the host the steps run in
+(:class:`~nbflow.run.step_host.StepHost`).
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ import heapq
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from nbflow.core.branching import DEFAULT_BRANCH, branch_label
 from nbflow.core.context import TaskContext
-from nbflow.core.errors import CodecError, RouteKeyError, TaskInputError
+from nbflow.core.errors import CodecError, TaskInputError
 from nbflow.core.graph import Node, Source, WorkflowDefinition
 from nbflow.core.status import RunState, TaskError
 from nbflow.core.typed import types_of
@@ -37,11 +37,13 @@ from nbflow.run import events as ev
 from nbflow.run.attempts import RetryLedger, run_attempt
 from nbflow.run.attempts import is_async as is_coroutine_function
 from nbflow.run.capture import Capture
-from nbflow.run.checkpoint import CheckpointIO, preview
+from nbflow.run.checkpoint import CheckpointIO
 from nbflow.run.control import POLL_INTERVAL, RunControl
 from nbflow.run.live import LiveHub
 from nbflow.run.outcomes import Outcome, Parked, StepFailed
 from nbflow.run.plan import RESTORE, SKIP, PlanStep
+from nbflow.run.step_host import EngineSettings, attempt_fields
+from nbflow.run.steps import STEPS
 from nbflow.store.base import INPUT_KEY, CheckpointRecord
 
 __all__ = ["Scheduler"]
@@ -54,7 +56,21 @@ _MISSING = object()
 
 
 class Scheduler:
-    """Runs one instance of ``wf`` given its plan and stored records."""
+    """Runs one instance of ``wf`` given its plan and stored records; the
+    :class:`~nbflow.run.step_host.StepHost` of its steps.
+
+    Args:
+        wf, instance_id: what runs.
+        plan: what to do with each step (``compute_plan``).
+        records: the instance's stored records by id (kept up to date as steps commit).
+        input_value: the workflow input.
+        io: reads and writes the instance's records.
+        bus: where events go.
+        control: stop requests for this run.
+        settings: how steps run (executor, echo, inline, worker name, parking).
+        on_state: told where the run stands (waiting, awaiting_signal, running).
+        skipped: steps already known to be skipped (a worker's unit: from the plan).
+    """
 
     def __init__(
         self,
@@ -67,26 +83,21 @@ class Scheduler:
         io: CheckpointIO,
         bus: ev.EventBus,
         control: RunControl,
-        executor: Any,
-        echo: bool,
-        inline_sync: bool,
-        worker: str | None = None,
+        settings: EngineSettings,
         on_state: Callable[[RunState, float | None, str | None], None] | None = None,
-        park_on_signal: bool = True,
+        skipped: Iterable[str] = (),
     ) -> None:
         self.wf, self.instance_id, self.plan = wf, instance_id, plan
         self.records, self.input_value, self.io = records, input_value, io
-        self.bus, self.control, self.executor = bus, control, executor
-        self.echo, self.inline_sync, self.worker = echo, inline_sync, worker
-        self.on_state, self.park_on_signal = on_state, park_on_signal
+        self.bus, self.control, self.settings, self.on_state = bus, control, settings, on_state
         self.state = RunState.RUNNING
         self._values: dict[str, Any] = {}
         self._consumers = {n.id: len(wf.children(n.id)) for n in wf.nodes}
         self._sinks = set(wf.sinks)
         self._running: dict[asyncio.Task[None], str] = {}
         self._contexts: dict[str, TaskContext] = {}
-        self._branch_of: dict[str, str] = {}
-        self.skipped: set[str] = set()
+        self.branch_of: dict[str, str] = {}
+        self.skipped: set[str] = set(skipped)
         self._error: TaskError | None = None
         self._crash: BaseException | None = None
         self._parked: Parked | None = None
@@ -211,7 +222,7 @@ class Scheduler:
         while True:
             attempt += 1
             started = time.time()
-            self.publish(ev.TaskStarted, task_id=task_id, attempt=attempt, worker=self.worker)
+            self.publish(ev.TaskStarted, task_id=task_id, attempt=attempt, worker=self.settings.worker)
             # An attempt with a timeout has its own cancel flag, which its timeout sets;
             # a stop of the run sets every running attempt's (_tell_tasks). Without a
             # timeout the run's flag serves (no Event to make per attempt).
@@ -231,8 +242,8 @@ class Scheduler:
                     tctx,
                     timeout=node.spec.timeout,
                     inline=inline,
-                    executor=self.executor,
-                    echo=self.echo,
+                    executor=self.settings.executor,
+                    echo=self.settings.echo,
                     is_coroutine=self.is_async(fn),
                 )
                 if typed is not None and typed.result is not None:
@@ -312,16 +323,7 @@ class Scheduler:
         announce it. After this returns, the step is durably done."""
         finished = time.time()
         started = finished if started is None else started
-        fields: dict[str, Any] = {
-            "attempt": attempt,
-            "started_at": started,
-            "finished_at": finished,
-            "preview": preview(value),
-            # where the body ran: a remote executor's capture names its process/Dask worker
-            "worker": getattr(cap, "worker", None) or self.worker,
-        }
-        if cap is not None:
-            fields["stdout"], fields["stderr"] = cap.stdout.getvalue(), cap.stderr.getvalue()
+        fields = attempt_fields(value, cap, attempt, self.settings.worker, started=started, finished=finished)
         if record is None:
             try:
                 if ref is not None or (extra and "items" in extra):
@@ -347,55 +349,14 @@ class Scheduler:
             preview=record.preview,
             stdout=record.stdout,
             stderr=record.stderr,
-            worker=record.worker or self.worker,
+            worker=record.worker or self.settings.worker,
             **self.live.display_fields(node.id, record),  # its displays and rich preview
         )
 
     # -- one step ---------------------------------------------------------------------
     async def execute(self, node: Node, inline: bool) -> None:
-        from nbflow.run import steps
-
-        kind = node.kind
-        if kind == NodeKind.TASK:
-            assert node.fn is not None
-            args, kwargs = self.arguments(node)
-            value, cap, attempt, started = await self.attempts(node, node.fn, args, kwargs, node.id, inline)
-            self.commit(node, value, attempt=attempt, started=started, cap=cap)
-        elif kind == NodeKind.ROUTE:
-            await self._route(node, inline)
-        elif kind == NodeKind.MERGE:
-            taken = next(src.task for _, src in node.params if src.task not in self.skipped)
-            assert taken is not None
-            self.release(node)
-            self.commit(node, self.value(taken), ref=taken)
-        elif kind == NodeKind.COLLECT:
-            args, _ = self.arguments(node)
-            self.commit(node, args[0])
-        elif kind == NodeKind.LOOP:
-            await steps.run_loop(self, node, inline)
-        elif kind == NodeKind.MAP:
-            await steps.run_map(self, node)
-        elif kind == NodeKind.DELAY:
-            await steps.run_delay(self, node)
-        elif kind == NodeKind.SIGNAL:
-            await steps.run_signal(self, node)
-        else:  # pragma: no cover - the builder makes only the kinds above
-            raise RuntimeError(f"unknown step kind {kind!r}")
-
-    async def _route(self, node: Node, inline: bool) -> None:
-        assert node.fn is not None
-        args, kwargs = self.arguments(node)
-        key, cap, attempt, started = await self.attempts(node, node.fn, args, kwargs, node.id, inline)
-        labels = {n.options.get("when") for n in self.wf.nodes if n.options.get("guard") == node.id}
-        label = branch_label(key)
-        if label not in labels:
-            if DEFAULT_BRANCH not in labels:
-                declared = node.options.get("keys") or node.options.get("branches") or []
-                exc = RouteKeyError(self.wf.name, node.id, key, declared)
-                raise self.failure(node.id, exc, attempt) from None
-            label = DEFAULT_BRANCH
-        self._branch_of[node.id] = label
-        self.commit(node, key, attempt=attempt, started=started, cap=cap, extra={"branch": label})
+        """Run one step (see :data:`nbflow.run.steps.STEPS`); it commits or raises."""
+        await STEPS[node.kind](self, node, inline)
 
     # -- the loop ---------------------------------------------------------------------
     async def run(self) -> Outcome:
@@ -416,7 +377,7 @@ class Scheduler:
             if step == RESTORE:
                 rec = self.records[node.id]
                 if node.kind == NodeKind.ROUTE:
-                    self._branch_of[node.id] = rec.extra.get("branch", "")
+                    self.branch_of[node.id] = rec.extra.get("branch", "")
                 self.done += 1
                 self.publish(
                     ev.TaskRestored,
@@ -466,7 +427,7 @@ class Scheduler:
                 if (
                     node.kind == NodeKind.ROUTE
                     and cnode.options.get("guard") == task_id
-                    and cnode.options.get("when") != self._branch_of.get(task_id)
+                    and cnode.options.get("when") != self.branch_of.get(task_id)
                 ):
                     skip(child)
                 else:
@@ -480,7 +441,7 @@ class Scheduler:
                     alone = not ready and not self._running
                     if (
                         alone
-                        and self.inline_sync
+                        and self.settings.inline_sync
                         and node.kind in _INLINE_KINDS
                         and (node.fn is None or not self.is_async(node.fn))
                         and node.spec.timeout is None

@@ -69,13 +69,14 @@ from nbflow.core.status import RunState, TaskError
 from nbflow.core.typed import record_types
 from nbflow.core.vocabulary import NodeKind
 from nbflow.run import events as ev
-from nbflow.run import steps
-from nbflow.run.checkpoint import CheckpointIO, preview
+from nbflow.run.checkpoint import CheckpointIO
 from nbflow.run.control import RunControl
 from nbflow.run.instances import as_definition, move_stored
+from nbflow.run.map_step import MapPart, run_map
 from nbflow.run.outcomes import NotDue, Parked, StepFailed
 from nbflow.run.plan import RESTORE, RUN, SKIP, compute_plan
 from nbflow.run.scheduler import Scheduler
+from nbflow.run.step_host import EngineSettings
 from nbflow.run.threads import TaskThreads
 from nbflow.run.worker_units import CachedView, ClaimedIO, InstanceView, Unit, chunk_size, record_is_valid
 from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta, Lease, record_version
@@ -521,29 +522,17 @@ class PooledWorker:
             io=io,
             bus=self.events,
             control=RunControl(self.backend, iid),
-            executor=executor,
-            echo=self.echo_output,
-            inline_sync=False,
-            worker=self.worker_id,
-            park_on_signal=True,
+            settings=EngineSettings(
+                executor, echo=self.echo_output, worker=self.worker_id, park_on_signal=True, park_on_delay=True
+            ),
+            skipped=(t for t, p in view.plan.items() if p == SKIP),
         )
-        sched.skipped.update(t for t, p in view.plan.items() if p == SKIP)
         self.stats["units"] += 1
         try:
-            if unit.item is not None:
-                await self._run_item(sched, unit)
-            elif unit.chunk is not None:
-                await self._run_chunk(sched, unit)
-            elif unit.finalize:
-                total = len(self._map_items(view, node) or [])
-                output = [view.value(item_id(node.id, i)) for i in range(total)]
-                sched.commit(node, output, extra={"items": total})
-            elif node.kind == NodeKind.DELAY:
-                at = await steps.stored_deadline(sched, node, "wake", node.options["seconds"])
-                if at > time.time():
-                    raise NotDue(at)
-                await steps.run_delay(sched, node)
-            else:
+            part = self._part(unit)
+            if part is not None:  # map items: the map step's own code, over these items
+                await run_map(sched, node, part=part)
+            else:  # any step, a map whose items are all done included (it stores the step's record)
                 await sched.execute(node, inline=False)
         except ClaimLostError as exc:
             self.stats["lost"] += 1
@@ -572,88 +561,23 @@ class PooledWorker:
                     pass
             self._leave(iid)
 
-    async def _run_item(self, sched: Scheduler, unit: Unit) -> None:
-        node, i = unit.node, unit.item
-        assert node.fn is not None and i is not None
-        items = self._map_items(unit.view, node) or []
-        value, cap, attempt, started = await sched.attempts(node, node.fn, [items[i]], {}, unit.key, False)
-        finished = time.time()
-        record = sched.io.write(
-            unit.key,
-            node.fingerprint,
-            value,
-            attempt=attempt,
-            started_at=started,
-            finished_at=finished,
-            preview=preview(value),
-            stdout=cap.stdout.getvalue(),
-            stderr=cap.stderr.getvalue(),
-            worker=getattr(cap, "worker", None) or self.worker_id,
-        )
-        sched.retries.settle(unit.key)  # its stored attempt count, if it was retried
-        sched.live.settled((unit.key,))  # and its own saved state
-        sched.publish(
-            ev.TaskFinished,
+    def _part(self, unit: Unit) -> MapPart | None:
+        """The map items a unit runs (one item, or a chunk ended by its marker record)."""
+        if unit.item is None and unit.chunk is None:
+            return None
+        items = self._map_items(unit.view, unit.node) or []
+        if unit.item is not None:
+            return MapPart(unit.item, unit.item + 1, items)
+        start, stop = unit.chunk or (0, 0)
+        marker = CheckpointRecord(
             task_id=unit.key,
-            attempt=attempt,
-            duration=finished - started,
-            preview=record.preview,
-            stdout=record.stdout,
-            stderr=record.stderr,
-            worker=record.worker,
+            fingerprint=unit.node.fingerprint,
+            codec="ref",
+            finished_at=time.time(),
+            worker=self.worker_id,
+            extra={"chunk": [start, stop]},
         )
-
-    async def _run_chunk(self, sched: Scheduler, unit: Unit) -> None:
-        """Several items of a map, one claim and one commit (plus a marker record under
-        the chunk's key, so a worker that planned before the commit cannot re-claim it)."""
-        node, (start, stop) = unit.node, unit.chunk or (0, 0)
-        assert node.fn is not None
-        items = self._map_items(unit.view, node) or []
-        batch: list[tuple[CheckpointRecord, Any]] = []
-        failure: StepFailed | None = None
-        for i in range(start, stop):
-            key = item_id(node.id, i)
-            if record_is_valid(unit.view.records.get(key), node):
-                continue
-            try:
-                value, cap, attempt, started = await sched.attempts(node, node.fn, [items[i]], {}, key, False)
-            except StepFailed as failed:
-                failure = failed
-                break
-            batch.append(
-                sched.io.encode(
-                    key,
-                    node.fingerprint,
-                    value,
-                    attempt=attempt,
-                    started_at=started,
-                    finished_at=time.time(),
-                    preview=preview(value),
-                    stdout=cap.stdout.getvalue(),
-                    stderr=cap.stderr.getvalue(),
-                    worker=getattr(cap, "worker", None) or self.worker_id,
-                )
-            )
-        if failure is None:
-            marker = CheckpointRecord(
-                task_id=unit.key,
-                fingerprint=node.fingerprint,
-                codec="ref",
-                finished_at=time.time(),
-                worker=self.worker_id,
-                extra={"chunk": [start, stop]},
-            )
-            batch.append((marker, self.backend.new_sink(sched.instance_id)))
-        if batch:
-            sched.io.write_many(batch)  # the items that finished are kept even if one failed
-            for record, _ in batch:
-                sched.retries.settle(record.task_id)  # stored attempt counts of retried items
-            sched.live.settled(record.task_id for record, _ in batch)  # the items' own saved states
-            known = sum(1 for i in range(len(items)) if item_id(node.id, i) in sched.records)
-            done = known + sum(1 for record, _ in batch if record.codec != "ref")
-            sched.publish(ev.MapProgress, task_id=node.id, done=done, total=len(items))  # as far as this worker knows
-        if failure is not None:
-            raise failure
+        return MapPart(start, stop, items, marker)
 
     # -- instance states --------------------------------------------------------------
     def _set_state(
