@@ -1,5 +1,5 @@
-"""Real browser: the kernel is SIGKILLed while a task runs, and the widget says so
-(JupyterLab 4 and Notebook 7, headless Chromium).
+"""Real browser: the kernel is SIGKILLed (or restarted from the Kernel menu) while a task
+runs, and the widget says so (JupyterLab 4 and Notebook 7, headless Chromium).
 
 The realistic notebook (``_realistic.py``) runs; while ``features`` (a slow ``tqdm.auto``
 loop) is running the test kills the kernel process with ``kill -9`` — the pid comes from
@@ -11,13 +11,14 @@ the notebook's first cell. The server notices and restarts the kernel; the widge
   saved and "re-run this cell to resume".
 
 Screenshots: ``artifacts/<app>-sales-running.png`` (a running task, its detail pane
-open) and ``artifacts/<app>-kernel-dead.png``. No timing is asserted; the waits are
+open) and ``artifacts/<app>-kernel-{kill,restart}.png`` (+ ``-widget``: the widget alone). No timing is asserted; the waits are
 generous upper bounds.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -51,7 +52,9 @@ STATE_JS = """() => {
 }""".replace("TASKS", str(list(SALES_TASKS)))
 
 
-def _kill_while_running(page: Any, root: Path, app: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def _stop_while_running(
+    page: Any, root: Path, app: str, how: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     w = page.locator(".nbflow-widget").first
     w.wait_for(state="attached", timeout=90_000)
     page.wait_for_function(
@@ -69,8 +72,15 @@ def _kill_while_running(page: Any, root: Path, app: str) -> tuple[dict[str, Any]
     w.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / f"{app}-sales-running.png"))
 
-    pid = int((root / "kernel.pid").read_text())
-    os.kill(pid, signal.SIGKILL)  # a real hard crash of the process running the cell
+    if how == "kill":
+        pid = int((root / "kernel.pid").read_text())
+        os.kill(pid, signal.SIGKILL)  # a real hard crash of the process running the cell
+    else:  # Kernel > Restart Kernel..., then the dialog's Restart
+        page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").first.click()
+        page.locator("li.lm-Menu-item[data-type=command]").filter(
+            has=page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Restart Kernel…$"))
+        ).click()
+        page.locator(".jp-Dialog button.jp-mod-accept").click()
     page.wait_for_function(
         "() => document.querySelector('.nbflow-widget')?.dataset.runState === 'interrupted'", timeout=30_000
     )
@@ -81,13 +91,16 @@ def _kill_while_running(page: Any, root: Path, app: str) -> tuple[dict[str, Any]
     if dialog.count():
         dialog.first.click()
     w.scroll_into_view_if_needed()
-    page.screenshot(path=str(ARTIFACTS / f"{app}-kernel-dead.png"))
-    w.screenshot(path=str(ARTIFACTS / f"{app}-kernel-dead-widget.png"))
+    page.screenshot(path=str(ARTIFACTS / f"{app}-kernel-{how}.png"))
+    w.screenshot(path=str(ARTIFACTS / f"{app}-kernel-{how}-widget.png"))
     return before, lost, later
 
 
+@pytest.mark.parametrize("how", ["kill", "restart"])
 @pytest.mark.parametrize("app", ["lab", pytest.param("notebook", id="notebook7")])
-def test_a_killed_kernel_reads_interrupted_and_the_clock_stops(app: str, browser: Any, tmp_path: Path) -> None:
+def test_a_stopped_kernel_reads_interrupted_and_the_clock_stops(
+    app: str, how: str, browser: Any, tmp_path: Path
+) -> None:
     if app == "notebook":
         pytest.importorskip("notebook", minversion="7")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -102,9 +115,9 @@ def test_a_killed_kernel_reads_interrupted_and_the_clock_stops(app: str, browser
     try:
         open_notebook(page, base, token, "sales.ipynb", n_cells, app)
         run_all(page)
-        before, lost, later = _kill_while_running(page, root, app)
+        before, lost, later = _stop_while_running(page, root, app, how)
     except Exception:
-        page.screenshot(path=str(ARTIFACTS / f"{app}-kernel-dead-FAILED.png"))
+        page.screenshot(path=str(ARTIFACTS / f"{app}-kernel-{how}-FAILED.png"))
         print((tmp_path / f"jupyter-{app}.log").read_text()[-4000:])
         raise
     finally:
