@@ -58,7 +58,7 @@ from nbflow.store.base import (
 )
 from nbflow.store.postgres_connect import ConnectionPool
 from nbflow.store.postgres_payloads import ChunkReader, PgSink
-from nbflow.store.postgres_schema import STALE_SQLSTATE
+from nbflow.store.postgres_schema import PUT_ONE, STALE_SQLSTATE
 from nbflow.store.records import (
     ChecksumReader,
     RecordFormatError,
@@ -353,6 +353,20 @@ class PostgresBackend:
                 )
 
             spilled = [s for s in sinks if s.blob is not None]
+            if claim is None and before is None and not spilled and len(records) == 1 and known:
+                record = records[0]
+                record.generation = known
+                params_one = {
+                    "iid": instance_id,
+                    "gen": known,
+                    "tid": record.task_id,
+                    "fin": float(record.finished_at),
+                    "data": encode_record(record),
+                }
+                one = conn.execute(PUT_ONE, params_one).fetchone()
+                if one is not None:
+                    self._remember_control(instance_id, one[1])
+                    return True
             head: tuple[Any, ...]
             if claim is None:
                 sql = "SELECT true, * FROM nbflow_put(%s, %s, %s::text[], %s::float8[], %s::text[], %s::bytea[])"

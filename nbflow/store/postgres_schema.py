@@ -22,13 +22,36 @@ refused (``StoreSchemaError``) rather than changed.
 
 from __future__ import annotations
 
-__all__ = ["CHECK_VERSION", "CREATE", "SCHEMA_LOCK", "SCHEMA_VERSION", "STALE_SQLSTATE"]
+__all__ = ["CHECK_VERSION", "CREATE", "PUT_ONE", "SCHEMA_LOCK", "SCHEMA_VERSION", "STALE_SQLSTATE"]
 
 SCHEMA_VERSION = 1
 STALE_SQLSTATE = "NBSTL"  # raised by nbflow_lock_instance; message: "cleared" or "restarted"
 SCHEMA_LOCK = 0x6E62_666C_6F77  # advisory key held while the schema is created ("nbflow")
 
 CHECK_VERSION = "SELECT version FROM nbflow_schema"
+
+# The common checkpoint — one record, inline, by a handle that knows the generation — as
+# one plain statement (no function call, no arrays): the UPDATE locks the instance row,
+# checks the generation and moves the change stamp; no row back means the generation
+# moved (or the instance is gone) and the caller takes ``nbflow_put``, which says which.
+PUT_ONE = """
+WITH inst AS (
+    UPDATE nbflow_instances SET stamp = nextval('nbflow_stamps')
+    WHERE instance_id = %(iid)s AND generation = %(gen)s
+    RETURNING generation, control
+), replaced AS (
+    DELETE FROM nbflow_chunks c USING nbflow_records r, inst
+    WHERE r.instance_id = %(iid)s AND r.task_id = %(tid)s AND r.blob IS NOT NULL
+      AND c.instance_id = %(iid)s AND c.blob = r.blob
+), stored AS (
+    INSERT INTO nbflow_records (instance_id, task_id, generation, finished_at, blob, data)
+    SELECT %(iid)s, %(tid)s, inst.generation, %(fin)s, NULL, %(data)s FROM inst
+    ON CONFLICT (instance_id, task_id) DO UPDATE
+        SET generation = excluded.generation, finished_at = excluded.finished_at,
+            blob = excluded.blob, data = excluded.data
+)
+SELECT generation, control FROM inst
+"""
 
 CREATE = r"""
 CREATE TABLE nbflow_schema (version integer NOT NULL, written_by text NOT NULL);

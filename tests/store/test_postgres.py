@@ -18,6 +18,7 @@ from nbflow.core.errors import (
     CheckpointCorruptError,
     InstanceLockedError,
     MissingDependencyError,
+    StaleInstanceError,
     StoreAddressError,
     StoreAuthError,
     StoreConnectionError,
@@ -296,6 +297,28 @@ def test_the_index_follows_the_instance_in_its_transaction(store: PostgresBacken
     assert (row.tasks_done, row.tasks_total) == (1, 1)
     store.delete_instance("i")
     assert _sql(dsn, "SELECT count(*) FROM nbflow_index") == [(0,)]
+
+
+def test_a_stale_handle_never_writes_into_a_newer_instance(store: PostgresBackend, dsn: str) -> None:
+    other = PostgresBackend(dsn)  # another process
+    store.save_instance(InstanceMeta("i", "wf", "h"))
+    _put(store, "i", "a", b"1")
+    other.save_instance(InstanceMeta("i", "wf", "h"))  # started over: a new generation, no records
+    with pytest.raises(StaleInstanceError, match="restarted"):
+        _put(store, "i", "b", b"2")
+    assert other.get_records("i") == {}
+    store.load_instance("i")  # a reload sees the new generation: writing is fine again
+    _put(store, "i", "c", b"3")
+    other.delete_instance("i")
+    with pytest.raises(StaleInstanceError, match="cleared"):
+        _put(store, "i", "d", b"4")
+    assert store.get_records("i") == {}
+    store.load_instance("i")
+    with pytest.raises(StaleInstanceError, match="restarted"):
+        meta = InstanceMeta("i", "wf", "h")
+        other.save_instance(meta)
+        meta.generation = "not-the-one"
+        store.save_instance(meta)
 
 
 # -- connection loss --------------------------------------------------------------------
