@@ -79,14 +79,17 @@ def validate(amounts):
 """
 
 
-def write_notebook(path: Path, *, steps: int, delay: float, failing: bool = False) -> int:
-    """Write the notebook (no outputs); returns its number of cells."""
+def write_notebook(path: Path, *, steps: int, delay: float, failing: bool = False, rerun: bool = False) -> int:
+    """Write the notebook (no outputs); returns its number of cells. ``rerun`` adds the
+    sales cell once more at the end (its tasks are then restored from their checkpoints)."""
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
     cells = [new_code_cell(SETUP_CELL), new_code_cell(sales_cell(steps, delay))]
     if failing:
         cells.append(new_code_cell(FAILING_CELL))
+    if rerun:
+        cells.append(new_code_cell(sales_cell(steps, delay)))
     nb = new_notebook(
         cells=cells,
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},

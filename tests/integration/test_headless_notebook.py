@@ -15,6 +15,7 @@ Follows ``shared/recipes``: isolated IPYTHONDIR / JUPYTER_RUNTIME_DIR, this venv
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import re
@@ -51,7 +52,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     mp.delenv("PYTEST_CURRENT_TEST", raising=False)
     try:
         path = tmp / "sales.ipynb"
-        write_notebook(path, steps=5, delay=0.05, failing=True)
+        write_notebook(path, steps=5, delay=0.05, failing=True, rerun=True)
         nb = nbformat.read(path, as_version=4)
         client = nbclient.NotebookClient(
             nb, timeout=300, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(tmp)}}
@@ -63,9 +64,9 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
         mp.undo()
 
 
-def _workflow_outputs(nb: Any, name: str) -> list[Any]:
-    cell = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith(f"%%workflow {name}"))
-    return list(cell.outputs)
+def _workflow_outputs(nb: Any, name: str, nth: int = 0) -> list[Any]:
+    cells = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith(f"%%workflow {name}")]
+    return list(cells[nth].outputs)
 
 
 def _static(outputs: list[Any]) -> str:
@@ -133,13 +134,29 @@ def test_a_failed_workflow_saves_its_error_first(executed: tuple[Any, Path]) -> 
 
 
 @needs_dot
+def test_a_rerun_saves_its_restored_tasks_dashed_with_their_output_and_figure(executed: tuple[Any, Path]) -> None:
+    nb, _ = executed
+    page = _static(_workflow_outputs(nb, "sales", nth=1))
+    assert "4/4 done (4 restored)" in page
+    rows = re.findall(r'<tr class="nbflow-static-row nbflow-state-(\w+)" title="(\w+)">', page)
+    assert rows == [("restored", t) for t in SALES_TASKS]
+    m = re.search(r'class="nbflow-static-dag"[^>]*src="data:image/svg\+xml;base64,([^"]+)"', page)
+    assert m is not None
+    svg = base64.b64decode(m.group(1)).decode()
+    assert svg.count("nbflow-state-restored") == 4 and svg.count('stroke-dasharray="4,2"') == 4
+    assert all(f"batch {i}: 4830 rows" in _section(page, "features") for i in range(5))  # as when it ran
+    if _display_capture_landed():
+        assert "data:image/png;base64," in _section(page, "chart")  # the figure comes back too
+
+
+@needs_dot
 def test_nbconvert_html_shows_legend_summary_table_and_graph(executed: tuple[Any, Path]) -> None:
     nbconvert = pytest.importorskip("nbconvert")
     nb, tmp = executed
     body, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
-    assert body.count('class="nbflow-static-legend"') == 2
-    assert body.count('class="nbflow-static-table"') == 2
-    assert body.count('class="nbflow-static-dag"') == 2
+    assert body.count('class="nbflow-static-legend"') == 3
+    assert body.count('class="nbflow-static-table"') == 3
+    assert body.count('class="nbflow-static-dag"') == 3
     assert 'class="nbflow-static-summary"' in body and "4/4 done" in body
     assert "model not found" not in body
     out = tmp / "sales.html"
@@ -163,6 +180,9 @@ def test_nbconvert_html_shows_legend_summary_table_and_graph(executed: tuple[Any
                      .filter(e => e.offsetParent !== null && /^sales: /.test(e.textContent)).length"""
             )
             page.screenshot(path=str(ARTIFACTS / "nbconvert-sales.png"), full_page=True)
+            rerun = page.locator(".nbflow-static").nth(2)
+            rerun.locator('details.nbflow-static-task[title="chart"] > summary').click()
+            rerun.screenshot(path=str(ARTIFACTS / "nbconvert-restored.png"))
             browser.close()
-        assert visible == 2
+        assert visible == 3
         assert summaries == 0  # the widget's text fallback is hidden next to the static view
