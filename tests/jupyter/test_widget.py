@@ -258,6 +258,16 @@ def test_front_end_files_and_selectors_exist() -> None:
         "nbflow-rerun",
         "nbflow-approve",
         "nbflow-signal-payload",
+        "nbflow-kernel-lost",
+        "nbflow-detail-error",
+        "nbflow-detail-user-traceback",
+        "nbflow-detail-full-traceback",
+        "nbflow-detail-displays",
     ):
         assert f'"{selector}' in js, selector
+    # what the front end watches to call a kernel gone (see widget.js watchKernel)
+    for hook in ("statusChanged", "connectionStatusChanged", "kernelChanged", "jupyter-widgets-disconnected"):
+        assert hook in js, hook
+    css = (STATIC / "widget.css").read_text()
+    assert ".jp-OutputArea-child:has(.nbflow-widget) + .jp-OutputArea-child:has(.nbflow-static)" in css
     assert WorkflowWidget._esm is not None and WorkflowWidget._css is not None
