@@ -46,7 +46,6 @@ from nbflow.core.keys import (
     DISPLAY_SUFFIX,
     STATE_SUFFIX,
     display_id,
-    item_id,
     parse_display_id,
     parse_item_id,
     parse_iteration_id,
@@ -671,27 +670,27 @@ class LiveHub:
         return fields
 
     def stored_displays(self, task_id: str, record: CheckpointRecord) -> tuple[Mapping[str, Any], ...]:
-        """What ``task_id`` displayed when it ran, read from its display record (a map's:
-        what its items displayed, the first :data:`~nbflow.run.displays.MAX_DISPLAYS`).
-        Nothing on a missing, outdated or damaged record: a picture never fails a resume."""
+        """What ``task_id`` displayed when it ran, read from its display record (a map's
+        or loop's: what its items or iterations displayed, the first
+        :data:`~nbflow.run.displays.MAX_DISPLAYS`, each naming its item in
+        ``metadata["nbflow_item"]``). Nothing on a missing, outdated or damaged record:
+        a picture never fails a resume."""
         pictures = list(self._read_displays(task_id, record))
-        items = record.extra.get("items")
-        if isinstance(items, int) and not isinstance(items, bool) and items > 0:
+        if "items" in record.extra or "iterations" in record.extra:
             owned = sorted(
-                (parsed[1], rid)
+                (parsed[1], owner)
                 for rid in self._display_records
                 if (owner := parse_display_id(rid)) is not None
-                and (parsed := parse_item_id(owner)) is not None
+                and (parsed := parse_item_id(owner) or parse_iteration_id(owner)) is not None
                 and parsed[0] == task_id
             )
-            for index, _ in owned:
+            for _, part in owned:
                 if len(pictures) >= shown.MAX_DISPLAYS:
                     break
-                iid = item_id(task_id, index)
-                item = self.records.get(iid)
-                if item is not None:
-                    for picture in self._read_displays(iid, item):
-                        pictures.append({**picture, "metadata": {**picture["metadata"], "nbflow_item": iid}})
+                stored = self.records.get(part)
+                if stored is not None:
+                    for picture in self._read_displays(part, stored):
+                        pictures.append({**picture, "metadata": {**picture["metadata"], "nbflow_item": part}})
         return tuple(pictures[: shown.MAX_DISPLAYS])
 
     def _read_displays(self, task_id: str, record: CheckpointRecord) -> tuple[Mapping[str, Any], ...]:

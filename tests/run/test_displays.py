@@ -263,3 +263,19 @@ def test_figures_left_open_in_an_executor_process_come_back(tmp_path: Path) -> N
     assert res["mimes"] == [["image/png", "text/plain"]]
     assert res["png"].startswith("iVBORw0KGgo")  # base64 of the PNG signature
     assert "draw#display" in res["records"]
+
+
+def test_loop_iterations_displays_are_shown_again_on_the_loops_restore(tmp_path: Path) -> None:
+    def newton(x: float) -> nf.LoopResult:
+        show({"text/plain": f"guess {x:.3f}"})
+        better = (x + 2 / x) / 2
+        return nf.LoopResult.done(better) if abs(better - x) < 1e-3 else nf.LoopResult.again(better)
+
+    wf = nf.Workflow("sqrt2").then(lambda: 1.0).loop(newton, max_iterations=20).build()
+    live = [e for e in run(wf, nf.DiskcacheBackend(tmp_path / "s")) if isinstance(e, ev.TaskDisplay)]
+    assert [e.task_id for e in live] == [f"newton#{i}" for i in range(1, len(live) + 1)] and len(live) >= 3
+    events = run(wf, nf.DiskcacheBackend(tmp_path / "s"), again=True)
+    (restored,) = [e for e in events if isinstance(e, ev.TaskRestored) and e.task_id == "newton"]
+    assert [(d["metadata"]["nbflow_item"], d["data"]["text/plain"]) for d in restored.displays] == [
+        (e.task_id, e.bundle["text/plain"]) for e in live
+    ]
