@@ -113,6 +113,8 @@ __all__ = ["INLINE_LIMIT", "DiskcacheBackend"]
 
 
 _RECHECK_HELD = 1.0  # seconds between file checks of an instance this handle holds
+CONTROL_POLL = 0.02  # seconds a control request from another process may go unseen
+_control_epoch = 0  # moves with every control request set in this process
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # a symlink planted in the store is refused (ELOOP), not followed
 
 
@@ -190,7 +192,7 @@ class DiskcacheBackend:
         self._dirs: dict[str, Path] = {}
         self._gens: dict[str, str] = {}  # the generation this handle last saw, per instance
         self._flags: dict[str, str] = {}
-        self._control_seen: dict[str, tuple[int, tuple[str, str] | None]] = {}
+        self._control_seen: dict[str, tuple[int | None, tuple[str, str] | None, float, int]] = {}
         self._locks = FileLocks(self.directory / "locks")
         # Instances this handle holds exclusively: nobody else writes or replaces them
         # meanwhile, which lets a checkpoint skip re-checking the file (see _rows).
@@ -899,24 +901,35 @@ class DiskcacheBackend:
                 os.write(fd, str(time.time_ns()).encode("ascii"))
             finally:
                 os.close(fd)
+        global _control_epoch
+        _control_epoch += 1  # every handle of this process sees the request at once
 
     def get_control(self, instance_id: str) -> tuple[str, str] | None:
+        """The pending control request. Asked at every task boundary, so it costs no
+        file system call within ``CONTROL_POLL`` seconds of the last look (a request
+        from another process is seen that much later); one set in this process is seen
+        at once."""
+        now = time.monotonic()
+        seen = self._control_seen.get(instance_id)
+        if seen is not None and now - seen[2] < CONTROL_POLL and seen[3] == _control_epoch:
+            return seen[1]
         flag = self._flags.get(instance_id)
         if flag is None:
             flag = self._flags[instance_id] = str(self._instance_dir(instance_id) / CONTROL_FLAG)
         try:
             stamp = os.stat(flag).st_mtime_ns
         except FileNotFoundError:
+            self._control_seen[instance_id] = (None, None, now, _control_epoch)
             return None  # never set
-        seen = self._control_seen.get(instance_id)
         if seen is not None and seen[0] == stamp:
+            self._control_seen[instance_id] = (stamp, seen[1], now, _control_epoch)
             return seen[1]
         raw = self._get(instance_id, CONTROL)
         try:
             value = None if raw is None else decode_control(raw)
         except RecordFormatError as exc:
             raise CheckpointCorruptError(instance_id, str(exc), str(self._instance_dir(instance_id))) from None
-        self._control_seen[instance_id] = (stamp, value)
+        self._control_seen[instance_id] = (stamp, value, now, _control_epoch)
         return value
 
     # -- claims (PooledWorker) ----------------------------------------------------------
