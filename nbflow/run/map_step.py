@@ -93,7 +93,7 @@ async def run_map(host: StepHost, node: Node, inline: bool = False, part: MapPar
     else:  # as far as this worker knows
         done = sum(1 for i in range(total) if item_id(node.id, i) in host.records)
 
-    # Each queue entry: ("ok", i, value, capture, attempt) | ("error", exc) | ("stopped",) | ("exit",)
+    # Each queue entry: ("ok", i, value, capture, attempt, started) | ("error", exc) | ("stopped",) | ("exit",)
     queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
     next_index = iter(todo)
     stop = stopped = False
@@ -116,7 +116,9 @@ async def run_map(host: StepHost, node: Node, inline: bool = False, part: MapPar
         """Run item ``i`` (its retries after a first attempt that raised ``failed`` in
         a chunk); False once the map must not go on."""
         try:
-            value, cap, attempt, _ = await host.attempts(node, fn, [items[i]], {}, item_id(node.id, i), False, failed)
+            value, cap, attempt, started = await host.attempts(
+                node, fn, [items[i]], {}, item_id(node.id, i), False, failed
+            )
         except Exception as exc:  # noqa: BLE001 - StepFailed (retries exhausted), reported via the queue
             queue.put_nowait(("error", exc))
             return False
@@ -125,7 +127,7 @@ async def run_map(host: StepHost, node: Node, inline: bool = False, part: MapPar
                 raise
             queue.put_nowait(("stopped",))  # paused between retries: the next run continues the count
             return False
-        queue.put_nowait(("ok", i, value, cap, attempt))
+        queue.put_nowait(("ok", i, value, cap, attempt, started))
         return True
 
     again: collections.deque[tuple[int, Exception]] = collections.deque()  # chunk items to retry
@@ -197,9 +199,12 @@ async def run_map(host: StepHost, node: Node, inline: bool = False, part: MapPar
             elif entry[0] == "stopped":
                 stopped = stop = True
             else:
-                _, i, value, cap, attempt = entry
+                _, i, value, cap, attempt, item_started = entry
                 try:
-                    fields = attempt_fields(value, cap, attempt, host.settings.worker)
+                    # an item's finish time is also its record's version, which claims compare
+                    fields = attempt_fields(
+                        value, cap, attempt, host.settings.worker, started=item_started, finished=time.time()
+                    )
                     encoded = host.io.encode(item_id(node.id, i), node.fingerprint, value, **fields)
                 except CodecError as exc:  # the item's output cannot be stored: the map fails on it
                     failure = failure or host.failure(item_id(node.id, i), exc, attempt)
@@ -234,7 +239,7 @@ async def _first_attempts(
 ) -> list[tuple[Any, ...]]:
     """Run the first attempt of several items of a sync map function in one thread hop.
 
-    Returns ("ok", i, value, capture, 1) per item that succeeded and ("again", i, exc)
+    Returns ("ok", i, value, capture, 1, started) per item that succeeded and ("again", i, exc)
     per item that raised: its retries run through ``host.attempts`` on the loop, so
     their count is stored before each retry like any task's."""
     assert node.fn is not None
@@ -246,7 +251,7 @@ async def _first_attempts(
             key = item_id(node.id, i)
             live = host.live.attempt(node, key, 1)
             tctx = TaskContext(host.wf.name, host.instance_id, key, 1, host.wf.metadata, cancel, live)
-            t0 = time.perf_counter()
+            t0, started = time.perf_counter(), time.time()
             try:
                 value, cap = call_sync(fn, [items[i]], {}, tctx, echo)
             except Exception as exc:  # noqa: BLE001 - the user function failed; retried or reported
@@ -256,7 +261,7 @@ async def _first_attempts(
                 live.close(ok=True)
                 item_seconds[0] += time.perf_counter() - t0
                 item_seconds[1] += 1
-                out.append(("ok", i, value, cap, 1))
+                out.append(("ok", i, value, cap, 1, started))
             if cancel.is_set():
                 break
         return out

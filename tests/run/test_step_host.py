@@ -55,7 +55,8 @@ def test_a_map_runs_the_same_in_a_worker_pool_and_in_one_process() -> None:
         return i * i
 
     wf = nf.Workflow("sq").then("mk", lambda n: list(range(n))).map("sq", square, concurrency=4).build()
-    alone = nf.CheckpointingRunner(nf.InMemoryBackend(), echo_output=False).run(wf, "i", 100)
+    alone_store = nf.InMemoryBackend()
+    alone = nf.CheckpointingRunner(alone_store, echo_output=False).run(wf, "i", 100)
     store = nf.InMemoryBackend()
     client = nf.WorkflowClient(store)
     client.submit(wf, "i", 100)
@@ -67,4 +68,8 @@ def test_a_map_runs_the_same_in_a_worker_pool_and_in_one_process() -> None:
     records = store.get_records("i")
     assert [records[f"sq[{i}]"].stdout for i in range(100)] == [f"item {i}\n" for i in range(100)]
     assert {records[f"sq[{i}]"].worker for i in range(100)} <= {"w0", "w1"}
+    # an item record's finish time is its version, which a claim compares: never unset
+    assert all(records[f"sq[{i}]"].finished_at >= records[f"sq[{i}]"].started_at > 0 for i in range(100))
+    one = alone_store.get_records("i")
+    assert all(one[f"sq[{i}]"].finished_at >= one[f"sq[{i}]"].started_at > 0 for i in range(100))
     assert any(":" in key for key in records if key.startswith("sq["))  # chunk markers: chunks ran
