@@ -26,9 +26,11 @@ shows and when it was written. It is *derived* data, never the truth:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -81,17 +83,16 @@ class StoreIndex:
             con = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
             con.execute("SELECT count(*) FROM instances").fetchall()
             return con
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        os.close(fd)  # created private, and never through a planted link
+        if not self.path.exists():
+            _create(self.path)
         con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         try:
-            con.execute("PRAGMA journal_mode = WAL")
             con.execute("PRAGMA synchronous = NORMAL")
             version = con.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _VERSION):
-                raise sqlite3.DatabaseError(f"index version {version}")
-            con.execute(_SCHEMA)
-            con.execute(f"PRAGMA user_version = {_VERSION}")
+            mode = con.execute("PRAGMA journal_mode").fetchone()[0]
+            if version != _VERSION or mode != "wal":
+                raise sqlite3.DatabaseError(f"index version {version} in {mode} mode")
+            con.execute("SELECT count(*) FROM instances").fetchall()
         except BaseException:
             con.close()
             raise
@@ -170,6 +171,42 @@ class StoreIndex:
                 with contextlib.suppress(sqlite3.Error):
                     con.execute("ROLLBACK")
                 return False
+
+
+def _create(path: Path) -> None:
+    """Make the index file appear whole and private: the bytes of an empty index (built
+    once per process: making one with SQLite costs several synced commits) are written
+    to a scratch file and linked into place, never over an existing one."""
+    scratch = path.with_name(f".{path.name}.{os.getpid()}-{time.time_ns()}")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        try:
+            os.write(fd, _empty_index())
+        finally:
+            os.close(fd)
+        try:
+            os.link(scratch, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            if not path.exists():
+                os.replace(scratch, path)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+@functools.cache
+def _empty_index() -> bytes:
+    with tempfile.TemporaryDirectory(prefix="nbflow-index-") as scratch:
+        target = Path(scratch) / INDEX_FILE
+        con = sqlite3.connect(target, isolation_level=None)
+        try:
+            con.execute("PRAGMA journal_mode = WAL")
+            con.execute(_SCHEMA)
+            con.execute(f"PRAGMA user_version = {_VERSION}")
+        finally:
+            con.close()  # the last connection folds the log into the file
+        return target.read_bytes()
 
 
 def _parse(text: Any) -> InstanceSummary | None:
