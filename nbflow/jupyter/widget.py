@@ -228,8 +228,12 @@ class WorkflowWidget(anywidget.AnyWidget):
         :meth:`update_display` (called by :meth:`flush` on the main thread) brings the
         saved view up to the run's final state. ``display(widget)`` ends up here too.
         """
+        from IPython.core.interactiveshell import InteractiveShell
         from IPython.display import display
 
+        if not InteractiveShell.initialized():  # a script: IPython would print the raw bundles
+            print(self.summary())
+            return
         bundle = self._repr_mimebundle_()
         if bundle is None:  # pragma: no cover - anywidget returns None only without a view
             return

@@ -282,7 +282,8 @@ def test_while_a_run_goes_the_static_view_is_refreshed_from_the_push_thread(
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if any(
-                m["update"] and m["display_id"] == static_id and "1/2 done" in m["data"]["text/html"] for m in published
+                m["update"] and m["display_id"] == static_id and "going during slow: 1 of 2" in m["data"]["text/html"]
+                for m in published
             ):
                 break
             time.sleep(0.02)
@@ -292,7 +293,7 @@ def test_while_a_run_goes_the_static_view_is_refreshed_from_the_push_thread(
         release.set()
         handle.wait(timeout=10)
     refreshed = [m for m in published if m["update"] and m["display_id"] == static_id]
-    assert "Saved while the run was going during slow" in refreshed[0]["data"]["text/html"]
+    assert all("re-run this cell to resume" in m["data"]["text/html"] for m in refreshed)
 
 
 @needs_dot
@@ -302,3 +303,17 @@ def test_render_layout_is_what_the_saved_view_draws(runner: nf.CheckpointingRunn
     assert lay is not None
     page = run_into_widget(wf, runner, "s-3").static_html()
     assert set(re.findall(r'data-task="(\w+)"', dag_svg(page))) == set(lay.node_ids)
+
+
+def test_outside_ipython_display_prints_the_summary_not_the_bundles() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import nbflow as nf\n"
+        "from nbflow.jupyter.widget import WorkflowWidget\n"
+        "wf = nf.Workflow('w').then('a', lambda: 1).build()\n"
+        "WorkflowWidget(wf, instance_id='i').display()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "w: 0/1 done | a pending"
