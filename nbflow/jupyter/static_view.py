@@ -91,7 +91,7 @@ def _tail(text: str, limit: int = TEXT_TAIL) -> str:
     newline = cut.find("\n")
     if 0 <= newline < 200:
         cut = cut[newline + 1 :]
-    return f"… {len(text) - len(cut)} characters not shown (%workflow status shows where the full log is)\n{cut}"
+    return f"… {len(text) - len(cut)} earlier characters not shown\n{cut}"
 
 
 def error_line(detail: Mapping[str, Any]) -> str:

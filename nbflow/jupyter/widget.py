@@ -17,6 +17,11 @@ of what it printed, so the front end can show a running task's detail at once â€
 when a blocking cell keeps the kernel from answering a click. Creating the widget keeps
 the cell reported busy while it runs (``kernel_busy``: JupyterLab's widget subshells
 would otherwise make the status bar read "Idle").
+
+Displayed (:meth:`WorkflowWidget.display`), the widget is two outputs: the live view and
+its static view (``static_view``), plain HTML that a notebook without a kernel, nbconvert
+and a headless run show instead of JupyterLab's "model not found". The front end watches
+the kernel too: once it restarted or died, the view says the run was interrupted.
 """
 
 from __future__ import annotations
