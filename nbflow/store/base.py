@@ -128,7 +128,15 @@ class CheckpointRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CheckpointRecord:
-        return cls(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})
+        record = cls(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})
+        bundle = record.preview_bundle
+        if not isinstance(bundle, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in bundle.items()
+        ):
+            # a preview is shown, never trusted: anything but {str: str} (a damaged or
+            # planted header) is dropped rather than handed to a view
+            record.preview_bundle = {}
+        return record
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(CheckpointRecord))

@@ -279,3 +279,19 @@ def test_loop_iterations_displays_are_shown_again_on_the_loops_restore(tmp_path:
     assert [(d["metadata"]["nbflow_item"], d["data"]["text/plain"]) for d in restored.displays] == [
         (e.task_id, e.bundle["text/plain"]) for e in live
     ]
+
+
+def test_a_planted_preview_bundle_is_dropped_not_shown(tmp_path: Path) -> None:
+    from tests.store.faults import cache_db, get_row, plant_record, row_keys, split_record
+
+    wf = nf.Workflow("pl").then(lambda: list(range(100))).build()
+    run(wf, nf.DiskcacheBackend(tmp_path / "s"))
+    db = cache_db(tmp_path / "s", "i-1")
+    (key,) = [k for k in row_keys(db) if k.endswith(wf.task_ids[0]) and "#" not in k]
+    header, payload = split_record(get_row(db, key))
+    assert header["preview_bundle"]["text/plain"].endswith("… 40 more]")  # what a real one looks like
+    for planted in ([1, 2], {"text/html": 5}, "x"):
+        plant_record(db, key, payload, preview_bundle=planted)
+        record = nf.DiskcacheBackend(tmp_path / "s").get_record("i-1", wf.task_ids[0])
+        assert record is not None and record.preview_bundle == {}
+        assert record.to_dict()["preview_bundle"] == {}
