@@ -283,6 +283,7 @@ def _throwaway_class() -> type:
 
         def close(self) -> None:
             super().close()
+            self.release_leases()  # none may be taken again in the recycled database
             if not self._given_back:
                 self._given_back = True
                 self.server.give_store(self.dsn)

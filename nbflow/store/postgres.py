@@ -13,7 +13,9 @@ from:
 * **The instance lock is the server's**: an advisory lock held by a connection of the
   lease — exclusive for a runner (``lock``), shared for PooledWorkers (``share``) — so
   a runner and a pool on different machines exclude each other as two processes on
-  one machine do. A holder that dies loses its connection, and with it the lock.
+  one machine do. A holder that dies loses its connection, and with it the lock; a
+  holder whose connection was cut takes it again (``postgres_leases.py``), or, if
+  someone else was faster, is refused its further writes.
 * **Every commit is one transaction**, most of them one round trip (a server-side
   function): a checkpoint writes the record, the change stamp and reads the pending
   control request together, so a runner needs no extra query per task to notice a
@@ -57,6 +59,7 @@ from nbflow.store.base import (
     validate_instance_id,
 )
 from nbflow.store.postgres_connect import ConnectionPool
+from nbflow.store.postgres_leases import PROBE_INTERVAL, LeaseKeeper, PgLease
 from nbflow.store.postgres_payloads import ChunkReader, PgSink
 from nbflow.store.postgres_schema import PUT_ONE, STALE_SQLSTATE
 from nbflow.store.records import (
@@ -86,27 +89,6 @@ _LOCK_SEED = b"nbflow-instance-lock\x00"
 _NEW_STAMP = "UPDATE nbflow_instances SET stamp = nextval('nbflow_stamps') WHERE instance_id = %s"
 
 
-class _PgLease:
-    """An instance lock: an advisory lock held by the session of ``conn``."""
-
-    def __init__(self, backend: PostgresBackend, conn: psycopg.Connection[Any], key: int, shared: bool) -> None:
-        self._backend, self._key, self._shared = backend, key, shared
-        self._conn: psycopg.Connection[Any] | None = conn
-
-    def release(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        pool = self._backend._pool
-        try:
-            fn = "pg_advisory_unlock_shared" if self._shared else "pg_advisory_unlock"
-            conn.execute(f"SELECT {fn}(%s)", (self._key,))  # one of two constants
-        except Exception:  # noqa: BLE001 - a broken session has dropped the lock already
-            pool.discard(conn)
-            return
-        pool.give(conn)
-
-
 class PostgresBackend:
     """Checkpoints in a PostgreSQL database; safe to share between machines.
 
@@ -116,11 +98,15 @@ class PostgresBackend:
             in it on first use.
         reconnect_timeout: how long a call keeps retrying while the server cannot be
             reached (a restart, a network cut) before it raises StoreConnectionError.
+        lease_probe_interval: how often the sessions holding this handle's instance
+            locks are checked (and a cut one's lock taken again).
 
     Needs the ``postgres`` extra: ``pip install "nbflow[postgres]"``.
     """
 
-    def __init__(self, dsn: str, *, reconnect_timeout: float = 30.0) -> None:
+    def __init__(
+        self, dsn: str, *, reconnect_timeout: float = 30.0, lease_probe_interval: float = PROBE_INTERVAL
+    ) -> None:
         if not isinstance(dsn, str) or not dsn.strip():
             raise ConfigurationError("dsn", dsn, "a PostgreSQL address such as 'postgresql://user@host/database'")
         if not isinstance(reconnect_timeout, int | float) or reconnect_timeout < 0:
@@ -132,6 +118,7 @@ class PostgresBackend:
         self._gens: dict[str, str] = {}  # the generation this handle last saw, per instance
         self._control_seen: dict[str, tuple[float, tuple[str, str] | None]] = {}
         self._host = f"{socket.gethostname()} pid {os.getpid()}"
+        self._leases = LeaseKeeper(lease_probe_interval)
 
     def __repr__(self) -> str:
         return f"PostgresBackend({self.where!r})"
@@ -143,14 +130,22 @@ class PostgresBackend:
         return self.dsn
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"dsn": self.dsn, "reconnect_timeout": self.reconnect_timeout}
+        return {"dsn": self.dsn, "reconnect_timeout": self.reconnect_timeout, "lease_probe": self._leases.interval}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["dsn"], reconnect_timeout=state["reconnect_timeout"])  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            state["dsn"],
+            reconnect_timeout=state["reconnect_timeout"],
+            lease_probe_interval=state.get("lease_probe", PROBE_INTERVAL),
+        )
 
     def close(self) -> None:
         """Close the idle connections (calls reconnect on demand; leases keep theirs)."""
         self._pool.close()
+
+    def release_leases(self) -> None:
+        """Release every lock this handle holds (a process that is shutting down)."""
+        self._leases.release_all()
 
     # -- helpers ------------------------------------------------------------------------
     def _fetchone(self, sql: str, params: tuple[Any, ...] = (), *, binary: bool = False) -> Any:
@@ -196,6 +191,7 @@ class PostgresBackend:
 
     def save_instance(self, meta: InstanceMeta) -> None:
         instance_id = validate_instance_id(meta.instance_id)
+        self._still_ours(instance_id)
         given = meta.generation
 
         def call(conn: psycopg.Connection[Any]) -> str:
@@ -336,6 +332,7 @@ class PostgresBackend:
         """Store ``records`` in one transaction (under ``claim`` = (step, token, release)
         if given); False if the claim was not ours. ``before(conn)`` runs first in the
         same transaction (a signal pop)."""
+        self._still_ours(instance_id)
         pg = self._pool.psycopg
 
         def call(conn: psycopg.Connection[Any]) -> bool:
@@ -492,6 +489,7 @@ class PostgresBackend:
         return ChecksumReader(reader, record.checksum)  # type: ignore[return-value]
 
     def delete_records(self, instance_id: str, task_ids: Iterable[str]) -> None:
+        self._still_ours(instance_id)
         ids = list(task_ids)
 
         def call(conn: psycopg.Connection[Any]) -> None:
@@ -512,6 +510,7 @@ class PostgresBackend:
     # -- task state ---------------------------------------------------------------------
     def save_task_state(self, instance_id: str, task_id: str, state: dict[str, Any] | None) -> None:
         validate_instance_id(instance_id)
+        self._still_ours(instance_id)
         text = None if state is None else encode_json(state).decode("ascii")
         known = self._gens.get(instance_id)
         pg = self._pool.psycopg
@@ -556,15 +555,16 @@ class PostgresBackend:
         value = xxhash.xxh3_64_intdigest(_LOCK_SEED + instance_id.encode("utf-8"))
         return value - (1 << 64) if value >= 1 << 63 else value
 
-    def lock(self, instance_id: str, holder: str) -> _PgLease:
+    def lock(self, instance_id: str, holder: str) -> PgLease:
         return self._acquire(instance_id, holder, shared=False)
 
-    def share(self, instance_id: str, holder: str) -> _PgLease:
+    def share(self, instance_id: str, holder: str) -> PgLease:
         return self._acquire(instance_id, holder, shared=True)
 
-    def _acquire(self, instance_id: str, holder: str, shared: bool) -> _PgLease:
+    def _acquire(self, instance_id: str, holder: str, shared: bool) -> PgLease:
         key = self._lock_key(validate_instance_id(instance_id))
         fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+        unlock = f"SELECT pg_advisory_unlock{'_shared' if shared else ''}({key})"
 
         def call(conn: psycopg.Connection[Any]) -> bool:
             row = conn.execute(f"SELECT {fn}(%s)", (key,)).fetchone()
@@ -578,10 +578,16 @@ class PostgresBackend:
                 )
             return True
 
-        # The lease keeps its connection: the lock lives as long as that session.
-        got, conn = self._pool.run_keeping(call)
+        def take() -> tuple[bool, psycopg.Connection[Any]]:
+            return self._pool.run_keeping(call)
+
+        # The lease keeps its connection: the lock lives as long as that session (and
+        # the keeper takes it again if the session is cut while the holder lives on).
+        got, conn = take()
         if got:
-            return _PgLease(self, conn, key, shared)
+            lease = PgLease(self._pool, instance_id, conn, take, unlock, shared)
+            self._leases.add(lease)
+            return lease
         self._pool.give(conn)
         row = self._fetchone("SELECT holder FROM nbflow_holders WHERE instance_id = %s", (instance_id,))
         name = "" if row is None else str(row[0])
@@ -590,6 +596,15 @@ class PostgresBackend:
         if self.is_locked(instance_id):
             raise InstanceLockedError(instance_id, name)
         raise InstanceLockedError(instance_id, "PooledWorker processes are running it")
+
+    def _still_ours(self, instance_id: str) -> None:
+        """Refuse a write of a runner whose lock on the instance was lost (its session was
+        cut and another holder took the lock before it could take it again)."""
+        if self._leases.lost(instance_id):
+            raise InstanceLockedError(
+                instance_id,
+                "this runner's lock was lost when its connection to the database broke, and another holder has it now",
+            )
 
     def is_locked(self, instance_id: str) -> bool:
         """Whether a runner holds the instance exclusively: read from ``pg_locks``, so

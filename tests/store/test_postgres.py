@@ -344,6 +344,48 @@ def test_a_server_restart_is_survived(own_server: pg_server.PgServer) -> None:
     store.lock("j", "runner").release()
 
 
+def _eventually(condition: Any, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_runners_lock_is_taken_again_after_a_restart(own_server: pg_server.PgServer) -> None:
+    dsn = own_server.take_store()
+    runner, other = PostgresBackend(dsn, lease_probe_interval=0.2), PostgresBackend(dsn)
+    lease = runner.lock("r", "the runner")
+    own_server.restart()  # the lease's session is cut, and its lock with it
+    assert _eventually(lambda: other.is_locked("r"))  # ... and taken again by the runner's keeper
+    with pytest.raises(InstanceLockedError) as err:
+        other.lock("r", "another runner")
+    assert "the runner" in str(err.value)
+    _put(runner, "r", "t", b"still mine")  # its writes go on
+    lease.release()
+    other.lock("r", "another runner").release()
+
+
+def test_a_lock_lost_to_another_holder_refuses_the_runners_writes(own_server: pg_server.PgServer) -> None:
+    dsn = own_server.take_store()
+    runner = PostgresBackend(dsn, lease_probe_interval=3600)  # its keeper does not get there first
+    runner.save_instance(InstanceMeta("r", "wf", "h"))
+    lease = runner.lock("r", "the first runner")
+    own_server.restart()
+    other = PostgresBackend(dsn)
+    second = other.lock("r", "the second runner")  # the lock was free while the first was cut off
+    time.sleep(1.1)  # a write probes a lease not checked for a second
+    with pytest.raises(InstanceLockedError) as err:
+        _put(runner, "r", "t", b"must not land")
+    assert "was lost" in str(err.value)
+    with pytest.raises(InstanceLockedError):
+        runner.save_task_state("r", "t", {"attempt": 2})
+    assert other.get_record("r", "t") is None
+    lease.release()
+    second.release()
+
+
 def test_a_server_down_for_longer_than_the_timeout_is_an_error(own_server: pg_server.PgServer) -> None:
     dsn = own_server.take_store()
     store = PostgresBackend(dsn, reconnect_timeout=0.5)

@@ -1,0 +1,153 @@
+"""Instance locks of a PostgreSQL store, kept across connection loss.
+
+A lease is an advisory lock held by one database session: exclusive for a runner,
+shared for PooledWorkers. A session ends with its connection — the holder died (which
+frees the lock, as it should) or the server restarted or the network dropped (which
+frees it too, while the holder goes on). So a keeper thread probes every live lease of
+the process every ``PROBE_INTERVAL`` seconds; a lease whose session is gone takes its
+lock again on a new session, or — when someone else holds it by then — is marked
+*lost*, and the store refuses that runner's further writes to the instance
+(``InstanceLockedError``) rather than let two runners drive it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from nbflow.core.errors import NbflowError
+from nbflow.store.postgres_connect import ConnectionPool
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["PROBE_INTERVAL", "WRITE_PROBE", "LeaseKeeper", "PgLease"]
+
+PROBE_INTERVAL = 2.0  # the keeper thread's round over the leases
+WRITE_PROBE = 1.0  # a runner's write probes its lease first when it was not checked for this long
+
+
+class PgLease:
+    """Proof that this process holds an instance; ``release()`` is idempotent."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        instance_id: str,
+        conn: psycopg.Connection[Any],
+        relock: Callable[[], tuple[bool, psycopg.Connection[Any]]],
+        unlock_sql: str,
+        shared: bool,
+    ) -> None:
+        self.instance_id, self.shared = instance_id, shared
+        self.lost = False
+        self._pool, self._relock, self._unlock_sql = pool, relock, unlock_sql
+        self._conn: psycopg.Connection[Any] | None = conn
+        self._released = False
+        self.checked_at = time.monotonic()
+        self._lock = threading.Lock()
+        self.on_release: Callable[[PgLease], None] | None = None
+
+    def release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+            conn, self._conn = self._conn, None
+        if self.on_release is not None:
+            self.on_release(self)
+        if conn is None:
+            return
+        try:
+            conn.execute(self._unlock_sql)  # built from constants by the backend
+        except Exception:  # noqa: BLE001 - a broken session has dropped the lock already
+            self._pool.discard(conn)
+            return
+        self._pool.give(conn)
+
+    def check(self) -> None:
+        """Make sure the lock is still held: probe the session; if it is gone, take the
+        lock again on a new one, or mark the lease lost when another holder has it."""
+        with self._lock:
+            self.checked_at = time.monotonic()
+            if self._released or self.lost:
+                return
+            if self._conn is not None:
+                try:
+                    self._conn.execute("SELECT 1")
+                    return
+                except Exception:  # noqa: BLE001 - the session is gone (and the lock with it)
+                    self._pool.discard(self._conn)
+                    self._conn = None
+            try:
+                got, conn = self._relock()
+            except NbflowError:
+                return  # the server is still away: try again at the next probe
+            if got:
+                self._conn = conn
+            else:
+                self._pool.give(conn)
+                self.lost = True
+
+
+class LeaseKeeper:
+    """The leases of one backend handle, and the thread that probes them (it runs only
+    while there are leases)."""
+
+    def __init__(self, interval: float = PROBE_INTERVAL) -> None:
+        """``interval``: seconds between the keeper thread's rounds."""
+        self.interval = interval
+        self._leases: weakref.WeakSet[PgLease] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    def add(self, lease: PgLease) -> None:
+        lease.on_release = self._forget
+        with self._lock:
+            self._leases.add(lease)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="nbflow-pg-leases", daemon=True)
+                self._thread.start()
+
+    def _forget(self, lease: PgLease) -> None:
+        with self._lock:
+            self._leases.discard(lease)
+            if not self._leases:
+                self._wake.set()  # the thread ends instead of sleeping out its interval
+
+    def lost(self, instance_id: str) -> bool:
+        """Whether an exclusive lease of this handle on ``instance_id`` was lost; one not
+        checked for ``WRITE_PROBE`` seconds is probed first."""
+        with self._lock:
+            mine = [lease for lease in self._leases if not lease.shared and lease.instance_id == instance_id]
+        now = time.monotonic()
+        for lease in mine:
+            if now - lease.checked_at > WRITE_PROBE:
+                lease.check()
+        return any(lease.lost for lease in mine)
+
+    def release_all(self) -> None:
+        with self._lock:
+            leases = list(self._leases)
+        for lease in leases:
+            lease.release()
+
+    def check_all(self) -> None:
+        with self._lock:
+            leases = list(self._leases)
+        for lease in leases:
+            lease.check()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            with self._lock:
+                if not self._leases:
+                    self._thread = None
+                    return
+            self.check_all()
