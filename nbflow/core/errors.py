@@ -37,6 +37,7 @@ __all__ = [
     "SignalRefusedError",
     "SignalTimeoutError",
     "StaleInstanceError",
+    "StoreAccessError",
     "StoreAddressError",
     "StoreAuthError",
     "StoreConnectionError",
@@ -579,4 +580,18 @@ class StoreSchemaError(NbflowError):
             )
         super().__init__(
             f"the store at {where} has schema version {found}, this nbflow uses version {expected}. Nothing is damaged: {fix}."
+        )
+
+
+class StoreAccessError(NbflowError, PermissionError):
+    """The database user of a store address may not do what nbflow needs there (create
+    its tables, or read and write them). Nothing is damaged."""
+
+    def __init__(self, where: str, user: str, detail: str) -> None:
+        self.where, self.user, self.detail = where, user, detail
+        super().__init__(
+            f"the database user {user!r} may not use the store at {where} ({detail}). Nothing is damaged: let its "
+            f"owner grant access (GRANT CREATE ON SCHEMA public TO {user}; to use tables made by another user, "
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {user}; and "
+            f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {user}), or use a database {user!r} owns."
         )

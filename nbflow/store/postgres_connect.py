@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from nbflow.core.errors import (
     MissingDependencyError,
+    StoreAccessError,
     StoreAddressError,
     StoreAuthError,
     StoreConnectionError,
@@ -152,6 +153,9 @@ class ConnectionPool:
         if not self._schema_checked:
             try:
                 self._ensure_schema(conn)
+            except pg.errors.InsufficientPrivilege as exc:
+                conn.close()
+                raise self._access_error(exc) from None
             except BaseException:
                 conn.close()
                 raise
@@ -222,6 +226,12 @@ class ConnectionPool:
             return self._retrying(attempt)
         except _AnsweredError as wrapped:
             raise wrapped.error from None
+        except self.psycopg.errors.InsufficientPrivilege as exc:
+            raise self._access_error(exc) from None
+
+    def _access_error(self, exc: Exception) -> StoreAccessError:
+        user = self.where.split("://", 1)[1].split("@", 1)[0] if "@" in self.where else "?"
+        return StoreAccessError(self.where, user, _first_line(exc))
 
     def _retrying(self, attempt: Callable[[], T]) -> T:
         psycopg = self.psycopg

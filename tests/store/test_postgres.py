@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import pickle
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from nbflow.core.errors import (
     InstanceLockedError,
     MissingDependencyError,
     StaleInstanceError,
+    StoreAccessError,
     StoreAddressError,
     StoreAuthError,
     StoreConnectionError,
@@ -130,6 +132,31 @@ def test_the_schema_is_created_on_first_use(server: pg_server.PgServer) -> None:
         backend.close()
     finally:
         server.drop_database(server.dsn(name))
+
+
+def test_a_user_without_rights_is_told_what_to_grant(server: pg_server.PgServer, dsn: str) -> None:
+    role = "weak_" + str(int(time.time() * 1000))
+    name = "empty_" + role
+    server._admin(f"CREATE ROLE {role} LOGIN PASSWORD 'weak-pw'")
+    server._admin(f"CREATE DATABASE {name}")  # owned by the admin: PostgreSQL 15 lets others create nothing in it
+    try:
+        weak = f"postgresql://{role}:weak-pw@127.0.0.1:{server.port}"
+        with pytest.raises(StoreAccessError) as err:
+            PostgresBackend(f"{weak}/{name}").list_instances()  # may not create the tables
+        assert f"GRANT CREATE ON SCHEMA public TO {role}" in str(err.value) and "Nothing is damaged" in str(err.value)
+        PostgresBackend(dsn).list_instances()
+        with pytest.raises(StoreAccessError):  # tables made by another user, no grant
+            PostgresBackend(f"{weak}/{dsn.rsplit('/', 1)[1]}").list_instances()
+    finally:
+        server.drop_database(server.dsn(name))
+        server._admin(f"DROP OWNED BY {role}")
+        server._admin(f"DROP ROLE {role}")
+
+
+def test_importing_nbflow_does_not_import_psycopg() -> None:
+    code = "import sys, nbflow; print('psycopg' in sys.modules, nbflow.PostgresBackend.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "PostgresBackend"]
 
 
 def test_importable_as_nbflow_postgres_backend() -> None:
