@@ -89,6 +89,10 @@ _LOCK_SEED = b"nbflow-instance-lock\x00"
 _NEW_STAMP = "UPDATE nbflow_instances SET stamp = nextval('nbflow_stamps') WHERE instance_id = %s"
 
 
+class _AlreadyStored(Exception):  # noqa: N818 - a signal inside consume_signal, not an error
+    """A retried consume finds its first attempt committed."""
+
+
 class PostgresBackend:
     """Checkpoints in a PostgreSQL database; safe to share between machines.
 
@@ -640,17 +644,33 @@ class PostgresBackend:
         """Atomically take the oldest ``name`` signal and store it as ``record``: one
         transaction, so a kill can neither lose the signal nor deliver it twice."""
         validate_instance_id(instance_id)
+        popped = False
 
         def pop(conn: psycopg.Connection[Any]) -> bool:
+            nonlocal popped
+            if popped:  # a retry after a cut connection: did the first attempt commit?
+                found = conn.execute(
+                    "SELECT data FROM nbflow_records WHERE instance_id = %s AND task_id = %s",
+                    (instance_id, record.task_id),
+                    binary=True,
+                ).fetchone()
+                if found is not None and self._decode(instance_id, record.task_id, found[0], "", 0).checksum == (
+                    record.checksum
+                ):
+                    raise _AlreadyStored  # it did: taking another signal would lose one
             row = conn.cursor(binary=True).execute(self._POP, (instance_id, name)).fetchone()
             if row is None:
                 return False
+            popped = True
             record.payload = bytes(row[0])
             record.size, record.blob = len(record.payload), None
             record.checksum = checksum_bytes(record.payload)
             return True
 
-        return record if self._write(instance_id, [record], [], claim=None, before=pop) else None
+        try:
+            return record if self._write(instance_id, [record], [], claim=None, before=pop) else None
+        except _AlreadyStored:
+            return record
 
     def set_control(self, instance_id: str, action: str | None, reason: str = "") -> None:
         validate_instance_id(instance_id)

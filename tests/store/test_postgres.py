@@ -348,6 +348,32 @@ def test_a_stale_handle_never_writes_into_a_newer_instance(store: PostgresBacken
         store.save_instance(meta)
 
 
+def test_a_call_repeated_after_a_lost_answer_changes_nothing(
+    store: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool repeats a call whose connection broke before the answer came; a call
+    whose first attempt committed must not do its work twice."""
+    store.save_instance(InstanceMeta("i", "wf", "h"))
+    store.push_signal("i", "go", b"first")
+    store.push_signal("i", "go", b"second")
+    real_run = store._pool.run
+
+    def committed_but_answer_lost(call: Any) -> Any:
+        real_run(call)
+        return real_run(call)
+
+    monkeypatch.setattr(store._pool, "run", committed_but_answer_lost)
+    stored = store.consume_signal("i", "go", CheckpointRecord("wait", "fp", "pickle"))
+    assert stored is not None and stored.payload == b"first"
+    token = store.claim("i", "a", "w1", ttl=30)
+    assert token is not None  # the retry recognised its own claim
+    store.push_signal("i", "more", b"once")
+    monkeypatch.undo()
+    assert store.pop_signal("i", "go") == b"second"  # not lost to the repeated consume
+    assert store.pop_signal("i", "more") == b"once" and store.pop_signal("i", "more") is None
+    assert store.get_claims("i")["a"].token == token
+
+
 # -- connection loss --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def own_server() -> Iterator[pg_server.PgServer]:
