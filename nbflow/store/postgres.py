@@ -386,7 +386,8 @@ class PostgresBackend:
                         with conn.cursor() as cur:
                             for seq, chunk in enumerate(sink.chunks()):
                                 cur.execute(
-                                    "INSERT INTO nbflow_chunks (instance_id, blob, seq, data) VALUES (%s, %s, %s, %s)",
+                                    "INSERT INTO nbflow_chunks (instance_id, blob, seq, data) VALUES (%s, %s, %s, %s) "
+                                    "ON CONFLICT DO NOTHING",  # a repeated call writes the same chunks
                                     (instance_id, sink.blob, seq, chunk),
                                 )
                     row = conn.execute(sql, (*head, *params())).fetchone()
@@ -396,7 +397,7 @@ class PostgresBackend:
                 row = conn.execute(sql, (*head, *params())).fetchone()
             if row is None or not row[0]:
                 return False
-            generation, control = row[1], row[2]
+            generation, control = row[1] or known or "", row[2]
             for record in records:
                 record.generation = generation
             if generation and known is None:

@@ -151,9 +151,12 @@ CREATE FUNCTION nbflow_put(
 LANGUAGE plpgsql AS $$
 BEGIN
     SELECT l.generation, l.control INTO generation, control FROM nbflow_lock_instance(p_iid, p_known) l;
+    -- the chunks of the outputs these records replace (never of one they write: a call
+    -- repeated after a lost answer writes the same blob again)
     DELETE FROM nbflow_chunks c USING nbflow_records r
         WHERE r.instance_id = p_iid AND r.task_id = ANY(p_tids) AND r.blob IS NOT NULL
-          AND c.instance_id = p_iid AND c.blob = r.blob;
+          AND c.instance_id = p_iid AND c.blob = r.blob
+          AND NOT EXISTS (SELECT 1 FROM unnest(p_blobs) AS b(name) WHERE b.name = r.blob);
     INSERT INTO nbflow_records (instance_id, task_id, generation, finished_at, blob, data)
         SELECT p_iid, t.tid, generation, t.fin, t.blob, t.data
         FROM unnest(p_tids, p_finished, p_blobs, p_datas) AS t(tid, fin, blob, data)
@@ -197,7 +200,15 @@ BEGIN
     PERFORM pg_advisory_xact_lock(1, hashtext(p_iid || E'\x1f' || p_claim));
     PERFORM 1 FROM nbflow_claims c WHERE c.instance_id = p_iid AND c.task_id = p_claim AND c.token = p_token;
     IF NOT FOUND THEN
-        ok := false;
+        -- not (or no longer) ours; unless this very commit landed before (a call repeated
+        -- after a lost answer, its claim released with it): the same bytes are stored
+        SELECT count(*) = cardinality(p_tids) INTO ok
+            FROM nbflow_records r JOIN unnest(p_tids, p_datas) AS t(tid, data)
+                ON r.instance_id = p_iid AND r.task_id = t.tid AND r.data = t.data;
+        IF ok THEN
+            SELECT i.generation, i.control INTO generation, control
+                FROM nbflow_instances i WHERE i.instance_id = p_iid;
+        END IF;
         RETURN;
     END IF;
     SELECT p.generation, p.control INTO generation, control

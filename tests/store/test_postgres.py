@@ -368,7 +368,19 @@ def test_a_call_repeated_after_a_lost_answer_changes_nothing(
     token = store.claim("i", "a", "w1", ttl=30)
     assert token is not None  # the retry recognised its own claim
     store.push_signal("i", "more", b"once")
+    big = b"b" * (600 * 1024)
+    stored_big = _put(store, "i", "big", big)  # its chunks written twice: the same ones, kept
+    token_b = store.claim("i", "b", "w1", ttl=30)
+    assert token_b is not None
+    sink = store.new_sink("i")
+    sink.write(b"done")
+    committed = store.commit_claimed("i", "b", token_b, [(CheckpointRecord("b", "f", "pickle"), sink)], release=True)
+    assert committed is not None  # the repeat finds its own commit, not a lost claim
     monkeypatch.undo()
+    with store.open_payload("i", store.get_record("i", "big")) as stream:  # type: ignore[arg-type]
+        assert stream.read() == big and stream.verify()  # type: ignore[attr-defined]
+    assert stored_big.blob == store.get_record("i", "big").blob  # type: ignore[union-attr]
+    assert "b" not in store.get_claims("i")
     assert store.pop_signal("i", "go") == b"second"  # not lost to the repeated consume
     assert store.pop_signal("i", "more") == b"once" and store.pop_signal("i", "more") is None
     assert store.get_claims("i")["a"].token == token
