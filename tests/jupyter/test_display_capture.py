@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 from IPython.display import HTML, clear_output, display, update_display
-from IPython.testing import globalipapp
+from IPython.terminal.interactiveshell import TerminalInteractiveShell
+from IPython.testing import tools
 
 import nbflow as nf
 from nbflow.core.keys import display_id
@@ -30,12 +31,22 @@ matplotlib.use("Agg")
 plt = pytest.importorskip("matplotlib.pyplot")
 
 
+def make_shell() -> Any:
+    """The process's test shell, as IPython.testing.globalipapp makes it, without calling
+    its ``start_ipython`` (which runs once per process: a test module that imported its
+    ``get_ipython`` before would then get None)."""
+    if TerminalInteractiveShell.initialized():
+        return TerminalInteractiveShell.instance()
+    config = tools.default_config()
+    config.TerminalInteractiveShell.simple_prompt = True
+    return TerminalInteractiveShell.instance(config=config)
+
+
 @pytest.fixture
 def loose() -> Iterator[list[dict[str, Any]]]:
     """A real shell with nbflow's capture installed; yields what reached the cell's
     output (the publisher's own method) instead of a task."""
-    globalipapp.start_ipython()  # once per process; later calls return None
-    shell = globalipapp.get_ipython()  # the shell it started
+    shell = make_shell()
     published: list[dict[str, Any]] = []
     pub = shell.display_pub
     original = pub.publish
