@@ -44,11 +44,12 @@ class FigureProvider:
 @pytest.fixture
 def provider() -> Iterator[FigureProvider]:
     p = FigureProvider()
+    before = displays.provider()
     displays.set_provider(p)
     try:
         yield p
     finally:
-        displays.set_provider(None)
+        displays.set_provider(before)
 
 
 def show(data: dict[str, Any]) -> None:
@@ -130,7 +131,19 @@ def test_displays_are_written_in_the_output_transaction_and_only_when_shown() ->
     assert finished["quiet"].displays == ()
 
 
-def test_without_a_provider_a_task_runs_as_before() -> None:
+@pytest.fixture
+def no_provider() -> Iterator[None]:
+    """As outside a notebook (a notebook-layer test earlier in the session may have
+    installed the shell's capture)."""
+    before = displays.provider()
+    displays.set_provider(None)
+    try:
+        yield
+    finally:
+        displays.set_provider(before)
+
+
+def test_without_a_provider_a_task_runs_as_before(no_provider: None) -> None:
     assert displays.provider() is None
 
     def plain() -> int:
