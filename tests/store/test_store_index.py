@@ -309,3 +309,58 @@ def test_filters_read_the_index(tmp_path: Path) -> None:
     assert sorted(r.instance_id for r in backend.list_summaries(state="failed")) == ["b", "c"]
     assert [r.instance_id for r in backend.list_summaries(workflow="other")] == ["c"]
     assert backend.list_summaries(workflow="nobody") == []
+
+
+# -- any sequence of store operations ----------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_IDS = st.sampled_from(["a", "b", "Run", "run", "x y"])
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("save"), _IDS, st.sampled_from(["running", "completed", "failed", "paused"])),
+        st.tuples(st.just("put"), _IDS, st.sampled_from(["t0", "t1", "t2"])),
+        st.tuples(st.just("delete_records"), _IDS, st.sampled_from(["t0", "t1"])),
+        st.tuples(st.just("clear"), _IDS, st.just("")),
+        st.tuples(st.just("start_over"), _IDS, st.just("")),
+        st.tuples(st.just("reopen"), st.just(""), st.just("")),
+        st.tuples(st.just("list"), st.just(""), st.just("")),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_OPS)
+def test_any_sequence_of_operations_keeps_the_index_true(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[Any]
+) -> None:
+    store = tmp_path_factory.mktemp("ops") / "store"
+    backend = DiskcacheBackend(store)
+    shape = ("t0|task", "t1|task", "t2|task")
+    try:
+        for op, iid, arg in ops:
+            meta = backend.load_instance(iid) if iid else None
+            if op == "save":
+                meta = meta or InstanceMeta(iid, "wf", "h", shape=shape, tasks_total=3)
+                meta.state = arg
+                backend.save_instance(meta)
+            elif op == "put" and meta is not None:
+                _put(backend, iid, arg)
+            elif op == "delete_records" and meta is not None:
+                backend.delete_records(iid, [arg])
+            elif op == "clear":
+                backend.delete_instance(iid)
+            elif op == "start_over" and meta is not None:
+                backend.save_instance(InstanceMeta(iid, "wf", "h", shape=shape, tasks_total=3))
+            elif op == "reopen":
+                backend.close()
+                backend = DiskcacheBackend(store)
+            elif op == "list":
+                backend.list_summaries()
+        listed = {r.instance_id: (r.state, r.tasks_done, r.tasks_total) for r in backend.list_summaries()}
+        backend.close()
+        assert listed == _truth(store)
+        assert _listed(store) == _truth(store)  # and from a fresh handle
+    finally:
+        backend.close()
