@@ -16,10 +16,10 @@ from:
   one machine do. A holder that dies loses its connection, and with it the lock; a
   holder whose connection was cut takes it again (``postgres_leases.py``), or, if
   someone else was faster, is refused its further writes.
-* **Every commit is one transaction**, most of them one round trip (a server-side
-  function): a checkpoint writes the record, the change stamp and reads the pending
-  control request together, so a runner needs no extra query per task to notice a
-  cancel.
+* **Every commit is one transaction**, most of them one round trip (one statement,
+  or a server-side function): a checkpoint writes the record and the change stamp and
+  reads the pending control request together, so a runner needs no extra query per
+  task to notice a cancel. Every write is safe to repeat after a lost answer.
 
 Connection loss is survived: calls are retried on a new connection with backoff (see
 ``postgres_connect.py``). A backend pickles as its address, so worker processes
