@@ -129,7 +129,7 @@ def run(cfg: Config, log: Callable[[str], None]) -> list[Row]:
                 samples=us[name].samples,
             )
 
-        rows.append(row("nbflow disk", "raw set", 1.5, "durable per-task cost vs diskcache.set"))
+        rows.append(row("nbflow disk", "raw set", 1.0, "durable per-task cost vs diskcache.set (one commit per task)"))
         rows.append(row("raw set (nbflow settings)", "raw set", note="informational: Cache settings nbflow uses"))
         rows.append(row("nbflow memory", "plain loop", note="engine overhead vs calling the functions"))
         if "sayiir memory" in us:

@@ -135,7 +135,7 @@ def run(cfg: Config, log: Callable[[str], None]) -> list[Row]:
         variants["sayiir memory"] = _sayiir_variant(baselines.sayiir_fork(BRANCHES, touch, gather))
     timings = round_robin(variants, rounds, verbose)
     us = {name: Timing([s / tasks * 1e6 for s in t.samples]) for name, t in timings.items()}
-    pairs = [("nbflow disk", "raw set", 1.5), ("nbflow memory", "raw set", None)]
+    pairs = [("nbflow disk", "raw set", 1.0), ("nbflow memory", "raw set", None)]
     if sayiir:
         pairs.append(("nbflow memory", "sayiir memory", None))
     for name, base, target in pairs:
