@@ -46,12 +46,15 @@ class MapPart:
     items are committed in one write at the end — a claimed unit's one write, which
     also gives the claim back — together with ``marker`` if the part ran to its end
     (a chunk's marker record, so a worker that planned before the commit cannot
-    claim the chunk again)."""
+    claim the chunk again). ``timing`` ([seconds, items]) is how long the map's items
+    took so far, shared by the parts one worker runs, so that a part of tiny items
+    goes to a thread in one hop from its first item on."""
 
     start: int
     stop: int
     items: list[Any]
     marker: CheckpointRecord | None = None
+    timing: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.0])
 
 
 def reusable(host: StepHost, node: Node, key: str) -> CheckpointRecord | None:
@@ -104,7 +107,7 @@ async def run_map(host: StepHost, node: Node, inline: bool = False, part: MapPar
         # Items whose retries were under way when the last run stopped continue their
         # count, one by one (a chunk runs first attempts only).
         chunked = not any(host.retries.pending(item_id(node.id, i)) for i in todo)
-    item_seconds = [0.0, 0]  # total, count: sizes the chunks
+    item_seconds = part.timing if part is not None else [0.0, 0.0]  # total, count: sizes the chunks
 
     def chunk_size() -> int:
         if not chunked or item_seconds[1] == 0:
@@ -235,7 +238,7 @@ async def run_map(host: StepHost, node: Node, inline: bool = False, part: MapPar
 
 
 async def _first_attempts(
-    host: StepHost, node: Node, items: list[Any], batch: list[int], item_seconds: list[Any]
+    host: StepHost, node: Node, items: list[Any], batch: list[int], item_seconds: list[float]
 ) -> list[tuple[Any, ...]]:
     """Run the first attempt of several items of a sync map function in one thread hop.
 

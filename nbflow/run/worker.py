@@ -191,6 +191,8 @@ class PooledWorker:
         self._known_at = 0.0
         self._items: dict[tuple[str, str, float | None], list[Any]] = {}
         self._views: dict[str, CachedView] = {}
+        self._timing: dict[tuple[str, str], list[float]] = {}  # (workflow, map) -> [seconds, items]
+        self._spread = random.random()  # where in the list of instances this worker starts looking
         # (instance, unit key, record version seen) -> monotonic time until which a
         # refused claim is not retried: another worker holds it, and its commit changes
         # the version (a new key) or its release lets us in after one poll interval.
@@ -212,6 +214,7 @@ class PooledWorker:
     def start(self, *, until_idle: bool = False) -> WorkerHandle:
         """Run in a background thread; returns a handle with ``shutdown()``/``join()``."""
         self._stop.clear()
+        self._known_at = 0.0  # list the instances afresh: some may have been unpaused or revived since
         thread = threading.Thread(
             target=self._thread_main, args=(until_idle,), name=f"nbflow-worker-{self.worker_id}", daemon=True
         )
@@ -322,11 +325,17 @@ class PooledWorker:
 
     # -- finding work -----------------------------------------------------------------
     def _instances(self) -> list[str]:
+        """The instances to look at, oldest first (instances finish in order): those of
+        this worker's workflows that were runnable when last listed (at most a poll
+        interval ago; an unpaused or revived one is seen at the next listing)."""
         now = time.monotonic()
         if now >= self._known_at:
             metas = [m for m in self.backend.list_instances() if m.workflow in self.workflows]
-            metas.sort(key=lambda m: m.created_at)  # oldest first: instances finish in order
-            self._known = [m.instance_id for m in metas]
+            metas.sort(key=lambda m: m.created_at)
+            self._known = [m.instance_id for m in metas if m.state in RUNNABLE]
+            for meta in metas:
+                if meta.state not in RUNNABLE:
+                    self._views.pop(meta.instance_id, None)
             self._known_at = now + self.poll_interval
         return self._known
 
@@ -334,7 +343,12 @@ class PooledWorker:
         """Claim up to ``free`` ready units; also returns whether any instance is busy."""
         claimed: list[Unit] = []
         busy = False
-        for iid in self._instances():
+        known = self._instances()
+        # Oldest first, from this worker's own place in the list: workers of a pool
+        # start on different instances instead of all refusing each other's claims on
+        # the oldest (and re-reading it after every commit of the others).
+        start = int(self._spread * len(known))
+        for iid in known[start:] + known[:start]:
             meta = self.backend.load_instance(iid)
             if meta is None or meta.state not in RUNNABLE:
                 self._views.pop(iid, None)
@@ -355,24 +369,40 @@ class PooledWorker:
             if control is not None and control[0] in (RunState.CANCELLED, RunState.PAUSED):
                 self._set_state(iid, RunState(control[0]), message=control[1])
                 continue
-            view = self._view(meta, wf)
+            running = meta.state == RunState.RUNNING
+            view, current = self._view(meta, wf, current=False)
+            if not current:  # a kept view whose stamp moved: claim from it, re-read if it offers nothing
+                got = self._claim_ready(view, free - len(claimed), running)
+                claimed.extend(got)
+                if len(claimed) >= free:
+                    return claimed, True
+                if got:
+                    continue
+                view, current = self._view(meta, wf, current=True)
             if all(p in (RESTORE, SKIP) for p in view.plan.values()):
                 self._complete(view)
                 continue
-            units = self._ready(view)
-            random.shuffle(units)  # workers spread over the branches and items
-            marked_running = meta.state == RunState.RUNNING
-            for unit in units:
-                token = self._claim(unit)
-                if token is None:
-                    continue
-                if not marked_running and not unit.node.kind.waits:
-                    self._set_state(iid, RunState.RUNNING)
-                    marked_running = True
-                claimed.append(unit)
-                if len(claimed) >= free:
-                    return claimed, True
+            claimed.extend(self._claim_ready(view, free - len(claimed), running))
+            if len(claimed) >= free:
+                return claimed, True
         return claimed, busy
+
+    def _claim_ready(self, view: InstanceView, limit: int, running: bool) -> list[Unit]:
+        """Claim up to ``limit`` of the units ``view`` shows ready; the instance is
+        marked running with the first one that does work (a wait does none)."""
+        units = self._ready(view)
+        random.shuffle(units)  # workers spread over the branches and items
+        claimed: list[Unit] = []
+        for unit in units:
+            if self._claim(unit) is None:
+                continue
+            if not running and not unit.node.kind.waits:
+                self._set_state(view.meta.instance_id, RunState.RUNNING)
+                running = True
+            claimed.append(unit)
+            if len(claimed) >= limit:
+                break
+        return claimed
 
     def _claim(self, unit: Unit) -> str | None:
         """Claim ``unit`` for this worker, skipping the store round trip (a write
@@ -431,27 +461,41 @@ class PooledWorker:
             del self._shares[iid]
         entry[0].release()
 
-    def _view(self, meta: InstanceMeta, wf: WorkflowDefinition) -> InstanceView:
-        """The instance's records and plan, re-read only when its change stamp moved
-        (the stamp is read first, so a kept view is never older than the stamp)."""
+    def _view(self, meta: InstanceMeta, wf: WorkflowDefinition, *, current: bool) -> tuple[InstanceView, bool]:
+        """The instance's records and plan, and whether they are current.
+
+        They are re-read only when the instance's change stamp moved (the stamp is read
+        first, so a kept view is never older than the stamp) — and, unless ``current``
+        is asked for, not even then: a kept view (with this worker's own commits folded
+        in) is good enough to pick units to claim, since a claim is refused when the
+        unit's record changed since the view was read. Re-reading every record after
+        each commit of any worker was most of a worker's time on small units. Whether
+        the instance is done is only ever decided on a current view."""
         iid = meta.instance_id
         stamp = self.backend.change_stamp(iid)
         cached = self._views.get(iid)
-        if (
-            cached is not None
-            and stamp is not None
-            and cached.stamp == stamp
-            and cached.definition_hash == wf.definition_hash
-        ):
+        kept = cached is not None and stamp is not None and cached.definition_hash == wf.definition_hash
+        if cached is not None and kept and (cached.stamp == stamp or not current):
             cached.view.meta = meta
-            return cached.view
+            return cached.view, cached.stamp == stamp
         records = self.backend.get_records(iid)
         io = CheckpointIO(self.backend, iid, wf.codec or self.codec)
         io.types = record_types(wf)  # pydantic outputs stored as JSON are rebuilt as models
         view = InstanceView(meta, wf, records, compute_plan(wf, records), io)
         if stamp is not None:
             self._views[iid] = CachedView(stamp, wf.definition_hash, view)
-        return view
+        return view, True
+
+    def _absorb(self, iid: str, written: list[CheckpointRecord]) -> None:
+        """Fold the records a unit of this worker committed into the kept view, so it
+        does not offer that unit again before it is re-read."""
+        cached = self._views.get(iid)
+        if cached is None or not written:
+            return
+        view = cached.view
+        for record in written:
+            view.records[record.task_id] = record
+        view.plan = compute_plan(view.wf, view.records)
 
     def _ready(self, view: InstanceView) -> list[Unit]:
         units: list[Unit] = []
@@ -552,6 +596,7 @@ class PooledWorker:
         else:
             self.stats["committed"] += 1
         finally:
+            self._absorb(iid, io.written)
             with self._held_lock:
                 token = self._held.pop((iid, unit.key), None)
             if token is not None and not io.released:
@@ -566,8 +611,10 @@ class PooledWorker:
         if unit.item is None and unit.chunk is None:
             return None
         items = self._map_items(unit.view, unit.node) or []
+        # how long this map's items take, learnt from the parts run so far (per step of a workflow)
+        timing = self._timing.setdefault((unit.view.wf.name, unit.node.id), [0.0, 0.0])
         if unit.item is not None:
-            return MapPart(unit.item, unit.item + 1, items)
+            return MapPart(unit.item, unit.item + 1, items, timing=timing)
         start, stop = unit.chunk or (0, 0)
         marker = CheckpointRecord(
             task_id=unit.key,
@@ -577,7 +624,7 @@ class PooledWorker:
             worker=self.worker_id,
             extra={"chunk": [start, stop]},
         )
-        return MapPart(start, stop, items, marker)
+        return MapPart(start, stop, items, marker, timing)
 
     # -- instance states --------------------------------------------------------------
     def _set_state(

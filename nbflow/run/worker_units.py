@@ -33,6 +33,7 @@ class ClaimedIO(CheckpointIO):
         self.key, self.token, self.worker = key, token, worker
         self.last_commit_releases = False
         self.released = False
+        self.written: list[CheckpointRecord] = []  # every record committed, in order
 
     def _commit(self, items: list[tuple[CheckpointRecord, Any]]) -> list[CheckpointRecord]:
         release = self.last_commit_releases
@@ -40,6 +41,7 @@ class ClaimedIO(CheckpointIO):
         if stored is None:
             raise ClaimLostError(self.instance_id, self.key, self.worker)
         self.released = release
+        self.written.extend(stored)
         return stored
 
     def write(self, task_id: str, fingerprint: str, value: Any, **fields: Any) -> CheckpointRecord:

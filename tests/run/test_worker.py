@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import threading
 import time
 from pathlib import Path
 
@@ -209,3 +211,25 @@ def test_worker_validates_options() -> None:
         nf.PooledWorker("w", store, [])
     with pytest.raises(nf.ConfigurationError):
         nf.PooledWorker("w", store, [wf], claim_ttl="soon")
+
+
+def test_workers_sharing_instances_run_every_item_once(store) -> None:  # type: ignore[no-untyped-def]
+    """Workers pick units from views they keep between commits (a claim is refused when
+    the unit's record changed since): every item still runs exactly once."""
+    calls: collections.Counter[tuple[int, int]] = collections.Counter()
+    lock = threading.Lock()
+
+    def work(pair: tuple[int, int]) -> int:
+        with lock:
+            calls[pair] += 1
+        return pair[0] * 1000 + pair[1]
+
+    wf = nf.Workflow("share").then("pairs", lambda k: [(k, i) for i in range(120)]).map("work", work).build()
+    client = nf.WorkflowClient(store)
+    for k in range(6):
+        client.submit(wf, f"s-{k}", k)
+    workers = _drain(store, [wf], n=3)
+    for k in range(6):
+        assert client.status(f"s-{k}").output == [k * 1000 + i for i in range(120)]
+    assert set(calls.values()) == {1} and len(calls) == 6 * 120
+    assert sum(w.stats["committed"] for w in workers) == sum(w.stats["units"] for w in workers)
