@@ -186,18 +186,33 @@ def test_two_handles_exclude_each_other_like_two_machines(dsn: str) -> None:
     a.lock("i", "runner").release()
 
 
-def test_a_dead_holders_lock_is_free_again(dsn: str) -> None:
-    a, b = PostgresBackend(dsn), PostgresBackend(dsn)
-    a.lock("i", "a runner that dies")
-    # the holder's session ends (its process was killed, its machine lost the network)
-    _sql(
-        dsn,
-        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l WHERE l.locktype = 'advisory' AND l.mode = 'ExclusiveLock'",
+def test_a_killed_holders_lock_is_free_again(dsn: str) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from nbflow.store.postgres import PostgresBackend; "
+            "lease = PostgresBackend(sys.argv[1]).lock('i', 'a runner that dies'); print('locked', flush=True); "
+            "time.sleep(60)",
+            dsn,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    deadline = time.monotonic() + 10
-    while b.is_locked("i") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    b.lock("i", "the next runner").release()
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        b = PostgresBackend(dsn)
+        with pytest.raises(InstanceLockedError, match="a runner that dies"):
+            b.lock("i", "the next runner")
+        holder.kill()  # kill -9: its connection drops, and the server frees the lock
+        holder.wait(10)
+        deadline = time.monotonic() + 10
+        while b.is_locked("i") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        b.lock("i", "the next runner").release()
+    finally:
+        holder.kill()
+        holder.wait(10)
 
 
 def test_a_probe_never_makes_a_lock_fail(dsn: str) -> None:
