@@ -12,14 +12,21 @@ __all__ = ["load_ipython_extension", "unload_ipython_extension"]
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """Register the ``%%workflow`` cell magic and the ``%workflow`` line magic."""
+    """Register the ``%%workflow`` cell magic and the ``%workflow`` line magic, and
+    capture what tasks display (so it is stored with them, widget or not)."""
+    from nbflow.jupyter import display_capture
     from nbflow.jupyter.magics import WorkflowMagics
 
     ipython.register_magics(WorkflowMagics)
+    display_capture.install(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    """Close the stores the magics opened (``%unload_ext nbflow``)."""
+    """Close the stores the magics opened and stop capturing displays
+    (``%unload_ext nbflow``)."""
+    from nbflow.jupyter import display_capture
+
+    display_capture.uninstall(ipython)
     magics = ipython.magics_manager.registry.get("WorkflowMagics")
     if magics is not None:
         magics.close()

@@ -247,3 +247,32 @@ def test_outside_ipython_nothing_is_captured_and_nothing_breaks(tmp_path: Path) 
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "state completed records ['__input__', 'draw'] figures [1]" in out.stdout
+
+
+def test_loading_the_extension_captures_displays_without_a_widget() -> None:
+    """``%load_ext nbflow`` installs the capture itself, so a ``--no-widget`` run (or a
+    runner of the user's own in a notebook) stores what its tasks display too; unloading
+    stops it."""
+    from nbflow.jupyter import load_ipython_extension, unload_ipython_extension
+
+    shell = make_shell()
+    display_capture.uninstall(shell)
+    assert not display_capture.installed()
+    formats = shell.display_formatter.active_types
+    shell.display_formatter.active_types = [*formats, "text/html"]  # as a kernel's shell
+    load_ipython_extension(shell)
+    try:
+        assert display_capture.installed()
+        backend = nf.InMemoryBackend()
+
+        def show(x: int) -> int:
+            display(HTML("<b>shown by the task</b>"))
+            return x
+
+        run(nf.Workflow("ext").then(show).build(), backend)
+        stored = backend.get_record("i-1", display_id("show"))
+        assert stored is not None and b"shown by the task" in (stored.payload or b"")
+    finally:
+        unload_ipython_extension(shell)
+        shell.display_formatter.active_types = formats
+    assert not display_capture.installed()
