@@ -102,6 +102,16 @@ def record_is_valid(record: CheckpointRecord | None, node: Node) -> bool:
 
 
 def chunk_size(items: int) -> int:
-    """Map items per claim: one by one for small maps (they spread best); up to 32 for
-    big ones, so tiny items do not pay three store transactions each."""
-    return max(1, min(32, items // 16))
+    """Map items per claim: one by one for small maps (they spread best); for bigger
+    ones, 16 chunks of equal size (up to 32 items), so tiny items do not pay three store
+    transactions each, and a pool of 2, 4, 8 or 16 workers ends a map's chunks
+    together instead of one worker running a last odd chunk alone.
+
+    Every worker of a pool must cut a map the same way: the chunk is the claim.
+
+    >>> chunk_size(10), chunk_size(200), chunk_size(10_000)
+    (1, 13, 32)
+    """
+    if items < 32:
+        return 1
+    return min(32, -(-items // 16))
