@@ -61,7 +61,7 @@ from nbflow.store.base import (
 from nbflow.store.postgres_connect import ConnectionPool
 from nbflow.store.postgres_leases import PROBE_INTERVAL, LeaseKeeper, PgLease
 from nbflow.store.postgres_payloads import ChunkReader, PgSink
-from nbflow.store.postgres_schema import PUT_ONE, STALE_SQLSTATE
+from nbflow.store.postgres_schema import LIST_SUMMARIES, PUT_ONE, STALE_SQLSTATE
 from nbflow.store.records import (
     ChecksumReader,
     RecordFormatError,
@@ -237,10 +237,16 @@ class PostgresBackend:
                 )
                 summary = summarize(meta, done)
                 conn.execute(
-                    "INSERT INTO nbflow_index (instance_id, workflow, state, summary) VALUES (%s, %s, %s, %s) "
+                    "INSERT INTO nbflow_index (instance_id, workflow, state, summary, steps) VALUES (%s, %s, %s, %s, %s) "
                     "ON CONFLICT (instance_id) DO UPDATE SET workflow = excluded.workflow, state = excluded.state, "
-                    "summary = excluded.summary",
-                    (instance_id, meta.workflow, meta.state, encode_json(summary.to_dict()).decode("ascii")),
+                    "summary = excluded.summary, steps = excluded.steps",
+                    (
+                        instance_id,
+                        meta.workflow,
+                        meta.state,
+                        encode_json(summary.to_dict()).decode("ascii"),
+                        [line.split("|", 1)[0] for line in meta.shape],
+                    ),
                 )
             return meta.generation
 
@@ -275,19 +281,19 @@ class PostgresBackend:
         return out
 
     def list_summaries(self, workflow: str | None = None, state: str | None = None) -> list[InstanceSummary]:
-        """The store index, read from its one table (filtered by the server)."""
-        rows = self._fetchall(
-            "SELECT instance_id, summary FROM nbflow_index WHERE (%(w)s::text IS NULL OR workflow = %(w)s) "
-            "AND (%(s)s::text IS NULL OR state = %(s)s) ORDER BY instance_id",
-            {"w": workflow, "s": None if state is None else str(state)},
-        )
+        """The store index, read from its table (filtered by the server); the finished
+        steps of an instance still running are counted as they are now."""
+        rows = self._fetchall(LIST_SUMMARIES, {"w": workflow, "s": None if state is None else str(state)})
         out = []
-        for instance_id, data in rows:
+        for instance_id, data, done in rows:
             try:
                 raw = decode_json(data, "index row")
                 if not isinstance(raw, dict):
                     raise RecordFormatError("the index row is not an object")
-                out.append(InstanceSummary.from_dict(raw))
+                summary = InstanceSummary.from_dict(raw)
+                if done is not None:
+                    summary.tasks_done = int(done)
+                out.append(summary)
             except (RecordFormatError, TypeError) as exc:
                 out.append(
                     InstanceSummary(

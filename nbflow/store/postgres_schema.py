@@ -22,13 +22,28 @@ refused (``StoreSchemaError``) rather than changed.
 
 from __future__ import annotations
 
-__all__ = ["CHECK_VERSION", "CREATE", "PUT_ONE", "SCHEMA_LOCK", "SCHEMA_VERSION", "STALE_SQLSTATE"]
+__all__ = ["CHECK_VERSION", "CREATE", "LIST_SUMMARIES", "PUT_ONE", "SCHEMA_LOCK", "SCHEMA_VERSION", "STALE_SQLSTATE"]
 
 SCHEMA_VERSION = 1
 STALE_SQLSTATE = "NBSTL"  # raised by nbflow_lock_instance; message: "cleared" or "restarted"
 SCHEMA_LOCK = 0x6E62_666C_6F77  # advisory key held while the schema is created ("nbflow")
 
 CHECK_VERSION = "SELECT version FROM nbflow_schema"
+
+# The index rows a listing asks for, with the finished steps of each instance that is
+# not completed counted now (an index lookup per step of a live instance).
+LIST_SUMMARIES = """
+SELECT x.instance_id, x.summary,
+    CASE WHEN x.state = 'completed' THEN NULL ELSE (
+        SELECT count(*) FROM nbflow_records r
+        WHERE r.instance_id = x.instance_id AND r.task_id = ANY(x.steps)
+          AND r.generation IN ('', (SELECT coalesce(i.generation, '') FROM nbflow_instances i
+                                    WHERE i.instance_id = x.instance_id))
+    ) END
+FROM nbflow_index x
+WHERE (%(w)s::text IS NULL OR x.workflow = %(w)s) AND (%(s)s::text IS NULL OR x.state = %(s)s)
+ORDER BY x.instance_id
+"""
 
 # The common checkpoint — one record, inline, by a handle that knows the generation — as
 # one plain statement (no function call, no arrays): the UPDATE locks the instance row,
@@ -67,12 +82,15 @@ CREATE TABLE nbflow_instances (
     control text
 );
 
--- The store index: what a listing shows, one row per instance with meta.
+-- The store index: what a listing shows, one row per instance with meta. ``steps``
+-- (the ids of the instance's shape) lets a listing count a running instance's
+-- finished steps as they are now, not as of its last state change.
 CREATE TABLE nbflow_index (
     instance_id text PRIMARY KEY,
     workflow text NOT NULL,
     state text NOT NULL,
-    summary text NOT NULL
+    summary text NOT NULL,
+    steps text[] NOT NULL DEFAULT '{}'
 );
 CREATE INDEX nbflow_index_by_workflow ON nbflow_index (workflow, state);
 

@@ -328,15 +328,18 @@ def test_a_planted_pickle_is_never_unpickled(store: PostgresBackend, dsn: str) -
 
 
 def test_the_index_follows_the_instance_in_its_transaction(store: PostgresBackend, dsn: str) -> None:
-    meta = InstanceMeta("i", "wf", "h", shape=("x|task",), tasks_total=1)
+    meta = InstanceMeta("i", "wf", "h", shape=("x|task", "y|task"), tasks_total=2)
     store.save_instance(meta)
     _put(store, "i", "x", b"1")
+    (row,) = store.list_summaries()
+    assert (row.state, row.tasks_done) == ("running", 1)  # a running instance's count is live
+    _put(store, "i", "y", b"2")
     meta.state = "completed"
     store.save_instance(meta)
     ((workflow, state),) = _sql(dsn, "SELECT workflow, state FROM nbflow_index")
     assert (workflow, state) == ("wf", "completed")
     (row,) = store.list_summaries(state="completed")
-    assert (row.tasks_done, row.tasks_total) == (1, 1)
+    assert (row.tasks_done, row.tasks_total) == (2, 2)
     store.delete_instance("i")
     assert _sql(dsn, "SELECT count(*) FROM nbflow_index") == [(0,)]
 
