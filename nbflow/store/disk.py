@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -956,18 +956,18 @@ class DiskcacheBackend:
         return token
 
     def renew_claim(self, instance_id: str, task_id: str, token: str, ttl: float) -> bool:
-        rows = self._writable(instance_id, create=False)
-        if rows is None:
-            return False
-        with self._errors(instance_id, task_id), rows.transact():
-            current = self._claim_of(rows, task_id)
-            if current is None or current.token != token:
-                return False
-            current.expires_at = time.time() + ttl
-            rows.put(CLAIM_PREFIX + task_id, encode_claim(current))
-        return True
+        def extend(rows: Rows, claim: Claim) -> None:
+            claim.expires_at = time.time() + ttl
+            rows.put(CLAIM_PREFIX + task_id, encode_claim(claim))
+
+        return self._on_own_claim(instance_id, task_id, token, extend)
 
     def release_claim(self, instance_id: str, task_id: str, token: str) -> bool:
+        return self._on_own_claim(instance_id, task_id, token, lambda rows, _: rows.delete([CLAIM_PREFIX + task_id]))
+
+    def _on_own_claim(self, instance_id: str, task_id: str, token: str, change: Callable[[Rows, Claim], None]) -> bool:
+        """Apply ``change`` in one transaction while the claim still carries ``token``;
+        False (nothing changed) once it is someone else's or gone."""
         rows = self._writable(instance_id, create=False)
         if rows is None:
             return False
@@ -975,7 +975,7 @@ class DiskcacheBackend:
             current = self._claim_of(rows, task_id)
             if current is None or current.token != token:
                 return False
-            rows.delete([CLAIM_PREFIX + task_id])
+            change(rows, current)
         return True
 
     def commit_claimed(
