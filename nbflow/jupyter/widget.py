@@ -212,7 +212,7 @@ class WorkflowWidget(anywidget.AnyWidget):
 
     def flush(self) -> None:
         """Push the latest state now (call it at run end: the throttle may hold the last
-        events back). On the kernel's main thread it also refreshes the saved outputs."""
+        events back). On the kernel's main thread it also refreshes the saved static view."""
         self._cancel_timer()
         self._push(force=True)
         if self._display_handle is not None and threading.current_thread() is threading.main_thread():
@@ -231,7 +231,7 @@ class WorkflowWidget(anywidget.AnyWidget):
         output: hidden while the live widget is on the page (``widget.css``), it is what a
         saved notebook, nbconvert and a headless run show. Both have display ids, so
         :meth:`update_display` (called by :meth:`flush` on the main thread) brings the
-        saved view up to the run's final state. ``display(widget)`` ends up here too.
+        static view up to the run's final state. ``display(widget)`` ends up here too.
         """
         from IPython.core.interactiveshell import InteractiveShell
         from IPython.display import display
@@ -243,6 +243,14 @@ class WorkflowWidget(anywidget.AnyWidget):
         if bundle is None:  # pragma: no cover - anywidget returns None only without a view
             return
         data, metadata = bundle
+        # What shows where the widget cannot (an untrusted notebook, a text export): never
+        # refreshed, since re-sending a widget output makes the front end draw the live view
+        # anew (a flash of "Loading widget...", the pane's state lost), so it says nothing
+        # that the run could make untrue.
+        data = {
+            **data,
+            "text/plain": f"{self.workflow}: live view of the run (it needs the kernel that ran it); its saved view follows",
+        }
         self._display_handle = display(data, metadata=metadata, raw=True, display_id=True)  # type: ignore[no-untyped-call]
         self._static_version = self._model.version
         self._static_at = time.monotonic()
@@ -252,12 +260,8 @@ class WorkflowWidget(anywidget.AnyWidget):
         self.display()
 
     def update_display(self) -> None:
-        """Re-send both outputs of :meth:`display`: the same live model (its text/plain
-        summary refreshed) and a fresh static view."""
-        if self._display_handle is not None:
-            bundle = self._repr_mimebundle_()
-            if bundle is not None:
-                self._display_handle.update(bundle[0], metadata=bundle[1], raw=True)
+        """Re-send the static view of :meth:`display` with the run as it is now (the live
+        output is left alone: it updates itself through the comm)."""
         self._update_static()
 
     def _update_static(self) -> None:

@@ -171,7 +171,7 @@ def _without_kernel(page: Any, base: str, token: str, app: str) -> dict[str, Any
         "rows": page.locator("tr.nbflow-static-row").count(),
         # the widget output's text/plain: hidden by the static view's <style> when trusted;
         # an untrusted notebook loses that <style> and shows it (one summary line)
-        "fallback_visible": page.get_by_text("sales: 4/4 done | orders done").filter(visible=True).count(),
+        "fallback_visible": page.get_by_text("sales: live view of the run").filter(visible=True).count(),
         "failed_error": page.locator(".nbflow-static-error").first.inner_text(),
     }
     page.locator(".nbflow-static").first.scroll_into_view_if_needed()
