@@ -49,6 +49,13 @@ def _display_capture_landed() -> bool:
     return "displays" in {f.name for f in dataclasses.fields(TaskInfo)}
 
 
+def _rich_previews_landed() -> bool:
+    """A DataFrame output previews as an HTML table once the detail has ``preview_bundle``."""
+    from nbflow.jupyter.progress import TaskInfo
+
+    return "preview_bundle" in {f.name for f in dataclasses.fields(TaskInfo)}
+
+
 VISIBLE_JS = """(sel) => [...document.querySelectorAll(sel)].filter(e => e.offsetParent !== null).length"""
 MODEL_NOT_FOUND_JS = """() => [...document.querySelectorAll('.jp-OutputArea-output')]
   .filter(e => /model not found/.test(e.textContent)).map(e => e.offsetParent !== null)"""
@@ -77,6 +84,14 @@ def _run_and_save(page: Any, root: Path, app: str) -> dict[str, Any]:
         live["figure_width"] = img.evaluate("i => i.complete ? i.naturalWidth : 0")
         sales.scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / f"{app}-chart-displays.png"))
+    if _rich_previews_landed():  # orders returned a DataFrame: its head as a table
+        sales = page.locator(".nbflow-widget").nth(0)
+        sales.locator('.nbflow-dag svg g.node[data-task="orders"]').click()
+        table = sales.locator('.nbflow-detail[data-task="orders"] .nbflow-detail-preview-rich table')
+        table.first.wait_for(state="visible", timeout=15_000)
+        live["preview_rows"] = table.first.locator("tbody tr").count()
+        live["preview_text"] = table.first.inner_text()
+        sales.screenshot(path=str(ARTIFACTS / f"{app}-dataframe-preview.png"))
     checks = page.locator(".nbflow-widget").nth(1)
     checks.locator('.nbflow-dag svg g.node[data-task="validate"]').click()
     pane = checks.locator('.nbflow-detail[data-task="validate"]')
@@ -134,6 +149,9 @@ def _reopened(page: Any, app: str) -> dict[str, Any]:
             'details.nbflow-static-task[title="report"] pre.nbflow-static-stdout'
         ).text_content(),
         "figures": sales.locator('details.nbflow-static-task[title="chart"] img.nbflow-static-display-image').count(),
+        "preview_tables": sales.locator(
+            'details.nbflow-static-task[title="orders"] .nbflow-static-display-html table'
+        ).count(),
         "failed_open": checks.locator('details.nbflow-static-task[title="validate"]').evaluate("e => e.open"),
         "failed_error": checks.locator(".nbflow-static-error").inner_text(),
         "failed_summary": checks.locator(".nbflow-static-summary").inner_text(),
@@ -260,6 +278,9 @@ def test_a_saved_notebook_shows_the_run_without_its_kernel(app: str, browser: An
         assert reopened["figures"] >= 1
     if _display_capture_landed():
         assert live["figure_width"] > 100
+    if _rich_previews_landed():
+        assert live["preview_rows"] >= 3 and "region" in live["preview_text"] and "amount" in live["preview_text"]
+        assert reopened["preview_tables"] == 1
     for view in (no_kernel, untrusted):
         assert view["kernel"] == "No Kernel"
         assert view["loading_visible"] == 0 and view["error_visible"] == 0, view

@@ -53,7 +53,8 @@ function displayNode(bundle) {
     }
     if (mime === "text/html") {
       const div = document.createElement("div");
-      div.className = "nbflow-detail-display-html";
+      // JupyterLab's class for rendered HTML outputs: a DataFrame's table looks as under a cell
+      div.className = "nbflow-detail-display-html jp-RenderedHTMLCommon";
       div.innerHTML = value; // the task's own output, shown as the notebook would show it
       return div;
     }
