@@ -6,7 +6,6 @@ spill-to-file payload sink. Instance folder names come from ``names.py``.
 
 from __future__ import annotations
 
-import io
 import os
 import uuid
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import IO, Any
 
 from nbflow.store.names import instance_dirname, resolve_dirname
 from nbflow.store.os_errors import store_error
-from nbflow.store.records import checksum_of, new_hasher
+from nbflow.store.spill import SpillingSink
 
 __all__ = [
     "CACHE_SETTINGS",
@@ -65,27 +64,18 @@ def make_private_dir(path: Path) -> None:
     path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
 
 
-class SpillSink(io.RawIOBase):
-    """Buffers in memory up to INLINE_LIMIT, then streams to a temp file in ``blobs/``.
-
-    It sums the bytes' checksum as they pass (over the writer's own buffers: no copy), so
-    the checksum is written with the record and never costs a second pass."""
+class SpillSink(SpillingSink):
+    """Buffers in memory up to INLINE_LIMIT, then streams to a temp file in ``blobs/``
+    that ``commit`` makes durable and names (see spill.py)."""
 
     def __init__(self, instance_dir: Path, instance_id: str = "", limit: int = INLINE_LIMIT) -> None:
-        super().__init__()
-        self._instance_dir, self._instance_id, self._limit = instance_dir, instance_id, limit
-        self._buf = bytearray()
-        self._file: IO[bytes] | None = None
+        super().__init__(limit)
+        self._instance_dir, self._instance_id = instance_dir, instance_id
         self.tmp_path: Path | None = None
-        self.size = 0
-        self._sum = new_hasher()
-
-    def writable(self) -> bool:
-        return True
 
     def write(self, data: Any) -> int:
         try:
-            return self._write(data)
+            return super().write(data)
         except OSError as exc:  # a full disk mid-dump is the store's problem, not the value's
             self.discard()
             err = store_error(exc, str(self._instance_dir), self._instance_id)
@@ -93,45 +83,27 @@ class SpillSink(io.RawIOBase):
                 raise
             raise err from None
 
-    def _write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        n = len(view)
-        self.size += n
-        self._sum.update(view)
-        if self._file is None:
-            if len(self._buf) + n <= self._limit:
-                self._buf += view
-                return n
-            # Over the limit: spill what is buffered, then write `data` straight through
-            # (never copy a large buffer into memory first).
-            blob_dir = self._instance_dir / "blobs"
-            make_private_dir(blob_dir)
-            self.tmp_path = blob_dir / f".tmp-{uuid.uuid4().hex}"
-            fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
-            self._file = os.fdopen(fd, "wb")
-            self._file.write(self._buf)
-            self._buf = bytearray()
-        self._file.write(view)
-        return n
-
-    @property
-    def checksum(self) -> str:
-        return checksum_of(self._sum)
+    def _spill(self) -> IO[bytes]:
+        blob_dir = self._instance_dir / "blobs"
+        make_private_dir(blob_dir)
+        self.tmp_path = blob_dir / f".tmp-{uuid.uuid4().hex}"
+        fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+        return os.fdopen(fd, "wb")
 
     def commit(self) -> tuple[bytes | None, str | None]:
         """Make the bytes durable; returns (inline payload, blob file name)."""
-        if self._file is None:
-            return bytes(self._buf), None
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        file = self.spill_file
+        if file is None:
+            return self.buffered(), None
+        file.flush()
+        os.fsync(file.fileno())
+        file.close()
         assert self.tmp_path is not None
         name = self.tmp_path.name[len(".tmp-") :] + ".bin"
         os.replace(self.tmp_path, self.tmp_path.with_name(name))
         return None, name
 
     def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            if self.tmp_path is not None:
-                self.tmp_path.unlink(missing_ok=True)
+        super().discard()
+        if self.tmp_path is not None:
+            self.tmp_path.unlink(missing_ok=True)

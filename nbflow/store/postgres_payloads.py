@@ -17,66 +17,38 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from nbflow.store.disk_layout import INLINE_LIMIT
-from nbflow.store.records import checksum_of, new_hasher
+from nbflow.store.spill import SpillingSink
 
 __all__ = ["CHUNK", "INLINE_LIMIT", "ChunkReader", "PgSink"]
 
 CHUNK = 4 * 1024 * 1024
 
 
-class PgSink(io.RawIOBase):
-    """Where a codec writes one payload before it is committed."""
+class PgSink(SpillingSink):
+    """Where a codec writes one payload before it is committed; a large one continues
+    in an anonymous temporary file (see spill.py)."""
 
     def __init__(self, limit: int = INLINE_LIMIT) -> None:
-        super().__init__()
-        self._limit = limit
-        self._buf = bytearray()
-        self._file: IO[bytes] | None = None
-        self.size = 0
-        self._sum = new_hasher()
+        super().__init__(limit)
         self.blob: str | None = None
 
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        n = len(view)
-        self.size += n
-        self._sum.update(view)
-        if self._file is None:
-            if len(self._buf) + n <= self._limit:
-                self._buf += view
-                return n
-            self._file = tempfile.TemporaryFile(prefix="nbflow-payload-")  # noqa: SIM115 - closed by discard()
-            self._file.write(self._buf)
-            self._buf = bytearray()
-            self.blob = uuid.uuid4().hex + ".bin"
-        self._file.write(view)
-        return n
-
-    @property
-    def checksum(self) -> str:
-        return checksum_of(self._sum)
+    def _spill(self) -> IO[bytes]:
+        self.blob = uuid.uuid4().hex + ".bin"
+        return tempfile.TemporaryFile(prefix="nbflow-payload-")
 
     @property
     def inline(self) -> bytes | None:
         """The payload if it stays in the record row; None if it goes to chunks."""
-        return None if self._file is not None else bytes(self._buf)
+        return None if self.spill_file is not None else self.buffered()
 
     def chunks(self) -> Iterator[bytes]:
         """The spilled payload, ``CHUNK`` bytes at a time (one chunk in memory)."""
-        assert self._file is not None
-        self._file.flush()
-        self._file.seek(0)
-        while data := self._file.read(CHUNK):
+        file = self.spill_file
+        assert file is not None
+        file.flush()
+        file.seek(0)
+        while data := file.read(CHUNK):
             yield data
-
-    def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._buf = bytearray()
 
 
 class ChunkReader(io.RawIOBase):

@@ -1,0 +1,73 @@
+"""A payload sink that buffers small payloads and spills large ones to a file.
+
+Both stores take a codec's output the same way: up to a limit it stays in memory (it
+will be stored inline in its record), past it everything written so far and after goes
+to a file as it arrives, so a large output is never held in memory whole, let alone
+twice. The checksum is summed as the bytes pass, over the writer's own buffers (no
+copy, no second pass). Where the file lives is the store's business (``_spill``).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import IO, Any
+
+from nbflow.store.records import checksum_of, new_hasher
+
+__all__ = ["SpillingSink"]
+
+
+class SpillingSink(io.RawIOBase):
+    """Buffers up to ``limit`` bytes, then streams to the file ``_spill()`` opens."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self._limit = limit
+        self._buf = bytearray()
+        self._file: IO[bytes] | None = None
+        self.size = 0
+        self._sum = new_hasher()
+
+    def _spill(self) -> IO[bytes]:
+        """Open the file the payload continues in, once it outgrows the buffer."""
+        raise NotImplementedError
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        self.size += n
+        self._sum.update(view)
+        if self._file is None:
+            if len(self._buf) + n <= self._limit:
+                self._buf += view
+                return n
+            # Over the limit: spill what is buffered, then write `data` straight through
+            # (never copy a large buffer into memory first).
+            self._file = self._spill()
+            self._file.write(self._buf)
+            self._buf = bytearray()
+        self._file.write(view)
+        return n
+
+    @property
+    def checksum(self) -> str:
+        return checksum_of(self._sum)
+
+    @property
+    def spill_file(self) -> IO[bytes] | None:
+        """The file the payload went on in; None while it fits the buffer."""
+        return self._file
+
+    def buffered(self) -> bytes:
+        """The payload, when it fit the buffer (check ``spill_file`` first)."""
+        return bytes(self._buf)
+
+    def discard(self) -> None:
+        """Drop the payload (a refused or failed commit)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._buf = bytearray()
