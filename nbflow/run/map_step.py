@@ -57,12 +57,21 @@ class MapPart:
     timing: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.0])
 
 
-def reusable(host: StepHost, node: Node, key: str) -> CheckpointRecord | None:
+def reusable(host: StepHost, node: Node, key: str, *, recheck: bool = False) -> CheckpointRecord | None:
     """An auxiliary record (iteration, item, deadline) is reused only while the step
-    itself had no valid checkpoint and nothing upstream changed (plan says RUN)."""
+    itself had no valid checkpoint and nothing upstream changed (plan says RUN).
+
+    ``recheck``: one the host's records lack is looked up in the store when they may
+    lag behind it (``records_may_lag``), so that a deadline another worker stored is
+    kept rather than written anew (map items need no such look-up: they are claimed
+    by their own records)."""
     if host.plan.get(node.id) != PlanStep.RUN:
         return None
     rec = host.records.get(key)
+    if rec is None and recheck and host.settings.records_may_lag:
+        rec = host.io.backend.get_record(host.instance_id, key)
+        if rec is not None:
+            host.records[key] = rec
     return rec if rec is not None and rec.fingerprint == node.fingerprint else None
 
 

@@ -49,6 +49,10 @@ class EngineSettings:
         park_on_delay: reaching a delay before its wake-up time ends the step with
             :class:`~nbflow.run.outcomes.NotDue` instead of sleeping (a worker pool
             gives the unit back and picks it up when it is due).
+        records_may_lag: the host's records were read before it claimed the step, so
+            a record another process wrote since (a delay's wake-up time, a loop's
+            iteration) may be missing from them: such records are looked up in the
+            store before being written anew (a worker pool).
     """
 
     executor: Any
@@ -57,6 +61,7 @@ class EngineSettings:
     worker: str | None = None
     park_on_signal: bool = True
     park_on_delay: bool = False
+    records_may_lag: bool = False
 
 
 class StepHost(Protocol):

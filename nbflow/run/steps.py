@@ -100,7 +100,7 @@ async def run_loop(host: StepHost, node: Node, inline: bool) -> None:
     started = time.time()
     for i in range(1, max_iterations + 1):
         key = iteration_id(node.id, i)
-        rec = reusable(host, node, key)
+        rec = reusable(host, node, key, recheck=True)
         if rec is not None:
             finished, value = host.io.read(rec)
         else:
@@ -142,7 +142,7 @@ async def run_loop(host: StepHost, node: Node, inline: bool) -> None:
 async def stored_deadline(host: StepHost, node: Node, suffix: str, seconds: float) -> float:
     """The stored deadline of a wait, written the first time the step is reached."""
     key = wait_id(node.id, suffix)
-    rec = reusable(host, node, key)
+    rec = reusable(host, node, key, recheck=True)
     if rec is not None:
         return float(rec.extra["at"])
     at = time.time() + seconds

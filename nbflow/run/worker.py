@@ -567,7 +567,12 @@ class PooledWorker:
             bus=self.events,
             control=RunControl(self.backend, iid),
             settings=EngineSettings(
-                executor, echo=self.echo_output, worker=self.worker_id, park_on_signal=True, park_on_delay=True
+                executor,
+                echo=self.echo_output,
+                worker=self.worker_id,
+                park_on_signal=True,
+                park_on_delay=True,
+                records_may_lag=True,  # read before the claim, maybe from a kept view
             ),
             skipped=(t for t, p in view.plan.items() if p == SKIP),
         )

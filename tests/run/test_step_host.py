@@ -5,15 +5,24 @@ top (no cycle hidden in a function)."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import nbflow as nf
 from nbflow.core.vocabulary import NodeKind
 from nbflow.run import map_step, steps
+from nbflow.run.checkpoint import CheckpointIO
+from nbflow.run.control import RunControl
+from nbflow.run.events import EventBus
+from nbflow.run.outcomes import NotDue
+from nbflow.run.plan import compute_plan
+from nbflow.run.scheduler import Scheduler
+from nbflow.run.step_host import EngineSettings
 
 RUN = Path(steps.__file__).parent
 ENGINE = ["scheduler.py", "steps.py", "map_step.py", "step_host.py", "outcomes.py", "worker.py", "client.py"]
@@ -73,3 +82,39 @@ def test_a_map_runs_the_same_in_a_worker_pool_and_in_one_process() -> None:
     one = alone_store.get_records("i")
     assert all(one[f"sq[{i}]"].finished_at >= one[f"sq[{i}]"].started_at > 0 for i in range(100))
     assert any(":" in key for key in records if key.startswith("sq["))  # chunk markers: chunks ran
+
+
+def _scheduler(
+    store: nf.InMemoryBackend, wf: nf.WorkflowDefinition, records: dict[str, Any], **settings: Any
+) -> Scheduler:
+    return Scheduler(
+        wf=wf,
+        instance_id="d-1",
+        plan=compute_plan(wf, records),
+        records=dict(records),
+        input_value=1,
+        io=CheckpointIO(store, "d-1", nf.PickleCodec()),
+        bus=EventBus(),
+        control=RunControl(store, "d-1"),
+        settings=EngineSettings(None, **settings),
+    )
+
+
+@pytest.mark.parametrize("lag", [True, False])
+def test_a_deadline_stored_by_another_worker_is_kept(lag: bool) -> None:
+    """A worker's records were read before its claim: a wake-up time another worker
+    stored since is looked up, not written anew (which would push the delay back)."""
+    wf = nf.Workflow("d").then("a", lambda x: x).delay("nap", 3600).build()
+    store = nf.InMemoryBackend()
+    client = nf.WorkflowClient(store)
+    client.submit(wf, "d-1", 1)
+    before = dict(store.get_records("d-1"))  # what the late worker read
+    first = _scheduler(store, wf, before, park_on_delay=True, records_may_lag=True)
+    a = wf.node("a")
+    first.commit(a, 1)
+    with pytest.raises(NotDue) as stored:
+        asyncio.run(steps.run_delay(first, wf.node("nap")))
+    late = _scheduler(store, wf, {**before, "a": store.get_record("d-1", "a")}, park_on_delay=True, records_may_lag=lag)
+    with pytest.raises(NotDue) as again:
+        asyncio.run(steps.run_delay(late, wf.node("nap")))
+    assert (again.value.at == stored.value.at) is lag  # without the look-up the wake-up time moved
