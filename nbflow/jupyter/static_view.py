@@ -24,6 +24,7 @@ import html
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from nbflow.core.status import RunState
 from nbflow.jupyter.mimebundle import STATE_COLORS, paint_svg
 from nbflow.jupyter.progress import ACTIVE_STATES, STATES, format_seconds
 from nbflow.jupyter.reports import user_traceback
@@ -263,22 +264,22 @@ def _note(model: ProgressModel) -> str:
     """What a reader of the saved view must know about the run's state."""
     state = model.run_state
     saved = model.completed
-    if state == "running":
+    if state == RunState.RUNNING:
         running = [t for t, s in model.states().items() if s in ACTIVE_STATES]
         during = f" during {', '.join(running[:3])}" if running else ""
         return (
             f"Saved while the run was going{during}: {saved} of {model.total} tasks were done. "
             "If the kernel stopped since, re-run this cell to resume (finished tasks are restored)."
         )
-    if state == "failed":
+    if state == RunState.FAILED:
         return "The run failed: fix the failed task and re-run this cell; finished tasks are restored."
-    if state == "idle":
+    if state == "idle":  # the model's word for "no RunStarted yet", not a stored RunState
         name = model.workflow or "<name>"
         return (
             "Saved before this run reported back (a background run, or a kernel that stopped early): "
             f"%workflow status {name} shows where it got to."
         )
-    if state in ("cancelled", "interrupted"):
+    if state in (RunState.CANCELLED, RunState.INTERRUPTED):
         return f"The run stopped: {saved} of {model.total} tasks are saved; re-run this cell to resume."
     return ""
 
