@@ -9,14 +9,17 @@ machine) repeatedly:
    ``CheckpointingRunner`` holds locked;
 2. computes the ready steps from the stored records alone (``compute_plan``: a step is
    ready when everything it reads has a record and no route skipped it). Fork branches
-   are separate steps and every map item is its own unit (``step[i]``), so the branches
-   and items of one instance spread over all workers;
+   are separate steps and a map's items are units of their own (one by one,
+   ``step[i]``, or in chunks, ``step[i:j]``), so the branches and items of one
+   instance spread over all workers;
 3. *claims* a ready unit: an atomic add with an expiry (``claim_ttl``) in the
    instance's store, refused while another worker's claim is live or if the unit's
    record changed since step 2 looked (so a unit finished meanwhile never runs again);
-4. runs it with the single-process engine's own step code (retries, timeouts, loop
-   iteration checkpoints, route branch choice, merge, collect, delay, signal), while a
-   heartbeat thread renews its claims every ``heartbeat``;
+4. runs it with the single-process engine's own steps (:data:`nbflow.run.steps.STEPS`:
+   retries, timeouts, loop iteration checkpoints, route branch choice, merge, collect,
+   delay, signal; a map's items as a :class:`~nbflow.run.map_step.MapPart` of the map
+   step), hosted by a ``Scheduler`` over the stored records that writes through the
+   claim, while a heartbeat thread renews its claims every ``heartbeat``;
 5. *commits* the unit's records with ``commit_claimed``: a compare-and-set in one
    transaction that writes only while the claim still carries this worker's token. A
    worker whose heartbeat was too slow — its claim expired and another worker took
@@ -26,10 +29,12 @@ machine) repeatedly:
    finds every step done marks the instance completed (its output is read from the
    sinks' records); a step that fails after its retries marks it failed.
 
-Between scans a worker keeps each instance's records and plan, and re-reads them
-only when the instance's ``change_stamp`` moved (any record written or deleted); a
-claim refused at one record version is not retried for a poll interval (whoever holds
-it either commits — a new version — or releases it).
+Between scans a worker keeps each instance's records and plan, with its own commits
+folded in. It picks units to claim from that kept view even after the instance's
+``change_stamp`` moved (a claim is refused if the unit's record changed since), and
+re-reads the records when the view offers nothing it can claim, or before deciding
+that the instance is done; a claim refused at one record version is not retried for
+a poll interval (whoever holds it either commits — a new version — or releases it).
 
 A worker killed mid-unit simply stops renewing: after ``claim_ttl`` another worker
 claims the unit and runs it again (at-least-once execution, exactly-once commit; use
