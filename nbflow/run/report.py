@@ -20,13 +20,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from nbflow.core.keys import parse_item_id, parse_iteration_id
+from nbflow.core.status import RunState
+from nbflow.core.vocabulary import NodeKind
 from nbflow.run.lookup import live_state
 from nbflow.run.task_state import is_retrying, stored_progress
 from nbflow.store.base import Backend, CheckpointRecord, InstanceMeta
 
 __all__ = ["ShapeNode", "TaskRow", "format_rows", "parse_shape", "task_rows"]
 
-_STOPPED = {"interrupted": "interrupted", "cancelled": "cancelled", "failed": "cancelled"}
+# the instance stopped so: what its tasks that were running read
+_STOPPED: dict[str, str] = {
+    RunState.INTERRUPTED: "interrupted",
+    RunState.CANCELLED: "cancelled",
+    RunState.FAILED: "cancelled",
+}
 
 
 @dataclass(frozen=True)
@@ -149,22 +156,22 @@ def task_rows(
             row_state = "running"
             claim = claims.get(tid) or next(c for k, c in claims.items() if _owner(k) == tid)
             note = f"on worker {claim.worker}"
-        elif tid in retrying and state not in ("completed",):
+        elif tid in retrying and state != RunState.COMPLETED:
             st = retrying[tid]
             row_state, attempts = "retrying", st.get("attempt")
             due = st.get("next_retry_at")
             note = f"attempt {st.get('attempt')} failed: {st.get('last_error', '')}"
             if isinstance(due, int | float):
                 note += f"; next attempt at {_when(float(due))}"
-        elif (was := stored_progress(states.get(tid))) is not None and state not in ("completed",):
+        elif (was := stored_progress(states.get(tid))) is not None and state != RunState.COMPLETED:
             total = f"/{was['total']:g}" if was.get("total") else ""
             note = f"was at {was['done']:g}{total}" + (f" ({was['note']})" if was.get("note") else "")
-        elif ready and node.kind == "signal" and state == "awaiting_signal":
+        elif ready and node.kind == NodeKind.SIGNAL and state == RunState.AWAITING_SIGNAL:
             row_state, note = "awaiting_signal", f"waiting for signal {meta.signal!r}" if meta.signal else ""
-        elif ready and node.kind == "delay" and state == "waiting":
+        elif ready and node.kind == NodeKind.DELAY and state == RunState.WAITING:
             row_state = "waiting"
             note = f"wakes at {_when(meta.wake_at)}" if meta.wake_at else ""
-        elif ready and state == "running":
+        elif ready and state == RunState.RUNNING:
             row_state = "running"
         elif ready and state in _STOPPED:
             row_state = _STOPPED[state]
@@ -181,7 +188,7 @@ def _skipped(node: ShapeNode, records: Mapping[str, CheckpointRecord], done: Map
         branch = route.extra.get("branch") if route is not None else None
         if branch is not None and str(branch) != node.when:
             return True
-    if node.kind == "merge":
+    if node.kind == NodeKind.MERGE:
         return bool(node.deps) and all(done.get(d) == "skipped" for d in node.deps)
     return any(done.get(d) == "skipped" for d in node.deps)
 
