@@ -50,7 +50,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from nbflow.core.graph import WorkflowDefinition
     from nbflow.run.events import EventBus, RunEvent
 
-__all__ = ["LIVE_TAIL", "MAX_LIVE", "MAX_ROWS", "STATIC_INTERVAL", "WidgetControls", "WorkflowWidget"]
+__all__ = [
+    "LIVE_TAIL", "MAX_LIVE", "MAX_ROWS", "STATIC_BYTES_PER_SECOND", "STATIC_INTERVAL",
+    "WidgetControls", "WorkflowWidget",
+]  # fmt: skip
 
 STATIC = Path(__file__).parent / "static"
 #: The task table shows at most this many rows (the most interesting first).
@@ -61,6 +64,9 @@ LIVE_TAIL = 4_000
 #: While a run goes, the saved static view is refreshed at most this often (seconds), so a
 #: notebook saved after the kernel died still shows where the run was.
 STATIC_INTERVAL = 5.0
+#: ... and a big view (a 500-task graph is over 1 MB of HTML) less often: at most this many
+#: bytes per second on average go to the browser for it.
+STATIC_BYTES_PER_SECOND = 100_000
 # Table order when there are more tasks than rows: what needs attention comes first.
 _ROW_PRIORITY = {
     "failed": 0,
@@ -173,6 +179,7 @@ class WorkflowWidget(anywidget.AnyWidget):
         self._static_handle: Any = None
         self._static_version = -1
         self._static_at = 0.0
+        self._static_wait = STATIC_INTERVAL
         self.on_msg(self._on_front_end_message)
         self.observe(self._on_selected, names=["selected"])
         self._push(force=True)
@@ -270,7 +277,9 @@ class WorkflowWidget(anywidget.AnyWidget):
             return
         self._static_version = self._model.version
         self._static_at = time.monotonic()
-        handle.update(self._static_bundle(), raw=True)
+        bundle = self._static_bundle()
+        self._static_wait = max(STATIC_INTERVAL, len(bundle["text/html"]) / STATIC_BYTES_PER_SECOND)
+        handle.update(bundle, raw=True)
 
     def _static_bundle(self) -> dict[str, Any]:
         with self._push_lock:
@@ -373,7 +382,7 @@ class WorkflowWidget(anywidget.AnyWidget):
                 self._static_handle is not None
                 and self._model.run_state == "running"
                 and self._model.version != self._static_version
-                and time.monotonic() - self._static_at >= STATIC_INTERVAL
+                and time.monotonic() - self._static_at >= max(STATIC_INTERVAL, self._static_wait)
             ):
                 self._update_static()
             self._coalescer.spent(time.perf_counter() - started)

@@ -329,3 +329,40 @@ def test_outside_ipython_display_prints_the_summary_not_the_bundles() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "w: 0/1 done | a pending"
+
+
+def test_a_big_static_view_is_refreshed_less_often(
+    published: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(widget_module, "STATIC_INTERVAL", 0.0)
+    monkeypatch.setattr(widget_module, "STATIC_BYTES_PER_SECOND", 1)  # any view is "big": one refresh a long while
+    release = threading.Event()
+
+    def first() -> int:
+        return 1
+
+    def slow(first: int) -> int:
+        step = 0
+        while not release.wait(0.02):  # a progress report every 20 ms: the model keeps changing
+            step += 1
+            nf.progress(step)
+        return 2
+
+    wf = nf.Workflow("big").then(first).then(slow).build()
+    runner = nf.CheckpointingRunner(nf.InMemoryBackend(), echo_output=False)
+    widget = WorkflowWidget(wf, instance_id="p-3", min_interval=0.01)
+    widget.display()
+    static_id = published[1]["display_id"]
+    widget.listen(runner.events)
+    handle = runner.start(wf, "p-3")
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(m["update"] for m in published):
+            time.sleep(0.02)
+        time.sleep(0.5)  # pushes go on every 10 ms meanwhile (the run's events)
+        refreshed = [m for m in published if m["update"] and m["display_id"] == static_id]
+    finally:
+        release.set()
+        handle.wait(timeout=10)
+    assert len(refreshed) == 1, [m["data"]["text/plain"] for m in refreshed]
+    assert widget.model.info("slow").progress is not None  # it did keep changing
