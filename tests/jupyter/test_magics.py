@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import get_ipython
+from IPython.testing import globalipapp
 
 import nbflow as nf
 from nbflow.jupyter.cell import default_instance_id
@@ -25,7 +25,9 @@ from nbflow.jupyter.magics import WorkflowMagics
 
 @pytest.fixture(scope="module")
 def ip() -> Any:
-    shell = get_ipython()
+    # Looked up at call time: once some test started the shell, globalipapp's module-level
+    # get_ipython is the shell's own (the name imported before would return None then).
+    shell = globalipapp.get_ipython()
     shell.run_line_magic("load_ext", "nbflow")
     return shell
 
