@@ -776,10 +776,9 @@ def _read_durations(store: Any, workflow: str, limit: int) -> dict[str, dict[str
     history is a nicety, a damaged or closed store must not break a view)."""
     out: dict[str, dict[str, float]] = {}
     try:
-        metas = [m for m in store.list_instances() if m.workflow == workflow]
-        metas.sort(key=lambda m: m.updated_at)
-        for meta in metas[-limit:]:
-            for rid, record in store.get_records(meta.instance_id).items():
+        rows = sorted(store.list_summaries(workflow=workflow), key=lambda row: row.updated_at)
+        for row in rows[-limit:]:
+            for rid, record in store.get_records(row.instance_id).items():
                 if (
                     rid == INPUT_ID
                     or parse_item_id(rid) is not None
@@ -791,7 +790,7 @@ def _read_durations(store: Any, workflow: str, limit: int) -> dict[str, dict[str
                     or record.started_at <= 0
                 ):
                     continue
-                out.setdefault(rid, {})[meta.instance_id] = max(0.0, record.finished_at - record.started_at)
+                out.setdefault(rid, {})[row.instance_id] = max(0.0, record.finished_at - record.started_at)
     except Exception:  # noqa: BLE001 - see the docstring
         return out
     return out

@@ -309,11 +309,9 @@ class Session:
     def _load_code(self, entry: Entry) -> Callable[[str], str]:
         """The line that loads a task's output: ``%workflow result etl clean``, naming the
         instance by id when the workflow's name has other instances."""
-        others = [m.instance_id for m in entry.backend.list_instances() if m.workflow == entry.name]
+        others = [row.instance_id for row in entry.backend.list_summaries(workflow=entry.name)]
         ref = entry.name if set(others) <= {entry.instance_id} else entry.instance_id
-        default = Path(DEFAULT_DIR).absolute()
-        directory = None if Path(entry.backend.directory) == default else str(entry.backend.directory)
-        return lambda task: hint(MAGIC, "result", ref, task, directory=directory)
+        return lambda task: hint(MAGIC, "result", ref, task, directory=_shown_dir(entry.backend.directory))
 
     def show_widget(
         self, entry: Entry, runner: CheckpointingRunner, *, fresh: bool = False, background: bool = False
@@ -689,3 +687,19 @@ def _input_record(wf: WorkflowDefinition, entry: Entry) -> dict[str, Any]:
     from nbflow.store.base import INPUT_KEY, CheckpointRecord
 
     return {INPUT_KEY: CheckpointRecord(INPUT_KEY, "", "", extra=input_facts(entry.inputs))}
+
+
+def _shown_dir(directory: Any) -> str | None:
+    """How a line the user may copy names the store: nothing for the default folder, a
+    path relative to the working folder when the store is inside it (a saved notebook
+    then carries no machine-specific path), else the store's address as it is."""
+    text = str(directory)
+    if "://" in text:
+        return text
+    path = Path(text).absolute()
+    if path == Path(DEFAULT_DIR).absolute():
+        return None
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return text

@@ -265,3 +265,19 @@ def test_re_running_the_cell_runs_a_cancelled_instance_again(tmp_path: Path) -> 
     assert session.namespace["calls"] == []
     assert session.cell(line, SALES) == 4.0  # re-running its cell says "run it"
     assert session.namespace["calls"] == ["total"]
+
+
+def test_the_load_line_names_a_store_inside_the_working_folder_relatively(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 'load its output' line ends up in saved notebooks: a store inside the working
+    folder is named relative to it (no machine-specific path), the default one not at all."""
+    from nbflow.jupyter.session import _shown_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert _shown_dir(tmp_path / ".nbflow") is None
+    assert _shown_dir(tmp_path / ".nbflow" / "sales") == str(Path(".nbflow") / "sales")
+    assert _shown_dir(tmp_path / "stores" / "a") == str(Path("stores") / "a")
+    elsewhere = tmp_path.parent / "elsewhere"
+    assert _shown_dir(elsewhere) == str(elsewhere)
+    assert _shown_dir("postgresql://nbflow@db/nbflow") == "postgresql://nbflow@db/nbflow"
