@@ -67,16 +67,6 @@ def test_layers_import_only_downwards() -> None:
 ALLOWED_PRIVATE: dict[tuple[str, str], str] = {
     ("nbflow/jupyter/kernel_busy.py", "_publish_status"): "ipykernel has no public hook for status messages; "
     "only _Keeper touches it, tests/jupyter/test_kernel_busy.py checks its signature",
-    # argparse has no public way to list subcommands or their options
-    ("nbflow/cli.py", "_actions"): "argparse: to be wrapped in one place",
-    ("nbflow/cli.py", "_SubParsersAction"): "argparse: to be wrapped in one place",
-    ("nbflow/commands.py", "_actions"): "argparse: to be wrapped in one place",
-    ("nbflow/commands.py", "_SubParsersAction"): "argparse: to be wrapped in one place",
-    ("nbflow/commands.py", "_HelpAction"): "argparse: to be wrapped in one place",
-    ("nbflow/jupyter/session.py", "_actions"): "argparse: to be wrapped in one place",
-    ("nbflow/jupyter/session.py", "_SubParsersAction"): "argparse: to be wrapped in one place",
-    ("nbflow/core/previews.py", "_suptitle"): "matplotlib: Figure.get_suptitle() (3.8+) is the public way",
-    ("nbflow/run/live_remote.py", "_instance"): "Channel._instance read outside the class: needs Channel.current()",
 }
 
 

@@ -52,6 +52,7 @@ from nbflow.commands import (
     build_cell_parser,
     build_parser,
     hint,
+    subcommand_parsers,
     usage,
 )
 from nbflow.core.fingerprint import stable_digest
@@ -514,9 +515,7 @@ class Session:
 
     def _cmd_help(self, args: argparse.Namespace) -> None:
         if args.topic:
-            sub = next(a for a in self._parser._actions if isinstance(a, argparse._SubParsersAction)).choices.get(
-                args.topic
-            )
+            sub = subcommand_parsers(self._parser).get(args.topic)
             if sub is None:
                 raise CommandLineError(f"unknown %workflow command {args.topic!r}.\n{usage(MAGIC)}")
             print(sub.format_help())

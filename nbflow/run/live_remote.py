@@ -92,6 +92,11 @@ class Channel:
                     return None
             return inst
 
+    @classmethod
+    def current(cls) -> Channel | None:
+        """This process's channel if one was started (never starts one)."""
+        return cls._instance
+
     def __init__(self) -> None:
         self._pid = os.getpid()
         self.authkey = secrets.token_bytes(32)
@@ -181,7 +186,7 @@ def link_for(task: LiveTask) -> RemoteLink:
 def forget(token: str | None) -> None:
     """The attempt is over: messages for it are ignored (states refused) from now on."""
     if token:
-        channel = Channel._instance
+        channel = Channel.current()
         if channel is not None:
             channel.unregister(token)
 
