@@ -652,3 +652,11 @@ def test_the_widget_approves_a_background_run_waiting_for_a_signal(
     made[-1].controls.send_signal("approval", {"by": "bo"})  # the approve button
     assert handle.wait(timeout=60).output == "0.93 approved by bo"
     assert calls == ["train", "deploy"]
+
+
+def test_help_on_one_command_prints_its_usage(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_line_magic("workflow", "help status")
+    out = capsys.readouterr().out
+    assert "usage: %workflow status" in out
+    with pytest.raises(Exception, match="unknown %workflow command 'nosuch'"):
+        ip.run_line_magic("workflow", "help nosuch")
