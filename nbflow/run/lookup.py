@@ -43,7 +43,12 @@ def resolve_instance(backend: Backend, ref: str, *, latest: bool = False) -> Ins
     meta = backend.load_instance(ref)
     if meta is not None:
         return meta
-    named = sorted((m for m in backend.list_instances() if m.workflow == ref), key=lambda m: -m.updated_at)
+    listed = sorted(backend.list_summaries(workflow=ref), key=lambda row: -row.updated_at)  # the store index
+    if len(listed) == 1 or (listed and latest):
+        meta = backend.load_instance(listed[0].instance_id)
+        if meta is not None:
+            return meta
+    named = [m for m in (backend.load_instance(row.instance_id) for row in listed) if m is not None]
     if not named:
         raise UnknownInstanceError(ref, repr(backend))
     if len(named) == 1 or latest:

@@ -35,7 +35,7 @@ from nbflow.core.errors import ConfigurationError, UnknownTaskError
 from nbflow.core.fingerprint import Breakdown, breakdown_of, explain
 from nbflow.core.graph import Node, WorkflowDefinition
 from nbflow.run.plan import RESTORE, RUN, SKIP, STALE
-from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta, validate_instance_id
+from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, validate_instance_id
 
 __all__ = [
     "PreviousRun",
@@ -221,15 +221,14 @@ class PreviousRun:
 
 def previous_run(backend: Backend, wf: WorkflowDefinition, instance_id: str) -> PreviousRun | None:
     """The most recently updated other instance of ``wf`` with the same shape, if any."""
-    others = [
-        m
-        for m in backend.list_instances()
-        if m.workflow == wf.name and m.instance_id != instance_id and m.definition_hash == wf.definition_hash
-    ]
-    if not others:
-        return None
-    best: InstanceMeta = max(others, key=lambda m: m.updated_at)
-    return PreviousRun(best.instance_id, backend.get_records(best.instance_id))
+    rows = sorted(backend.list_summaries(workflow=wf.name), key=lambda row: -row.updated_at)  # the store index
+    for row in rows:
+        if row.instance_id == instance_id:
+            continue
+        meta = backend.load_instance(row.instance_id)
+        if meta is not None and meta.definition_hash == wf.definition_hash:  # the newest of the same shape
+            return PreviousRun(meta.instance_id, backend.get_records(meta.instance_id))
+    return None
 
 
 def _inputs_of(records: Mapping[str, CheckpointRecord]) -> dict[str, Any]:

@@ -335,12 +335,12 @@ class PooledWorker:
         interval ago; an unpaused or revived one is seen at the next listing)."""
         now = time.monotonic()
         if now >= self._known_at:
-            metas = [m for m in self.backend.list_instances() if m.workflow in self.workflows]
-            metas.sort(key=lambda m: m.created_at)
-            self._known = [m.instance_id for m in metas if m.state in RUNNABLE]
-            for meta in metas:
-                if meta.state not in RUNNABLE:
-                    self._views.pop(meta.instance_id, None)
+            rows = [row for row in self.backend.list_summaries() if row.workflow in self.workflows]  # the store index
+            rows.sort(key=lambda row: row.created_at)
+            self._known = [row.instance_id for row in rows if row.state in RUNNABLE]
+            for row in rows:
+                if row.state not in RUNNABLE:
+                    self._views.pop(row.instance_id, None)
             self._known_at = now + self.poll_interval
         return self._known
 

@@ -509,7 +509,7 @@ class DiskcacheBackend:
         if meta.state in (RunState.DAMAGED.value, RunState.UNREADABLE.value):
             return summarize(meta, ()), False
         try:
-            records = self.get_records(meta.instance_id)
+            records = self._read_records(meta.instance_id)
         except (CheckpointCorruptError, StoreUnreadableError) as exc:
             meta.state = (RunState.UNREADABLE if isinstance(exc, StoreUnreadableError) else RunState.DAMAGED).value
             meta.message = str(exc)
@@ -644,6 +644,11 @@ class DiskcacheBackend:
         return f"{generation}:{high}:{deleted}"
 
     def get_records(self, instance_id: str) -> dict[str, CheckpointRecord]:
+        return self._read_records(instance_id)
+
+    def _read_records(self, instance_id: str) -> dict[str, CheckpointRecord]:
+        """Every record of the instance's current generation (also what the index reads
+        to summarise an instance that changed)."""
         rows = self._rows(instance_id, create=False)
         if rows is None:
             return {}
