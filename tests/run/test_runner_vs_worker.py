@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 
 import nbflow as nf
+from tests.store.implementations import IMPLEMENTATIONS, close_store, make_store
 
 
-@pytest.fixture(params=["memory", "disk"])
+@pytest.fixture(params=IMPLEMENTATIONS)
 def store(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
-    return nf.InMemoryBackend() if request.param == "memory" else nf.DiskcacheBackend(tmp_path / "s")
+    backend = make_store(request.param, tmp_path)
+    yield backend
+    close_store(backend)
 
 
 def _slow_flow(started: threading.Event, release: threading.Event, calls: list[str]) -> nf.WorkflowDefinition:

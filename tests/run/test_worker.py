@@ -12,11 +12,14 @@ import pytest
 import nbflow as nf
 from nbflow.core.status import LoopResult
 from nbflow.store.base import CheckpointRecord
+from tests.store.implementations import IMPLEMENTATIONS, close_store, make_store
 
 
-@pytest.fixture(params=["memory", "disk"])
+@pytest.fixture(params=IMPLEMENTATIONS)
 def store(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
-    return nf.InMemoryBackend() if request.param == "memory" else nf.DiskcacheBackend(tmp_path / "s")
+    backend = make_store(request.param, tmp_path)
+    yield backend
+    close_store(backend)
 
 
 def _drain(store, wfs, n: int = 2, **kw) -> list[nf.PooledWorker]:  # type: ignore[no-untyped-def]
