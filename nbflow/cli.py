@@ -226,7 +226,7 @@ def _run(args: argparse.Namespace) -> int:
     if cmd == "resume":
         status = client.status(iid, output=False)
         runner = CheckpointingRunner(backend)
-        runner.subscribe(TextProgress())
+        runner.subscribe(TextProgress(), kinds=TextProgress.KINDS)
         result = runner.resume(_workflow_of(status.workflow, args.module), iid, revive=args.revive)
         _print_status(result, False)
         return 0 if result.state in ("completed", "awaiting_signal", "paused") else 1

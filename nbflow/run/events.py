@@ -20,13 +20,15 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from enum import StrEnum
+from typing import IO, Any, ClassVar
 
 from nbflow.core.keys import parse_item_id, parse_iteration_id
 
 __all__ = [
+    "EventKind",
     "EventBus",
     "MapProgress",
     "RunEvent",
@@ -47,9 +49,30 @@ __all__ = [
 ]
 
 
+class EventKind(StrEnum):
+    """What an event is about: a subscriber names the kinds it wants
+    (``subscribe(fn, kinds=...)``) and no event of another kind is even built for it."""
+
+    RUN_STARTED = "run_started"
+    TASK_STARTED = "task_started"
+    TASK_RESTORED = "task_restored"
+    TASK_FINISHED = "task_finished"
+    TASK_RETRYING = "task_retrying"
+    TASK_FAILED = "task_failed"
+    TASK_SKIPPED = "task_skipped"
+    TASK_WAITING = "task_waiting"
+    MAP_PROGRESS = "map_progress"
+    TASK_OUTPUT = "task_output"
+    TASK_DISPLAY = "task_display"
+    TASK_PROGRESS = "task_progress"
+    RUN_FINISHED = "run_finished"
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunEvent:
     """Base of every event: which run it belongs to and when it happened."""
+
+    kind: ClassVar[EventKind]  # each event class says which kind it is
 
     workflow: str
     instance_id: str
@@ -69,6 +92,8 @@ class RunStarted(RunEvent):
     of a child workflow (``then_flow``) to the child's name, for drawing clusters.
     """
 
+    kind: ClassVar[EventKind] = EventKind.RUN_STARTED
+
     tasks: tuple[str, ...]
     edges: tuple[tuple[str, str], ...] = ()
     kinds: Mapping[str, str] = field(default_factory=dict)
@@ -84,6 +109,8 @@ class RunStarted(RunEvent):
 class TaskStarted(RunEvent):
     """One attempt of a task starts running."""
 
+    kind: ClassVar[EventKind] = EventKind.TASK_STARTED
+
     task_id: str
     attempt: int = 1
     worker: str | None = None
@@ -95,6 +122,8 @@ class TaskRestored(RunEvent):
 
     ``displays`` are what it displayed when it ran (stored with its checkpoint), shown
     again; ``preview_bundle`` is its output's rich preview (mime type -> str)."""
+
+    kind: ClassVar[EventKind] = EventKind.TASK_RESTORED
 
     task_id: str
     duration: float = 0.0
@@ -112,6 +141,8 @@ class TaskFinished(RunEvent):
     """A task finished and its checkpoint is durably written (with ``displays``: what
     it displayed, each ``{"data": {mime: str}, "metadata": {...}}``)."""
 
+    kind: ClassVar[EventKind] = EventKind.TASK_FINISHED
+
     task_id: str
     attempt: int = 1
     duration: float = 0.0
@@ -127,6 +158,8 @@ class TaskFinished(RunEvent):
 class TaskRetrying(RunEvent):
     """An attempt failed and another follows after ``delay`` seconds."""
 
+    kind: ClassVar[EventKind] = EventKind.TASK_RETRYING
+
     task_id: str
     attempt: int
     delay: float
@@ -136,6 +169,8 @@ class TaskRetrying(RunEvent):
 @dataclass(frozen=True, kw_only=True)
 class TaskFailed(RunEvent):
     """A task failed for good (retries exhausted); ``traceback`` is the text."""
+
+    kind: ClassVar[EventKind] = EventKind.TASK_FAILED
 
     task_id: str
     attempt: int
@@ -150,6 +185,8 @@ class TaskFailed(RunEvent):
 class TaskSkipped(RunEvent):
     """A task will not run in this instance (a route branch not taken)."""
 
+    kind: ClassVar[EventKind] = EventKind.TASK_SKIPPED
+
     task_id: str
     reason: str = ""
 
@@ -157,6 +194,8 @@ class TaskSkipped(RunEvent):
 @dataclass(frozen=True, kw_only=True)
 class TaskWaiting(RunEvent):
     """A task is parked: a durable delay (``wake_at``) or a signal (``signal``)."""
+
+    kind: ClassVar[EventKind] = EventKind.TASK_WAITING
 
     task_id: str
     wake_at: float | None = None
@@ -166,6 +205,8 @@ class TaskWaiting(RunEvent):
 @dataclass(frozen=True, kw_only=True)
 class MapProgress(RunEvent):
     """Items of a ``map`` step done so far (restored items included)."""
+
+    kind: ClassVar[EventKind] = EventKind.MAP_PROGRESS
 
     task_id: str
     done: int
@@ -180,6 +221,8 @@ class TaskOutput(RunEvent):
     prints; ``cut`` counts characters left out of these events because the task printed
     faster than they are sent (its checkpoint still stores everything)."""
 
+    kind: ClassVar[EventKind] = EventKind.TASK_OUTPUT
+
     task_id: str
     attempt: int = 1
     stdout: str = ""
@@ -193,6 +236,8 @@ class TaskDisplay(RunEvent):
     maps mime types to data (images as base64 text), as Jupyter's ``display_data``.
     ``display_id`` with ``update`` replaces what was shown under that id; ``clear``
     (``clear_output()`` in the task) empties what the attempt showed so far."""
+
+    kind: ClassVar[EventKind] = EventKind.TASK_DISPLAY
 
     task_id: str
     attempt: int = 1
@@ -209,6 +254,8 @@ class TaskProgress(RunEvent):
     ``done`` of ``total`` steps (None: unknown). ``stored``: read from the store as the
     run starts — where the task was when its last run stopped — not reported now."""
 
+    kind: ClassVar[EventKind] = EventKind.TASK_PROGRESS
+
     task_id: str
     done: float
     total: float | None = None
@@ -220,6 +267,8 @@ class TaskProgress(RunEvent):
 @dataclass(frozen=True, kw_only=True)
 class RunFinished(RunEvent):
     """The run stopped: ``state`` is completed, failed, cancelled, interrupted, ..."""
+
+    kind: ClassVar[EventKind] = EventKind.RUN_FINISHED
 
     state: str
     duration: float = 0.0
@@ -260,13 +309,19 @@ class EventBus:
     """
 
     def __init__(self) -> None:
-        self._subscribers: tuple[Subscriber, ...] = ()
+        self._subscribers: tuple[tuple[Subscriber, frozenset[EventKind] | None], ...] = ()
+        self._wanted: frozenset[EventKind] | None = frozenset()  # None: every kind
         self._lock = threading.Lock()
 
-    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
-        """Add ``subscriber``; returns a function that removes it again."""
+    def subscribe(
+        self, subscriber: Subscriber, kinds: Iterable[EventKind | type[RunEvent]] | None = None
+    ) -> Callable[[], None]:
+        """Add ``subscriber`` (for ``kinds`` only, event classes or EventKind values;
+        default every kind); returns a function that removes it again."""
+        wanted = None if kinds is None else frozenset(k if isinstance(k, EventKind) else k.kind for k in kinds)
         with self._lock:
-            self._subscribers = (*self._subscribers, subscriber)
+            self._subscribers = (*self._subscribers, (subscriber, wanted))
+            self._recount()
 
         def unsubscribe() -> None:
             self.unsubscribe(subscriber)
@@ -276,14 +331,32 @@ class EventBus:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         """Remove ``subscriber``; removing one that is not subscribed is a no-op."""
         with self._lock:
-            self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
+            self._subscribers = tuple(entry for entry in self._subscribers if entry[0] is not subscriber)
+            self._recount()
+
+    def _recount(self) -> None:
+        kinds: set[EventKind] = set()
+        for _, wanted in self._subscribers:
+            if wanted is None:
+                self._wanted = None
+                return
+            kinds |= wanted
+        self._wanted = frozenset(kinds)
 
     def __bool__(self) -> bool:
         return bool(self._subscribers)
 
+    def wants(self, event_type: type[RunEvent]) -> bool:
+        """Whether some subscriber takes events of this class: publishers build an event
+        only then (the live output of a task with nobody watching costs nothing)."""
+        wanted = self._wanted
+        return wanted is None or event_type.kind in wanted
+
     def publish(self, event: RunEvent) -> None:
-        """Deliver ``event`` to every subscriber; a raising subscriber is dropped."""
-        for subscriber in self._subscribers:  # a tuple: safe against concurrent changes
+        """Deliver ``event`` to every subscriber of its kind; a raising subscriber is dropped."""
+        for subscriber, wanted in self._subscribers:  # a tuple: safe against concurrent changes
+            if wanted is not None and event.kind not in wanted:
+                continue
             try:
                 subscriber(event)
             except Exception as exc:  # noqa: BLE001 - a UI bug must never fail a run
@@ -302,6 +375,18 @@ class TextProgress:
     Subscribe it to a runner: ``runner.subscribe(TextProgress())``. It writes one line
     per finished, restored, failed or retried task and one per run start and end.
     """
+
+    #: the kinds it prints (subscribe with ``kinds=TextProgress.KINDS``: nothing else is built)
+    KINDS = (
+        EventKind.RUN_STARTED,
+        EventKind.TASK_RESTORED,
+        EventKind.TASK_FINISHED,
+        EventKind.TASK_RETRYING,
+        EventKind.TASK_FAILED,
+        EventKind.TASK_SKIPPED,
+        EventKind.TASK_WAITING,
+        EventKind.RUN_FINISHED,
+    )
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self._stream = stream

@@ -176,9 +176,11 @@ class CheckpointingRunner:
         clone.conflict_policy = ConflictPolicy.coerce(policy)
         return clone
 
-    def subscribe(self, subscriber: Callable[[ev.RunEvent], None]) -> Callable[[], None]:
+    def subscribe(
+        self, subscriber: Callable[[ev.RunEvent], None], kinds: Iterable[ev.EventKind | type[ev.RunEvent]] | None = None
+    ) -> Callable[[], None]:
         """Receive this runner's events; returns the function that unsubscribes."""
-        return self.events.subscribe(subscriber)
+        return self.events.subscribe(subscriber, kinds)
 
     def _threads(self) -> Any:
         if self.executor is not None:

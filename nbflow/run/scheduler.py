@@ -118,7 +118,8 @@ class Scheduler:
 
     # -- values -----------------------------------------------------------------------
     def publish(self, event_type: type[ev.RunEvent], **fields: Any) -> None:
-        if self.bus:
+        """Build and deliver an event, only when some subscriber takes its kind."""
+        if self.bus.wants(event_type):
             self.bus.publish(event_type(workflow=self.wf.name, instance_id=self.instance_id, **fields))
 
     def lookup(self, task_id: str) -> CheckpointRecord | None:

@@ -211,9 +211,11 @@ class PooledWorker:
         """Who this worker is, in the lifecycle's record of state changes."""
         return f"worker {self.worker_id}"
 
-    def subscribe(self, subscriber: Callable[[ev.RunEvent], None]) -> Callable[[], None]:
+    def subscribe(
+        self, subscriber: Callable[[ev.RunEvent], None], kinds: Iterable[ev.EventKind | type[ev.RunEvent]] | None = None
+    ) -> Callable[[], None]:
         """Receive this worker's task events (they carry ``worker``)."""
-        return self.events.subscribe(subscriber)
+        return self.events.subscribe(subscriber, kinds)
 
     # -- running ----------------------------------------------------------------------
     def start(self, *, until_idle: bool = False) -> WorkerHandle:

@@ -313,3 +313,49 @@ def test_map_items_report_progress(runner: nf.CheckpointingRunner) -> None:
     assert "".join(sorted(e.stdout for e in events if isinstance(e, ev.TaskOutput))) == "".join(
         sorted(f"item {i}\n" for i in range(4))
     )
+
+
+def test_events_of_kinds_nobody_takes_are_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subscriber names its kinds; the engine then builds no other event — a task's
+    prints and progress cost nothing when nobody watches them."""
+    built: list[str] = []
+    for cls in (ev.TaskOutput, ev.TaskProgress, ev.TaskFinished):
+        real_init = cls.__init__
+
+        def counting(self: Any, *a: Any, _real: Any = real_init, _name: str = cls.__name__, **k: Any) -> None:
+            built.append(_name)
+            _real(self, *a, **k)
+
+        monkeypatch.setattr(cls, "__init__", counting)
+
+    def chatty(x: int) -> int:
+        for i in range(50):
+            print(f"line {i}")
+            nf.progress(i + 1, 50)
+        return x
+
+    runner = nf.CheckpointingRunner(nf.InMemoryBackend(), echo_output=False)
+    got: list[ev.RunEvent] = []
+    runner.subscribe(got.append, kinds=[ev.TaskFinished, ev.EventKind.RUN_FINISHED])
+    assert runner.run(nf.Workflow("quiet").then(chatty).build(), "q-1", 1).output == 1
+    assert [type(e).__name__ for e in got] == ["TaskFinished", "RunFinished"]
+    assert "TaskOutput" not in built and "TaskProgress" not in built
+    assert built.count("TaskFinished") == 1
+    everything: list[ev.RunEvent] = []
+    runner.subscribe(everything.append)  # one subscriber of every kind: all are built again
+    runner.run(nf.Workflow("loud").then(chatty).build(), "l-1", 1)
+    assert any(isinstance(e, ev.TaskProgress) for e in everything)
+    assert not any(isinstance(e, ev.TaskProgress) for e in got)  # still filtered for the first
+
+
+def test_the_bus_delivers_each_subscriber_its_kinds() -> None:
+    bus = ev.EventBus()
+    assert not bus.wants(ev.TaskStarted)
+    starts: list[ev.RunEvent] = []
+    unsubscribe = bus.subscribe(starts.append, kinds=[ev.EventKind.TASK_STARTED])
+    assert bus.wants(ev.TaskStarted) and not bus.wants(ev.TaskOutput)
+    bus.publish(ev.TaskStarted(workflow="w", instance_id="i", task_id="a"))
+    bus.publish(ev.TaskOutput(workflow="w", instance_id="i", task_id="a", stdout="x"))
+    assert [type(e) for e in starts] == [ev.TaskStarted]
+    unsubscribe()
+    assert not bus.wants(ev.TaskStarted)
