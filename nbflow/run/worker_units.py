@@ -16,6 +16,7 @@ from nbflow.core.errors import ClaimLostError
 from nbflow.core.graph import Node, Source, WorkflowDefinition
 from nbflow.core.vocabulary import PlanStep
 from nbflow.run.checkpoint import CheckpointIO
+from nbflow.run.displays import DISPLAY_CODEC
 from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta
 
 __all__ = ["CachedView", "ClaimedIO", "InstanceView", "Unit", "chunk_size", "record_is_valid"]
@@ -45,10 +46,13 @@ class ClaimedIO(CheckpointIO):
         return stored
 
     def write(self, task_id: str, fingerprint: str, value: Any, **fields: Any) -> CheckpointRecord:
-        return self._commit([self.encode(task_id, fingerprint, value, **fields)])[0]
+        """The output (and what its task displayed) in one claimed commit."""
+        return self._commit(self.with_displays([self.encode(task_id, fingerprint, value, **fields)]))[0]
 
     def write_many(self, items: list[tuple[CheckpointRecord, Any]]) -> list[CheckpointRecord]:
-        return self._commit(items)
+        full = self.with_displays(items)
+        stored = self._commit(full)
+        return stored if len(full) == len(items) else [rec for rec in stored if rec.codec != DISPLAY_CODEC]
 
     def write_ref(self, task_id: str, fingerprint: str, extra: dict[str, Any], **fields: Any) -> CheckpointRecord:
         record = CheckpointRecord(task_id=task_id, fingerprint=fingerprint, codec="ref", extra=extra, **fields)

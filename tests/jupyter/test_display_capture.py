@@ -276,3 +276,34 @@ def test_loading_the_extension_captures_displays_without_a_widget() -> None:
         unload_ipython_extension(shell)
         shell.display_formatter.active_types = formats
     assert not display_capture.installed()
+
+
+def test_a_pooled_worker_stores_what_its_units_display(loose: list[dict[str, Any]], tmp_path: Path) -> None:
+    """A PooledWorker in a notebook (its units run through the same step host) stores
+    each unit's displays in the unit's claimed commit; a later resume shows them again."""
+    backend = nf.DiskcacheBackend(tmp_path / "store")
+
+    def draw(x: int) -> list[int]:
+        display(HTML(f"<b>unit {x}</b>"))
+        return list(range(3))
+
+    def square(x: int) -> int:
+        display(HTML(f"<i>item {x}</i>"))
+        return x * x
+
+    wf = nf.Workflow("pooled").then(draw).map(square).build()
+    nf.WorkflowClient(backend).submit(wf, "p-1", 5)
+    worker = nf.PooledWorker("w", backend, [wf], poll_interval=0.02)
+    handle = worker.start(until_idle=True)
+    handle.join(60)
+    assert not handle.is_alive()
+    assert nf.WorkflowClient(backend).status("p-1").state == nf.RunState.COMPLETED
+    record = backend.get_record("p-1", display_id("draw"))
+    assert record is not None and b"<b>unit 5</b>" in (record.payload or b"")
+    runner = nf.CheckpointingRunner(backend, echo_output=False).with_conflict_policy(nf.ConflictPolicy.USE_EXISTING)
+    events: list[ev.RunEvent] = []
+    runner.subscribe(events.append)
+    runner.run(wf, "p-1", 5)  # the cell re-run: every task restored from the store
+    restored = finished(events, ev.TaskRestored)
+    assert html_of(restored["draw"]) == ["<b>unit 5</b>"]
+    assert loose == []
