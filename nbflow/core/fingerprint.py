@@ -23,8 +23,6 @@ Nothing here depends on ``PYTHONHASHSEED``, dict order of sets, or object ids.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.metadata
 import inspect
 import os
 import pickle
@@ -175,6 +173,8 @@ def breakdown_of(digest: str) -> Breakdown | None:
 
 
 def _installed_version(name: str) -> str:
+    import importlib.metadata  # only for pinned libraries: it costs ~30 ms at startup (email, ...)
+
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
