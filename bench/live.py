@@ -33,8 +33,8 @@ from bench.core import Config, Row, Timing, round_robin, scaled, scratch_dir
 
 NAME = "live"
 MB = 10**6
-CHECKPOINT_MAX = 1.5
-OVERHEAD_MAX = 1.10
+CHECKPOINT_MAX = 1.3  # the long-tasks issue: ctx.checkpoint of 100 MB
+OVERHEAD_MAX = 1.05  # the long-tasks issue: live output with the widget
 MSGS_PER_S_MAX = 20.0
 
 
