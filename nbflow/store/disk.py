@@ -1034,7 +1034,10 @@ def _missing_record_damage(path: Path, rows: Rows | None) -> str | None:
         if blobs.is_dir() and any(blobs.iterdir()):
             return "its database file is missing, though output files remain"
         return None
-    if rows.get(GENERATION) is not None or rows.scan(RECORD_PREFIX):
+    # The instance record and its generation are written together; a new instance's
+    # input record comes just before them, so records without a generation are an
+    # instance being created (a reader must not call it damaged), not a lost record.
+    if rows.get(GENERATION) is not None:
         return "the instance record is missing from its database"
     return None
 

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 import nbflow as nf
+from nbflow.store.base import CheckpointRecord, InstanceMeta
 from tests.store.faults import (
     assert_damage_message,
     assert_lists,
@@ -572,3 +573,20 @@ def test_close_releases_every_file_of_the_store(tmp_path: Path) -> None:
         if target.startswith(str(store)):
             still_open.append(target)
     assert still_open == [], f"after close() these files of the store are still open: {sorted(still_open)}"
+
+
+def test_an_instance_being_created_is_not_called_damaged(tmp_path: Path) -> None:
+    """A new instance's input record is stored just before its instance record: a reader
+    in between (another process polling status) sees an instance not there yet, never a
+    damaged one."""
+    store = tmp_path / "store"
+    writer = nf.DiskcacheBackend(store)
+    sink = writer.new_sink("new-1")
+    sink.write(b"input")
+    writer.put_records("new-1", [(CheckpointRecord("__input__", "", "pickle"), sink)])
+    reader = nf.DiskcacheBackend(store)
+    assert reader.load_instance("new-1") is None
+    assert reader.list_summaries() == []
+    assert nf.WorkflowClient(reader).list_instances() == []
+    writer.save_instance(InstanceMeta("new-1", "wf", "h"))
+    assert [r.instance_id for r in reader.list_summaries()] == ["new-1"]
