@@ -26,3 +26,18 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[nf.InMem
 @pytest.fixture
 def runner(backend: nf.InMemoryBackend | nf.DiskcacheBackend) -> nf.CheckpointingRunner:
     return nf.CheckpointingRunner(backend, echo_output=False)
+
+
+@pytest.fixture
+def dsn() -> Iterator[str]:
+    """A fresh database on the shared PostgreSQL test server (tests/pg_server.py) for
+    one test; skips when there is no server."""
+    from tests import pg_server
+
+    try:
+        server = pg_server.shared_server()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    address = server.take_store()
+    yield address
+    server.give_store(address)

@@ -22,39 +22,10 @@ import pytest
 import nbflow as nf
 from nbflow.store.postgres import PostgresBackend
 from tests import pg_server
-from tests.integration.test_worker_pool import BODIES, FLOWS, N_INSTANCES
+from tests.integration.test_worker_pool import BODIES, FLOWS, N_INSTANCES, _load_flows, _marks
 
 reason = pg_server.unavailable_reason()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(reason is not None, reason=f"no PostgreSQL test server: {reason}")]
-
-
-@pytest.fixture
-def dsn() -> Iterator[str]:
-    try:
-        server = pg_server.shared_server()
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-    dsn = server.take_store()
-    yield dsn
-    server.give_store(dsn)
-
-
-def _load(path: Path, name: str) -> Any:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _marks(marks: Path) -> list[tuple[str, str, int, str]]:
-    out = []
-    for p in marks.iterdir():
-        iid, task, pid, token = p.name.split("~")
-        out.append((iid, task, int(pid), token))
-    return out
 
 
 def _worker(
@@ -110,7 +81,7 @@ def _pool_setup(tmp_path: Path, dsn: str) -> tuple[Path, Path, dict[str, str], n
     flows_path.write_text(textwrap.dedent(FLOWS))
     env = {**os.environ, "POOL_MARKS": str(marks), "PYTHONPATH": os.getcwd()}
     os.environ["POOL_MARKS"] = str(marks)
-    flows = _load(flows_path, "pool_flows_pg")
+    flows = _load_flows(flows_path, "pool_flows_pg")
     client = nf.WorkflowClient(PostgresBackend(dsn))
     for n in range(N_INSTANCES):
         client.submit(flows.pool, f"pool-{n}", n)

@@ -65,10 +65,10 @@ N_INSTANCES = 5
 BODIES = ["start", "b0", "b1", "b2", "b3", "b4", "b5", "join", "total"] + [f"items[{i}]" for i in range(30)]
 
 
-def _load_flows(path: Path):  # the same module the workers import
+def _load_flows(path: Path, name: str = "pool_flows_test"):  # the same module the workers import
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("pool_flows_test", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

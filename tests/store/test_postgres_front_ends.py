@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,6 @@ from tests import pg_server
 
 reason = pg_server.unavailable_reason()
 pytestmark = pytest.mark.skipif(reason is not None, reason=f"no PostgreSQL test server: {reason}")
-
-
-@pytest.fixture
-def dsn() -> Iterator[str]:
-    try:
-        server = pg_server.shared_server()
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-    dsn = server.take_store()
-    yield dsn
-    server.give_store(dsn)
 
 
 def _doubler() -> nf.WorkflowDefinition:
