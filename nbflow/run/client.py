@@ -18,7 +18,6 @@ from nbflow.core.errors import (
     ConfigurationError,
     InstanceExistsError,
     SignalRefusedError,
-    StoreUnreadableError,
     UnknownTaskError,
 )
 from nbflow.core.status import RunState, TaskError, WorkflowStatus
@@ -82,26 +81,14 @@ class WorkflowClient:
             message=row.message,
         )
 
-    def _listed(self, meta: InstanceMeta) -> WorkflowStatus:
-        """A listing row; an instance whose records cannot be read is listed as such
-        (``damaged`` or ``unreadable``: shown, never stored), never hiding the others."""
-        try:
-            return self._status(meta, with_output=False)
-        except (CheckpointCorruptError, StoreUnreadableError) as exc:
-            shown = RunState.UNREADABLE if isinstance(exc, StoreUnreadableError) else RunState.DAMAGED
-            return self._status(meta, with_output=False, shown=(shown, str(exc)))
-
     def status(self, instance_id: str, output: bool = True) -> WorkflowStatus:
         """The stored status; ``output`` is filled in once the instance completed
         (unless ``output=False``: then nothing is decoded)."""
         return self._status(self._meta(instance_id), with_output=output)
 
-    def _status(
-        self, meta: InstanceMeta, with_output: bool, shown: tuple[RunState, str] | None = None
-    ) -> WorkflowStatus:
-        """The status of ``meta``; ``shown``: the state and message a listing shows
-        instead of the stored ones (records that cannot be read, which are not read)."""
-        state, message = shown or (_state(meta, self.backend), meta.message)
+    def _status(self, meta: InstanceMeta, with_output: bool) -> WorkflowStatus:
+        """The status of ``meta`` (its records read; its output decoded if asked)."""
+        state, message = _state(meta, self.backend), meta.message
         readable = state not in (RunState.DAMAGED, RunState.UNREADABLE)  # a store lists such metas too
         records = self.backend.get_records(meta.instance_id) if readable else {}
         damaged = [rid for rid, record in records.items() if record.codec == DAMAGED_CODEC]
