@@ -12,12 +12,12 @@ or a kernel restart, running it again continues where it stopped.
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
+# Errors are imported at once: the module is small (the standard library only) and an
+# ``except nf.SomeError`` must never be what pays for an import.
 from nbflow.core import errors
-from nbflow.core.builder import ForkBuilder, Workflow, WorkflowBuilder
-from nbflow.core.codecs import JsonCodec, PickleCodec
-from nbflow.core.context import TaskContext, WorkflowContext, get_task_context, progress
 from nbflow.core.errors import (
     AmbiguousInstanceError,
     CheckpointCorruptError,
@@ -54,21 +54,64 @@ from nbflow.core.errors import (
     WorkflowFailedError,
     WorkflowMismatchError,
 )
-from nbflow.core.graph import InputRef, WorkflowDefinition
-from nbflow.core.retry import RetryPolicy, parse_duration
-from nbflow.core.status import ConflictPolicy, LoopResult, RunState, TaskError, WorkflowStatus
-from nbflow.core.task import SignalWait, task, wait_for_signal
-from nbflow.run.client import WorkflowClient
-from nbflow.run.events import EventBus, TextProgress
-from nbflow.run.executors import DaskExecutor, ProcessExecutor
-from nbflow.run.handle import RunHandle
-from nbflow.run.runner import CheckpointingRunner
-from nbflow.run.worker import PooledWorker
-from nbflow.store.disk import DiskcacheBackend
-from nbflow.store.memory import InMemoryBackend
-from nbflow.store.postgres import PostgresBackend  # psycopg is imported only when one is opened
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load on first use
+    from nbflow.core.builder import ForkBuilder, Workflow, WorkflowBuilder
+    from nbflow.core.codecs import JsonCodec, PickleCodec
+    from nbflow.core.context import TaskContext, WorkflowContext, get_task_context, progress
+    from nbflow.core.graph import InputRef, WorkflowDefinition
+    from nbflow.core.retry import RetryPolicy, parse_duration
+    from nbflow.core.status import ConflictPolicy, LoopResult, RunState, TaskError, WorkflowStatus
+    from nbflow.core.task import SignalWait, task, wait_for_signal
+    from nbflow.run.client import WorkflowClient
+    from nbflow.run.events import EventBus, TextProgress
+    from nbflow.run.executors import DaskExecutor, ProcessExecutor
+    from nbflow.run.handle import RunHandle
+    from nbflow.run.runner import CheckpointingRunner
+    from nbflow.run.worker import PooledWorker
+    from nbflow.store.disk import DiskcacheBackend
+    from nbflow.store.memory import InMemoryBackend
+    from nbflow.store.postgres import PostgresBackend
 
 __version__ = "0.1.0"
+
+# Every other public name, by the module that defines it: loaded on first use (PEP 562),
+# so ``import nbflow`` or ``nbflow list`` does not pay for the engine, asyncio, the
+# builder's introspection or the store backends it does not touch.
+_LAZY: dict[str, str] = {
+    "ForkBuilder": "nbflow.core.builder",
+    "Workflow": "nbflow.core.builder",
+    "WorkflowBuilder": "nbflow.core.builder",
+    "JsonCodec": "nbflow.core.codecs",
+    "PickleCodec": "nbflow.core.codecs",
+    "TaskContext": "nbflow.core.context",
+    "WorkflowContext": "nbflow.core.context",
+    "get_task_context": "nbflow.core.context",
+    "progress": "nbflow.core.context",
+    "InputRef": "nbflow.core.graph",
+    "WorkflowDefinition": "nbflow.core.graph",
+    "RetryPolicy": "nbflow.core.retry",
+    "parse_duration": "nbflow.core.retry",
+    "ConflictPolicy": "nbflow.core.status",
+    "LoopResult": "nbflow.core.status",
+    "RunState": "nbflow.core.status",
+    "TaskError": "nbflow.core.status",
+    "WorkflowStatus": "nbflow.core.status",
+    "SignalWait": "nbflow.core.task",
+    "task": "nbflow.core.task",
+    "wait_for_signal": "nbflow.core.task",
+    "WorkflowClient": "nbflow.run.client",
+    "EventBus": "nbflow.run.events",
+    "TextProgress": "nbflow.run.events",
+    "DaskExecutor": "nbflow.run.executors",
+    "ProcessExecutor": "nbflow.run.executors",
+    "RunHandle": "nbflow.run.handle",
+    "CheckpointingRunner": "nbflow.run.runner",
+    "PooledWorker": "nbflow.run.worker",
+    "DiskcacheBackend": "nbflow.store.disk",
+    "InMemoryBackend": "nbflow.store.memory",
+    "PostgresBackend": "nbflow.store.postgres",
+}
 
 __all__ = [
     "AmbiguousInstanceError",
@@ -139,6 +182,22 @@ __all__ = [
     "task",
     "wait_for_signal",
 ]
+
+
+if not TYPE_CHECKING:  # hidden from type checkers, so a misspelt ``nf.Name`` stays an error
+
+    def __getattr__(name: str) -> Any:
+        """Load a public name from its module the first time it is asked for."""
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # the next lookup is a plain module attribute
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def load_ipython_extension(ipython: Any) -> None:
