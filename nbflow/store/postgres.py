@@ -15,7 +15,9 @@ from:
   a runner and a pool on different machines exclude each other as two processes on
   one machine do. A holder that dies loses its connection, and with it the lock; a
   holder whose connection was cut takes it again (``postgres_leases.py``), or, if
-  someone else was faster, is refused its further writes.
+  someone else was faster, is refused its further writes — by the server, in the
+  statement that writes (the lease's token in the instance row), so not even a write
+  sent before the runner noticed the cut lands.
 * **Every commit is one transaction**, most of them one round trip (one statement,
   or a server-side function): a checkpoint writes the record and the change stamp and
   reads the pending control request together, so a runner needs no extra query per
@@ -44,6 +46,7 @@ from nbflow.core.errors import (
     CheckpointCorruptError,
     ConfigurationError,
     InstanceLockedError,
+    NbflowError,
     StaleInstanceError,
 )
 from nbflow.core.status import RunState
@@ -61,7 +64,7 @@ from nbflow.store.base import (
 from nbflow.store.postgres_connect import ConnectionPool
 from nbflow.store.postgres_leases import PROBE_INTERVAL, LeaseKeeper, PgLease
 from nbflow.store.postgres_payloads import ChunkReader, PgSink
-from nbflow.store.postgres_schema import LIST_SUMMARIES, PUT_ONE, STALE_SQLSTATE
+from nbflow.store.postgres_schema import LEASE_TAKEN_SQLSTATE, LIST_SUMMARIES, PUT_ONE, STALE_SQLSTATE
 from nbflow.store.records import (
     ChecksumReader,
     RecordFormatError,
@@ -86,6 +89,7 @@ __all__ = ["PostgresBackend"]
 # to serve the poll right after the task boundary, short enough to be "now".
 _CONTROL_FRESH = 0.02
 _LOCK_SEED = b"nbflow-instance-lock\x00"
+_LOST = "this runner's lock was lost when its connection to the database broke, and another holder has it now"
 _NEW_STAMP = "UPDATE nbflow_instances SET stamp = nextval('nbflow_stamps') WHERE instance_id = %s"
 
 
@@ -170,12 +174,20 @@ class PostgresBackend:
 
         return self._pool.run(call)
 
-    def _stale(self, instance_id: str, exc: Exception) -> StaleInstanceError | None:
+    def _refused(self, instance_id: str, exc: Exception) -> NbflowError | None:
+        """What a write the server refused means: the instance is of another generation
+        now, or another runner's lease took it; None for any other error."""
+        if getattr(exc, "sqlstate", None) == LEASE_TAKEN_SQLSTATE:
+            return self._lease_taken(instance_id)
         if getattr(exc, "sqlstate", None) != STALE_SQLSTATE:
             return None
         self._gens.pop(instance_id, None)
         detail = "it was cleared" if "cleared" in str(exc) else "it was restarted"
         return StaleInstanceError(instance_id, detail)
+
+    def _lease_taken(self, instance_id: str) -> InstanceLockedError:
+        self._leases.mark_lost(instance_id)
+        return InstanceLockedError(instance_id, _LOST)
 
     def _corrupt(self, instance_id: str, detail: str, task_id: str | None = None) -> CheckpointCorruptError:
         return CheckpointCorruptError(instance_id, detail, self.where, task_id)
@@ -197,14 +209,17 @@ class PostgresBackend:
         instance_id = validate_instance_id(meta.instance_id)
         self._still_ours(instance_id)
         given = meta.generation
+        lease = self._leases.token(instance_id)
 
         def call(conn: psycopg.Connection[Any]) -> str:
             meta.generation = given  # a retry starts from what the caller gave
             with conn.transaction():
                 row = conn.execute(
-                    "SELECT generation FROM nbflow_instances WHERE instance_id = %s FOR UPDATE", (instance_id,)
+                    "SELECT generation, lease FROM nbflow_instances WHERE instance_id = %s FOR UPDATE", (instance_id,)
                 ).fetchone()
                 stored = None if row is None else row[0]
+                if lease is not None and row is not None and row[1] is not None and row[1] != lease:
+                    raise self._lease_taken(instance_id)
                 if not meta.generation:  # a new instance: nothing of an older one stays visible
                     meta.generation = uuid.uuid4().hex
                     if stored is not None:
@@ -344,6 +359,7 @@ class PostgresBackend:
         same transaction (a signal pop)."""
         self._still_ours(instance_id)
         pg = self._pool.psycopg
+        lease = self._leases.token(instance_id)
 
         def call(conn: psycopg.Connection[Any]) -> bool:
             known = self._gens.get(instance_id)
@@ -366,6 +382,7 @@ class PostgresBackend:
                 params_one = {
                     "iid": instance_id,
                     "gen": known,
+                    "lease": lease,
                     "tid": record.task_id,
                     "fin": float(record.finished_at),
                     "data": encode_record(record),
@@ -376,8 +393,8 @@ class PostgresBackend:
                     return True
             head: tuple[Any, ...]
             if claim is None:
-                sql = "SELECT true, * FROM nbflow_put(%s, %s, %s::text[], %s::float8[], %s::text[], %s::bytea[])"
-                head = (instance_id, known)
+                sql = "SELECT true, * FROM nbflow_put(%s, %s, %s, %s::text[], %s::float8[], %s::text[], %s::bytea[])"
+                head = (instance_id, known, lease)
             else:
                 sql = (
                     "SELECT * FROM nbflow_commit_claimed(%s, %s, %s, %s, %s, "
@@ -414,9 +431,9 @@ class PostgresBackend:
         try:
             return self._pool.run(call)
         except pg.Error as exc:
-            stale = self._stale(instance_id, exc)
-            if stale is not None:
-                raise stale from None
+            refused = self._refused(instance_id, exc)
+            if refused is not None:
+                raise refused from None
             raise
 
     def _remember_control(self, instance_id: str, raw: str | None) -> None:
@@ -502,9 +519,13 @@ class PostgresBackend:
     def delete_records(self, instance_id: str, task_ids: Iterable[str]) -> None:
         self._still_ours(instance_id)
         ids = list(task_ids)
+        lease = self._leases.token(instance_id)
+        pg = self._pool.psycopg
 
         def call(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
+                if lease is not None:
+                    conn.execute("SELECT nbflow_lock_instance(%s, NULL, %s)", (instance_id, lease))
                 conn.execute(
                     "DELETE FROM nbflow_chunks c USING nbflow_records r WHERE r.instance_id = %s "
                     "AND r.task_id = ANY(%s::text[]) AND c.instance_id = r.instance_id AND c.blob = r.blob",
@@ -516,7 +537,13 @@ class PostgresBackend:
                 )
                 conn.execute(_NEW_STAMP, (instance_id,))
 
-        self._pool.run(call)
+        try:
+            self._pool.run(call)
+        except pg.Error as exc:
+            refused = self._refused(instance_id, exc)
+            if refused is not None:
+                raise refused from None
+            raise
 
     # -- task state ---------------------------------------------------------------------
     def save_task_state(self, instance_id: str, task_id: str, state: dict[str, Any] | None) -> None:
@@ -524,11 +551,12 @@ class PostgresBackend:
         self._still_ours(instance_id)
         text = None if state is None else encode_json(state).decode("ascii")
         known = self._gens.get(instance_id)
+        lease = self._leases.token(instance_id)
         pg = self._pool.psycopg
 
         def call(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
-                conn.execute("SELECT nbflow_lock_instance(%s, %s)", (instance_id, known))
+                conn.execute("SELECT nbflow_lock_instance(%s, %s, %s)", (instance_id, known, lease))
                 if text is None:
                     conn.execute(
                         "DELETE FROM nbflow_task_states WHERE instance_id = %s AND task_id = %s", (instance_id, task_id)
@@ -543,9 +571,9 @@ class PostgresBackend:
         try:
             self._pool.run(call)
         except pg.Error as exc:
-            stale = self._stale(instance_id, exc)
-            if stale is not None:
-                raise stale from None
+            refused = self._refused(instance_id, exc)
+            if refused is not None:
+                raise refused from None
             raise
 
     def load_task_states(self, instance_id: str) -> dict[str, dict[str, Any]]:
@@ -576,17 +604,24 @@ class PostgresBackend:
         key = self._lock_key(validate_instance_id(instance_id))
         fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
         unlock = f"SELECT pg_advisory_unlock{'_shared' if shared else ''}({key})"
+        token = None if shared else uuid.uuid4().hex  # kept when the lock is taken again
 
         def call(conn: psycopg.Connection[Any]) -> bool:
             row = conn.execute(f"SELECT {fn}(%s)", (key,)).fetchone()
             if not (row and row[0]):
                 return False
             if not shared:
-                conn.execute(
-                    "INSERT INTO nbflow_holders (instance_id, holder) VALUES (%s, %s) "
-                    "ON CONFLICT (instance_id) DO UPDATE SET holder = excluded.holder",
-                    (instance_id, f"{holder}, {self._host}"),
-                )
+                with conn.transaction():  # who holds it, and the token its writes must carry
+                    conn.execute(
+                        "INSERT INTO nbflow_holders (instance_id, holder) VALUES (%s, %s) "
+                        "ON CONFLICT (instance_id) DO UPDATE SET holder = excluded.holder",
+                        (instance_id, f"{holder}, {self._host}"),
+                    )
+                    conn.execute(
+                        "INSERT INTO nbflow_instances (instance_id, lease) VALUES (%s, %s) "
+                        "ON CONFLICT (instance_id) DO UPDATE SET lease = excluded.lease",
+                        (instance_id, token),
+                    )
             return True
 
         def take() -> tuple[bool, psycopg.Connection[Any]]:
@@ -596,7 +631,7 @@ class PostgresBackend:
         # the keeper takes it again if the session is cut while the holder lives on).
         got, conn = take()
         if got:
-            lease = PgLease(self._pool, instance_id, conn, take, unlock, shared)
+            lease = PgLease(self._pool, instance_id, conn, take, unlock, shared, token)
             self._leases.add(lease)
             return lease
         self._pool.give(conn)
@@ -612,10 +647,7 @@ class PostgresBackend:
         """Refuse a write of a runner whose lock on the instance was lost (its session was
         cut and another holder took the lock before it could take it again)."""
         if self._leases.lost(instance_id):
-            raise InstanceLockedError(
-                instance_id,
-                "this runner's lock was lost when its connection to the database broke, and another holder has it now",
-            )
+            raise InstanceLockedError(instance_id, _LOST)
 
     def is_locked(self, instance_id: str) -> bool:
         """Whether a runner holds the instance exclusively: read from ``pg_locks``, so

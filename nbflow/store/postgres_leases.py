@@ -8,6 +8,12 @@ the process every ``PROBE_INTERVAL`` seconds; a lease whose session is gone take
 lock again on a new session, or — when someone else holds it by then — is marked
 *lost*, and the store refuses that runner's further writes to the instance
 (``InstanceLockedError``) rather than let two runners drive it.
+
+The probe alone would leave a gap: between a cut and the next probe another runner
+can take the lock while this one still writes. So an exclusive lease also carries a
+token, written into the instance's row whenever its lock is taken, and every write of
+its runner names it: the server refuses it in the writing statement once another
+lease's token is there (``postgres_schema.py``), and the lease is then marked lost.
 """
 
 from __future__ import annotations
@@ -41,8 +47,10 @@ class PgLease:
         relock: Callable[[], tuple[bool, psycopg.Connection[Any]]],
         unlock_sql: str,
         shared: bool,
+        token: str | None = None,
     ) -> None:
         self.instance_id, self.shared = instance_id, shared
+        self.token = token  # an exclusive lease's token in the instance row (None: shared)
         self.lost = False
         self._pool, self._relock, self._unlock_sql = pool, relock, unlock_sql
         self._conn: psycopg.Connection[Any] | None = conn
@@ -129,6 +137,22 @@ class LeaseKeeper:
             if now - lease.checked_at > WRITE_PROBE:
                 lease.check()
         return any(lease.lost for lease in mine)
+
+    def token(self, instance_id: str) -> str | None:
+        """The token of this handle's live exclusive lease on ``instance_id``: what its
+        writes carry, so the server refuses them once another runner took the lock."""
+        with self._lock:
+            for lease in self._leases:
+                if not lease.shared and lease.instance_id == instance_id and not lease.lost:
+                    return lease.token
+        return None
+
+    def mark_lost(self, instance_id: str) -> None:
+        """The server refused a write: another runner's lease has the instance now."""
+        with self._lock:
+            mine = [lease for lease in self._leases if not lease.shared and lease.instance_id == instance_id]
+        for lease in mine:
+            lease.lost = True
 
     def release_all(self) -> None:
         with self._lock:

@@ -15,6 +15,11 @@ The write paths that must be atomic and fast are functions (one round trip each)
   take a transaction-scoped advisory lock on (instance, step) first; statements after
   it see everything committed before, so a take-over can never miss the commit of the
   worker it replaces, and a commit can never land after a take-over.
+* ``nbflow_instances.lease`` — the token of the runner lease that took the instance
+  last, written when its advisory lock is taken. A runner's writes carry its token and
+  are refused (SQLSTATE ``NBLCK``) under another, in the statement that writes: the
+  advisory lock alone leaves a gap after a cut session, before the runner's process
+  notices, in which another runner takes the lock while the first still writes.
 
 The schema version is one row of ``nbflow_schema``; a store of another version is
 refused (``StoreSchemaError``) rather than changed.
@@ -22,10 +27,21 @@ refused (``StoreSchemaError``) rather than changed.
 
 from __future__ import annotations
 
-__all__ = ["CHECK_VERSION", "CREATE", "LIST_SUMMARIES", "PUT_ONE", "SCHEMA_LOCK", "SCHEMA_VERSION", "STALE_SQLSTATE"]
+__all__ = [
+    "CHECK_VERSION",
+    "CREATE",
+    "LEASE_TAKEN_SQLSTATE",
+    "LIST_SUMMARIES",
+    "PUT_ONE",
+    "SCHEMA_LOCK",
+    "SCHEMA_VERSION",
+    "STALE_SQLSTATE",
+]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STALE_SQLSTATE = "NBSTL"  # raised by nbflow_lock_instance; message: "cleared" or "restarted"
+# raised by nbflow_lock_instance when the instance's lease row names another runner's lease
+LEASE_TAKEN_SQLSTATE = "NBLCK"
 SCHEMA_LOCK = 0x6E62_666C_6F77  # advisory key held while the schema is created ("nbflow")
 
 CHECK_VERSION = "SELECT version FROM nbflow_schema"
@@ -48,11 +64,13 @@ ORDER BY x.instance_id
 # The common checkpoint — one record, inline, by a handle that knows the generation — as
 # one plain statement (no function call, no arrays): the UPDATE locks the instance row,
 # checks the generation and moves the change stamp; no row back means the generation
-# moved (or the instance is gone) and the caller takes ``nbflow_put``, which says which.
+# moved, the instance is gone or another runner's lease has it, and the caller takes
+# ``nbflow_put``, which says which.
 PUT_ONE = """
 WITH inst AS (
     UPDATE nbflow_instances SET stamp = nextval('nbflow_stamps')
     WHERE instance_id = %(iid)s AND generation = %(gen)s
+      AND (%(lease)s::text IS NULL OR lease IS NULL OR lease = %(lease)s)
     RETURNING generation, control
 ), replaced AS (
     DELETE FROM nbflow_chunks c USING nbflow_records r, inst
@@ -79,7 +97,9 @@ CREATE TABLE nbflow_instances (
     meta text,
     generation text,
     stamp bigint,
-    control text
+    control text,
+    -- the token of the runner lease that took the instance last (see below)
+    lease text
 );
 
 -- The store index: what a listing shows, one row per instance with meta. ``steps``
@@ -143,12 +163,20 @@ CREATE TABLE nbflow_claims (
 -- Who holds an instance's exclusive lock (the lock itself is an advisory lock).
 CREATE TABLE nbflow_holders (instance_id text PRIMARY KEY, holder text NOT NULL);
 
--- Lock the instance row (creating it if needed) and check the caller's generation.
-CREATE FUNCTION nbflow_lock_instance(p_iid text, p_known text, OUT generation text, OUT control text)
+-- Lock the instance row (creating it if needed) and check the caller's generation and,
+-- for a runner, its lease: a runner whose lock was taken by another while its session
+-- was cut finds another token in ``lease`` and may not write.
+CREATE FUNCTION nbflow_lock_instance(
+    p_iid text, p_known text, p_lease text, OUT generation text, OUT control text)
 LANGUAGE plpgsql AS $$
+DECLARE
+    held text;
 BEGIN
-    SELECT i.generation, i.control INTO generation, control
+    SELECT i.generation, i.control, i.lease INTO generation, control, held
         FROM nbflow_instances i WHERE i.instance_id = p_iid FOR UPDATE;
+    IF p_lease IS NOT NULL AND held IS NOT NULL AND held <> p_lease THEN
+        RAISE EXCEPTION 'lease taken' USING ERRCODE = 'NBLCK';
+    END IF;
     IF NOT FOUND THEN
         IF p_known IS NOT NULL THEN
             RAISE EXCEPTION 'cleared' USING ERRCODE = 'NBSTL';
@@ -164,11 +192,11 @@ BEGIN
 END $$;
 
 CREATE FUNCTION nbflow_put(
-    p_iid text, p_known text, p_tids text[], p_finished double precision[], p_blobs text[], p_datas bytea[],
+    p_iid text, p_known text, p_lease text, p_tids text[], p_finished double precision[], p_blobs text[], p_datas bytea[],
     OUT generation text, OUT control text)
 LANGUAGE plpgsql AS $$
 BEGIN
-    SELECT l.generation, l.control INTO generation, control FROM nbflow_lock_instance(p_iid, p_known) l;
+    SELECT l.generation, l.control INTO generation, control FROM nbflow_lock_instance(p_iid, p_known, p_lease) l;
     -- the chunks of the outputs these records replace (never of one they write: a call
     -- repeated after a lost answer writes the same blob again)
     DELETE FROM nbflow_chunks c USING nbflow_records r
@@ -230,7 +258,7 @@ BEGIN
         RETURN;
     END IF;
     SELECT p.generation, p.control INTO generation, control
-        FROM nbflow_put(p_iid, p_known, p_tids, p_finished, p_blobs, p_datas) p;
+        FROM nbflow_put(p_iid, p_known, NULL, p_tids, p_finished, p_blobs, p_datas) p;
     IF p_release THEN
         DELETE FROM nbflow_claims c WHERE c.instance_id = p_iid AND c.task_id = p_claim;
     END IF;

@@ -27,9 +27,11 @@ from nbflow.core.errors import (
     StoreDatabaseMissingError,
     StoreSchemaError,
 )
+from nbflow.store import postgres_leases
 from nbflow.store.base import CheckpointRecord, InstanceMeta
 from nbflow.store.postgres import PostgresBackend
 from nbflow.store.postgres_payloads import CHUNK
+from nbflow.store.postgres_schema import SCHEMA_VERSION
 from tests import pg_server
 
 reason = pg_server.unavailable_reason()
@@ -118,7 +120,7 @@ def test_a_store_of_another_schema_version_is_refused(dsn: str, version: int, sa
             PostgresBackend(dsn).list_instances()
         assert says in str(err.value) and f"schema version {version}" in str(err.value)
     finally:
-        _sql(dsn, "UPDATE nbflow_schema SET version = 1")
+        _sql(dsn, "UPDATE nbflow_schema SET version = %s", (SCHEMA_VERSION,))
 
 
 def test_the_schema_is_created_on_first_use(server: pg_server.PgServer) -> None:
@@ -128,7 +130,7 @@ def test_the_schema_is_created_on_first_use(server: pg_server.PgServer) -> None:
         backend = PostgresBackend(server.dsn(name))
         backend.save_instance(InstanceMeta("a", "wf", "h"))
         assert [m.instance_id for m in backend.list_instances()] == ["a"]
-        assert _sql(server.dsn(name), "SELECT version FROM nbflow_schema") == [(1,)]
+        assert _sql(server.dsn(name), "SELECT version FROM nbflow_schema") == [(SCHEMA_VERSION,)]
         backend.close()
     finally:
         server.drop_database(server.dsn(name))
@@ -467,6 +469,68 @@ def test_a_lock_lost_to_another_holder_refuses_the_runners_writes(own_server: pg
     assert other.get_record("r", "t") is None
     lease.release()
     second.release()
+
+
+_CUT_RUNNER_LOCK = (
+    "SELECT pg_terminate_backend(pid, 10000) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND mode = 'ExclusiveLock' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+def test_a_cut_session_lets_no_write_land_after_another_runner_took_the_lock(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's process has not noticed the cut (no probe: its keeper and its
+    write probe are both switched off), so only the server can refuse its writes."""
+    monkeypatch.setattr(postgres_leases, "WRITE_PROBE", 3600.0)
+    runner = PostgresBackend(dsn, lease_probe_interval=3600)
+    runner.save_instance(InstanceMeta("r", "wf", "h"))
+    lease = runner.lock("r", "the first runner")
+    _put(runner, "r", "before", b"mine")
+    assert _sql(dsn, _CUT_RUNNER_LOCK) == [(True,)]  # a real cut: the lease's session is ended
+    second = PostgresBackend(dsn).lock("r", "the second runner")  # the advisory lock was free
+    with pytest.raises(InstanceLockedError) as err:
+        _put(runner, "r", "t", b"must not land")  # one record: the plain upsert statement
+    assert "was lost" in str(err.value)
+    for write in (
+        lambda: runner.put_records("r", [_item(runner, "u", b"1"), _item(runner, "v", b"2")]),  # nbflow_put
+        lambda: runner.save_task_state("r", "t", {"attempt": 2}),
+        lambda: runner.delete_records("r", ["before"]),
+        lambda: runner.save_instance(InstanceMeta("r", "wf", "h", state="failed", generation=_generation(dsn))),
+    ):
+        with pytest.raises(InstanceLockedError):
+            write()
+    assert set(PostgresBackend(dsn).get_records("r")) == {"before"}
+    assert PostgresBackend(dsn).load_instance("r").state == "running"  # type: ignore[union-attr]
+    assert PostgresBackend(dsn).load_task_states("r") == {}
+    lease.release()
+    second.release()
+
+
+def test_a_cut_session_nobody_else_took_keeps_writing_and_is_locked_again(dsn: str) -> None:
+    runner = PostgresBackend(dsn, lease_probe_interval=0.1)
+    runner.save_instance(InstanceMeta("r", "wf", "h"))
+    lease = runner.lock("r", "the runner")
+    assert _sql(dsn, _CUT_RUNNER_LOCK) == [(True,)]
+    _put(runner, "r", "t", b"still mine")  # its token is still the instance's
+    other = PostgresBackend(dsn)
+    assert _eventually(lambda: other.is_locked("r"))  # the keeper took the lock again
+    with pytest.raises(InstanceLockedError):
+        other.lock("r", "another runner")
+    _put(runner, "r", "u", b"and still mine")
+    assert set(other.get_records("r")) == {"t", "u"}
+    lease.release()
+    other.lock("r", "another runner").release()
+
+
+def _item(store: PostgresBackend, tid: str, data: bytes) -> tuple[CheckpointRecord, Any]:
+    sink = store.new_sink("r")
+    sink.write(data)
+    return CheckpointRecord(tid, "fp", "pickle", finished_at=time.time()), sink
+
+
+def _generation(dsn: str) -> str:
+    return str(_sql(dsn, "SELECT generation FROM nbflow_instances WHERE instance_id = 'r'")[0][0])
 
 
 def test_a_server_down_for_longer_than_the_timeout_is_an_error(own_server: pg_server.PgServer) -> None:
