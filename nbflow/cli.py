@@ -28,37 +28,33 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import importlib
-import importlib.util
 import io
-import json
 import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbflow.commands import CLI, DEFAULT_DIR, build_parser, hint, render_error, subcommand_parsers, usage
-from nbflow.core.builder import WorkflowBuilder
 from nbflow.core.errors import ConfigurationError, NbflowError, UnknownInstanceError
-from nbflow.core.graph import WorkflowDefinition
-from nbflow.core.status import WorkflowStatus
-from nbflow.run.client import WorkflowClient
-from nbflow.run.events import TextProgress
-from nbflow.run.lookup import live_state, resolve_instance
-from nbflow.run.report import format_rows, task_rows
-from nbflow.run.runner import CheckpointingRunner
-from nbflow.run.stale import explain_plan
-from nbflow.store.base import Backend
 from nbflow.store.open_store import is_store_address, open_store
-from nbflow.store.postgres_connect import redact_password
+
+# Each command imports what it uses when it runs: ``nbflow list`` (and any ``--help``)
+# must not pay for the engine, asyncio or the workflow builder (tests/test_import_cost.py).
+if TYPE_CHECKING:
+    from nbflow.core.graph import WorkflowDefinition
+    from nbflow.core.status import WorkflowStatus
+    from nbflow.store.base import Backend
 
 __all__ = ["find_workflows", "main"]
 
 
 def load_module(spec: str) -> Any:
     """Import ``spec``: a dotted module name, or a path to a .py file."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
     path = Path(spec)
     if spec.endswith(".py") or path.exists():
         if not path.exists():
@@ -78,6 +74,9 @@ def load_module(spec: str) -> Any:
 
 def find_workflows(module: Any) -> dict[str, WorkflowDefinition]:
     """Every workflow a module defines at top level (built, or a builder), by name."""
+    from nbflow.core.builder import WorkflowBuilder
+    from nbflow.core.graph import WorkflowDefinition
+
     found: dict[str, WorkflowDefinition] = {}
     for value in vars(module).values():
         if isinstance(value, WorkflowBuilder):
@@ -90,8 +89,8 @@ def find_workflows(module: Any) -> dict[str, WorkflowDefinition]:
     return found
 
 
-def _age(ts: float) -> str:
-    seconds = max(0, int(time.time() - ts))
+def _age(ts: float, now: float | None = None) -> str:
+    seconds = max(0, int((time.time() if now is None else now) - ts))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit} ago"
@@ -149,6 +148,8 @@ def _store_hint(args: argparse.Namespace) -> str | None:
     """The --dir to repeat in advice: None for the default store."""
     directory = getattr(args, "dir", DEFAULT_DIR)
     if is_store_address(directory):
+        from nbflow.store.postgres_connect import redact_password
+
         return redact_password(directory)  # advice is printed: never the password
     return None if directory == DEFAULT_DIR else str(directory)
 
@@ -194,11 +195,18 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigurationError("--dir", args.dir, "a store folder: only folders hold nbflow 0.1 instances")
         return _migrate(args.dir)
     backend = open_store(args.dir)
-    client = WorkflowClient(backend)
     if cmd == "list":
-        return _list(backend, client, args)
+        return _list(backend, args)
     if cmd == "worker":
         return _worker(backend, args)
+    import json
+
+    from nbflow.run.client import WorkflowClient
+    from nbflow.run.events import TextProgress
+    from nbflow.run.lookup import resolve_instance
+    from nbflow.run.runner import CheckpointingRunner
+
+    client = WorkflowClient(backend)
     # every other command names one instance: an instance id, or a workflow name
     try:
         iid = resolve_instance(backend, args.ref, latest=args.latest).instance_id
@@ -282,21 +290,41 @@ def _where(backend: Backend) -> str:
     return str(getattr(backend, "where", None) or getattr(backend, "directory", backend))
 
 
-def _list(backend: Backend, client: WorkflowClient, args: argparse.Namespace) -> int:
-    rows = [s for s in client.list_instances(workflow=args.workflow) if args.state is None or s.state == args.state]
+def _list(backend: Backend, args: argparse.Namespace) -> int:
+    """One read of the store index (``Backend.list_summaries``), newest first: no
+    instance is opened unless it changed since it was indexed, and no engine is loaded."""
+    from nbflow.core.status import RunState
+    from nbflow.run.lookup import live_state
+    from nbflow.store.base import InstanceMeta
+
+    known = {state.value: state for state in RunState}
+    rows = []
+    for row in sorted(backend.list_summaries(workflow=args.workflow), key=lambda r: r.updated_at, reverse=True):
+        word = row.state
+        if word == RunState.RUNNING:  # the word status uses: nobody holds it any more -> interrupted
+            word = live_state(backend, InstanceMeta(row.instance_id, row.workflow, "", state=word))
+        state = known.get(word, RunState.FAILED)
+        if args.state is None or state == args.state:
+            rows.append((row, state))
     if not rows:
         print(f"no instances in {_where(backend)}")
         return 0
-    changed = {r.instance_id: r.updated_at for r in backend.list_summaries(workflow=args.workflow)}  # the index again
-    print(f"{'INSTANCE':<32} {'WORKFLOW':<20} {'STATE':<16} {'TASKS':>9}  UPDATED")
-    for s in rows:
-        updated = _age(changed[s.instance_id]) if s.instance_id in changed else ""
-        print(f"{s.instance_id:<32} {s.workflow:<20} {s.state!s:<16} {s.tasks_done:>4}/{s.tasks_total:<4}  {updated}")
+    lines = [f"{'INSTANCE':<32} {'WORKFLOW':<20} {'STATE':<16} {'TASKS':>9}  UPDATED"]
+    now = time.time()
+    for row, state in rows:
+        lines.append(
+            f"{row.instance_id:<32} {row.workflow:<20} {state!s:<16} "
+            f"{row.tasks_done:>4}/{row.tasks_total:<4}  {_age(row.updated_at, now)}"
+        )
+    print("\n".join(lines))
     return 0
 
 
 def _print_tasks(backend: Backend, iid: str, where: str | None) -> None:
     """Every task as the store has it, and what to do about a run that stopped."""
+    from nbflow.run.lookup import live_state
+    from nbflow.run.report import format_rows, task_rows
+
     meta = backend.load_instance(iid)
     if meta is None:
         return
@@ -318,6 +346,9 @@ def _print_tasks(backend: Backend, iid: str, where: str | None) -> None:
 
 def _print_plan(backend: Backend, iid: str, wf: WorkflowDefinition) -> None:
     """What a resume with ``wf`` (the current code) would do, and why stale tasks are stale."""
+    from nbflow.run.runner import CheckpointingRunner
+    from nbflow.run.stale import explain_plan
+
     records = backend.get_records(iid)
     runner = CheckpointingRunner(backend)
     plan = runner.plan(wf, iid)

@@ -11,9 +11,13 @@ default.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from nbflow.store.disk import DiskcacheBackend
-from nbflow.store.postgres import PostgresBackend
+# The backend is imported once the kind of store is known: a shell command asking
+# for a folder's listing loads no database driver glue, and ``--help`` loads neither.
+if TYPE_CHECKING:
+    from nbflow.store.disk import DiskcacheBackend
+    from nbflow.store.postgres import PostgresBackend
 
 __all__ = ["SCHEMES", "is_store_address", "open_store"]
 
@@ -29,5 +33,9 @@ def open_store(where: str | os.PathLike[str]) -> DiskcacheBackend | PostgresBack
     """The store ``where`` names: ``PostgresBackend`` for an address, else the
     ``DiskcacheBackend`` of that folder (created if missing)."""
     if is_store_address(where):
+        from nbflow.store.postgres import PostgresBackend
+
         return PostgresBackend(str(where).strip())
+    from nbflow.store.disk import DiskcacheBackend
+
     return DiskcacheBackend(where)
