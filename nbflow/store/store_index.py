@@ -33,6 +33,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,20 @@ def _empty_index() -> bytes:
         return target.read_bytes()
 
 
+# What _parse accepts for each field of a row (the exact types nbflow writes; a bool is
+# not a number). Built once: the check runs for every instance of every listing.
+_NUMBER = (int, float)
+_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {  # field -> (types, may be None)
+    **{k: ((str,), False) for k in _STR},
+    **{k: (_NUMBER, False) for k in _NUM},
+    **{k: ((int,), False) for k in _INT},
+    "wake_at": (_NUMBER, True),
+    "signal": ((str,), True),
+    "error": ((dict,), True),
+}
+_FIELDS = frozenset(f.name for f in fields(InstanceSummary))
+
+
 def _parse(text: Any) -> InstanceSummary | None:
     """A summary from a row, or None for anything but the exact shape nbflow writes."""
     if not isinstance(text, str):
@@ -217,27 +232,31 @@ def _parse(text: Any) -> InstanceSummary | None:
         data = json.loads(text)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not isinstance(data.get("instance_id"), str):
         return None
-    ok = (
-        all(isinstance(data.get(k, ""), str) for k in _STR)
-        and all(isinstance(data.get(k, 0), int | float) and not isinstance(data.get(k, 0), bool) for k in _NUM)
-        and all(isinstance(data.get(k, 0), int) and not isinstance(data.get(k, 0), bool) for k in _INT)
-        and isinstance(data.get("wake_at"), int | float | type(None))
-        and isinstance(data.get("signal"), str | type(None))
-        and isinstance(data.get("error"), dict | type(None))
-        and isinstance(data.get("instance_id"), str)
-    )
-    return InstanceSummary.from_dict(data) if ok else None
+    for key, value in data.items():
+        kind = _KINDS.get(key)
+        if kind is None:
+            continue  # a field this version does not know: left out below
+        if value is None:
+            if not kind[1]:
+                return None
+        elif not isinstance(value, kind[0]) or isinstance(value, bool):
+            return None
+    # InstanceSummary.from_dict, without looking its fields up again for every row
+    if data.keys() <= _FIELDS:
+        return InstanceSummary(**data)
+    return InstanceSummary(**{k: v for k, v in data.items() if k in _FIELDS})
 
 
-def files_of(folder: Path) -> str:
+def files_of(folder: str | os.PathLike[str]) -> str:
     """Size and modification time of the instance's database and its write-ahead log:
     changes with every commit (see the module docstring)."""
+    base = os.path.join(folder, "cache.db")  # plain strings: this runs for every instance listed
     parts = []
-    for name in ("cache.db", "cache.db-wal"):
+    for name in (base, base + "-wal"):
         try:
-            st = os.stat(folder / name)
+            st = os.stat(name)
         except OSError:
             parts.append("-")
             continue
