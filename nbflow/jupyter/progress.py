@@ -274,12 +274,14 @@ class ProgressModel:
         self._tasks: dict[str, TaskInfo] = {}
         self._counts: Counter[str] = Counter()
         self._deps: dict[str, list[str]] = {}
+        self._edges: tuple[tuple[str, str], ...] = ()
         self._set_edges(edges)
         # expected durations: given, or "auto" — read from the run's store at RunStarted
         # (HISTORY, cached per process) and kept up to date as tasks finish
         self._auto_history = history == "auto"
         self._history: dict[str, float] = dict(history) if isinstance(history, Mapping) else {}
         self._history_store: Any = None
+        self._finished: dict[str, float] = {}  # durations not yet handed to the history
         self._reset(tuple(tasks), kinds or {})
         if plan:
             self.set_plan(plan, reasons)
@@ -287,10 +289,17 @@ class ProgressModel:
 
     # -- folding ------------------------------------------------------------------------
     def _set_edges(self, edges: Iterable[tuple[str, str]]) -> None:
+        self._edges = tuple(edges)
         deps: dict[str, list[str]] = {}
-        for upstream, downstream in edges:
+        for upstream, downstream in self._edges:
             deps.setdefault(downstream, []).append(upstream)
         self._deps = deps
+
+    def _is_fresh(self, tasks: Iterable[str], kinds: Mapping[str, str]) -> bool:
+        """Nothing was folded, planned or set since the model was made for these tasks."""
+        if self.version != 0 or tuple(tasks) != tuple(self._tasks):
+            return False
+        return all(info.kind == kinds.get(tid, "task") for tid, info in self._tasks.items())
 
     def set_history(self, durations: Mapping[str, float]) -> None:
         """Expected duration of each task (seconds; e.g. from :data:`HISTORY`): shown
@@ -348,24 +357,45 @@ class ProgressModel:
             changed = self._apply(event)
             if changed:
                 self.version += 1
+            if self._finished:
+                self._note_durations()
             return changed
 
     __call__ = apply  # so a model can be subscribed to an EventBus directly
 
+    def apply_all(self, events: Iterable[ev.RunEvent]) -> int:
+        """Fold a batch of events in (one lock, one history update); returns how many
+        changed the model. What a view that folds events in batches calls."""
+        changed = 0
+        with self._lock:
+            fold = self._apply
+            for event in events:
+                if not self.instance_id:
+                    self.workflow = self.workflow or event.workflow
+                    self.instance_id = event.instance_id
+                if fold(event):
+                    changed += 1
+            self.version += changed
+            if self._finished:
+                self._note_durations()
+        return changed
+
     def _apply(self, e: ev.RunEvent) -> bool:
         if isinstance(e, ev.RunStarted):
             self.workflow, self.instance_id = e.workflow, e.instance_id
-            self._reset(tuple(e.tasks), e.kinds or {k: i.kind for k, i in self._tasks.items()})
+            kinds = e.kinds or {k: i.kind for k, i in self._tasks.items()}
+            if not self._is_fresh(e.tasks, kinds):  # a fresh model already is what _reset makes
+                self._reset(tuple(e.tasks), kinds)
             for tid, what in e.plan.items():
                 if what == "stale" and tid in self._tasks:
                     self._set(self._tasks[tid], "stale")
             for tid, why in e.reasons.items():
                 if tid in self._tasks:
                     self._tasks[tid].why = why
-            if e.edges:
+            if e.edges and tuple(e.edges) != self._edges:
                 self._set_edges(e.edges)
             if self._auto_history:
-                self._load_history()
+                self._load_history(resumed=e.resumed)
             self.run_state, self.run_error, self.started_at = "running", None, e.time
             return True
         if isinstance(e, ev.RunFinished):
@@ -408,16 +438,18 @@ class ProgressModel:
             restored = isinstance(e, ev.TaskRestored)
             self._set(info, "restored" if restored else "done")
             info.attempts, info.duration, info.worker = e.attempt, e.duration, e.worker
-            info.preview, info.stdout, info.stderr = _clip(e.preview), _clip(e.stdout), _clip(e.stderr)
+            info.preview = _clip(e.preview) if e.preview else ""
+            info.stdout = _clip(e.stdout) if e.stdout else ""
+            info.stderr = _clip(e.stderr) if e.stderr else ""
             info.live_stdout = info.live_stderr = ""
             info.progress_stored = False
-            info.preview_bundle = _bundle_of(e.preview_bundle)
+            info.preview_bundle = _bundle_of(e.preview_bundle) if e.preview_bundle else {}
             if e.displays:  # else: what came live (a map's items) stays
                 info.displays = _stored_displays(e.displays)
             if not restored:
                 self._exec_total += e.duration
                 self._exec_count += 1
-                self._note_duration(task_id, e.duration)
+                self._finished[task_id] = e.duration
         elif isinstance(e, ev.TaskRetrying):
             self._set(info, "retrying")
             info.attempts, info.error = e.attempt, e.error
@@ -634,21 +666,28 @@ class ProgressModel:
         return None  # failed, cancelled, awaiting a signal: the run will not end by itself
 
     # -- history --------------------------------------------------------------------------
-    def _load_history(self) -> None:
-        """Expected durations from the store of this instance's run (``store_of``)."""
+    def _load_history(self, *, resumed: bool) -> None:
+        """Expected durations from the store of this instance's run (``store_of``).
+
+        A new instance's own records are left out: they are only those this run writes,
+        noted as its tasks finish, and reading them back (up to the whole run, while it
+        goes) would cost the engine's time for nothing. A resumed one's earlier run counts."""
         store = store_of(self.instance_id)
         self._history_store = store
         if store is None:
             return
-        durations = HISTORY.durations(store, self.workflow)
+        skip = () if resumed else (self.instance_id,)
+        durations = HISTORY.durations(store, self.workflow, skip=skip)
         if durations:
             self._history = durations
             for tid, info in self._tasks.items():
                 info.expected = durations.get(tid)
 
-    def _note_duration(self, task_id: str, duration: float) -> None:
+    def _note_durations(self) -> None:
+        """Hand the durations of tasks that finished since the last call to the history."""
+        finished, self._finished = self._finished, {}
         if self._history_store is not None:
-            HISTORY.note(self._history_store, self.workflow, self.instance_id, task_id, duration)
+            HISTORY.note_all(self._history_store, self.workflow, self.instance_id, finished)
 
     def _headline(self) -> str:
         counts = self._counts
@@ -744,13 +783,14 @@ class DurationHistory:
         directory = getattr(store, "directory", None)
         return ((type(store).__name__, str(directory)) if directory is not None else id(store)), workflow
 
-    def durations(self, store: Any, workflow: str) -> dict[str, float]:
-        """``{task id: median seconds}`` over the instances of ``workflow`` in ``store``."""
+    def durations(self, store: Any, workflow: str, *, skip: Iterable[str] = ()) -> dict[str, float]:
+        """``{task id: median seconds}`` over the instances of ``workflow`` in ``store``
+        (the first read of a store leaves the instances in ``skip`` out)."""
         key = self._key(store, workflow)
         with self._lock:
             samples = self._samples.get(key)
         if samples is None:
-            samples = _read_durations(store, workflow, self.MAX_INSTANCES)
+            samples = _read_durations(store, workflow, self.MAX_INSTANCES, frozenset(skip))
             with self._lock:
                 samples = self._samples.setdefault(key, samples)
         with self._lock:
@@ -758,25 +798,39 @@ class DurationHistory:
 
     def note(self, store: Any, workflow: str, instance_id: str, task_id: str, duration: float) -> None:
         """Add (or replace) one instance's duration of ``task_id``."""
+        self.note_all(store, workflow, instance_id, {task_id: duration})
+
+    def note_all(self, store: Any, workflow: str, instance_id: str, durations: Mapping[str, float]) -> None:
+        """:meth:`note` for several tasks of one instance at once."""
+        if not durations:
+            return
         key = self._key(store, workflow)
+        limit = self.MAX_INSTANCES
         with self._lock:
-            by = self._samples.setdefault(key, {}).setdefault(task_id, {})
-            by.pop(instance_id, None)
-            by[instance_id] = max(0.0, float(duration))
-            while len(by) > self.MAX_INSTANCES:
-                del by[next(iter(by))]
+            per_task = self._samples.setdefault(key, {})
+            for task_id, duration in durations.items():
+                by = per_task.setdefault(task_id, {})
+                by.pop(instance_id, None)
+                by[instance_id] = max(0.0, float(duration))
+                while len(by) > limit:
+                    del by[next(iter(by))]
 
     def clear(self) -> None:
         with self._lock:
             self._samples.clear()
 
 
-def _read_durations(store: Any, workflow: str, limit: int) -> dict[str, dict[str, float]]:
+def _read_durations(
+    store: Any, workflow: str, limit: int, skip: frozenset[str] = frozenset()
+) -> dict[str, dict[str, float]]:
     """Task durations of the newest ``limit`` instances of ``workflow`` (nothing on errors:
     history is a nicety, a damaged or closed store must not break a view)."""
     out: dict[str, dict[str, float]] = {}
     try:
-        rows = sorted(store.list_summaries(workflow=workflow), key=lambda row: row.updated_at)
+        rows = sorted(
+            (row for row in store.list_summaries(workflow=workflow) if row.instance_id not in skip),
+            key=lambda row: row.updated_at,
+        )
         for row in rows[-limit:]:
             for rid, record in store.get_records(row.instance_id).items():
                 if (

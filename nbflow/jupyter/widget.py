@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from nbflow.run.events import EventBus, RunEvent
 
 __all__ = [
-    "LIVE_TAIL", "MAX_LIVE", "MAX_ROWS", "STATIC_BYTES_PER_SECOND", "STATIC_INTERVAL",
+    "LIVE_TAIL", "MAX_LIVE", "MAX_ROWS", "PUSH_BUDGET", "STATIC_BYTES_PER_SECOND", "STATIC_INTERVAL",
     "WidgetControls", "WorkflowWidget",
 ]  # fmt: skip
 
@@ -61,6 +61,10 @@ MAX_ROWS = 500
 #: ``live`` covers at most this many running tasks, with this many characters of each stream.
 MAX_LIVE = 50
 LIVE_TAIL = 4_000
+#: Share of a run's time that pushes (folding events, snapshots, comm messages) may take:
+#: they hold the GIL the engine needs, so a big graph's pushes are spaced out (a 1,000-task
+#: graph's about once a second; a small one's still every ``min_interval``).
+PUSH_BUDGET = 0.01
 #: While a run goes, the saved static view is refreshed at most this often (seconds), so a
 #: notebook saved after the kernel died still shows where the run was.
 STATIC_INTERVAL = 5.0
@@ -166,7 +170,7 @@ class WorkflowWidget(anywidget.AnyWidget):
         )
         self._load_code = load_code
         self._controls = controls
-        self._coalescer = Coalescer(min_interval)
+        self._coalescer = Coalescer(min_interval, budget=PUSH_BUDGET)
         self._push_lock = threading.RLock()
         self._timer_lock = threading.Lock()
         self._timer: threading.Timer | None = None
@@ -316,14 +320,19 @@ class WorkflowWidget(anywidget.AnyWidget):
             self._schedule()
 
     def _drain(self) -> None:
-        """Fold the queued events into the model (on whichever thread reads it)."""
-        inbox, apply = self._inbox, self._model.apply
-        while True:
-            try:
-                event = inbox.popleft()
-            except IndexError:
-                return
-            apply(event)
+        """Fold the queued events into the model (on whichever thread reads it), as one
+        batch: the model is locked once, not once per event."""
+        inbox = self._inbox
+        if not inbox:
+            return
+        batch: list[RunEvent] = []
+        take, keep = inbox.popleft, batch.append
+        try:
+            while True:  # popleft while the engine appends: a deque is safe for that
+                keep(take())
+        except IndexError:
+            pass
+        self._model.apply_all(batch)
 
     def _schedule(self) -> None:
         with self._timer_lock:
@@ -357,12 +366,12 @@ class WorkflowWidget(anywidget.AnyWidget):
     # -- the one place synced traits are assigned -------------------------------------------
     def _push(self, *, force: bool = False) -> None:
         with self._push_lock:
+            started = time.perf_counter()  # folding the events counts as the push's cost too
             self._drain()
             version = self._model.version
             if not force and self._coalescer.delay(version) is None:
                 return
             self._coalescer.mark(version)
-            started = time.perf_counter()
             states = self._model.states()
             progress = self._model.progress()
             progress["signals"] = sorted(

@@ -140,3 +140,58 @@ def test_history_reads_earlier_instances_once(tmp_path: Path) -> None:
     assert history.durations(backend, "eta") == durations  # cached per process
     assert history.durations(nf.InMemoryBackend(), "eta") == {}
     backend.close()
+
+
+def test_history_can_leave_instances_out(tmp_path: Path) -> None:
+    backend = nf.DiskcacheBackend(tmp_path / "store")
+    runner = nf.CheckpointingRunner(backend, echo_output=False)
+    runner.run(_chain(), "one", 1)
+    runner.run(nf.Workflow("eta").then(_sleeper("z")).build(), "other", 1)  # same workflow name, other tasks
+    assert set(DurationHistory().durations(backend, "eta", skip=("other",))) == {"a", "b", "c", "d"}
+    assert set(DurationHistory().durations(backend, "eta", skip=("one",))) == {"z"}
+    backend.close()
+
+
+@pytest.mark.parametrize(("resumed", "skipped"), [(False, ("one",)), (True, ())])
+def test_a_new_run_reads_no_history_from_its_own_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resumed: bool, skipped: tuple[str, ...]
+) -> None:
+    """A new instance's records are only what this run writes (its durations are noted as
+    its tasks finish): reading them back while the run writes them would cost the engine
+    for nothing. A resumed instance's earlier run counts."""
+    backend = nf.DiskcacheBackend(tmp_path / "store")
+    wf = _chain()
+    nf.CheckpointingRunner(backend, echo_output=False).run(wf, "one", 1)  # the store of "one" is known now
+    asked: list[tuple[str, ...]] = []
+    durations = HISTORY.durations
+
+    def spy(store: Any, workflow: str, *, skip: Any = ()) -> dict[str, float]:
+        asked.append(tuple(skip))
+        return durations(store, workflow, skip=skip)
+
+    monkeypatch.setattr(HISTORY, "durations", spy)
+    model = ProgressModel(wf.task_ids, workflow=wf.name, edges=wf.edges, history="auto")
+    model.apply(ev.RunStarted(workflow=wf.name, instance_id="one", tasks=wf.task_ids, resumed=resumed))
+    assert asked == [skipped]
+    backend.close()
+
+
+def test_folding_a_batch_is_folding_each_event(runner: nf.CheckpointingRunner) -> None:
+    def shout(x: int) -> int:
+        print("hello")
+        nf.progress(1, 2, note="half")
+        return x
+
+    wf = nf.Workflow("batch").then("a", shout).fork().branch(("b", shout)).branch(("c", shout)).join(
+        "d", lambda parts: len(parts)).build()  # fmt: skip
+    seen: list[ev.RunEvent] = []
+    runner.subscribe(seen.append)
+    runner.run(wf, "i", 1)
+    one, batch = (ProgressModel(wf.task_ids, edges=wf.edges, clock=lambda: 100.0) for _ in range(2))
+    for event in seen:
+        one.apply(event)
+    assert batch.apply_all(seen) == sum(1 for e in seen if e.kind != "task_display")
+    assert batch.version == one.version
+    assert batch.states() == one.states() and batch.summary() == one.summary()
+    assert batch.progress() == one.progress()
+    assert [batch.info(t).detail(t) for t in wf.task_ids] == [one.info(t).detail(t) for t in wf.task_ids]
