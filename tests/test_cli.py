@@ -96,6 +96,15 @@ def test_list_and_filters(store: Path, seeded: nf.CheckpointingRunner, capsys: p
     assert "no instances" in capsys.readouterr().out
 
 
+def test_list_is_newest_first_with_each_instances_age(
+    store: Path, seeded: nf.CheckpointingRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--dir", str(store), "list"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == ["dbl-1", "appr-1"]  # dbl-1 ran last
+    assert all(row.endswith(" ago") and row.split()[-2][:-1].isdigit() for row in rows), rows
+
+
 def test_list_marks_a_running_instance_whose_process_died(
     store: Path, seeded: nf.CheckpointingRunner, capsys: pytest.CaptureFixture[str]
 ) -> None:
