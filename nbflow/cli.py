@@ -199,12 +199,8 @@ def _run(args: argparse.Namespace) -> int:
         return _list(backend, args)
     if cmd == "worker":
         return _worker(backend, args)
-    import json
-
     from nbflow.run.client import WorkflowClient
-    from nbflow.run.events import TextProgress
     from nbflow.run.lookup import resolve_instance
-    from nbflow.run.runner import CheckpointingRunner
 
     client = WorkflowClient(backend)
     # every other command names one instance: an instance id, or a workflow name
@@ -232,6 +228,9 @@ def _run(args: argparse.Namespace) -> int:
         print(repr(client.get_task_result(iid, args.task)))
         return 0
     if cmd == "resume":
+        from nbflow.run.events import TextProgress
+        from nbflow.run.runner import CheckpointingRunner
+
         status = client.status(iid, output=False)
         runner = CheckpointingRunner(backend)
         runner.subscribe(TextProgress(), kinds=TextProgress.KINDS)
@@ -239,6 +238,8 @@ def _run(args: argparse.Namespace) -> int:
         _print_status(result, False)
         return 0 if result.state in ("completed", "awaiting_signal", "paused") else 1
     if cmd == "accept":
+        from nbflow.run.runner import CheckpointingRunner
+
         status = client.status(iid, output=False)
         wf = _workflow_of(status.workflow, args.module)
         before = backend.get_record(iid, args.task)
@@ -259,6 +260,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"unpaused {iid}; resume it to continue: {hint(CLI, 'resume', iid, '--module', 'FILE', directory=where)}")
         return 0
     if cmd == "signal":
+        import json
+
         try:
             payload = json.loads(args.payload)
         except json.JSONDecodeError as exc:
