@@ -6,11 +6,15 @@ The runner never touches codecs or payload files directly; it goes through
 An output is stored with its previews (``nbflow.core.previews``: a one-line text and a
 small mimebundle, made here once, so no view ever decodes an output to say what it is)
 and, when the task displayed something, with its displays: one more record in the
-same transaction (``nbflow.run.displays``).
+same transaction (``nbflow.run.displays``). With a group commit
+(``nbflow.run.group_commit``), ``write_soon`` lets a quick task's record wait to be
+written with others; every other write and read flushes those first, so the store is
+always read and written in the order the run made its records.
 """
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,16 +26,26 @@ from nbflow.core.previews import make_preview, text_preview
 from nbflow.core.typed import MODEL_KEY, RecordTypes
 from nbflow.run.displays import DISPLAY_CODEC
 from nbflow.run.displays import encode as encode_displays
+from nbflow.run.group_commit import GroupCommit
 from nbflow.store.base import DAMAGED_CODEC, Backend, CheckpointRecord
 
-__all__ = ["CheckpointIO", "preview"]
+__all__ = ["CheckpointIO", "preview", "previews"]
+
+PREVIEW_LIMIT = 160  # characters of the one-line preview a record keeps
 
 
-def preview(value: Any, limit: int = 160) -> str:
+def preview(value: Any, limit: int = PREVIEW_LIMIT) -> str:
     """A short, safe one-line preview of an output for the widget and the CLI
     (a DataFrame says its shape and dtypes, a long list how many items it has more)."""
     text = text_preview(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def previews(value: Any, limit: int = PREVIEW_LIMIT) -> tuple[str, dict[str, str]]:
+    """The one-line preview and the rich one (a mimebundle), made in one pass over
+    ``value`` (a DataFrame is described once, not once per form)."""
+    text, bundle = make_preview(value)
+    return (text if len(text) <= limit else text[: limit - 1] + "…"), bundle
 
 
 class CheckpointIO:
@@ -50,6 +64,8 @@ class CheckpointIO:
         # What a task displayed, handed over once when its output is written (the
         # run's LiveHub sets it): stored as a display record in the same transaction.
         self.displays_of: Callable[[str], tuple[Mapping[str, Any], ...]] | None = None
+        # Quick tasks' records written together (the runner's group_commit window).
+        self.group: GroupCommit | None = None
 
     def encode(self, task_id: str, fingerprint: str, value: Any, **fields: Any) -> tuple[CheckpointRecord, Any]:
         """Encode ``value`` into a backend sink; returns the record and the sink to commit.
@@ -78,9 +94,41 @@ class CheckpointIO:
         record = CheckpointRecord(task_id=task_id, fingerprint=fingerprint, codec=self.codec.name, **fields)
         return record, sink
 
+    def flush(self) -> None:
+        """Write the records a group commit holds (a no-op without one)."""
+        if self.group is not None:
+            self.group.flush()
+
+    def write_soon(
+        self, task_id: str, fingerprint: str, value: Any, on_durable: Callable[[CheckpointRecord], None], **fields: Any
+    ) -> CheckpointRecord:
+        """Encode and store one output; ``on_durable`` runs once it is durable.
+
+        With a group commit, an output that displayed nothing joins the batch and
+        ``on_durable(record)`` runs when the batch is written (possibly on the group's
+        timer thread); otherwise it is written now and ``on_durable`` runs before this
+        returns."""
+        record, sink = self.encode(task_id, fingerprint, value, **fields)
+        group = self.group
+        if group is not None:
+            items = self.with_displays([(record, sink)])
+            if len(items) == 1:
+                group.add(record, sink, functools.partial(on_durable, record))
+                return record
+            group.flush()
+            stored = self.backend.put_records(self.instance_id, items)[0]
+        else:
+            stored = self._put_one(record, sink)
+        on_durable(stored)
+        return stored
+
     def write(self, task_id: str, fingerprint: str, value: Any, **fields: Any) -> CheckpointRecord:
         """Encode and durably store one output (one atomic backend write)."""
         record, sink = self.encode(task_id, fingerprint, value, **fields)
+        self.flush()
+        return self._put_one(record, sink)
+
+    def _put_one(self, record: CheckpointRecord, sink: Any) -> CheckpointRecord:
         items = self.with_displays([(record, sink)])
         if len(items) == 1:
             return self.backend.put_record(self.instance_id, record, sink)
@@ -89,6 +137,7 @@ class CheckpointIO:
     def write_many(self, items: list[tuple[CheckpointRecord, Any]]) -> list[CheckpointRecord]:
         """Store several encoded outputs in one commit (map items); returns their records."""
         full = self.with_displays(items)
+        self.flush()
         stored = self.backend.put_records(self.instance_id, full)
         if len(full) == len(items):
             return stored
@@ -131,6 +180,7 @@ class CheckpointIO:
         record = CheckpointRecord(
             task_id=task_id, fingerprint=fingerprint, codec="ref", extra={**note, **extra} if note else extra, **fields
         )
+        self.flush()
         return self.backend.put_record(self.instance_id, record, self.backend.new_sink(self.instance_id))
 
     def read(
@@ -143,6 +193,8 @@ class CheckpointIO:
         never unpickles, whatever its records say. The payload's checksum is verified
         as it is read. ``ref`` records are followed through ``lookup`` (default: the
         backend)."""
+        if self.group is not None and _depth == 0:
+            self.group.flush()  # the payload of a queued record is not in the store yet
         if record.codec == DAMAGED_CODEC:
             raise CheckpointCorruptError(
                 self.instance_id,

@@ -42,6 +42,7 @@ from nbflow.run import events as ev
 from nbflow.run.checkpoint import CheckpointIO
 from nbflow.run.client import WorkflowClient
 from nbflow.run.control import RunControl
+from nbflow.run.group_commit import MAX_WINDOW, GroupCommit
 from nbflow.run.handle import RunHandle, launch
 from nbflow.run.instances import as_definition, new_instance
 from nbflow.run.lookup import resolve_instance
@@ -110,6 +111,12 @@ class CheckpointingRunner:
             for a running task.
         executor: run task bodies elsewhere (``DaskExecutor``, ``ProcessExecutor``).
         worker_id: a name stored with each checkpoint (default host:pid).
+        group_commit: seconds (at most 0.05; default 0: off) a finished task's record
+            may wait to be written in one transaction with the records of the tasks
+            that finish after it. For workflows of sub-millisecond tasks it cuts the
+            cost of a checkpoint several times; a task is still reported done only
+            once its record is durable. The price: a crash loses the records of the
+            last window, and those tasks (which all finished in it) run again on resume.
 
     >>> from nbflow import InMemoryBackend, Workflow
     >>> wf = Workflow("double").then(lambda x: 2 * x).build()
@@ -129,6 +136,7 @@ class CheckpointingRunner:
         inline_sync: bool = True,
         executor: Any = None,
         worker_id: str | None = None,
+        group_commit: float = 0.0,
     ) -> None:
         if backend is None:
             from nbflow.store.disk import DiskcacheBackend
@@ -149,6 +157,15 @@ class CheckpointingRunner:
         self.inline_sync = inline_sync
         self.executor = executor
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        if (
+            isinstance(group_commit, bool)
+            or not isinstance(group_commit, int | float)
+            or not 0 <= group_commit <= MAX_WINDOW
+        ):
+            raise ConfigurationError(
+                "group_commit", group_commit, f"seconds between 0 (off) and {MAX_WINDOW}, e.g. 0.002"
+            )
+        self.group_commit = float(group_commit)
         self.events = ev.EventBus()
         self._pool: TaskThreads | None = None
         self._pool_lock = threading.Lock()
@@ -361,6 +378,9 @@ class CheckpointingRunner:
             lifecycle.transition(meta, state, by=self._by, wake_at=wake_at, signal=signal)
             self._backend.save_instance(meta)
 
+        group = None
+        if self.group_commit:
+            group = prep.io.group = GroupCommit(self._backend, meta.instance_id, self.group_commit)
         scheduler = Scheduler(
             wf=prep.wf,
             instance_id=prep.meta.instance_id,
@@ -412,7 +432,11 @@ class CheckpointingRunner:
                 )
 
             try:
-                outcome = await scheduler.run()
+                try:
+                    outcome = await scheduler.run()
+                finally:
+                    if group is not None:
+                        group.close()
             except BaseException as exc:  # a store problem: recorded, announced, re-raised
                 if lifecycle.allowed(meta.state, RunState.FAILED):  # a replayed completed instance stays so
                     crash = TaskError("", type(exc).__name__, str(exc)).to_dict()

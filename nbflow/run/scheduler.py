@@ -20,6 +20,8 @@ this module decides *when* each step runs, and is the host the steps run in
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import heapq
 import threading
 import time
@@ -321,37 +323,52 @@ class Scheduler:
         record: CheckpointRecord | None = None,
     ) -> None:
         """Checkpoint a step's output (or a reference to where it already lives), then
-        announce it. After this returns, the step is durably done."""
+        announce it. After this returns, the step is durably done — or, with a group
+        commit, queued to be, and announced (its retry and saved states dropped) once
+        its batch is durable."""
         finished = time.time()
         started = finished if started is None else started
-        fields = attempt_fields(value, cap, attempt, self.settings.worker, started=started, finished=finished)
+        by_ref = ref is not None or bool(extra and "items" in extra)
+        fields = attempt_fields(
+            value, cap, attempt, self.settings.worker, started=started, finished=finished, rich=not by_ref
+        )
+        deferred = False
         if record is None:
             try:
-                if ref is not None or (extra and "items" in extra):
+                if by_ref:
                     record = self.io.write_ref(
                         node.id, node.fingerprint, {**(extra or {}), **({"ref": ref} if ref else {})}, **fields
                     )
+                elif self.io.group is not None:
+                    deferred = True
+                    announce = functools.partial(self._announce, node.id, attempt, finished - started)
+                    record = self.io.write_soon(node.id, node.fingerprint, value, announce, extra=extra or {}, **fields)
                 else:
                     record = self.io.write(node.id, node.fingerprint, value, extra=extra or {}, **fields)
             except CodecError as exc:
                 raise self.failure(node.id, exc, attempt) from exc
         self.records[node.id] = record
-        self.retries.settle(node.id)  # after the record: a kill in between leaves a state the record outdates
-        self.live.settled((node.id,))  # its own saved state is no longer needed
         if self._consumers[node.id] or node.id in self._sinks:
             self._values[node.id] = value
         self.done += 1
         self.control.boundary()
+        if not deferred:
+            self._announce(node.id, attempt, finished - started, record)
+
+    def _announce(self, task_id: str, attempt: int, duration: float, record: CheckpointRecord) -> None:
+        """A step's record is durable: drop what it no longer needs, and say it is done."""
+        self.retries.settle(task_id)  # after the record: a kill in between leaves a state the record outdates
+        self.live.settled((task_id,))  # its own saved state is no longer needed
         self.publish(
             ev.TaskFinished,
-            task_id=node.id,
+            task_id=task_id,
             attempt=attempt,
-            duration=finished - started,
+            duration=duration,
             preview=record.preview,
             stdout=record.stdout,
             stderr=record.stderr,
             worker=record.worker or self.settings.worker,
-            **self.live.display_fields(node.id, record),  # its displays and rich preview
+            **self.live.display_fields(task_id, record),  # its displays and rich preview
         )
 
     # -- one step ---------------------------------------------------------------------
@@ -361,6 +378,18 @@ class Scheduler:
 
     # -- the loop ---------------------------------------------------------------------
     async def run(self) -> Outcome:
+        """Run the plan's steps; returns how the run ended. Records a group commit
+        still holds are written before this returns, so the outcome is durable."""
+        try:
+            outcome = await self._run_steps()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.io.flush()  # what finished before the crash is kept; the crash is what is raised
+            raise
+        self.io.flush()  # a batch that cannot be written is a store problem, raised as one
+        return outcome
+
+    async def _run_steps(self) -> Outcome:
         wf = self.wf
         loop = asyncio.get_running_loop()
         self.control.attach(loop, self._on_stop, notify=self._tell_tasks)

@@ -333,6 +333,14 @@ class _Notes(Mapping[str, Mapping[str, Any]]):
         self._made[task_id] = note
         return note
 
+    def get(self, task_id: str, default: Any = None) -> Any:
+        """``self[task_id]``, or ``default`` for a task that does not run: looked up
+        for every checkpoint, so no KeyError is raised and caught on the way."""
+        made = self._made.get(task_id)
+        if made is not None:
+            return made
+        return self[task_id] if task_id in self._ids else default
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._ids)
 

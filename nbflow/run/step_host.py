@@ -25,7 +25,7 @@ from nbflow.core.vocabulary import PlanStep
 from nbflow.run import events as ev
 from nbflow.run.attempts import RetryLedger
 from nbflow.run.capture import Capture
-from nbflow.run.checkpoint import CheckpointIO, preview
+from nbflow.run.checkpoint import CheckpointIO, preview, previews
 from nbflow.run.control import RunControl
 from nbflow.run.live import LiveHub
 from nbflow.run.outcomes import StepFailed
@@ -156,15 +156,17 @@ def attempt_fields(
     *,
     started: float | None = None,
     finished: float | None = None,
+    rich: bool = True,
 ) -> dict[str, Any]:
     """The fields of the record that stores what one attempt returned: its attempt,
-    preview, what it printed and where it ran (a remote executor's capture names its
-    process or Dask worker), and its times when given."""
-    fields: dict[str, Any] = {
-        "attempt": attempt,
-        "preview": preview(value),
-        "worker": getattr(cap, "worker", None) or worker,
-    }
+    previews (without ``rich``, only the one-line one: a reference's value is shown
+    by the records it points at), what it printed and where it ran (a remote
+    executor's capture names its process or Dask worker), and its times when given."""
+    fields: dict[str, Any] = {"attempt": attempt, "worker": getattr(cap, "worker", None) or worker}
+    if rich:
+        fields["preview"], fields["preview_bundle"] = previews(value)
+    else:
+        fields["preview"] = preview(value)
     if cap is not None:
         fields["stdout"], fields["stderr"] = cap.stdout.getvalue(), cap.stderr.getvalue()
     if started is not None:

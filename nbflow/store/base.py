@@ -63,6 +63,7 @@ def damaged_record(task_id: str, detail: str) -> CheckpointRecord:
 
 
 _MAX_ID = 200
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f]")
 
 
 def validate_instance_id(instance_id: Any) -> str:
@@ -73,7 +74,7 @@ def validate_instance_id(instance_id: Any) -> str:
         raise InvalidInstanceIdError(instance_id, "it is empty")
     if len(instance_id) > _MAX_ID:
         raise InvalidInstanceIdError(instance_id, f"it has {len(instance_id)} characters (at most {_MAX_ID})")
-    if re.search(r"[\x00-\x1f]", instance_id):
+    if _CONTROL_CHARACTERS.search(instance_id):
         raise InvalidInstanceIdError(instance_id, "it contains control characters")
     try:
         instance_id.encode("utf-8")

@@ -597,9 +597,14 @@ class DiskcacheBackend:
         generation = self._check_generation(rows, instance_id)
         replaced = []
         blobbed = self._blobbed.get(instance_id)
+        held = self._holds(instance_id)
         for record in records:
             record.generation = generation
-            old = rows.get(RECORD_PREFIX + record.task_id)
+            # Only a record that names a blob file can leave one behind; while this
+            # handle holds the instance it knows which records do, and the others are
+            # not read back first.
+            known = held and blobbed is not None and record.task_id not in blobbed
+            old = None if known else rows.get(RECORD_PREFIX + record.task_id)
             if old is not None:
                 blob = _blob_of(old)
                 if blob and blob != record.blob:

@@ -79,7 +79,10 @@ class InMemoryBackend:
         return f"InMemoryBackend({len(self._instances)} instances)"
 
     def _get(self, instance_id: str) -> _Instance:
-        return self._instances.setdefault(validate_instance_id(instance_id), _Instance())
+        inst = self._instances.get(instance_id)  # an id already stored was checked when it was
+        if inst is None:
+            inst = self._instances[validate_instance_id(instance_id)] = _Instance()
+        return inst
 
     # -- instances ----------------------------------------------------------------------
     def load_instance(self, instance_id: str) -> InstanceMeta | None:
