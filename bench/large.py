@@ -8,7 +8,14 @@ run + resume.
 Baseline: the same ``make``, then ``np.save`` to a file + ``flush`` + ``os.fsync``,
 drop the array, ``np.load`` it back and the same ``consume``.
 
-Targets: nbflow time ≤ 2× the baseline; peak memory ≤ 2.5× the payload. Peak memory is
+Targets: the round trip ≤ 1.3× the baseline, the restore (resume) ≤ 1.5× ``np.load``;
+peak memory ≤ 2.5× the payload.
+
+Both sides are bound by the disk's write-back, whose speed here swings by 2× from one
+moment to the next (dirty pages of an earlier round still being written throttle the
+next writer). So every measurement starts after an ``os.sync()``, the two sides
+alternate which goes first from round to round, and there are 5 rounds (2 with
+``--quick``): the best of each side is compared. Peak memory is
 the process's resident-set high-water mark during the measured part minus the RSS just
 before it (the array itself counts once). Each measurement runs in its own subprocess
 (``python -m bench.large --worker ...``) so the RSS numbers are clean; the high-water
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import tempfile
 import time
@@ -168,11 +176,12 @@ def _spawn(kind: str, nbytes: int, cfg: Config) -> dict[str, Any]:
 
 def run(cfg: Config, log: Callable[[str], None]) -> list[Row]:
     nbytes = max(MB, int((20 if cfg.quick else 100) * MB * cfg.scale))
-    rounds = cfg.rounds(3, 1)
+    rounds = cfg.rounds(5, 2)
     log(f"large: {nbytes / MB:.0f} MB array, {rounds} rounds (subprocesses)")
     results: dict[str, list[dict[str, Any]]] = {"baseline": [], "nbflow": []}
     for r in range(rounds):
-        for kind in ("baseline", "nbflow"):
+        for kind in ("baseline", "nbflow") if r % 2 == 0 else ("nbflow", "baseline"):
+            os.sync()  # no earlier round's write-back throttles this one
             res = _spawn(kind, nbytes, cfg)
             results[kind].append(res)
             if cfg.verbose:
@@ -204,12 +213,19 @@ def run(cfg: Config, log: Callable[[str], None]) -> list[Row]:
             "seconds",
             "checkpoint + restore",
             "np.save+fsync+np.load",
-            target="<= 2x",
-            target_max=2.0,
+            target="<= 1.3x",
+            target_max=1.3,
             note="run (make, fails) + resume (restore, consume)",
         ),
         timed("write_s", "run (make + checkpoint)", "make + np.save + fsync", note="informational split"),
-        timed("read_s", "resume (restore + consume)", "np.load + consume", note="informational split"),
+        timed(
+            "read_s",
+            "resume (restore + consume)",
+            "np.load + consume",
+            target="<= 1.5x",
+            target_max=1.5,
+            note="the restore",
+        ),
         Row(
             NAME,
             f"{size} array: nbflow peak RSS growth",
