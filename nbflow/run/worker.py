@@ -35,6 +35,11 @@ folded in. It picks units to claim from that kept view even after the instance's
 re-reads the records when the view offers nothing it can claim, or before deciding
 that the instance is done; a claim refused at one record version is not retried for
 a poll interval (whoever holds it either commits — a new version — or releases it).
+A view offering only units this worker holds already is not re-read, and a view that
+says the instance is done is checked against its step records as stored (not every
+map item's). The store's index is listed again only when a scan left slots free
+(at most once a second while units are in hand), and always before a worker with
+``until_idle`` calls it a day.
 
 A worker killed mid-unit simply stops renewing: after ``claim_ttl`` another worker
 claims the unit and runs it again (at-least-once execution, exactly-once commit; use
@@ -94,6 +99,7 @@ log = logging.getLogger("nbflow.worker")
 # unpause and revive move an instance back to pending (see nbflow.run.lifecycle).
 RUNNABLE = (RunState.PENDING, RunState.RUNNING, RunState.WAITING, RunState.AWAITING_SIGNAL)
 _BUSY = (RunState.PENDING, RunState.RUNNING, RunState.WAITING)  # keeps ``run(until_idle=True)`` going
+RELIST_BUSY = 1.0  # seconds between listings of the store while a worker has units in hand
 
 
 class WorkerHandle:
@@ -194,7 +200,9 @@ class PooledWorker:
         self._warned: set[str] = set()
         self._known: list[str] = []
         self._known_at = 0.0
+        self._short = True  # the last scan left slots free: the next may list the store again
         self._items: dict[tuple[str, str, float | None], list[Any]] = {}
+        self._keys: dict[tuple[str, int], list[str]] = {}
         self._views: dict[str, CachedView] = {}
         self._timing: dict[tuple[str, str], list[float]] = {}  # (workflow, map) -> [seconds, items]
         self._spread = random.random()  # where in the list of instances this worker starts looking
@@ -331,12 +339,23 @@ class PooledWorker:
             lease.release()
 
     # -- finding work -----------------------------------------------------------------
-    def _instances(self) -> list[str]:
+    def _instances(self, *, relist: bool = False) -> tuple[list[str], bool]:
         """The instances to look at, oldest first (instances finish in order): those of
-        this worker's workflows that were runnable when last listed (at most a poll
-        interval ago; an unpaused or revived one is seen at the next listing)."""
+        this worker's workflows that were runnable when last listed; and whether this
+        call listed them.
+
+        The store is listed again only when the last scan of the kept list left slots
+        free — at most once a poll interval, or once a second (``RELIST_BUSY``) while
+        units are in hand — or when ``relist`` asks: a new, unpaused or revived
+        instance matters only to a worker with room for it, and an instance that
+        stopped being runnable is seen in its meta at the scan. Listing re-reads every
+        instance that changed since (on disk, all of its records), which cost a busy
+        worker more than its units did."""
         now = time.monotonic()
-        if now >= self._known_at:
+        with self._held_lock:
+            busy = bool(self._held)
+        due = self._known_at + (max(0.0, RELIST_BUSY - self.poll_interval) if busy else 0.0)
+        if relist or (now >= due and self._short):
             rows = [row for row in self.backend.list_summaries() if row.workflow in self.workflows]  # the store index
             rows.sort(key=lambda row: row.created_at)
             self._known = [row.instance_id for row in rows if row.state in RUNNABLE]
@@ -344,13 +363,21 @@ class PooledWorker:
                 if row.state not in RUNNABLE:
                     self._views.pop(row.instance_id, None)
             self._known_at = now + self.poll_interval
-        return self._known
+            return self._known, True
+        return self._known, False
 
     def _scan(self, free: int) -> tuple[list[Unit], bool]:
         """Claim up to ``free`` ready units; also returns whether any instance is busy."""
+        claimed, busy, listed = self._scan_known(free, relist=False)
+        if not claimed and not busy and not listed:  # before calling it idle, look at a fresh list
+            claimed, busy, listed = self._scan_known(free, relist=True)
+        self._short = len(claimed) < free
+        return claimed, busy
+
+    def _scan_known(self, free: int, *, relist: bool) -> tuple[list[Unit], bool, bool]:
         claimed: list[Unit] = []
         busy = False
-        known = self._instances()
+        known, listed = self._instances(relist=relist)
         # Oldest first, from this worker's own place in the list: workers of a pool
         # start on different instances instead of all refusing each other's claims on
         # the oldest (and re-reading it after every commit of the others).
@@ -359,6 +386,8 @@ class PooledWorker:
             meta = self.backend.load_instance(iid)
             if meta is None or meta.state not in RUNNABLE:
                 self._views.pop(iid, None)
+                if iid in self._known:  # not looked at again before the next listing
+                    self._known.remove(iid)
                 continue
             wf = self.workflows[meta.workflow]
             if meta.definition_hash != wf.definition_hash:
@@ -379,25 +408,59 @@ class PooledWorker:
             running = meta.state == RunState.RUNNING
             view, current = self._view(meta, wf, current=False)
             if not current:  # a kept view whose stamp moved: claim from it, re-read if it offers nothing
-                got = self._claim_ready(view, free - len(claimed), running)
+                got, in_hand = self._claim_ready(view, free - len(claimed), running)
                 claimed.extend(got)
                 if len(claimed) >= free:
-                    return claimed, True
-                if got:
+                    return claimed, True, listed
+                if got or in_hand:
+                    # every unit it shows ready is in this worker's hands: a re-read could
+                    # only show the commits of others, and one of ours ends first (then
+                    # this worker looks again at once)
+                    continue
+                if self._done(view.plan) and self._done_as_stored(view):
+                    self._complete(view)
                     continue
                 view, current = self._view(meta, wf, current=True)
-            if all(p in (RESTORE, SKIP) for p in view.plan.values()):
+            if self._done(view.plan):
                 self._complete(view)
                 continue
-            claimed.extend(self._claim_ready(view, free - len(claimed), running))
+            claimed.extend(self._claim_ready(view, free - len(claimed), running)[0])
             if len(claimed) >= free:
-                return claimed, True
-        return claimed, busy
+                return claimed, True, listed
+        return claimed, busy, listed
 
-    def _claim_ready(self, view: InstanceView, limit: int, running: bool) -> list[Unit]:
+    @staticmethod
+    def _done(plan: dict[str, Any]) -> bool:
+        return all(p in (RESTORE, SKIP) for p in plan.values())
+
+    def _done_as_stored(self, view: InstanceView) -> bool:
+        """Whether the records stored now say the instance is done, read one step record
+        at a time: the plan looks at no other record (map items, chunk markers), and a
+        kept view that says "done" has this worker's own commits folded in but may miss
+        a deletion by someone else. Used instead of re-reading every record only when
+        the steps are few against the records (a map of many items): False sends the
+        caller to the full re-read."""
+        ids = [node.id for node in view.wf.nodes]
+        if len(ids) * 4 >= len(view.records):
+            return False
+        iid = view.meta.instance_id
+        stored = {}
+        for task_id in ids:
+            record = self.backend.get_record(iid, task_id)
+            if record is not None:
+                stored[task_id] = record
+        return self._done(compute_plan(view.wf, stored))
+
+    def _claim_ready(self, view: InstanceView, limit: int, running: bool) -> tuple[list[Unit], bool]:
         """Claim up to ``limit`` of the units ``view`` shows ready; the instance is
-        marked running with the first one that does work (a wait does none)."""
+        marked running with the first one that does work (a wait does none). Also
+        returns whether every unit it shows ready is one this worker holds already."""
         units = self._ready(view)
+        iid = view.meta.instance_id
+        with self._held_lock:
+            in_hand = bool(units) and all((iid, unit.key) in self._held for unit in units)
+        if in_hand:
+            return [], True
         random.shuffle(units)  # workers spread over the branches and items
         claimed: list[Unit] = []
         for unit in units:
@@ -409,7 +472,7 @@ class PooledWorker:
             claimed.append(unit)
             if len(claimed) >= limit:
                 break
-        return claimed
+        return claimed, False
 
     def _claim(self, unit: Unit) -> str | None:
         """Claim ``unit`` for this worker, skipping the store round trip (a write
@@ -519,17 +582,15 @@ class PooledWorker:
                     units.append(Unit(view, node, node.id, seen))
                     continue
                 size = chunk_size(len(items))
+                keys = self._item_keys(node.id, len(items))
                 todo = []
                 for start in range(0, len(items), size):
                     stop = min(start + size, len(items))
-                    missing = [
-                        i for i in range(start, stop) if not record_is_valid(records.get(item_id(node.id, i)), node)
-                    ]
-                    if not missing:
+                    if all(record_is_valid(records.get(keys[i]), node) for i in range(start, stop)):
                         continue
                     if size == 1:
-                        rec = records.get(item_id(node.id, start))
-                        todo.append(Unit(view, node, item_id(node.id, start), record_version(rec), item=start))
+                        rec = records.get(keys[start])
+                        todo.append(Unit(view, node, keys[start], record_version(rec), item=start))
                     else:  # claimed and committed as one unit; its marker record ends it
                         key = chunk_id(node.id, start, stop)
                         todo.append(Unit(view, node, key, record_version(records.get(key)), chunk=(start, stop)))
@@ -541,6 +602,16 @@ class PooledWorker:
                     continue  # not due yet
             units.append(Unit(view, node, node.id, seen))
         return units
+
+    def _item_keys(self, node_id: str, count: int) -> list[str]:
+        """The record ids of a map's items (made once per map and length: planning
+        looks them up at every scan)."""
+        keys = self._keys.get((node_id, count))
+        if keys is None:
+            if len(self._keys) > 256:
+                self._keys.clear()
+            keys = self._keys[(node_id, count)] = [item_id(node_id, i) for i in range(count)]
+        return keys
 
     def _map_items(self, view: InstanceView, node: Node) -> list[Any] | None:
         src = node.params[0][1]

@@ -236,3 +236,52 @@ def test_workers_sharing_instances_run_every_item_once(store) -> None:  # type: 
         assert client.status(f"s-{k}").output == [k * 1000 + i for i in range(120)]
     assert set(calls.values()) == {1} and len(calls) == 6 * 120
     assert sum(w.stats["committed"] for w in workers) == sum(w.stats["units"] for w in workers)
+
+
+def test_a_busy_worker_takes_up_an_instance_submitted_meanwhile(store) -> None:  # type: ignore[no-untyped-def]
+    """A worker with a unit in hand lists the store less often, but still finds new
+    work for its free slot."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def hold(x: int) -> int:
+        entered.set()
+        assert gate.wait(60)
+        return x
+
+    slow = nf.Workflow("slow").then("hold", hold).build()
+    fast = nf.Workflow("fast").then("inc", lambda x: x + 1).build()
+    client = nf.WorkflowClient(store)
+    client.submit(slow, "slow-1", 1)
+    handle = nf.PooledWorker("w", store, [slow, fast], poll_interval=0.02, concurrency=2).start()
+    try:
+        assert entered.wait(30)
+        client.submit(fast, "fast-1", 41)
+        deadline = time.time() + 30
+        while client.status("fast-1").state != "completed" and time.time() < deadline:
+            time.sleep(0.02)
+        assert client.status("fast-1").output == 42
+        assert client.status("slow-1").state == "running"  # the first unit is still in hand
+        gate.set()
+        while client.status("slow-1").state != "completed" and time.time() < deadline:
+            time.sleep(0.02)
+        assert client.status("slow-1").output == 1
+    finally:
+        gate.set()
+        handle.shutdown(timeout=30)
+
+
+def test_a_kept_view_saying_done_is_checked_against_the_stored_step_records(store) -> None:  # type: ignore[no-untyped-def]
+    """The worker marks an instance completed from its kept view only once the step
+    records stored now agree: a record deleted by someone else sends it to a re-read."""
+    wf = nf.Workflow("many").then("items", lambda n: list(range(n))).map("m", lambda i: i).then("total", sum).build()
+    client = nf.WorkflowClient(store)
+    client.submit(wf, "many-1", 40)
+    _drain(store, [wf], n=1)
+    assert client.status("many-1").output == sum(range(40))
+    worker = nf.PooledWorker("w", store, [wf])
+    meta = store.load_instance("many-1")
+    view, current = worker._view(meta, wf, current=True)
+    assert current and worker._done(view.plan) and worker._done_as_stored(view)
+    store.delete_records("many-1", ["total"])
+    assert worker._done(view.plan)  # the kept view still says done ...
+    assert not worker._done_as_stored(view)  # ... the store does not
