@@ -26,15 +26,36 @@ __all__ = ["Capture", "install"]
 
 
 class Capture:
-    """The buffers of one task attempt (and where its writes are streamed live)."""
+    """The buffers of one task attempt (and where its writes are streamed live).
 
-    __slots__ = ("echo", "live", "stderr", "stdout")
+    A buffer is made on the first write to it: most tasks print nothing, and a
+    chain of trivial tasks would otherwise spend a noticeable part of each task
+    making two empty ones."""
+
+    __slots__ = ("_stderr", "_stdout", "echo", "live")
 
     def __init__(self, echo: bool, live: Any = None) -> None:
-        self.stdout = io.StringIO()
-        self.stderr = io.StringIO()
+        self._stdout: io.StringIO | None = None
+        self._stderr: io.StringIO | None = None
         self.echo = echo
         self.live = live  # an object with write(which, text), or None
+
+    @property
+    def stdout(self) -> io.StringIO:
+        if self._stdout is None:
+            self._stdout = io.StringIO()
+        return self._stdout
+
+    @property
+    def stderr(self) -> io.StringIO:
+        if self._stderr is None:
+            self._stderr = io.StringIO()
+        return self._stderr
+
+    def texts(self) -> tuple[str, str]:
+        """What the attempt printed: (stdout, stderr)."""
+        out, err = self._stdout, self._stderr
+        return (out.getvalue() if out is not None else "", err.getvalue() if err is not None else "")
 
 
 _active: contextvars.ContextVar[Capture | None] = contextvars.ContextVar("nbflow_capture", default=None)

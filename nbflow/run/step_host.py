@@ -168,7 +168,10 @@ def attempt_fields(
     else:
         fields["preview"] = preview(value)
     if cap is not None:
-        fields["stdout"], fields["stderr"] = cap.stdout.getvalue(), cap.stderr.getvalue()
+        if isinstance(cap, Capture):
+            fields["stdout"], fields["stderr"] = cap.texts()
+        else:  # a remote executor's capture
+            fields["stdout"], fields["stderr"] = cap.stdout.getvalue(), cap.stderr.getvalue()
     if started is not None:
         fields["started_at"] = started
     if finished is not None:
