@@ -12,10 +12,12 @@ A bar made while a task runs (``tqdm.tqdm``, ``tqdm.auto.tqdm``, ``tqdm.notebook
 
 How: ``tqdm.std.tqdm`` gets wrappers around ``__init__``, ``update``, ``__iter__``,
 ``close`` and ``reset``. Outside a task they call tqdm's own methods and nothing else
-changes (one attribute check). Inside a task, a bar drawing on the task's own
+changes (one dictionary check). Inside a task, a bar drawing on the task's own
 stdout/stderr is made *quiet*: after tqdm's ``__init__`` (with drawing sent to a null
 stream) it is marked disabled — which also makes ``tqdm.notebook`` skip its widget —
-and the wrappers do the counting. A bar writing to a file the user opened is left to
+and the wrappers do the counting. What nbflow knows of a bar (the task's hooks, where it
+would have drawn) lives beside it in a weak dictionary, not on it: of the user's bar
+nbflow sets only tqdm's own ``disable`` and ``n``. A bar writing to a file the user opened is left to
 draw, and only reports. Bars in threads the task starts itself have no task context and
 behave as usual. The wrappers are installed once per process, when tqdm is imported
 (or at once if it already is), never by importing tqdm ourselves.
@@ -28,7 +30,7 @@ import importlib.machinery
 import sys
 import threading
 import time
-import types
+import weakref
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import Any
@@ -122,6 +124,29 @@ def _own_stream(file: Any) -> bool:
     return file is None or file is sys.stdout or file is sys.stderr or file is sys.__stderr__ or file is sys.__stdout__
 
 
+class _Bar:
+    """What nbflow knows of one bar made in a task: kept beside the bar (in :data:`_BARS`),
+    never on it, so the user's object carries nothing of ours."""
+
+    __slots__ = ("at", "file", "quiet", "sink")
+
+    def __init__(self, sink: Any, quiet: bool, file: Any) -> None:
+        self.sink: Any = sink  # the task's live hooks; None once the bar closed
+        self.quiet = quiet  # drawing nothing itself: the wrappers count
+        self.file = file  # where it would have drawn (its final line goes there)
+        self.at = 0.0  # monotonic time of its last report
+
+
+#: The bars made inside tasks; an entry goes when its bar is collected.
+_BARS: weakref.WeakKeyDictionary[Any, _Bar] = weakref.WeakKeyDictionary()
+#: tqdm subclasses whose own ``close`` got the quiet-bar wrapper (see ``_wrap_close``).
+_CLOSE_WRAPPED: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def _state(bar: Any) -> _Bar | None:
+    return _BARS.get(bar) if _BARS else None
+
+
 def _patch(module: ModuleType) -> None:
     global _patched
     with _lock:
@@ -143,77 +168,96 @@ def _patch(module: ModuleType) -> None:
             orig_init(self, *args, **kwargs)
             if getattr(self, "disable", False):  # the user disabled it: nothing to report
                 return
-            self._nbflow_sink = sink
+            _BARS[self] = _Bar(sink, quiet, file)
             if quiet:
-                self._nbflow_quiet = True
-                self._nbflow_file = file
                 self.disable = True  # tqdm draws nothing now; tqdm.notebook makes no widget
-                # Subclasses' close() return at once for a disabled bar (tqdm.notebook
-                # does): an instance attribute makes close(), __exit__ and __del__ ours.
-                self.close = types.MethodType(_quiet_close, self)
+                # A subclass's close() returns at once for a disabled bar (tqdm.notebook's
+                # does): its close gets the wrapper too, so close(), __exit__ and __del__ report.
+                _wrap_close(type(self), cls)
                 with self._lock:
                     self._instances.discard(self)  # frees its screen position for other bars
             sink.bar(id(self), self.n, self.total, self.desc)
 
         def update(self: Any, n: float = 1) -> Any:
-            if not self._nbflow_quiet:
+            state = _state(self)
+            if state is None or not state.quiet:
                 shown = orig_update(self, n)
-                sink = self._nbflow_sink
-                if sink is not None:
-                    sink.bar(id(self), self.n, self.total, self.desc)
+                if state is not None and state.sink is not None:
+                    state.sink.bar(id(self), self.n, self.total, self.desc)
                 return shown
             self.n += n
             now = time.monotonic()
-            if now - self._nbflow_at >= _REPORT_EVERY or (self.total and self.n >= self.total):
-                self._nbflow_at = now
-                self._nbflow_sink.bar(id(self), self.n, self.total, self.desc)
+            if state.sink is not None and (now - state.at >= _REPORT_EVERY or (self.total and self.n >= self.total)):
+                state.at = now
+                state.sink.bar(id(self), self.n, self.total, self.desc)
             return None
 
         def __iter__(self: Any) -> Iterator[Any]:  # noqa: N807 - tqdm's own name
-            if not self._nbflow_quiet:
+            state = _state(self)
+            if state is None or not state.quiet:
                 return orig_iter(self)  # type: ignore[no-any-return]
-            return _count(self)
+            return _count(self, state)
 
         def close(self: Any) -> None:
-            if self._nbflow_quiet:
-                _quiet_close(self)
+            state = _state(self)
+            if state is not None and state.quiet:
+                _quiet_close(self, state)
                 return
             orig_close(self)
-            sink = self._nbflow_sink
-            if sink is not None:
-                self._nbflow_sink = None
+            if state is not None and state.sink is not None:
+                sink, state.sink = state.sink, None
                 sink.bar(id(self), self.n, self.total, getattr(self, "desc", ""), closed=True)
 
         def reset(self: Any, total: float | None = None) -> Any:
-            if not self._nbflow_quiet:
+            state = _state(self)
+            if state is None or not state.quiet:
                 result = orig_reset(self, total)
             else:
                 self.n = 0
                 if total is not None:
                     self.total = total
                 result = None
-            sink = self._nbflow_sink
-            if sink is not None:
-                sink.bar(id(self), self.n, self.total, self.desc)
+            if state is not None and state.sink is not None:
+                state.sink.bar(id(self), self.n, self.total, self.desc)
             return result
 
-        cls._nbflow_sink = None
-        cls._nbflow_quiet = False
-        cls._nbflow_at = 0.0
-        cls._nbflow_file = None
         cls.__init__ = __init__
         cls.update = update
         cls.__iter__ = __iter__
         cls.close = close
         cls.reset = reset
+        _CLOSE_WRAPPED.add(cls)
         _patched = True
 
 
-def _count(bar: Any) -> Iterator[Any]:
+def _wrap_close(kind: type, base: type) -> None:
+    """Give the class that defines ``kind``'s ``close`` (when it is not ``base``, whose
+    close is wrapped already) a close that ends a quiet bar nbflow's way."""
+    owner = next((c for c in kind.__mro__ if "close" in vars(c)), base)
+    if owner in _CLOSE_WRAPPED:
+        return
+    with _lock:
+        if owner in _CLOSE_WRAPPED:
+            return
+        original = vars(owner)["close"]
+
+        def close(self: Any, *args: Any, **kwargs: Any) -> Any:
+            state = _state(self)
+            if state is not None and state.quiet:
+                _quiet_close(self, state)
+                return None
+            return original(self, *args, **kwargs)
+
+        close.__wrapped__ = original  # type: ignore[attr-defined]
+        owner.close = close  # type: ignore[attr-defined]
+        _CLOSE_WRAPPED.add(owner)
+
+
+def _count(bar: Any, state: _Bar) -> Iterator[Any]:
     """Iterate a quiet bar: count, report now and then, close at the end (as tqdm)."""
     n = bar.n
     last = time.monotonic()
-    sink = bar._nbflow_sink
+    sink = state.sink
     key = id(bar)
     try:
         for obj in bar.iterable:
@@ -230,23 +274,23 @@ def _count(bar: Any) -> Iterator[Any]:
         bar.close()
 
 
-def _quiet_close(bar: Any) -> None:
-    sink = bar._nbflow_sink
+def _quiet_close(bar: Any, state: _Bar) -> None:
+    sink = state.sink
     if sink is None:  # closed already
         return
-    bar._nbflow_sink = None
+    state.sink = None
     sink.bar(id(bar), bar.n, bar.total, bar.desc, closed=True)
     if bar.leave or bar.leave is None:
-        _final_line(bar)
+        _final_line(bar, state.file)
 
 
-def _final_line(bar: Any) -> None:
+def _final_line(bar: Any, file: Any) -> None:
     """What tqdm leaves on screen when a bar closes, written once as plain text."""
     try:
         text = bar.format_meter(**bar.format_dict)
     except Exception:  # noqa: BLE001 - a custom bar_format that fails: say nothing rather than fail
         return
-    stream = bar._nbflow_file if bar._nbflow_file is not None else sys.stderr
+    stream = file if file is not None else sys.stderr
     try:
         stream.write(text + "\n")
     except Exception:  # noqa: BLE001 - a closed stream

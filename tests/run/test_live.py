@@ -267,6 +267,40 @@ def test_tqdm_notebook_bar_in_a_task_makes_no_widget(runner: nf.CheckpointingRun
     assert "nb: 100%" in runner.backend.get_record("i", "job").stdout  # its final line, on stdout as tqdm.notebook
 
 
+def test_nbflow_leaves_no_attribute_of_its_own_on_a_users_bar(runner: nf.CheckpointingRunner) -> None:
+    """What nbflow knows of a bar lives beside it: the user's objects (and tqdm's classes)
+    carry no nbflow attribute, and close stays the class's method."""
+    from tqdm import tqdm
+
+    notebook = pytest.importorskip("tqdm.notebook")
+    events = record(runner)
+    bars: list[Any] = []
+
+    def job(x: int) -> int:
+        for _ in tqdm(range(4), desc="loop", mininterval=0):
+            pass
+        time.sleep(2 * FLUSH_INTERVAL)  # reports are coalesced: let each bar's last one go out
+        with tqdm(total=3, desc="manual") as bar:
+            bar.update(3)
+        time.sleep(2 * FLUSH_INTERVAL)
+        nb = notebook.tqdm(total=2, desc="nb", display=False)
+        nb.update(2)
+        nb.close()
+        bars.extend([bar, nb])
+        return x
+
+    runner.run(nf.Workflow("attrs").then(job).build(), "i", 1)
+    assert len(bars) == 2
+    for bar in bars:
+        assert not [name for name in vars(bar) if "nbflow" in name]
+        assert "close" not in vars(bar)  # no per-bar method swapped in
+        assert not [name for name in dir(type(bar)) if "nbflow" in name]
+    reports = {(e.note, e.done) for e in events if isinstance(e, ev.TaskProgress)}
+    assert {("loop", 4.0), ("manual", 3.0), ("nb", 2.0)} <= reports
+    stdout, stderr = runner.backend.get_record("i", "job").stdout, runner.backend.get_record("i", "job").stderr
+    assert "nb: 100%" in stdout and "loop: 100%" in stderr and "manual: 100%" in stderr  # final lines, once each
+
+
 def test_bars_of_concurrent_branches_report_to_their_own_task(runner: nf.CheckpointingRunner) -> None:
     from tqdm import tqdm
 
