@@ -46,6 +46,7 @@ __all__ = [
     "input_facts",
     "previous_run",
     "record_notes",
+    "stored_breakdown",
 ]
 
 MAX_DIFF_LINES = 30  # per function; a reason is read in a widget pane or a terminal
@@ -258,7 +259,7 @@ def explain_plan(
             if nid in force:
                 reasons[nid] = StaleReason(nid, "forced", "re-run requested")
             elif record.fingerprint != node.fingerprint:
-                text, diff = code_changes(record.extra.get("fp"), _breakdown(node), nid)
+                text, diff = code_changes(stored_breakdown(record, records), _breakdown(node), nid)
                 reasons[nid] = StaleReason(nid, "code", text, diff)
             else:
                 reasons[nid] = _upstream(node, plan, reasons)
@@ -302,16 +303,42 @@ def _input_words(
 
 
 # -- what the runner adds to each record -------------------------------------------------------
+def stored_breakdown(record: CheckpointRecord, records: Mapping[str, CheckpointRecord]) -> Any:
+    """The fingerprint breakdown stored for ``record`` (see :class:`_Notes`): its own
+    ``extra["fp"]``, or that of the record its ``extra["fp_at"]`` names while that
+    record still has the same fingerprint; None when neither holds it."""
+    kept = record.extra.get("fp")
+    if kept is not None:
+        return kept
+    holder_id = record.extra.get("fp_at")
+    holder = records.get(holder_id) if isinstance(holder_id, str) else None
+    if holder is None:
+        return None
+    if holder.fingerprint == record.fingerprint:
+        return holder.extra.get("fp")
+    accepted = holder.extra.get("accepted")
+    if isinstance(accepted, Mapping) and accepted.get("from") == record.fingerprint:
+        return holder.extra.get("fp_was")  # the holder was accepted under new code: its old breakdown
+    return None
+
+
 class _Notes(Mapping[str, Mapping[str, Any]]):
     """Per task that runs: the ``extra`` facts its record gets (``fp``: the breakdown;
     ``stale``: why it ran again). Built on first use per task, on the engine thread,
-    so a run pays only for the tasks it writes."""
+    so a run pays only for the tasks it writes.
+
+    Tasks that share code share a breakdown, and it can hold their source: the first
+    record of a fingerprint in a run keeps it (``fp``), later ones name that record
+    (``fp_at``) instead of storing it again — in a chain of 10,000 calls of one
+    function that is half of every record. A reader follows the name only while the
+    named record has the same fingerprint (:func:`stored_breakdown`)."""
 
     def __init__(self, wf: WorkflowDefinition, plan: Mapping[str, str], reasons: Mapping[str, StaleReason]) -> None:
         self._wf, self._reasons = wf, reasons
         self._ids = frozenset(t for t, what in plan.items() if what in (RUN, STALE))
         self._made: dict[str, Mapping[str, Any]] = {}
         self._json: dict[str, dict[str, Any]] = {}
+        self._holder: dict[str, str] = {}  # fingerprint -> the task whose record keeps its breakdown
 
     def __getitem__(self, task_id: str) -> Mapping[str, Any]:
         made = self._made.get(task_id)
@@ -326,7 +353,11 @@ class _Notes(Mapping[str, Mapping[str, Any]]):
             breakdown = _breakdown(node)
             kept = self._json[node.fingerprint] = breakdown.to_json() if breakdown is not None else {}
         if kept:
-            note["fp"] = kept
+            holder = self._holder.setdefault(node.fingerprint, task_id)
+            if holder == task_id:
+                note["fp"] = kept
+            else:
+                note["fp_at"] = holder
         reason = self._reasons.get(task_id)
         if reason is not None:
             note["stale"] = reason.text
@@ -382,6 +413,9 @@ def accept(backend: Backend, wf: WorkflowDefinition, instance_id: str, task_id: 
         extra["accepted"] = {"from": record.fingerprint, "at": time.time()}
         breakdown = _breakdown(node)
         if breakdown is not None:
+            if "fp" in extra:  # records of the same old code may name this one's breakdown
+                extra["fp_was"] = extra["fp"]
+            extra.pop("fp_at", None)
             extra["fp"] = breakdown.to_json()
         extra.pop("stale", None)
         copy = CheckpointRecord.from_dict({**record.to_dict(), "fingerprint": node.fingerprint, "extra": extra})

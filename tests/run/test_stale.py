@@ -24,7 +24,7 @@ import nbflow as nf
 from nbflow.cli import main
 from nbflow.core import fingerprint as fp
 from nbflow.run import events as ev
-from nbflow.run.stale import PreviousRun, explain_plan, input_facts, previous_run
+from nbflow.run.stale import PreviousRun, explain_plan, input_facts, previous_run, stored_breakdown
 from nbflow.store.base import INPUT_KEY, CheckpointRecord
 
 
@@ -287,3 +287,49 @@ def test_nbflow_status_shows_why_from_a_shell(tmp_path: Path, capsys: pytest.Cap
     assert "clean  run again (stale): its own code changed" in out
     assert "-    return x * 2" in out and "+    return x * 3" in out
     assert "stats  run again (stale): upstream `clean` changed" in out
+
+
+def _chain_of(fn: Any, n: int) -> nf.WorkflowDefinition:
+    builder = nf.Workflow("shared")
+    for i in range(n):
+        builder.then(f"t{i}", fn)
+    return builder.build()
+
+
+def test_tasks_sharing_code_store_its_breakdown_once_and_all_explain_a_change(backend: nf.InMemoryBackend) -> None:
+    ns = define("def step(x):\n    return x + 1\n")
+    nf.CheckpointingRunner(backend, echo_output=False).run(_chain_of(ns["step"], 50), "i", 0)
+    records = backend.get_records("i")
+    holders = [tid for tid in (f"t{i}" for i in range(50)) if "fp" in records[tid].extra]
+    assert holders == ["t0"]  # the first keeps it, the other 49 name it
+    assert all(records[f"t{i}"].extra.get("fp_at") == "t0" for i in range(1, 50))
+    edited = define("def step(x):\n    return x + 2\n")
+    reasons = reasons_after(backend, _chain_of(edited["step"], 50))
+    for i in (0, 1, 49):
+        assert reasons[f"t{i}"].kind == "code" and reasons[f"t{i}"].text == "its own code changed"
+        assert "-    return x + 1" in reasons[f"t{i}"].diff and "+    return x + 2" in reasons[f"t{i}"].diff
+
+
+def test_a_holder_accepted_under_new_code_still_explains_the_others(backend: nf.InMemoryBackend) -> None:
+    """t0 accepted under new code: t1 (old code) is explained with the old breakdown, not t0's new one."""
+    ns = define("def step(x):\n    return x + 1\n")
+    nf.CheckpointingRunner(backend, echo_output=False).run(_chain_of(ns["step"], 3), "i", 0)
+    edited = _chain_of(define("def step(x):\n    return x + 2\n")["step"], 3)
+    nf.CheckpointingRunner(backend, echo_output=False).accept(edited, "i", "t0")
+    reasons = reasons_after(backend, edited)
+    assert "t0" not in reasons  # accepted: valid for today's code
+    assert reasons["t1"].kind == "code" and reasons["t1"].text == "its own code changed"
+    assert "-    return x + 1" in reasons["t1"].diff
+
+
+def test_a_named_breakdown_whose_holder_changed_otherwise_is_not_used(backend: nf.InMemoryBackend) -> None:
+    """A holder re-run under other code (not accepted): its breakdown is not the others'."""
+    ns = define("def step(x):\n    return x + 1\n")
+    nf.CheckpointingRunner(backend, echo_output=False).run(_chain_of(ns["step"], 3), "i", 0)
+    records = backend.get_records("i")
+    holder = records["t0"]
+    assert "fp" in holder.extra and records["t1"].extra.get("fp_at") == "t0"
+    changed = CheckpointRecord.from_dict({**holder.to_dict(), "fingerprint": "f" * 16})
+    assert stored_breakdown(records["t1"], {**records, "t0": changed}) is None
+    assert stored_breakdown(records["t1"], records) == holder.extra["fp"]
+    assert stored_breakdown(records["t1"], {k: v for k, v in records.items() if k != "t0"}) is None
