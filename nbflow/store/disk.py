@@ -483,13 +483,12 @@ class DiskcacheBackend:
             if not entry.is_dir():
                 continue
             names.add(entry.name)
-            path = Path(entry.path)
-            files = files_of(path)
+            files = files_of(entry.path)  # plain strings and the scan's own facts: this runs per instance
             known = indexed.get(entry.name)
-            if known is not None and known[1] == files and not path.is_symlink():
+            if known is not None and known[1] == files and not entry.is_symlink():
                 out.append(known[0])
                 continue
-            summary, trusted = self._summary_of(path)
+            summary, trusted = self._summary_of(Path(entry.path))
             if summary is None:
                 continue  # a folder being created
             if trusted:
