@@ -49,15 +49,18 @@ signal atomically (``backend.consume_signal``). Graceful shutdown (``shutdown()`
 Ctrl-C, SIGTERM for ``nbflow worker``) claims nothing new and finishes the units in
 hand (``finish=False`` releases them at once instead).
 
-What a server-backed store (Redis, Postgres, ...) would need to host workers on many
-machines: (a) an atomic "add if absent or expired" with an expiry per claim (Redis
-``SET NX PX`` guarded by a Lua check of the record version; Postgres ``INSERT ... ON
-CONFLICT DO UPDATE ... WHERE expires_at < now()``), (b) a compare-and-set commit: write
-the records and check the claim token in one transaction (Lua script / row lock), (c)
-a queue index of runnable instances and ready units, so workers do not scan every
-instance each poll (here the scan reads each one's meta and change stamp, and the
-records of those that changed; fine on one machine, not at thousands of instances), and (d) a server clock for expiries (here workers share the
-machine's wall clock).
+A store that sends work notices (``WorkNotices``: ``PostgresBackend`` with
+``LISTEN``/``NOTIFY``) wakes an idle worker as soon as another process submits an
+instance, commits or releases a unit or sends a signal; the poll interval is then only
+the fallback (an expired claim of a dead worker, a delay coming due, a notice lost to a
+cut connection). The listening session is opened before the first scan, so a notice
+of anything the first scan did not see is never missed.
+
+What a server-backed store needs to host workers on many machines (``PostgresBackend``
+does all four): (a) an atomic "add if absent or expired" with an expiry per claim,
+(b) a compare-and-set commit that checks the claim token in the same transaction,
+(c) an index of instances, so workers do not open every instance each poll, and
+(d) a server clock for expiries (a disk store's workers share the machine's clock).
 """
 
 from __future__ import annotations
@@ -89,7 +92,15 @@ from nbflow.run.scheduler import Scheduler
 from nbflow.run.step_host import EngineSettings
 from nbflow.run.threads import TaskThreads
 from nbflow.run.worker_units import CachedView, ClaimedIO, InstanceView, Unit, chunk_size, record_is_valid
-from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta, Lease, record_version
+from nbflow.store.base import (
+    INPUT_KEY,
+    Backend,
+    CheckpointRecord,
+    InstanceMeta,
+    Lease,
+    WorkNotices,
+    record_version,
+)
 
 __all__ = ["ClaimLostError", "PooledWorker", "WorkerHandle"]
 
@@ -100,6 +111,7 @@ log = logging.getLogger("nbflow.worker")
 RUNNABLE = (RunState.PENDING, RunState.RUNNING, RunState.WAITING, RunState.AWAITING_SIGNAL)
 _BUSY = (RunState.PENDING, RunState.RUNNING, RunState.WAITING)  # keeps ``run(until_idle=True)`` going
 RELIST_BUSY = 1.0  # seconds between listings of the store while a worker has units in hand
+_NOTICE_CHECK = 0.1  # seconds between looks at the work-notice flag (and the listener's stop)
 
 
 class WorkerHandle:
@@ -190,7 +202,8 @@ class PooledWorker:
         self.codec = codec or PickleCodec()
         self.echo_output = echo_output
         self.events = ev.EventBus()
-        self.stats = {"units": 0, "committed": 0, "lost": 0, "failed": 0, "released": 0}
+        # woken: scans started early by a work notice of the store (WorkNotices)
+        self.stats = {"units": 0, "committed": 0, "lost": 0, "failed": 0, "released": 0, "woken": 0}
         self.crash: BaseException | None = None
         self._held: dict[tuple[str, str], str] = {}
         self._shares: dict[str, tuple[Lease, int]] = {}  # instance -> (shared lease, units in hand)
@@ -268,12 +281,16 @@ class PooledWorker:
             target=self._beat, args=(beat_stop,), name=f"nbflow-heartbeat-{self.worker_id}", daemon=True
         )
         beat.start()
+        woken, listening = self._listen(beat_stop)  # before the first scan: no notice after it is missed
         running: dict[asyncio.Task[None], Unit] = {}
         next_scan = 0.0
         try:
             while not self._stop.is_set():
                 free = self.concurrency - len(running)
                 now = time.monotonic()
+                if woken.is_set():  # the store says work may have appeared: look (and list) now
+                    woken.clear()
+                    next_scan = self._known_at = 0.0
                 if free > 0 and now >= next_scan:
                     units, busy = self._scan(free)
                     for unit in units:
@@ -286,6 +303,8 @@ class PooledWorker:
                 timeout = (
                     max(0.01, min(self.poll_interval, next_scan - time.monotonic())) if free > 0 else self.poll_interval
                 )
+                if listening and free > 0:
+                    timeout = min(timeout, _NOTICE_CHECK)
                 if running:
                     done, _ = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
@@ -305,8 +324,35 @@ class PooledWorker:
         finally:
             beat_stop.set()
             beat.join(5)
+            if listening is not None:
+                listening.join(5)
             self._release_all()
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _listen(self, stop: threading.Event) -> tuple[threading.Event, threading.Thread | None]:
+        """On a store that sends work notices, a thread that sets the returned event at
+        each one (until ``stop``); the listening session is open when this returns."""
+        woken = threading.Event()
+        if not isinstance(self.backend, WorkNotices):
+            return woken, None
+        try:
+            listener = self.backend.listen_for_work()
+        except Exception:  # noqa: BLE001 - no wake-ups then; the poll finds the work
+            log.warning("worker %s: no work notices from %r; polling only", self.worker_id, self.backend)
+            return woken, None
+
+        def run() -> None:
+            try:
+                while not stop.is_set():
+                    if listener.wait(_NOTICE_CHECK):
+                        self.stats["woken"] += 1
+                        woken.set()
+            finally:
+                listener.close()
+
+        thread = threading.Thread(target=run, name=f"nbflow-notices-{self.worker_id}", daemon=True)
+        thread.start()
+        return woken, thread
 
     def _beat(self, stop: threading.Event) -> None:
         while not stop.wait(self.heartbeat):

@@ -45,6 +45,8 @@ __all__ = [
     "InstanceSummary",
     "Lease",
     "PayloadSink",
+    "WorkListener",
+    "WorkNotices",
     "matches",
     "summarize",
     "validate_instance_id",
@@ -382,6 +384,29 @@ class ClaimStore(Protocol):
 
     def get_claims(self, instance_id: str) -> dict[str, Claim]:
         """The claims stored for an instance (expired ones included)."""
+        ...
+
+
+class WorkListener(Protocol):
+    """One worker's subscription to a store's work notices."""
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a notice arrives (True) or ``timeout`` seconds pass (False)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class WorkNotices(Protocol):
+    """Optional beside ClaimStore: a store that can *tell* idle PooledWorkers that work
+    may have appeared — an instance saved in a runnable state, a claimed unit committed
+    or released, a signal sent — so they scan at once instead of at their next poll.
+    A store without it is polled; with it the poll stays as the fallback (an expired
+    claim of a dead worker, a delay coming due, a notice lost to a cut connection)."""
+
+    def listen_for_work(self) -> WorkListener:
+        """A listener that receives every notice committed after this call returns."""
         ...
 
 

@@ -63,6 +63,7 @@ from nbflow.store.base import (
 )
 from nbflow.store.postgres_connect import ConnectionPool
 from nbflow.store.postgres_leases import PROBE_INTERVAL, LeaseKeeper, PgLease
+from nbflow.store.postgres_notices import CHANNEL, PgWorkListener
 from nbflow.store.postgres_payloads import ChunkReader, PgSink
 from nbflow.store.postgres_schema import LEASE_TAKEN_SQLSTATE, LIST_SUMMARIES, PUT_ONE, STALE_SQLSTATE
 from nbflow.store.records import (
@@ -90,6 +91,8 @@ __all__ = ["PostgresBackend"]
 _CONTROL_FRESH = 0.02
 _LOCK_SEED = b"nbflow-instance-lock\x00"
 _LOST = "this runner's lock was lost when its connection to the database broke, and another holder has it now"
+# States in which a PooledWorker may find work in an instance: saving one wakes them.
+_WORKABLE = frozenset(s.value for s in (RunState.PENDING, RunState.RUNNING, RunState.WAITING, RunState.AWAITING_SIGNAL))
 _NEW_STAMP = "UPDATE nbflow_instances SET stamp = nextval('nbflow_stamps') WHERE instance_id = %s"
 
 
@@ -263,6 +266,8 @@ class PostgresBackend:
                         [line.split("|", 1)[0] for line in meta.shape],
                     ),
                 )
+                if str(meta.state) in _WORKABLE:
+                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, instance_id))
             return meta.generation
 
         self._gens[instance_id] = self._pool.run(call)
@@ -665,9 +670,10 @@ class PostgresBackend:
     def push_signal(self, instance_id: str, name: str, payload: bytes) -> None:
         validate_instance_id(instance_id)
         self._execute(
-            "INSERT INTO nbflow_signals (uid, instance_id, name, payload) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (uid) DO NOTHING",  # a retry after a lost answer does not send it twice
-            (uuid.uuid4().hex, instance_id, name, bytes(payload)),
+            "WITH sent AS (INSERT INTO nbflow_signals (uid, instance_id, name, payload) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (uid) DO NOTHING RETURNING instance_id) "  # a retry after a lost answer does not send it twice
+            "SELECT pg_notify(%s, instance_id) FROM sent",  # a worker parked on it looks again
+            (uuid.uuid4().hex, instance_id, name, bytes(payload), CHANNEL),
         )
 
     _POP = (
@@ -754,13 +760,13 @@ class PostgresBackend:
         )
 
     def release_claim(self, instance_id: str, task_id: str, token: str) -> bool:
-        return (
-            self._execute(
-                "DELETE FROM nbflow_claims WHERE instance_id = %s AND task_id = %s AND token = %s",
-                (instance_id, task_id, token),
-            )
-            > 0
-        )
+        row = self._fetchone("SELECT nbflow_release_claim(%s, %s, %s)", (instance_id, task_id, token))
+        return bool(row and row[0])
+
+    def listen_for_work(self) -> PgWorkListener:
+        """A listening session that wakes an idle PooledWorker when another process
+        commits something that may make a unit ready (``postgres_notices.py``)."""
+        return PgWorkListener(self._pool)
 
     def commit_claimed(
         self,

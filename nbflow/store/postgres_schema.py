@@ -15,6 +15,8 @@ The write paths that must be atomic and fast are functions (one round trip each)
   take a transaction-scoped advisory lock on (instance, step) first; statements after
   it see everything committed before, so a take-over can never miss the commit of the
   worker it replaces, and a commit can never land after a take-over.
+* ``pg_notify('nbflow_work', instance)`` — sent by the commits that can make a unit
+  ready for a PooledWorker (``postgres_notices.py``).
 * ``nbflow_instances.lease`` — the token of the runner lease that took the instance
   last, written when its advisory lock is taken. A runner's writes carry its token and
   are refused (SQLSTATE ``NBLCK``) under another, in the statement that writes: the
@@ -262,7 +264,19 @@ BEGIN
     IF p_release THEN
         DELETE FROM nbflow_claims c WHERE c.instance_id = p_iid AND c.task_id = p_claim;
     END IF;
+    PERFORM pg_notify('nbflow_work', p_iid);  -- a unit is done: idle workers look again
     ok := true;
+END $$;
+
+CREATE FUNCTION nbflow_release_claim(p_iid text, p_tid text, p_token text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM nbflow_claims c WHERE c.instance_id = p_iid AND c.task_id = p_tid AND c.token = p_token;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM pg_notify('nbflow_work', p_iid);  -- the unit is free for another worker
+    RETURN true;
 END $$;
 
 CREATE FUNCTION nbflow_delete_instance(p_iid text) RETURNS boolean LANGUAGE plpgsql AS $$
