@@ -893,9 +893,14 @@ class DiskcacheBackend:
         return record
 
     def set_control(self, instance_id: str, action: str | None, reason: str = "") -> None:
+        path = self._instance_dir(instance_id)
+        if action is None and not self.read_only and not os.path.lexists(path / CONTROL_FLAG):
+            # Nothing was ever requested (a request always leaves the flag file, and
+            # readers look at the flag first): every run clears the control on start,
+            # and a first run need not write anything for it.
+            return
         rows = self._writable(instance_id)
         assert rows is not None
-        path = self._instance_dir(instance_id)
         with self._errors(instance_id, path=path):
             with rows.transact():
                 if action is None:
