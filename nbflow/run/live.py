@@ -168,7 +168,7 @@ class Buffered:
 
     __slots__ = (
         "__weakref__", "_bars", "_closed", "_cut", "_err", "_explicit", "_lock", "_marked", "_out",
-        "_pending", "_progress", "_progress_new", "_touched", "attempt", "task_id",
+        "_pending", "_progress", "_progress_sent", "_touched", "attempt", "task_id",
     )  # fmt: skip
 
     def __init__(self, task_id: str, attempt: int) -> None:
@@ -182,7 +182,7 @@ class Buffered:
         self._marked = False
         self._closed = False
         self._progress: tuple[float, float | None, str, float] | None = None
-        self._progress_new = False
+        self._progress_sent: tuple[float, float | None, str, float] | None = None  # the last report flushed
         self._explicit = False  # nf.progress was called: tqdm bars only add to the note
         self._bars: dict[int, list[Any]] = {}  # id(bar) -> [done, total, desc], oldest first
 
@@ -224,13 +224,17 @@ class Buffered:
         return self._progress
 
     def progress(self, done: float, total: float | None, note: str) -> None:
-        """``nf.progress`` / ``ctx.progress``: the task's own word wins over tqdm bars."""
-        with self._lock:
-            if self._closed:
-                return
-            self._explicit = True
-            self._progress = (done, total, note[:200], time.time())
-            self._progress_new = True
+        """``nf.progress`` / ``ctx.progress``: the task's own word wins over tqdm bars.
+
+        Called every step of a loop, so it takes no lock: it only replaces the latest
+        report (a new tuple, assigned atomically); the flusher sends the latest one at
+        most every FLUSH_INTERVAL (see :meth:`flush` for why no report is lost, the last
+        one included)."""
+        if self._closed:
+            return
+        self._explicit = True
+        self._progress = (done, total, note[:200], time.time())
+        if not self._marked:
             self._mark()
 
     def bar(self, key: int, done: float, total: float | None, desc: str, *, closed: bool = False) -> None:
@@ -262,20 +266,25 @@ class Buffered:
             inner_text = f"{str(name or '').strip().rstrip(':')} {_num(d)}/{_num(t) if t else '?'}".strip()
             note = f"{note} · {inner_text}" if note else inner_text
         self._progress = (float(done), None if not total else float(total), note[:200], time.time())
-        self._progress_new = True
         self._mark()
 
     # -- flushing --
     def flush(self) -> None:
-        """Hand what is buffered to :meth:`_emit` (called by the flusher, and on close)."""
+        """Hand what is buffered to :meth:`_emit` (called by the flusher, and on close).
+
+        :meth:`progress` writes without the lock: each report is a new tuple, and one is
+        sent when it is not the one sent last. The mark is dropped before the report is
+        read, so a report made after that read marks the buffer again and goes out with
+        the next flush: none is lost, the last one included."""
         with self._lock:
             self._marked = False
             out, err = "".join(self._out), "".join(self._err)
             self._out.clear()
             self._err.clear()
             cut, self._pending, self._cut = self._cut, 0, 0
-            progress = self._progress if self._progress_new else None
-            self._progress_new = False
+            latest = self._progress
+            progress = latest if latest is not self._progress_sent else None
+            self._progress_sent = latest
             if out or err or progress is not None or cut:
                 self._emit(out, err, cut, progress)
 
@@ -435,7 +444,7 @@ class LiveTask(Buffered):
             self._pending += len(out) + len(err)
             self._cut += cut
             if progress is not None:
-                self._progress, self._progress_new = tuple(progress), True  # type: ignore[assignment]
+                self._progress = tuple(progress)  # type: ignore[assignment]  # a new tuple: sent at the next flush
             if self._pending > 4 * TAIL:
                 self._trim()
             self._mark()

@@ -8,6 +8,7 @@ on how long the test takes.
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +196,29 @@ def test_folding_a_batch_is_folding_each_event(runner: nf.CheckpointingRunner) -
     assert batch.states() == one.states() and batch.summary() == one.summary()
     assert batch.progress() == one.progress()
     assert [batch.info(t).detail(t) for t in wf.task_ids] == [one.info(t).detail(t) for t in wf.task_ids]
+
+
+def test_a_tight_progress_loop_sends_few_reports_and_never_loses_the_last(runner: nf.CheckpointingRunner) -> None:
+    """``nf.progress`` every step only replaces the latest report (no lock): the flusher
+    racing the loop sends a few of them, and the last one always reaches the view."""
+    n = 50_000
+
+    def loop(x: int) -> int:
+        for i in range(n):
+            nf.progress(i + 1, n, note=f"step {i + 1}")
+        return x
+
+    wf = nf.Workflow("tight").then(loop).build()
+    reports: list[ev.TaskProgress] = []
+    runner.subscribe(reports.append, kinds=[ev.TaskProgress])
+    model = ProgressModel(wf.task_ids, edges=wf.edges)
+    runner.subscribe(model)
+    for run in range(3):
+        reports.clear()
+        started = time.monotonic()
+        runner.run(wf, f"i-{run}", 1)
+        seconds = time.monotonic() - started
+        assert reports[-1].done == n and reports[-1].note == f"step {n}"
+        assert all(a.done < b.done for a, b in pairwise(reports))  # in order, none twice
+        assert len(reports) <= 20 * seconds + 3
+        assert model.info("loop").progress == (n, n, f"step {n}")
