@@ -38,6 +38,7 @@ from typing import Any
 __all__ = [
     "HTML_LIMIT",
     "PLAIN_LIMIT",
+    "PNG_COMPRESS_LEVEL",
     "PNG_LIMIT",
     "TEXT_LIMIT",
     "clip_text",
@@ -217,6 +218,11 @@ def is_figure(value: Any) -> bool:
     return figure is not None and isinstance(value, figure.Figure)
 
 
+#: zlib level of the PNGs nbflow draws: 3 compresses a chart about 20% less than the
+#: default 6 and in about half the time (the drawing itself costs far more either way).
+PNG_COMPRESS_LEVEL = 3
+
+
 def figure_png(fig: Any, *, dpi: float | None = None, tight: bool = True) -> str:
     """A matplotlib figure as base64 PNG text (what Jupyter sends as ``image/png``),
     rendered with the Agg canvas whatever the backend, so this works in any thread of
@@ -225,7 +231,7 @@ def figure_png(fig: Any, *, dpi: float | None = None, tight: bool = True) -> str
 
     buffer = io.BytesIO()
     canvas = FigureCanvasAgg(fig) if not isinstance(fig.canvas, FigureCanvasAgg) else fig.canvas
-    kwargs: dict[str, Any] = {"format": "png"}
+    kwargs: dict[str, Any] = {"format": "png", "pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}}
     if tight:  # trimmed margins, as the inline backend draws; costs a second draw of the figure
         kwargs["bbox_inches"] = "tight"
     if dpi is not None:

@@ -178,6 +178,34 @@ def test_figures_a_task_leaves_open_are_its_own_and_closed(loose: list[dict[str,
     assert loose == []
 
 
+def test_a_figure_left_open_is_kept_whole_at_its_own_dpi(loose: list[dict[str, Any]]) -> None:
+    """The one-pass PNG of a captured figure (no tight-bbox pass, a faster zlib level) is
+    the same picture an Agg draw of the figure makes: same size, same pixels."""
+    import io
+
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    drawn: list[Any] = []
+
+    def draw() -> int:
+        fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
+        ax.plot([3, 1, 2])
+        ax.set_title("kept")
+        drawn.append(fig)
+        return 1
+
+    done = finished(run(nf.Workflow("whole").then(draw).build()))
+    (shown,) = done["draw"].displays
+    image = Image.open(io.BytesIO(base64.b64decode(shown["data"]["image/png"])))
+    assert image.size == (400, 300)
+    canvas = FigureCanvasAgg(drawn[0])
+    canvas.draw()
+    assert np.array_equal(np.asarray(image.convert("RGBA")), np.asarray(canvas.buffer_rgba()))
+    assert loose == []
+
+
 def test_update_display_replaces_and_clear_output_empties(loose: list[dict[str, Any]]) -> None:
     def step() -> int:
         display({"text/plain": "old"}, raw=True)
