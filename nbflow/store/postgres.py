@@ -611,22 +611,34 @@ class PostgresBackend:
         unlock = f"SELECT pg_advisory_unlock{'_shared' if shared else ''}({key})"
         token = None if shared else uuid.uuid4().hex  # kept when the lock is taken again
 
+        taken = False
+
         def call(conn: psycopg.Connection[Any]) -> bool:
+            nonlocal taken
             row = conn.execute(f"SELECT {fn}(%s)", (key,)).fetchone()
             if not (row and row[0]):
                 return False
-            if not shared:
-                with conn.transaction():  # who holds it, and the token its writes must carry
-                    conn.execute(
-                        "INSERT INTO nbflow_holders (instance_id, holder) VALUES (%s, %s) "
-                        "ON CONFLICT (instance_id) DO UPDATE SET holder = excluded.holder",
-                        (instance_id, f"{holder}, {self._host}"),
-                    )
-                    conn.execute(
-                        "INSERT INTO nbflow_instances (instance_id, lease) VALUES (%s, %s) "
-                        "ON CONFLICT (instance_id) DO UPDATE SET lease = excluded.lease",
-                        (instance_id, token),
-                    )
+            if shared:
+                return True
+            with conn.transaction():  # who holds it, and the token its writes must carry
+                if taken:  # taken again after a cut: only if no other runner had it meanwhile
+                    row = conn.execute(
+                        "SELECT lease FROM nbflow_instances WHERE instance_id = %s FOR UPDATE", (instance_id,)
+                    ).fetchone()
+                    if row is not None and row[0] is not None and row[0] != token:
+                        conn.execute(unlock)  # its records may have moved on: this runner's view is stale
+                        return False
+                conn.execute(
+                    "INSERT INTO nbflow_holders (instance_id, holder) VALUES (%s, %s) "
+                    "ON CONFLICT (instance_id) DO UPDATE SET holder = excluded.holder",
+                    (instance_id, f"{holder}, {self._host}"),
+                )
+                conn.execute(
+                    "INSERT INTO nbflow_instances (instance_id, lease) VALUES (%s, %s) "
+                    "ON CONFLICT (instance_id) DO UPDATE SET lease = excluded.lease",
+                    (instance_id, token),
+                )
+            taken = True
             return True
 
         def take() -> tuple[bool, psycopg.Connection[Any]]:

@@ -14,6 +14,9 @@ can take the lock while this one still writes. So an exclusive lease also carrie
 token, written into the instance's row whenever its lock is taken, and every write of
 its runner names it: the server refuses it in the writing statement once another
 lease's token is there (``postgres_schema.py``), and the lease is then marked lost.
+A lease whose session was cut takes its lock again only while its own token is still
+the instance's: had another runner held it meanwhile (even released again), the
+instance may have moved on under it, so the lease is lost.
 """
 
 from __future__ import annotations

@@ -523,6 +523,26 @@ def test_a_cut_session_nobody_else_took_keeps_writing_and_is_locked_again(dsn: s
     other.lock("r", "another runner").release()
 
 
+def test_a_cut_runner_whose_lock_another_runner_held_meanwhile_does_not_take_it_again(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even once the other runner released it: the instance may have moved on."""
+    monkeypatch.setattr(postgres_leases, "WRITE_PROBE", 0.0)  # every write probes its lease
+    runner = PostgresBackend(dsn, lease_probe_interval=3600)
+    runner.save_instance(InstanceMeta("r", "wf", "h"))
+    lease = runner.lock("r", "the first runner")
+    assert _sql(dsn, _CUT_RUNNER_LOCK) == [(True,)]
+    other = PostgresBackend(dsn)
+    other.lock("r", "the second runner").release()
+    with pytest.raises(InstanceLockedError) as err:
+        _put(runner, "r", "t", b"must not land")  # the probe finds the session gone, and the lock not its own
+    assert "was lost" in str(err.value)
+    assert not other.is_locked("r")  # the lost lease did not keep the lock it tried
+    other.lock("r", "a third runner").release()
+    assert other.get_record("r", "t") is None
+    lease.release()
+
+
 def _item(store: PostgresBackend, tid: str, data: bytes) -> tuple[CheckpointRecord, Any]:
     sink = store.new_sink("r")
     sink.write(data)
