@@ -155,11 +155,15 @@ _MAP_MIN = 1 << 20
 
 
 def _plain_pickle(obj: Any, buffers: list[pickle.PickleBuffer]) -> bytes | None:
-    """Plain pickle for builtin values that reference nothing from ``__main__``.
+    """Plain pickle for builtin values and numpy arrays that reference nothing from
+    ``__main__``.
 
-    It is about 10x cheaper than cloudpickle on small values. ``None`` means "use
-    cloudpickle": lambdas, local classes, notebook classes, memoryviews."""
-    if type(obj).__module__ != "builtins":
+    It is about 10x cheaper than cloudpickle on small values, and a process that only
+    ever stores arrays and builtins never imports cloudpickle (~15 ms). ``None`` means
+    "use cloudpickle": lambdas, local classes, notebook classes, memoryviews, arrays
+    whose byte order plain pickle would lose."""
+    kind = type(obj)
+    if kind.__module__ != "builtins" and kind is not _ndarray_type():
         return None
     try:
         head = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
@@ -168,6 +172,12 @@ def _plain_pickle(obj: Any, buffers: list[pickle.PickleBuffer]) -> bytes | None:
     if b"__main__" in head or _FOREIGN_BYTE_ORDER in head:
         return None
     return head
+
+
+def _ndarray_type() -> type | None:
+    """``numpy.ndarray`` if numpy is imported (an array exists only then), else None."""
+    numpy = sys.modules.get("numpy")
+    return getattr(numpy, "ndarray", None) if numpy is not None else None
 
 
 # A pickled numpy dtype of the other byte order holds this one-character str; such an
