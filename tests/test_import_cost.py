@@ -25,6 +25,20 @@ from nbflow.store.base import InstanceSummary
 HEAVY = ("asyncio", "ipywidgets", "graphviz", "numpy", "IPython")
 # The engine: what running a workflow loads.
 ENGINE = ("nbflow.run.scheduler", "nbflow.run.runner", "nbflow.run.client", "nbflow.core.builder")
+# Modules a store pays for only when it does what needs them: ``socket`` names a lock
+# holder's host, ``hashlib`` digests an id that is not a portable folder name; filelock
+# (~25 ms) is not needed on POSIX, where a lock probe calls flock itself.
+LISTING_NEEDS_NONE_OF = ("socket", "hashlib", *(("filelock",) if sys.platform != "win32" else ()))
+# ... and what these store modules leave to the moment they are needed (``uuid`` loads
+# ``platform``; diskcache and tempfile build a new store's first database or index).
+LAZY_IN_STORE = (*LISTING_NEEDS_NONE_OF, "uuid", "platform", "diskcache", "tempfile")
+STORE_MODULES = (
+    "nbflow.store.file_locks",
+    "nbflow.store.names",
+    "nbflow.store.os_errors",
+    "nbflow.store.sqlite_rows",
+    "nbflow.store.store_index",
+)
 
 _MODULES_AFTER = """
 import json, runpy, sys
@@ -101,21 +115,54 @@ def test_nbflow_list_reads_the_index_without_the_engine(store: Path) -> None:
     assert _loaded(modules, HEAVY) == set()
     assert _loaded(modules, ENGINE) == set()
     assert "nbflow.store.store_index" in modules and "nbflow.store.postgres" not in modules
+    assert _loaded(modules, LISTING_NEEDS_NONE_OF) == set()
 
 
-def test_nbflow_list_filters_by_the_state_it_shows(store: Path) -> None:
-    code, out, _ = _run_command("--dir", str(store), "list", "--state", "interrupted")
-    assert code == 0
-    assert [line.split()[0] for line in out.splitlines()[1:]] == ["dbl-2"]
-    code, out, _ = _run_command("--dir", str(store), "list", "--state", "running")
-    assert code == 0 and "no instances" in out  # nobody runs dbl-2 any more
+def test_store_modules_leave_their_costly_imports_to_first_use() -> None:
+    modules = _modules_after_import("; ".join(f"import {name}" for name in STORE_MODULES))
+    assert set(STORE_MODULES) <= modules
+    assert _loaded(modules, LAZY_IN_STORE) == set()
 
 
-def test_status_still_loads_what_it_needs(store: Path) -> None:
-    code, out, modules = _run_command("--dir", str(store), "status", "dbl-1")
-    assert code == 0
-    assert "state     completed" in out
-    assert "nbflow.run.client" in modules
+_USE_THE_LAZY_IMPORTS = """
+import json, sys
+from pathlib import Path
+from nbflow.store.base import InstanceSummary
+from nbflow.store.file_locks import FileLocks
+from nbflow.store.names import instance_dirname, legacy_dirname
+from nbflow.store.sqlite_rows import Rows
+from nbflow.store.store_index import StoreIndex
+root = Path(sys.argv[1])
+names = [instance_dirname("Run"), legacy_dirname("a b")]
+(root / "locks").mkdir()
+lease = FileLocks(root / "locks").acquire("i", "i", "me")
+holder = json.loads((root / "locks" / "i.holder").read_text())
+lease.release()
+index = StoreIndex(root, read_only=False)
+wrote = index.put({"i": (InstanceSummary("i", "wf", "completed"), "-")})
+(root / "i").mkdir()
+rows = Rows(root / "i", {})
+rows.put("k", b"v")
+print(json.dumps({"names": names, "host": holder["host"], "wrote": wrote, "rows": sorted(index.rows() or {}),
+                  "value": rows.get("k").decode(), "loaded": sorted(set(sys.argv[2:]) & set(sys.modules))}))
+"""
+
+
+def test_what_the_lazy_imports_serve_still_works(tmp_path: Path) -> None:
+    """In a fresh process (nothing lazy loaded yet): an id that needs a digest, a lock
+    holder's host, a store's first index and an instance's first database."""
+    done = subprocess.run(
+        [sys.executable, "-c", _USE_THE_LAZY_IMPORTS, str(tmp_path), *LAZY_IN_STORE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["names"][0] == "run~00d60e31a4e6b8344d42"  # the docstring's example: the digest is unchanged
+    assert got["names"][1].startswith("a_b~") and len(got["names"][1]) == len("a_b~") + 12
+    assert got["host"] and got["wrote"] is True and got["rows"] == ["i"] and got["value"] == "v"
+    assert {"socket", "hashlib", "diskcache", "tempfile"} <= set(got["loaded"])  # loaded when first needed
 
 
 # -- the lazy package ---------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Instance locks between processes: exclusive for a runner, shared for PooledWorkers.
 
-Every lock is an operating-system file lock, taken with ``filelock.lock_descriptor``:
-``flock`` on the whole file on POSIX, ``LockFileEx`` on byte 0 on Windows. The operating
-system drops it when the holding process dies, kill -9 included: a crashed runner never
-leaves an instance locked. Two descriptors conflict even inside one process, so a
+Every lock is an operating-system file lock, the one ``filelock.lock_descriptor`` takes:
+``flock`` on the whole file on POSIX (called here directly), ``LockFileEx`` on byte 0 on
+Windows (through filelock). The operating system drops it when the holding process
+dies, kill -9 included: a crashed runner never leaves an instance locked. Two descriptors conflict even inside one process, so a
 second runner in the same process is refused too.
 
 The files of one instance, in ``locks/``::
@@ -32,19 +32,22 @@ FileLock holds are per thread (``thread_local``: a lease released from the engin
 thread would stay held), a blocking acquire of a path another FileLock of the process
 holds raises ``RuntimeError("Deadlock ...")`` (the guard blocks by design), on a
 filesystem without ``flock`` UnixFileLock quietly becomes a SoftFileLock that a dead
-process never releases, and WindowsFileLock deletes its file on release. filelock is
-imported at the first lock, not with nbflow: it imports ``fcntl`` on POSIX.
+process never releases, and WindowsFileLock deletes its file on release. On POSIX filelock
+is not imported at all (its imports cost ~25 ms, which a listing that probes a lock would
+pay); ``socket``, for the holder's host name, is imported by the first runner that
+writes one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
-import socket
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -73,19 +76,37 @@ if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork
     os.register_at_fork(after_in_child=_reset_stripes)
 
 
-def _native() -> tuple[Callable[..., bool], Callable[[int], None]]:
-    """filelock's lock and unlock of a descriptor (imported when first needed)."""
-    import filelock
+if sys.platform != "win32":
+    import fcntl
 
-    return filelock.lock_descriptor, filelock.unlock_descriptor
+    # What filelock's ``lock_descriptor`` does on POSIX (``fcntl.flock`` of the whole file,
+    # these errnos meaning someone else holds it), called directly: importing filelock
+    # costs ~25 ms, which every listing that probes a lock would pay.
+    _CONTENTION = frozenset({errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK})
 
+    def _try_lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in _CONTENTION:
+                return False
+            raise
+        return True
 
-def _try_lock(fd: int) -> bool:
-    return _native()[0](fd, blocking=False)
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
+else:  # pragma: no cover - Windows: LockFileEx on byte 0, through filelock
 
-def _unlock(fd: int) -> None:
-    _native()[1](fd)
+    def _try_lock(fd: int) -> bool:
+        import filelock
+
+        return bool(filelock.lock_descriptor(fd, blocking=False))
+
+    def _unlock(fd: int) -> None:
+        import filelock
+
+        filelock.unlock_descriptor(fd)
 
 
 def _open(path: Path, create: bool = True) -> int | None:
@@ -229,6 +250,8 @@ class FileLocks:
             return "shared" if self._slot_held(name) else None
 
     def _write_holder(self, name: str, holder: str) -> None:
+        import socket  # only a lock taker names its host: socket costs every listing ~5 ms
+
         info = {"pid": os.getpid(), "host": socket.gethostname(), "holder": holder, "since": time.time()}
         fd = os.open(self.folder / f"{name}.holder", _FLAGS | os.O_CREAT | os.O_TRUNC, 0o600)
         try:

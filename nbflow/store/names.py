@@ -37,7 +37,6 @@ so an upgraded store loses no instance.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
@@ -61,12 +60,20 @@ def _is_portable(name: str) -> bool:
     return _PORTABLE.fullmatch(name) is not None and not name.endswith(".") and _stem(name) not in _DEVICES
 
 
+def _digest(instance_id: str) -> str:
+    """sha256 of the id, hex. ``hashlib`` (with OpenSSL: ~5 ms) loads only when an id
+    is not already a portable name: a listing of ordinary ids never pays it."""
+    import hashlib
+
+    return hashlib.sha256(instance_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def instance_dirname(instance_id: str) -> str:
     """The portable file name of ``instance_id``: the id itself when it is already one,
     else a lower-case prefix plus a digest (see the module docstring)."""
     if _is_portable(instance_id):
         return instance_id
-    digest = hashlib.sha256(instance_id.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST_LEN]
+    digest = _digest(instance_id)[:_DIGEST_LEN]
     prefix = re.sub(r"[^a-z0-9-]+", "_", instance_id.lower())[:_PREFIX_LEN].lstrip("_-") or "id"
     return f"{prefix}~{digest}"
 
@@ -75,7 +82,7 @@ def legacy_dirname(instance_id: str) -> str:
     """The folder name nbflow 0.1 gave ``instance_id`` (valid on Linux only)."""
     if _LEGACY_SAFE.fullmatch(instance_id):
         return instance_id
-    digest = hashlib.sha256(instance_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    digest = _digest(instance_id)[:12]
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", instance_id)[:80].lstrip("._-") or "id"
     return f"{safe}~{digest}"
 

@@ -30,15 +30,11 @@ import contextlib
 import functools
 import os
 import sqlite3
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-
-import diskcache
 
 __all__ = ["ForeignRowError", "Rows"]
 
@@ -213,7 +209,7 @@ def _create(directory: Path, settings: dict[str, Any]) -> None:
     damaged), and of two processes creating one instance at once the second simply finds
     the first one's database. Building that empty database with diskcache costs ~70 ms
     of small commits, so it is built once per process and settings, then copied."""
-    scratch = directory / f".new-{uuid.uuid4().hex}.db"
+    scratch = directory / f".new-{os.urandom(16).hex()}.db"  # uuid4's randomness, without uuid's imports
     target = directory / "cache.db"
     try:
         fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
@@ -236,7 +232,14 @@ def _create(directory: Path, settings: dict[str, Any]) -> None:
 
 @functools.cache
 def _empty_database(settings: tuple[tuple[str, Any], ...]) -> bytes:
-    """The bytes of a new, empty diskcache database made with ``settings``."""
+    """The bytes of a new, empty diskcache database made with ``settings``.
+
+    diskcache and tempfile (~10 ms of imports) load here, at the first instance a
+    process creates: reading a store, as a listing does, needs neither."""
+    import tempfile
+
+    import diskcache
+
     with tempfile.TemporaryDirectory(prefix="nbflow-db-") as scratch:
         diskcache.Cache(scratch, **dict(settings)).close()  # closing the last connection folds the WAL in
         return (Path(scratch) / "cache.db").read_bytes()

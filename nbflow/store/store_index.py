@@ -30,7 +30,6 @@ import functools
 import json
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 from dataclasses import fields
@@ -198,6 +197,8 @@ def _create(path: Path) -> None:
 
 @functools.cache
 def _empty_index() -> bytes:
+    import tempfile  # only a store's first index needs it (its imports cost a listing ~3 ms)
+
     with tempfile.TemporaryDirectory(prefix="nbflow-index-") as scratch:
         target = Path(scratch) / INDEX_FILE
         con = sqlite3.connect(target, isolation_level=None)
