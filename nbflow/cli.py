@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from nbflow.core.status import WorkflowStatus
     from nbflow.store.base import Backend
 
-__all__ = ["find_workflows", "main"]
+__all__ = ["EXIT_READER_GONE", "find_workflows", "main"]
 
 
 def load_module(spec: str) -> Any:
@@ -133,15 +133,55 @@ def _parser() -> argparse.ArgumentParser:
     return build_parser(CLI)
 
 
+# What a shell reports for a program that SIGPIPE ended (128 + 13): ``yes | head -1``.
+EXIT_READER_GONE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``nbflow`` command; returns the exit code."""
+    """Entry point of the ``nbflow`` command; returns the exit code.
+
+    A reader that stops early (``nbflow list | head -1``) is no error of nbflow's: it
+    exits quietly with :data:`EXIT_READER_GONE`, the status a shell gives ``cat`` or
+    ``git log`` there, so ``set -o pipefail`` scripts see what they see with any tool.
+    Python ignores SIGPIPE (a write to a closed pipe raises BrokenPipeError instead);
+    setting it back to the default for the whole process would kill nbflow silently
+    whenever a PostgreSQL connection drops mid-write, so the error is caught here.
+    """
     _printable_streams()
+    try:
+        try:
+            code = _main(argv)
+        except SystemExit:  # argparse's --help and usage errors: their text must get out too
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # a reader that has gone is found here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _discard_unwritten_output()
+        return EXIT_READER_GONE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args([_typed_text(a) for a in sys.argv[1:]] if argv is None else argv)
     try:
         return _run(args)
     except NbflowError as exc:
         print(f"nbflow: {render_error(exc, CLI, _store_hint(args))}", file=sys.stderr)
         return 2
+
+
+def _discard_unwritten_output() -> None:
+    """Point stdout at the null device: what is still buffered would otherwise fail
+    again at exit, as "Exception ignored ... BrokenPipeError" on stderr."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def _store_hint(args: argparse.Namespace) -> str | None:

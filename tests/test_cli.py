@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import nbflow as nf
-from nbflow.cli import main
+from nbflow.cli import EXIT_READER_GONE, main
 
 FLOWS = textwrap.dedent(
     """
@@ -250,3 +251,72 @@ def test_help_lists_the_subcommands() -> None:
     assert done.returncode == 0
     for cmd in ("list", "status", "resume", "cancel", "pause", "unpause", "signal", "clear"):
         assert cmd in done.stdout
+
+
+# -- a reader that stops early (``nbflow ... | head``) --------------------------------------
+def _with_a_gone_reader(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m nbflow ARGS`` writing into a pipe whose reader has already exited
+    (``| head -0``, or ``| head -1`` once it has its line), without any race."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "nbflow", "--dir", str(store), *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["list"], EXIT_READER_GONE),
+        (["status", "dbl-1"], EXIT_READER_GONE),
+        (["result", "dbl-1", "double"], EXIT_READER_GONE),
+        (["help"], EXIT_READER_GONE),
+        # argparse itself drops what --help cannot write, and exits 0 as after any --help
+        (["--help"], 0),
+        (["list", "--help"], 0),
+    ],
+    ids=["list", "status", "result", "help", "--help", "list--help"],
+)
+def test_a_closed_pipe_ends_a_command_quietly(
+    store: Path, seeded: nf.CheckpointingRunner, args: list[str], code: int
+) -> None:
+    done = _with_a_gone_reader(store, *args)
+    assert done.stderr == ""  # no traceback, no "Exception ignored ... BrokenPipeError" at exit
+    assert done.returncode == code
+    assert EXIT_READER_GONE == 141  # what a shell reports for `yes | head -1`
+
+
+def test_a_reader_that_stops_mid_output_ends_the_command_quietly(store: Path) -> None:
+    """``nbflow result … | head -c 100`` on an output far larger than a pipe holds: the
+    reader goes while nbflow is still writing."""
+    wf = nf.Workflow("big").then("text", lambda x: "x" * x).build()
+    runner = nf.CheckpointingRunner(nf.DiskcacheBackend(store), echo_output=False)
+    assert runner.run(wf, "big-1", 1 << 20).state == "completed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nbflow", "--dir", str(store), "result", "big-1", "text"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(100) == b"'" + b"x" * 99
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == EXIT_READER_GONE
+    assert err == ""
+
+
+def test_output_into_an_open_pipe_is_whole_and_exits_0(store: Path, seeded: nf.CheckpointingRunner) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "nbflow", "--dir", str(store), "result", "dbl-1", "double"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "42\n", "")
