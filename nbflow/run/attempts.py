@@ -31,6 +31,14 @@ from nbflow.store.base import Backend, CheckpointRecord
 __all__ = ["RetryLedger", "is_async", "run_attempt"]
 
 
+_NEVER_AWAITABLE = frozenset({int, float, str, bytes, bool, list, tuple, dict, set, type(None)})
+
+
+def _awaitable(result: Any) -> bool:
+    """inspect.isawaitable, answered at once for the plain values most tasks return."""
+    return type(result) not in _NEVER_AWAITABLE and inspect.isawaitable(result)
+
+
 def is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
 
@@ -54,7 +62,7 @@ async def _call_async(
     cap, ctoken = capture.begin(echo)
     try:
         result = fn(*args, **kwargs)
-        if inspect.isawaitable(result):
+        if _awaitable(result):
             result = await result
         return result, cap
     finally:
@@ -91,7 +99,7 @@ async def run_attempt(
 
     if inline and timeout is None:
         result, cap = call_sync(fn, args, kwargs, tctx, echo)
-        if inspect.isawaitable(result):  # a plain function that returned a coroutine
+        if _awaitable(result):  # a plain function that returned a coroutine
             result = await result
         return result, cap
 
@@ -113,7 +121,7 @@ async def run_attempt(
         # flag), its thread left to finish alone, and what it returns later is dropped.
         tctx.cancel_event.set()
         raise TaskTimeoutError(tctx.task_id, timeout or 0.0) from None
-    if inspect.isawaitable(result):
+    if _awaitable(result):
         result = await result
     return result, cap
 

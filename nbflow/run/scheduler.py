@@ -394,13 +394,14 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         self.control.attach(loop, self._on_stop, notify=self._tell_tasks)
         order = {n.id: i for i, n in enumerate(wf.nodes)}
+        node_of = {n.id: n for n in wf.nodes}.__getitem__  # wf.node, without its error handling per call
         waiting: dict[str, int] = {}
         ready: list[tuple[int, int, str]] = []
         if self.bus:  # where unfinished tasks were when the last run stopped (their stored progress)
             self.live.announce_stored(n.id for n in wf.nodes if self.plan[n.id] not in (RESTORE, SKIP))
 
         def push(task_id: str) -> None:
-            heapq.heappush(ready, (-wf.node(task_id).spec.priority, order[task_id], task_id))
+            heapq.heappush(ready, (-node_of(task_id).spec.priority, order[task_id], task_id))
 
         for node in wf.nodes:
             step = self.plan[node.id]
@@ -431,7 +432,7 @@ class Scheduler:
         def resolve(child: str) -> None:
             waiting[child] -= 1
             if waiting[child] == 0:
-                cnode = wf.node(child)
+                cnode = node_of(child)
                 if cnode.kind == NodeKind.MERGE and all(d in self.skipped for d in cnode.deps):
                     skip(child)
                 else:
@@ -443,17 +444,17 @@ class Scheduler:
             for child in wf.children(task_id):
                 if child not in waiting:
                     continue
-                if wf.node(child).kind == NodeKind.MERGE:
+                if node_of(child).kind == NodeKind.MERGE:
                     resolve(child)
                 else:
                     skip(child)
 
         def finish(task_id: str) -> None:
-            node = wf.node(task_id)
+            node = node_of(task_id)
             for child in wf.children(task_id):
                 if child not in waiting:
                     continue
-                cnode = wf.node(child)
+                cnode = node_of(child)
                 if (
                     node.kind == NodeKind.ROUTE
                     and cnode.options.get("guard") == task_id
@@ -467,7 +468,7 @@ class Scheduler:
             if self.control.poll() is None and self._error is None and self._parked is None:
                 while ready:
                     _, _, task_id = heapq.heappop(ready)
-                    node = wf.node(task_id)
+                    node = node_of(task_id)
                     alone = not ready and not self._running
                     if (
                         alone
@@ -508,7 +509,7 @@ class Scheduler:
                 elif isinstance(exc, Parked):
                     self._parked = self._parked or exc
                     for other, other_id in self._running.items():  # waits hold no work: stop them
-                        if wf.node(other_id).kind.waits:
+                        if node_of(other_id).kind.waits:
                             other.cancel()
                 else:  # a store problem (e.g. an unreadable checkpoint): stop and report it
                     self._crash = self._crash or exc
