@@ -5,7 +5,10 @@ file in their own words; users need to know which one it is, because only damage
 reason to discard anything. :func:`store_error` maps an exception to the matching
 ``NbflowError``: ``StoreFullError`` (out of space), ``StoreUnreadableError``
 (permissions, a read-only filesystem), ``CheckpointCorruptError`` (bytes that are not
-valid) — or returns None for anything else, which then propagates unchanged.
+valid) — or returns None for anything else, which then propagates unchanged. SQLite
+reports a full disk as "disk I/O error" when the shared-memory file of a database
+opened fresh cannot be sized; an I/O error on a filesystem with no space left is
+therefore a full disk.
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ def store_error(
         text = str(exc).lower()
         if "full" in text:
             return StoreFullError(path, f"SQLite: {exc}", instance_id, task_id)
+        if _is_io_error(exc) and _out_of_space(path):
+            # SQLite says "disk I/O error" when it cannot size the shared-memory file a
+            # write-ahead-log database needs (SQLITE_IOERR_SHMSIZE): a full disk, not damage.
+            name = getattr(exc, "sqlite_errorname", "SQLITE_IOERR")
+            return StoreFullError(path, f"SQLite: {exc} ({name}) with no space left on the disk", instance_id, task_id)
         if "readonly" in text or "read-only" in text or "unable to open" in text or "access permission" in text:
             if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
                 return StoreUnreadableError(path, f"SQLite: {exc}", instance_id)
@@ -55,3 +63,30 @@ def store_error(
             return None
         return CheckpointCorruptError(instance_id or "?", f"SQLite says: {exc}", path, task_id)
     return None
+
+
+_SQLITE_IOERR = 10  # SQLite's primary result code for an I/O error (extended codes keep it in the low byte)
+_NEARLY_FULL = 1 << 20  # bytes: less free space than this makes an I/O error a full disk's
+
+
+def _is_io_error(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF == _SQLITE_IOERR if isinstance(code, int) else "disk i/o error" in str(exc).lower()
+
+
+def _out_of_space(path: str) -> bool:
+    """Whether the filesystem holding ``path`` (or its nearest existing folder) has
+    (almost) no space left for this process."""
+    where = os.path.abspath(path)
+    while not os.path.exists(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    try:
+        if hasattr(os, "statvfs"):
+            vfs = os.statvfs(where)
+            blocks = vfs.f_bfree if os.geteuid() == 0 else vfs.f_bavail  # root may use the reserve
+            return blocks * vfs.f_frsize < _NEARLY_FULL
+        import shutil  # pragma: no cover - Windows
+
+        return shutil.disk_usage(where).free < _NEARLY_FULL  # pragma: no cover
+    except OSError:
+        return False

@@ -62,6 +62,9 @@ class StoreIndex:
 
     # -- connection -----------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection | None:
+        """The writable connection, or None while the index cannot be opened for writing.
+        Only damage sets the file aside; a full disk, an I/O or permission error is
+        tried again at the next call (the disk may have room by then)."""
         if self._pid != os.getpid():  # a forked child opens its own
             self._con, self._pid = None, os.getpid()
         if self._con is not None:
@@ -70,8 +73,8 @@ class StoreIndex:
             return None
         try:
             self._con = self._open()
-        except sqlite3.DatabaseError:
-            self._con = self._set_aside_and_reopen()
+        except sqlite3.DatabaseError as exc:
+            self._con = self._set_aside_and_reopen() if _is_damage(exc) else None
         except OSError:
             self._con = None
         return self._con
@@ -91,12 +94,31 @@ class StoreIndex:
             version = con.execute("PRAGMA user_version").fetchone()[0]
             mode = con.execute("PRAGMA journal_mode").fetchone()[0]
             if version != _VERSION or mode != "wal":
-                raise sqlite3.DatabaseError(f"index version {version} in {mode} mode")
+                raise _WrongFormat(f"index version {version} in {mode} mode")
             con.execute("SELECT count(*) FROM instances").fetchall()
         except BaseException:
             con.close()
             raise
         return con
+
+    def _read_as_is(self) -> list[Any] | None:
+        """The rows of an index that cannot be opened for writing (a full disk: SQLite
+        cannot make the shared-memory file a write-ahead-log database needs), read as an
+        unchanging file. A row that a log not yet folded in replaced is an older one,
+        and an older row never matches the instance's files of now: nothing untrue is
+        trusted, those instances are read."""
+        if not self.path.exists():
+            return None
+        try:
+            con = sqlite3.connect(f"{self.path.as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+        except sqlite3.Error:
+            return None
+        try:
+            return con.execute("SELECT folder, summary, files FROM instances").fetchall()
+        except sqlite3.Error:
+            return None
+        finally:
+            con.close()
 
     def _set_aside_and_reopen(self) -> sqlite3.Connection | None:
         """A damaged index (or one of another version) is derived data: keep it beside
@@ -110,8 +132,10 @@ class StoreIndex:
                 if src.exists():
                     os.replace(src, f"{self.path}.damaged-{time.time_ns()}{suffix}")
             return self._open()
-        except (OSError, sqlite3.DatabaseError):
-            self._broken = True
+        except sqlite3.DatabaseError as exc:
+            self._broken = _is_damage(exc)  # a new index damaged at once: give up on it here
+            return None
+        except OSError:  # no room for a new one yet: the next call makes it
             return None
 
     def close(self) -> None:
@@ -128,15 +152,19 @@ class StoreIndex:
         with self._lock:
             con = self._connection()
             if con is None:
-                return None
-            try:
-                raw = con.execute("SELECT folder, summary, files FROM instances").fetchall()
-            except sqlite3.DatabaseError:
-                self._con = None
-                with contextlib.suppress(sqlite3.Error):
-                    con.close()
-                self._con = self._set_aside_and_reopen()
-                return None
+                raw = None if self._broken else self._read_as_is()
+                if raw is None:
+                    return None
+            else:
+                try:
+                    raw = con.execute("SELECT folder, summary, files FROM instances").fetchall()
+                except sqlite3.DatabaseError as exc:
+                    self._con = None
+                    with contextlib.suppress(sqlite3.Error):
+                        con.close()
+                    if _is_damage(exc):
+                        self._con = self._set_aside_and_reopen()
+                    return None
         out = {}
         for folder, text, files in raw:
             summary = _parse(text)
@@ -173,6 +201,26 @@ class StoreIndex:
                 return False
 
 
+class _WrongFormat(sqlite3.DatabaseError):
+    """An index that SQLite opens but nbflow did not write in this form."""
+
+
+# SQLite's primary result codes that mean the file's bytes are not a valid database.
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether ``exc`` says the index file is damaged — not that the disk is full, an
+    I/O or permission error, or a lock: those leave the file as it is."""
+    if isinstance(exc, _WrongFormat):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:  # raised without a result code: judge by SQLite's words
+        text = str(exc).lower()
+        return "malformed" in text or "not a database" in text
+    return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
 def _create(path: Path) -> None:
     """Make the index file appear whole and private: the bytes of an empty index (built
     once per process: making one with SQLite costs several synced commits) are written
@@ -181,7 +229,9 @@ def _create(path: Path) -> None:
     fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         try:
-            os.write(fd, _empty_index())
+            data = memoryview(_empty_index())
+            while data:  # a nearly full disk may take part of a write: never link a torn file
+                data = data[os.write(fd, data) :]
         finally:
             os.close(fd)
         try:

@@ -22,7 +22,17 @@ import nbflow as nf
 from nbflow.store.base import CheckpointRecord, InstanceMeta, summarize
 from nbflow.store.disk import DiskcacheBackend
 from nbflow.store.store_index import INDEX_FILE
-from tests.store.faults import remount, require_root, tmpfs
+from tests.store.faults import (
+    assert_no_discard_advice,
+    child_env,
+    fill,
+    last_json,
+    python,
+    remount,
+    require_root,
+    sqlite,
+    tmpfs,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -309,6 +319,161 @@ def test_filters_read_the_index(tmp_path: Path) -> None:
     assert sorted(r.instance_id for r in backend.list_summaries(state="failed")) == ["b", "c"]
     assert [r.instance_id for r in backend.list_summaries(workflow="other")] == ["c"]
     assert backend.list_summaries(workflow="nobody") == []
+
+
+# -- a full disk -----------------------------------------------------------------------------
+# A store written by a process that closed it (no shared-memory files left): opening any
+# of its databases on a full disk then needs space SQLite cannot get.
+_BUILD_AND_CLOSE = """
+import sys
+import nbflow as nf
+from tests.store.faults import chain
+backend = nf.DiskcacheBackend(sys.argv[1])
+runner = nf.CheckpointingRunner(backend, echo_output=False)
+for instance, x in (("a", 1), ("b", 2)):
+    assert runner.run(chain(), instance, x).state == "completed"
+backend.close()
+print("{}")
+"""
+
+
+def _index_rows(store: Path) -> dict[str, tuple[str, int, int]]:
+    """What index.db itself holds, read as an outsider reads it."""
+    con = sqlite3.connect(f"{(store / INDEX_FILE).as_uri()}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT folder, summary FROM instances").fetchall()
+    finally:
+        con.close()
+    return {
+        folder: (s["state"], s["tasks_done"], s["tasks_total"]) for folder, s in ((f, json.loads(t)) for f, t in rows)
+    }
+
+
+def _cli_list(store: Path) -> tuple[int, str, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "nbflow", "--dir", str(store), "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def _cli_states(out: str) -> dict[str, str]:
+    return {line.split()[0]: line.split()[2] for line in out.splitlines()[1:]}
+
+
+def _set_aside(store: Path) -> list[str]:
+    return sorted(p.name for p in store.iterdir() if ".damaged-" in p.name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", ["whole", "missing", "one-row-missing"])
+def test_a_full_disk_lists_truthfully_and_the_index_catches_up_after(tmp_path: Path, index: str) -> None:
+    """The index is derived data: on a full disk, where index.db cannot be written (nor
+    an instance database opened the usual way), listing still tells the truth, in a
+    process and in-process, with no traceback and no advice to discard anything; the
+    index is not taken for damaged; once there is room it holds the truth again."""
+    with tmpfs(tmp_path / "fs", "8m") as fs:
+        store = fs / "store"
+        last_json(python(_BUILD_AND_CLOSE, str(store)))
+        truth = _truth(store)
+        assert truth == {"a": ("completed", 2, 2), "b": ("completed", 2, 2)}
+        if index == "missing":
+            (store / INDEX_FILE).unlink()
+        elif index == "one-row-missing":  # b must be read from its own database
+            with sqlite(store / INDEX_FILE) as con:
+                con.execute("DELETE FROM instances WHERE folder = 'b'")
+        assert not list(store.glob("*-shm")) and not list((store / "instances").glob("*/*-shm"))
+        filler = fill(fs)
+
+        code, out, err = _cli_list(store)
+        assert (code, err) == (0, ""), err
+        assert _cli_states(out) == {"a": "completed", "b": "completed"}
+        assert_no_discard_advice(out)
+        backend = DiskcacheBackend(store)
+        summaries = backend.list_summaries()
+        assert {r.instance_id: (r.state, r.tasks_done, r.tasks_total) for r in summaries} == truth
+        for row in summaries:
+            assert_no_discard_advice(row.message)
+        backend.close()
+        assert _set_aside(store) == [], "a full disk is not a damaged index"
+
+        filler.unlink()
+        assert _listed(store) == truth
+        assert _index_rows(store) == truth  # rebuilt or completed now that there is room
+        assert _set_aside(store) == []
+
+
+def _filling_workflow(fs: Path, trigger: Path) -> Any:
+    """load -> stuff -> last; ``stuff`` fills the disk while ``trigger`` exists, so its
+    own checkpoint is the first write that meets the full disk."""
+
+    def load(x: int) -> int:
+        return x + 1
+
+    def stuff(load: int) -> int:
+        if trigger.exists():
+            fill(fs)
+        return load * 10
+
+    def last(stuff: int) -> int:
+        return stuff + 1
+
+    return nf.Workflow("fills").then(load).then(stuff).then(last).build()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_on_a_full_disk_is_refused_and_the_index_stays_true(tmp_path: Path) -> None:
+    """A task whose checkpoint meets a full disk: StoreFullError (or a failed run saying
+    so), never damage; listing on the full disk and after it agrees with the instances;
+    once space is freed the resumed run finishes and the index holds the truth."""
+    with tmpfs(tmp_path / "fs", "8m") as fs:
+        store = fs / "store"
+        last_json(python(_BUILD_AND_CLOSE, str(store)))
+        trigger = tmp_path / "fill-now"
+        trigger.touch()
+        wf = _filling_workflow(fs, trigger)
+        runner = nf.CheckpointingRunner(DiskcacheBackend(store), echo_output=False)
+        try:
+            status = runner.run(wf, "c", 1)
+        except nf.NbflowError as exc:
+            assert isinstance(exc, nf.StoreFullError), f"{type(exc).__name__}, not StoreFullError: {exc}"
+            message = str(exc)
+        else:
+            assert status.state == "failed" and status.error is not None, status
+            message = str(status.error)
+        assert "full" in message, message
+        assert_no_discard_advice(message)
+
+        # On the full disk: the others are as they were, and c is not called damaged.
+        code, out, err = _cli_list(store)
+        assert (code, err) == (0, ""), err
+        states = _cli_states(out)
+        assert states["a"] == states["b"] == "completed"
+        assert states["c"] not in ("damaged", "unreadable", "completed"), out
+        assert_no_discard_advice(out)
+        assert _set_aside(store) == []
+
+        (fs / "filler").unlink()
+        trigger.unlink()
+        truth = _truth(store)
+        assert truth["a"] == truth["b"] == ("completed", 2, 2)
+        assert truth["c"][0] not in ("completed", "damaged") and truth["c"][1] == 1  # load was kept
+        assert _listed(store) == truth
+        assert _index_rows(store) == truth
+
+        again = runner.with_conflict_policy(nf.ConflictPolicy.USE_EXISTING)
+        status = again.run(wf, "c", 1)
+        assert status.state == "completed" and status.output == 21, status
+        truth = _truth(store)
+        assert truth == {"a": ("completed", 2, 2), "b": ("completed", 2, 2), "c": ("completed", 3, 3)}
+        assert _listed(store) == truth
+        assert _index_rows(store) == truth
+        code, out, err = _cli_list(store)
+        assert (code, err) == (0, "") and _cli_states(out) == {k: "completed" for k in "abc"}
+        assert _set_aside(store) == []
 
 
 # -- any sequence of store operations ----------------------------------------------------
