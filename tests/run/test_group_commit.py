@@ -261,3 +261,36 @@ def test_kill_9_loses_nothing_reported_done_and_the_resume_is_exact(tmp_path: Pa
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"state": "completed", "output": n}
     ran_again = {line.split()[1] for line in done.stdout.splitlines() if line.startswith("ran ")}
     assert not ran_again & set(reported), "a task reported done ran again"
+
+
+def test_a_pause_mid_run_keeps_every_task_that_finished_and_the_resume_runs_each_once(backend: Any) -> None:
+    """Tasks queued in a batch when the pause lands are written before the run ends paused."""
+    ran: list[int] = []
+    gate, halfway = threading.Event(), threading.Event()
+
+    def step(x: int) -> int:
+        ran.append(x)
+        if x == 100:
+            halfway.set()
+            assert gate.wait(20)
+        return x + 1
+
+    wf = _chain_of_fn(step, 300)
+    runner = nf.CheckpointingRunner(backend, echo_output=False, group_commit=0.02)
+    handle = runner.start(wf, "p", 0)
+    assert halfway.wait(20)
+    nf.WorkflowClient(backend).pause("p", by="test")
+    gate.set()
+    assert handle.wait(30).state == nf.RunState.PAUSED
+    done = {t for t in backend.get_records("p") if t.startswith("t")}
+    assert {f"t{i}" for i in range(101)} <= done  # t0..t100 finished before the pause took effect
+    nf.WorkflowClient(backend).unpause("p")
+    assert nf.CheckpointingRunner(backend, echo_output=False, group_commit=0.02).resume(wf, "p").output == 300
+    assert sorted(ran) == list(range(300))  # every task ran exactly once across both runs
+
+
+def _chain_of_fn(fn: Any, n: int) -> Any:
+    builder = nf.Workflow("paused")
+    for i in range(n):
+        builder.then(f"t{i}", fn)
+    return builder.build()
