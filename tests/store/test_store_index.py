@@ -406,11 +406,12 @@ def test_a_full_disk_lists_truthfully_and_the_index_catches_up_after(tmp_path: P
         assert _set_aside(store) == []
 
 
-def _filling_workflow(fs: Path, trigger: Path) -> Any:
+def _filling_workflow(fs: Path, trigger: Path, calls: list[str]) -> Any:
     """load -> stuff -> last; ``stuff`` fills the disk while ``trigger`` exists, so its
     own checkpoint is the first write that meets the full disk."""
 
     def load(x: int) -> int:
+        calls.append("load")
         return x + 1
 
     def stuff(load: int) -> int:
@@ -434,7 +435,8 @@ def test_a_checkpoint_on_a_full_disk_is_refused_and_the_index_stays_true(tmp_pat
         last_json(python(_BUILD_AND_CLOSE, str(store)))
         trigger = tmp_path / "fill-now"
         trigger.touch()
-        wf = _filling_workflow(fs, trigger)
+        calls: list[str] = []
+        wf = _filling_workflow(fs, trigger, calls)
         runner = nf.CheckpointingRunner(DiskcacheBackend(store), echo_output=False)
         try:
             status = runner.run(wf, "c", 1)
@@ -467,6 +469,7 @@ def test_a_checkpoint_on_a_full_disk_is_refused_and_the_index_stays_true(tmp_pat
         again = runner.with_conflict_policy(nf.ConflictPolicy.USE_EXISTING)
         status = again.run(wf, "c", 1)
         assert status.state == "completed" and status.output == 21, status
+        assert calls == ["load"], "the checkpoint stored before the disk filled was restored, not re-run"
         truth = _truth(store)
         assert truth == {"a": ("completed", 2, 2), "b": ("completed", 2, 2), "c": ("completed", 3, 3)}
         assert _listed(store) == truth
