@@ -28,10 +28,7 @@ WINDOW = 0.005
 
 
 def _chain(n: int, name: str = "gc") -> Any:
-    builder = nf.Workflow(name)
-    for i in range(n):
-        builder.then(f"t{i}", lambda x: x + 1)
-    return builder.build()
+    return _chain_of_fn(lambda x: x + 1, n, name)
 
 
 def _record(task_id: str) -> CheckpointRecord:
@@ -289,8 +286,8 @@ def test_a_pause_mid_run_keeps_every_task_that_finished_and_the_resume_runs_each
     assert sorted(ran) == list(range(300))  # every task ran exactly once across both runs
 
 
-def _chain_of_fn(fn: Any, n: int) -> Any:
-    builder = nf.Workflow("paused")
+def _chain_of_fn(fn: Any, n: int, name: str = "paused") -> Any:
+    builder = nf.Workflow(name)
     for i in range(n):
         builder.then(f"t{i}", fn)
     return builder.build()
