@@ -106,8 +106,12 @@ def _after(page: Any, app: str) -> dict[str, Any]:
     page.wait_for_function(
         "() => document.querySelector('.nbflow-widget')?.dataset.runState === 'completed'", timeout=60_000
     )
+    # the kernel's detail of the finished task (the bar's final line is in its stored
+    # output), not what the pane shows from the row and the last live view until the
+    # kernel has answered the click (a blocking cell may answer only once it is done)
     page.wait_for_function(
-        f"""() => {{ const s = ({LIVE_JS})(); return s && s.state === 'done' && s.stdout.includes('epoch 19'); }}""",
+        f"""() => {{ const s = ({LIVE_JS})();
+            return s && s.state === 'done' && s.stdout.includes('epoch 19') && s.stdout.includes('epoch: 100%'); }}""",
         timeout=30_000,
     )
     snap: dict[str, Any] = page.evaluate(LIVE_JS)
