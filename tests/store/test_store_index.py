@@ -364,13 +364,28 @@ def _cli_states(out: str) -> dict[str, str]:
     return {line.split()[0]: line.split()[2] for line in out.splitlines()[1:]}
 
 
+def _spy_on_instance_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The instance folders listings open from now on (in this process)."""
+    opened: list[str] = []
+    real = DiskcacheBackend._summary_of
+
+    def spy(self: DiskcacheBackend, path: Path) -> Any:
+        opened.append(path.name)
+        return real(self, path)
+
+    monkeypatch.setattr(DiskcacheBackend, "_summary_of", spy)
+    return opened
+
+
 def _set_aside(store: Path) -> list[str]:
     return sorted(p.name for p in store.iterdir() if ".damaged-" in p.name)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("index", ["whole", "missing", "one-row-missing"])
-def test_a_full_disk_lists_truthfully_and_the_index_catches_up_after(tmp_path: Path, index: str) -> None:
+def test_a_full_disk_lists_truthfully_and_the_index_catches_up_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index: str
+) -> None:
     """The index is derived data: on a full disk, where index.db cannot be written (nor
     an instance database opened the usual way), listing still tells the truth, in a
     process and in-process, with no traceback and no advice to discard anything; the
@@ -392,12 +407,16 @@ def test_a_full_disk_lists_truthfully_and_the_index_catches_up_after(tmp_path: P
         assert (code, err) == (0, ""), err
         assert _cli_states(out) == {"a": "completed", "b": "completed"}
         assert_no_discard_advice(out)
+        opened = _spy_on_instance_reads(monkeypatch)
         backend = DiskcacheBackend(store)
         summaries = backend.list_summaries()
         assert {r.instance_id: (r.state, r.tasks_done, r.tasks_total) for r in summaries} == truth
         for row in summaries:
             assert_no_discard_advice(row.message)
         backend.close()
+        # What the index still says truly is used: only instances it lacks are opened.
+        assert opened == {"whole": [], "missing": ["a", "b"], "one-row-missing": ["b"]}[index]
+        monkeypatch.undo()
         assert _set_aside(store) == [], "a full disk is not a damaged index"
 
         filler.unlink()
