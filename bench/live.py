@@ -15,7 +15,8 @@
    targets. Each call only replaces the task's latest report; the flusher sends the
    latest one at most 20 times a second, and the last one at the end of the attempt.
 
-Each measure: 3 rounds, round-robin; the value is the **median** round, the ratio is
+Each measure: round-robin (3 rounds for the checkpoint, 5 for the live runs, which
+last a fraction of a second); the value is the **median** round, the ratio is
 median / median, and the spread is (worst − best) / best. Both variants of 2 and 3 pay
 for capturing the output (it is stored with the checkpoint either way); a plain call
 of the same function outside any runner is shown in the notes for scale.
@@ -191,7 +192,7 @@ def _plain(fn: Callable[[int], int]) -> float:
 def _live_rows(label: str, fn: Callable[[int], int], cfg: Config, log: Callable[[str], None]) -> list[Row]:
     wf = nf.Workflow(f"live-{label.split()[-1]}").then("work", fn).build()
     stats: list[dict[str, float]] = []
-    rounds = cfg.rounds(3, 3)
+    rounds = cfg.rounds(5, 3)  # runs of a fraction of a second: a median of 3 is mostly noise
     log(f"live: {label}, widget vs none, {rounds} rounds")
     t = round_robin(
         {
