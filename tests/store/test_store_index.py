@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -496,6 +498,62 @@ def test_a_checkpoint_on_a_full_disk_is_refused_and_the_index_stays_true(tmp_pat
         code, out, err = _cli_list(store)
         assert (code, err) == (0, "") and _cli_states(out) == {k: "completed" for k in "abc"}
         assert _set_aside(store) == []
+
+
+# -- a folder this user may read but not write ---------------------------------------------
+_LIST_AS_NOBODY = """
+import contextlib, io, json, os, sys, tempfile
+import fcntl, sqlite3
+import nbflow as nf
+from nbflow.cli import main
+from nbflow.store.disk import DiskcacheBackend
+from tests.store.faults import chain
+
+# One run as root first, so every module nbflow imports lazily is loaded before the drop.
+nf.CheckpointingRunner(DiskcacheBackend(tempfile.mkdtemp()), echo_output=False).run(chain(), "warm", 1)
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+opened = []
+real = DiskcacheBackend._summary_of
+def spy(self, path):
+    opened.append(path.name)
+    return real(self, path)
+DiskcacheBackend._summary_of = spy
+backend = DiskcacheBackend(sys.argv[1])
+rows = {r.instance_id: [r.state, r.tasks_done, r.tasks_total] for r in backend.list_summaries()}
+out = io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+    code = main(["--dir", sys.argv[1], "list"])
+print(json.dumps({"read_only": backend.read_only, "rows": rows, "opened": opened, "cli": [code, out.getvalue()]}))
+"""
+
+
+@pytest.mark.slow
+def test_a_store_folder_this_user_cannot_write_is_listed_from_its_index(tmp_path: Path) -> None:
+    """Another user's store, readable but not writable (0755/0644): SQLite cannot make the
+    index's shared-memory file there, yet the index is read — as it is — and trusted
+    where it matches the instances; nothing is set aside, no instance is opened."""
+    require_root()
+    public = Path(tempfile.mkdtemp(prefix="nbflow-ro-"))
+    try:
+        public.chmod(0o755)
+        store = public / "store"
+        last_json(python(_BUILD_AND_CLOSE, str(store)))
+        truth = _truth(store)
+        for path in [store, *store.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        assert not list(store.glob("*-shm"))
+        got = last_json(python(_LIST_AS_NOBODY, str(store)))
+        assert got["read_only"] is True
+        assert {k: tuple(v) for k, v in got["rows"].items()} == truth
+        assert got["opened"] == [], "the readable index was not used"
+        code, text = got["cli"]
+        assert code == 0 and _cli_states(text) == {"a": "completed", "b": "completed"}, text
+        assert_no_discard_advice(text)
+        assert _set_aside(store) == []
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
 
 
 # -- any sequence of store operations ----------------------------------------------------
