@@ -294,6 +294,8 @@ class Scheduler:
 
     def failure(self, task_id: str, exc: BaseException, attempt: int = 1, message: str | None = None) -> StepFailed:
         """The StepFailed to raise for ``task_id`` failing for good (announced here)."""
+        with contextlib.suppress(Exception):  # a batch that cannot be written fails the run at its end
+            self.io.flush()  # tasks that finished before this one are announced before its failure
         self.retries.settle(task_id)  # a later resume of the failed instance starts its policy over
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         error = TaskError(task_id, type(exc).__name__, message or str(exc), tb, attempt)

@@ -291,3 +291,16 @@ def _chain_of_fn(fn: Any, n: int, name: str = "paused") -> Any:
     for i in range(n):
         builder.then(f"t{i}", fn)
     return builder.build()
+
+
+def test_tasks_done_before_a_failure_are_announced_before_it(backend: Any) -> None:
+    def boom(x: int) -> int:
+        raise ValueError("no")
+
+    wf = nf.Workflow("fails").then("a", lambda x: x + 1).then("b", lambda x: x + 1).then("c", boom).build()
+    seen: list[tuple[str, str]] = []
+    runner = nf.CheckpointingRunner(backend, echo_output=False, group_commit=0.05)
+    runner.subscribe(lambda e: seen.append((type(e).__name__, e.task_id)), kinds=[ev.TaskFinished, ev.TaskFailed])  # type: ignore[attr-defined]
+    assert runner.run(wf, "f", 0).state == nf.RunState.FAILED
+    assert seen == [("TaskFinished", "a"), ("TaskFinished", "b"), ("TaskFailed", "c")]
+    assert {"a", "b"} <= set(backend.get_records("f"))
