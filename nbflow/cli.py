@@ -152,9 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             code = _main(argv)
         except SystemExit:  # argparse's --help and usage errors: their text must get out too
-            sys.stdout.flush()
+            _flush_stdout()
             raise
-        sys.stdout.flush()  # a reader that has gone is found here, not at interpreter exit
+        _flush_stdout()  # a reader that has gone is found here, not at interpreter exit
         return code
     except BrokenPipeError:
         _discard_unwritten_output()
@@ -168,6 +168,11 @@ def _main(argv: Sequence[str] | None) -> int:
     except NbflowError as exc:
         print(f"nbflow: {render_error(exc, CLI, _store_hint(args))}", file=sys.stderr)
         return 2
+
+
+def _flush_stdout() -> None:
+    if sys.stdout is not None:  # None under pythonw, which has no console
+        sys.stdout.flush()
 
 
 def _discard_unwritten_output() -> None:
