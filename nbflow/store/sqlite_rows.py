@@ -240,9 +240,17 @@ def _empty_database(settings: tuple[tuple[str, Any], ...]) -> bytes:
 
     import diskcache
 
-    with tempfile.TemporaryDirectory(prefix="nbflow-db-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="nbflow-db-", dir=scratch_dir()) as scratch:
         diskcache.Cache(scratch, **dict(settings)).close()  # closing the last connection folds the WAL in
         return (Path(scratch) / "cache.db").read_bytes()
+
+
+def scratch_dir() -> str | None:
+    """Where a throw-away database is built: a memory filesystem where there is one
+    (Linux), so SQLite's syncs while building it cost nothing; else the default
+    temporary folder."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:
