@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from nbflow.run.events import EventBus, RunEvent
 
 __all__ = [
-    "LIVE_TAIL", "MAX_LIVE", "MAX_ROWS", "PUSH_BUDGET", "STATIC_BYTES_PER_SECOND", "STATIC_INTERVAL",
+    "FOLD_INTERVAL", "LIVE_TAIL", "MAX_LIVE", "MAX_ROWS", "PUSH_BUDGET", "STATIC_BYTES_PER_SECOND", "STATIC_INTERVAL",
     "WidgetControls", "WorkflowWidget",
 ]  # fmt: skip
 
@@ -64,7 +64,9 @@ LIVE_TAIL = 4_000
 #: Share of a run's time that pushes (folding events, snapshots, comm messages) may take:
 #: they hold the GIL the engine needs, so a big graph's pushes are spaced out (a 1,000-task
 #: graph's about once a second; a small one's still every ``min_interval``).
-PUSH_BUDGET = 0.01
+PUSH_BUDGET = 0.005
+#: While events wait and no push is due, they are folded into the model this often (seconds).
+FOLD_INTERVAL = 0.2
 #: While a run goes, the saved static view is refreshed at most this often (seconds), so a
 #: notebook saved after the kernel died still shows where the run was.
 STATIC_INTERVAL = 5.0
@@ -178,6 +180,7 @@ class WorkflowWidget(anywidget.AnyWidget):
         # Events wait here until a push folds them: the engine thread only appends (the
         # engine loop is the bottleneck of a wide run, so nothing else happens there).
         self._inbox: deque[RunEvent] = deque()
+        self._folding = 0.0  # seconds spent folding events since the last push (part of its cost)
         self._pending_message = ""
         self._display_handle: Any = None
         self._static_handle: Any = None
@@ -338,8 +341,8 @@ class WorkflowWidget(anywidget.AnyWidget):
         with self._timer_lock:
             if self._timer is not None:
                 return
-            if self._inbox:
-                delay: float | None = self._coalescer.wait()
+            if self._inbox:  # fold them before a push is due (see _on_timer)
+                delay: float | None = min(self._coalescer.wait(), FOLD_INTERVAL)
             else:
                 delay = self._coalescer.delay(self._model.version)
             if delay is None:
@@ -351,7 +354,13 @@ class WorkflowWidget(anywidget.AnyWidget):
 
     def _on_timer(self) -> None:
         try:
-            self._push()
+            if self._coalescer.wait() > 0:
+                # No push is due yet: fold what came meanwhile, here, while the engine
+                # writes to its store (without the GIL), rather than all at once later,
+                # in the push or in the final flush that the run waits for.
+                self._fold()
+            else:
+                self._push()
         finally:
             with self._timer_lock:
                 self._timer = None
@@ -363,10 +372,17 @@ class WorkflowWidget(anywidget.AnyWidget):
         if timer is not None:
             timer.cancel()
 
+    def _fold(self) -> None:
+        with self._push_lock:
+            started = time.perf_counter()
+            self._drain()
+            self._folding += time.perf_counter() - started
+
     # -- the one place synced traits are assigned -------------------------------------------
     def _push(self, *, force: bool = False) -> None:
         with self._push_lock:
-            started = time.perf_counter()  # folding the events counts as the push's cost too
+            started = time.perf_counter() - self._folding  # folding the events counts as the push's cost too
+            self._folding = 0.0
             self._drain()
             version = self._model.version
             if not force and self._coalescer.delay(version) is None:

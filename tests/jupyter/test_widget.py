@@ -271,3 +271,21 @@ def test_front_end_files_and_selectors_exist() -> None:
     css = (STATIC / "widget.css").read_text()
     assert ".jp-OutputArea-child:has(.nbflow-widget) + .jp-OutputArea-child:has(.nbflow-static)" in css
     assert WorkflowWidget._esm is not None and WorkflowWidget._css is not None
+
+
+def test_events_are_folded_before_a_push_is_due(runner: nf.CheckpointingRunner) -> None:
+    """While no push is due (here: never before the flush), queued events are folded into
+    the model in the background, so the push at the end of a run has little left to fold."""
+    wf = etl()
+    widget = WorkflowWidget(wf, instance_id="e-1", min_interval=60.0)
+    sent = count_comm_messages(widget)
+    widget.listen(runner.events)
+    assert runner.run(wf, "e-1", 1).output == 3
+    deadline = time.monotonic() + 10
+    while widget._inbox and time.monotonic() < deadline:  # folded by the widget's timer, not by a read
+        time.sleep(0.05)
+    assert not widget._inbox
+    assert sent == []  # folding sends nothing: the browser still gets at most one update per interval
+    assert widget.states == {"extract": "pending", "load": "pending", "clean": "pending"}  # nothing pushed yet
+    widget.flush()
+    assert len(sent) == 1 and widget.states == {"extract": "done", "load": "done", "clean": "done"}
