@@ -287,13 +287,19 @@ class StoreFormatError(NbflowError):
 
 class StoreUnreadableError(NbflowError, PermissionError):
     """The store (or one instance in it) cannot be read or written because of the
-    operating system's permissions: nothing is damaged."""
+    operating system's permissions, a read-only filesystem or the disk's own I/O
+    error: nothing is known to be damaged."""
 
     def __init__(self, path: str, detail: str, instance_id: str | None = None) -> None:
         self.path, self.detail, self.instance_id = path, detail, instance_id
         what = f"instance {instance_id!r} at {path}" if instance_id else f"the store at {path}"
         if "read-only" in detail.lower():
             fix = "mount that filesystem read-write, or copy the store to a writable disk and open the copy"
+        elif "i/o error" in detail.lower():
+            fix = (
+                "the disk reported an input/output error; check the device (the system log, e.g. `dmesg`, "
+                "and the disk's health), then try again — nbflow changed nothing"
+            )
         else:
             fix = f"give this user read and write permission on that folder (e.g. `chmod -R u+rwX {path}`) or open the store as its owner"
         super().__init__(f"{what} cannot be accessed ({detail}). Nothing is damaged: {fix}.")

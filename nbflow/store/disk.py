@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import sqlite3
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -383,10 +381,10 @@ class DiskcacheBackend:
         with self._errors(instance_id, path=path), rows.transact():
             stored = rows.get(GENERATION)
             if not meta.generation:  # a new instance (first run or a start-over)
-                meta.generation = uuid.uuid4().hex
+                meta.generation = os.urandom(16).hex()
                 if stored is not None:  # replaces an instance: nothing of the old one stays visible
                     rows.delete([k for k, _ in rows.scan(RECORD_PREFIX)] + [k for k, _ in rows.scan("a:")])
-                    rows.put(STAMP, uuid.uuid4().hex)
+                    rows.put(STAMP, os.urandom(16).hex())
             elif stored != meta.generation:
                 raise StaleInstanceError(instance_id, "it was cleared" if stored is None else "it was restarted")
             fresh = stored != meta.generation
@@ -427,6 +425,8 @@ class DiskcacheBackend:
             if path.is_symlink():  # not nbflow's: remove the link, never what it points at
                 path.unlink()
             else:
+                import shutil  # only a deletion needs it
+
                 shutil.rmtree(path)
         self._dirs.pop(instance_id, None)  # a cleared legacy-named folder is not reused
         self._flags.pop(instance_id, None)
@@ -460,7 +460,11 @@ class DiskcacheBackend:
             return decode_meta(data)
         except Exception as exc:  # noqa: BLE001 - one bad instance must not hide the rest
             err = store_error(exc, str(path), path.name)
-            readable = not isinstance(err, StoreUnreadableError | PermissionError | StoreFormatError)
+            # Only bytes that are not valid are damage; a full disk, a refused access, an
+            # I/O error or an old format leave the instance as it is.
+            readable = not isinstance(
+                err, StoreUnreadableError | StoreFullError | PermissionError | StoreFormatError | OSError
+            )
             state = RunState.DAMAGED if readable else RunState.UNREADABLE
             return InstanceMeta(
                 instance_id=path.name,
@@ -767,7 +771,7 @@ class DiskcacheBackend:
                 if blob:
                     blobs.append(blob)
             rows.delete(keys)
-            rows.put(STAMP, uuid.uuid4().hex)  # deletions do not move the high water
+            rows.put(STAMP, os.urandom(16).hex())  # deletions do not move the high water
         blobbed = self._blobbed.get(instance_id)
         if blobbed is not None:
             blobbed.difference_update(task_ids)
@@ -965,7 +969,7 @@ class DiskcacheBackend:
             record = None if stored is None else self._decode(instance_id, RECORD_PREFIX + task_id, stored)
             if record_version(record) != seen:
                 return None
-            token = uuid.uuid4().hex
+            token = os.urandom(16).hex()
             rows.put(CLAIM_PREFIX + task_id, encode_claim(Claim(task_id, worker, token, now + ttl)))
         return token
 

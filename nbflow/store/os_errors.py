@@ -4,8 +4,8 @@ The operating system and SQLite report a full disk, a permission problem and a d
 file in their own words; users need to know which one it is, because only damage is a
 reason to discard anything. :func:`store_error` maps an exception to the matching
 ``NbflowError``: ``StoreFullError`` (out of space), ``StoreUnreadableError``
-(permissions, a read-only filesystem), ``CheckpointCorruptError`` (bytes that are not
-valid) — or returns None for anything else, which then propagates unchanged. SQLite
+(permissions, a read-only filesystem, the device's I/O error), ``CheckpointCorruptError``
+(bytes that are not valid) — or returns None for anything else, which then propagates unchanged. SQLite
 reports a full disk as "disk I/O error" when the shared-memory file of a database
 opened fresh cannot be sized; an I/O error on a filesystem with no space left is
 therefore a full disk.
@@ -43,6 +43,8 @@ def store_error(
             return StoreFullError(path, exc.strerror or str(exc), instance_id, task_id)
         if exc.errno in _DENIED:
             return StoreUnreadableError(path, exc.strerror or str(exc), instance_id)
+        if exc.errno == errno.EIO:
+            return StoreUnreadableError(path, f"{exc.strerror or exc}: an I/O error", instance_id)
         return None
     if isinstance(exc, sqlite3.DatabaseError):
         text = str(exc).lower()
@@ -53,6 +55,11 @@ def store_error(
             # write-ahead-log database needs (SQLITE_IOERR_SHMSIZE): a full disk, not damage.
             name = getattr(exc, "sqlite_errorname", "SQLITE_IOERR")
             return StoreFullError(path, f"SQLite: {exc} ({name}) with no space left on the disk", instance_id, task_id)
+        if _is_io_error(exc):
+            # The disk failed a read or write: that says nothing about the bytes stored
+            # (they may be whole once the device answers), so it is not called damage.
+            name = getattr(exc, "sqlite_errorname", "SQLITE_IOERR")
+            return StoreUnreadableError(path, f"SQLite: {exc} ({name}), an I/O error", instance_id)
         if "readonly" in text or "read-only" in text or "unable to open" in text or "access permission" in text:
             if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
                 return StoreUnreadableError(path, f"SQLite: {exc}", instance_id)

@@ -8,6 +8,7 @@ import errno
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,3 +67,39 @@ def test_out_of_space_reads_the_filesystem_of_the_nearest_existing_folder(tmp_pa
         assert os_errors._out_of_space(str(fs / "store" / "instances" / "x"))
         filler.unlink()
         assert not os_errors._out_of_space(str(fs))
+
+
+def test_an_io_error_on_a_disk_with_room_is_not_damage_and_says_to_check_the_device(tmp_path: Path) -> None:
+    err = store_error(_io_error(), str(tmp_path), "i")
+    assert isinstance(err, nf.StoreUnreadableError) and not isinstance(err, nf.CheckpointCorruptError)
+    assert "SQLITE_IOERR_SHMSIZE" in str(err) and "dmesg" in str(err) and "chmod" not in str(err)
+    assert_no_discard_advice(str(err))
+    eio = store_error(OSError(errno.EIO, os.strerror(errno.EIO)), str(tmp_path), "i")
+    assert isinstance(eio, nf.StoreUnreadableError) and "dmesg" in str(eio)
+    assert_no_discard_advice(str(eio))
+
+
+def test_an_instance_the_disk_fails_to_read_is_listed_unreadable_not_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = nf.DiskcacheBackend(tmp_path / "store")
+    runner = nf.CheckpointingRunner(store, echo_output=False)
+    wf = nf.Workflow("w").then("a", lambda x: x + 1).build()
+    assert runner.run(wf, "ok", 1).output == 2
+    assert runner.run(wf, "sick", 1).output == 2
+    store.close()
+    reader = nf.DiskcacheBackend(tmp_path / "store")
+    real = nf.DiskcacheBackend._rows_at
+
+    def failing(self: Any, path: Path, instance_id: str, create: bool = True) -> Any:
+        if path.name == "sick":
+            raise _io_error()
+        return real(self, path, instance_id, create)
+
+    monkeypatch.setattr(nf.DiskcacheBackend, "_rows_at", failing)
+    (tmp_path / "store" / "index.db").unlink()  # no index row: the listing must open each instance
+    states = {s.instance_id: s for s in reader.list_summaries()}
+    assert states["ok"].state == "completed"
+    assert states["sick"].state == "unreadable", states["sick"]
+    assert_no_discard_advice(states["sick"].message or "")
+    reader.close()
