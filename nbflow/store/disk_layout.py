@@ -7,7 +7,6 @@ spill-to-file payload sink. Instance folder names come from ``names.py``.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import IO, Any
 
@@ -86,7 +85,7 @@ class SpillSink(SpillingSink):
     def _spill(self) -> IO[bytes]:
         blob_dir = self._instance_dir / "blobs"
         make_private_dir(blob_dir)
-        self.tmp_path = blob_dir / f".tmp-{uuid.uuid4().hex}"
+        self.tmp_path = blob_dir / f".tmp-{os.urandom(16).hex()}"
         fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
         return os.fdopen(fd, "wb")
 

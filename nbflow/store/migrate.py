@@ -12,13 +12,11 @@ Called by ``nbflow migrate --dir PATH``.
 
 from __future__ import annotations
 
+import os
 import pickle
-import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import diskcache
 
 from nbflow.store.base import CheckpointRecord, InstanceMeta
 from nbflow.store.disk_layout import (
@@ -97,6 +95,8 @@ def migrate_store(directory: str | Path) -> MigrationReport:
 
 
 def _migrate_instance(path: Path) -> bool:
+    import diskcache  # only a migration reads a store through diskcache's own API (the rest never loads it)
+
     old = diskcache.Cache(str(path), **CACHE_SETTINGS)  # the 0.1 API: unpickles (trusted store)
     try:
         raw_meta = old.get(META)
@@ -110,7 +110,7 @@ def _migrate_instance(path: Path) -> bool:
     finally:
         old.close()
     meta = InstanceMeta.from_dict(meta_dict)
-    meta.generation = uuid.uuid4().hex
+    meta.generation = os.urandom(16).hex()
     out: list[tuple[str, bytes | str]] = [(META, encode_meta(meta)), (GENERATION, meta.generation)]
     for key, value in rows.items():
         if key.startswith(RECORD_PREFIX):
