@@ -10,7 +10,12 @@ Run with ``python -m bench.scale`` (``--quick`` for a smaller run). Two parts:
    executors and reported separately; the speed-up is against inline.
 2. PooledWorker throughput: 2,000 trivial map items (10 instances x 200) on one
    ``DiskcacheBackend``, drained by 1, 2 and 4 ``nbflow worker`` processes, against
-   the single-process runner running the same 10 instances one after another.
+   the single-process runner running the same 10 instances one after another. The
+   workers are started and idle before the instances are submitted, and the clock
+   runs from the submission to the last instance completed (as in bench/postgres.py):
+   a worker process's start-up (~0.2-0.4 s of imports here) is paid once per worker,
+   not per task, and would otherwise be most of what this row measures. The start-up
+   is reported beside it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -153,11 +159,54 @@ THROUGHPUT = nf.Workflow("throughput").then("items", _items).map("work", _inc, c
 
 
 def _submit(directory: Path, instances: int, items: int) -> nf.DiskcacheBackend:
+    """A store holding the throughput instances, submitted (for profiling a worker)."""
     store = nf.DiskcacheBackend(directory)
     client = nf.WorkflowClient(store)
     for k in range(instances):
         client.submit(THROUGHPUT, f"t-{k}", items)
     return store
+
+
+def _drain(directory: Path, workers: int, instances: int, items: int) -> tuple[float, float]:
+    """(seconds from submitting the instances to all of them completed, seconds the
+    ``workers`` worker processes took to start and say they are up)."""
+    store = nf.DiskcacheBackend(directory)
+    cmd = [sys.executable, "-m", "nbflow", "--dir", str(directory), "worker", "--module", "bench.scale"]
+    opts = ["--concurrency", "4", "--poll-interval", "0.05s"]
+    here = Path(__file__).resolve().parents[1]
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen([*cmd, "--id", f"w{i}", *opts], cwd=here, stdout=subprocess.PIPE, text=True)
+        for i in range(workers)
+    ]
+    try:
+        for p in procs:  # wait until each worker says it is up
+            line = p.stdout.readline() if p.stdout else ""
+            if not line.startswith("worker "):
+                raise RuntimeError(f"a worker did not start: {line!r}")
+        startup = time.perf_counter() - t0
+        client = nf.WorkflowClient(store)
+        t0 = time.perf_counter()
+        for k in range(instances):
+            client.submit(THROUGHPUT, f"t-{k}", items)
+        waiting = [f"t-{k}" for k in range(instances)]
+        while waiting:  # each instance's own meta: cheap, unlike a listing of instances in progress
+            meta = store.load_instance(waiting[0])
+            if meta is not None and meta.state == "failed":
+                raise RuntimeError(f"a throughput instance failed: {meta}")
+            if meta is not None and meta.state == "completed":
+                waiting.pop(0)
+            else:
+                time.sleep(0.01)
+        elapsed = time.perf_counter() - t0
+        done = [client.status(f"t-{k}") for k in range(instances)]
+        assert all(s.state == "completed" and s.output == sum(range(1, items + 1)) for s in done), done
+        return elapsed, startup
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.communicate(timeout=60)
 
 
 def bench_pool(instances: int, items: int, workers: tuple[int, ...] = (1, 2, 4)) -> dict[str, Any]:
@@ -172,35 +221,11 @@ def bench_pool(instances: int, items: int, workers: tuple[int, ...] = (1, 2, 4))
             assert runner.run(THROUGHPUT, f"t-{k}", items).state == "completed"
         out["single_process_runner_tasks_per_s"] = round(tasks / (time.perf_counter() - t0), 1)
 
-        here = Path(__file__).resolve().parents[1]
         for n in workers:
-            directory = root / f"pool-{n}"
-            store = _submit(directory, instances, items)
-            cmd = [
-                sys.executable,
-                "-m",
-                "nbflow",
-                "--dir",
-                str(directory),
-                "worker",
-                "--module",
-                "bench.scale",
-                "--concurrency",
-                "4",
-                "--poll-interval",
-                "0.05s",
-                "--until-idle",
-            ]
-            t0 = time.perf_counter()
-            procs = [subprocess.Popen([*cmd, "--id", f"w{i}"], cwd=here, stdout=subprocess.DEVNULL) for i in range(n)]
-            for p in procs:
-                p.wait(600)
-            elapsed = time.perf_counter() - t0
-            client = nf.WorkflowClient(store)
-            done = [client.status(f"t-{k}") for k in range(instances)]
-            assert all(s.state == "completed" and s.output == sum(range(1, items + 1)) for s in done), done
+            elapsed, startup = _drain(root / f"pool-{n}", n, instances, items)
             out[f"pool_{n}_workers_tasks_per_s"] = round(tasks / elapsed, 1)
             out[f"pool_{n}_workers_s"] = round(elapsed, 2)
+            out[f"pool_{n}_workers_startup_s"] = round(startup, 2)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return out
@@ -255,6 +280,8 @@ def run(cfg: Any, log: Any) -> list[Any]:
                     "tasks/s",
                     baseline="single-process runner",
                     baseline_value=single,
+                    note=f"clock from submission, workers up (their start-up, {pool[f'pool_{w}_workers_startup_s']} s, outside it)",
+                    **({"target": ">= 0.8x", "met": value / single >= 0.8} if w == 2 else {}),
                 )
             )
     return rows
@@ -290,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  single-process runner          {pool['single_process_runner_tasks_per_s']:8.1f} tasks/s")
     for n in (1, 2, 4):
         if f"pool_{n}_workers_tasks_per_s" in pool:
-            print(f"  PooledWorker x{n} (processes)    {pool[f'pool_{n}_workers_tasks_per_s']:8.1f} tasks/s")
+            print(
+                f"  PooledWorker x{n} (processes)    {pool[f'pool_{n}_workers_tasks_per_s']:8.1f} tasks/s"
+                f"  (start-up {pool[f'pool_{n}_workers_startup_s']:.2f} s, outside the clock)"
+            )
     return 0
 
 

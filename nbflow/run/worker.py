@@ -428,6 +428,7 @@ class PooledWorker:
         # start on different instances instead of all refusing each other's claims on
         # the oldest (and re-reading it after every commit of the others).
         start = int(self._spread * len(known))
+        stale: list[tuple[InstanceMeta, WorkflowDefinition, bool]] = []
         for iid in known[start:] + known[:start]:
             meta = self.backend.load_instance(iid)
             if meta is None or meta.state not in RUNNABLE:
@@ -466,14 +467,28 @@ class PooledWorker:
                 if self._done(view.plan) and self._done_as_stored(view):
                     self._complete(view)
                     continue
-                view, current = self._view(meta, wf, current=True)
-            if self._done(view.plan):
-                self._complete(view)
+                # re-read it only if the other instances' kept views do not fill the
+                # free slots: a refused claim means another worker is on this one, and
+                # re-reading all its records costs more than a unit elsewhere
+                stale.append((meta, wf, running))
                 continue
-            claimed.extend(self._claim_ready(view, free - len(claimed), running)[0])
-            if len(claimed) >= free:
+            if self._plan_and_claim(view, free - len(claimed), running, claimed):
+                return claimed, True, listed
+        for meta, wf, running in stale:
+            view, _ = self._view(meta, wf, current=True)
+            if self._plan_and_claim(view, free - len(claimed), running, claimed):
                 return claimed, True, listed
         return claimed, busy, listed
+
+    def _plan_and_claim(self, view: InstanceView, limit: int, running: bool, claimed: list[Unit]) -> bool:
+        """Complete the instance of a current ``view`` if it is done, else claim up to
+        ``limit`` of its ready units into ``claimed``; True once the slots are full."""
+        if self._done(view.plan):
+            self._complete(view)
+            return False
+        got = self._claim_ready(view, limit, running)[0]
+        claimed.extend(got)
+        return len(got) >= limit
 
     @staticmethod
     def _done(plan: dict[str, Any]) -> bool:
