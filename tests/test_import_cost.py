@@ -28,16 +28,26 @@ ENGINE = ("nbflow.run.scheduler", "nbflow.run.runner", "nbflow.run.client", "nbf
 # Modules a store pays for only when it does what needs them: ``socket`` names a lock
 # holder's host, ``hashlib`` digests an id that is not a portable folder name; filelock
 # (~25 ms) is not needed on POSIX, where a lock probe calls flock itself.
-LISTING_NEEDS_NONE_OF = ("socket", "hashlib", *(("filelock",) if sys.platform != "win32" else ()))
+LISTING_NEEDS_NONE_OF = (
+    "socket",
+    "hashlib",
+    "uuid",
+    "platform",
+    "diskcache",
+    *(("filelock",) if sys.platform != "win32" else ()),
+)
 # ... and what these store modules leave to the moment they are needed (``uuid`` loads
 # ``platform``; diskcache and tempfile build a new store's first database or index).
-LAZY_IN_STORE = (*LISTING_NEEDS_NONE_OF, "uuid", "platform", "diskcache", "tempfile")
+LAZY_IN_STORE = (*LISTING_NEEDS_NONE_OF, "tempfile")
 STORE_MODULES = (
     "nbflow.store.file_locks",
     "nbflow.store.names",
     "nbflow.store.os_errors",
     "nbflow.store.sqlite_rows",
     "nbflow.store.store_index",
+    "nbflow.store.disk",
+    "nbflow.store.disk_layout",
+    "nbflow.store.migrate",
 )
 
 _MODULES_AFTER = """
