@@ -10,9 +10,12 @@ copy, no second pass). Where the file lives is the store's business (``_spill``)
 from __future__ import annotations
 
 import io
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from nbflow.store.records import checksum_of, new_hasher
+from nbflow.store.records import checksum_bytes, checksum_of, new_hasher
+
+if TYPE_CHECKING:
+    import xxhash
 
 __all__ = ["SpillingSink"]
 
@@ -28,7 +31,9 @@ class SpillingSink(io.RawIOBase):
         self._buf = bytearray()
         self._file: IO[bytes] | None = None
         self.size = 0
-        self._sum = new_hasher()
+        # A payload that stays in the buffer is summed once at the end (one call for a
+        # small output); the running sum starts only when it spills.
+        self._sum: xxhash.xxh3_64 | None = None
 
     def _spill(self) -> IO[bytes]:
         """Open the file the payload continues in, once it outgrows the buffer."""
@@ -38,30 +43,34 @@ class SpillingSink(io.RawIOBase):
         return True
 
     def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
+        view = data if type(data) is bytes else memoryview(data).cast("B")  # a codec mostly writes bytes
         n = len(view)
         self.size += n
         if self._file is None:
             if len(self._buf) + n <= self._limit:
-                self._sum.update(view)
                 self._buf += view
                 return n
             # Over the limit: spill what is buffered, then write `data` straight through
             # (never copy a large buffer into memory first).
+            self._sum = new_hasher()
+            self._sum.update(self._buf)
             self._file = self._spill()
             self._file.write(self._buf)
             self._buf = bytearray()
         # Summed and written piece by piece: each piece is still in the CPU's cache when
         # it is copied out, so a large buffer is read from memory once, not twice.
+        total = self._sum
+        assert total is not None
+        whole = memoryview(view)
         for start in range(0, n, _PIECE):
-            piece = view[start : start + _PIECE]
-            self._sum.update(piece)
+            piece = whole[start : start + _PIECE]
+            total.update(piece)
             self._file.write(piece)
         return n
 
     @property
     def checksum(self) -> str:
-        return checksum_of(self._sum)
+        return checksum_bytes(self._buf) if self._sum is None else checksum_of(self._sum)
 
     @property
     def spill_file(self) -> IO[bytes] | None:
@@ -78,3 +87,4 @@ class SpillingSink(io.RawIOBase):
             self._file.close()
             self._file = None
         self._buf = bytearray()
+        self._sum = None
