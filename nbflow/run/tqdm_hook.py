@@ -143,8 +143,10 @@ _BARS: weakref.WeakKeyDictionary[Any, _Bar] = weakref.WeakKeyDictionary()
 _CLOSE_WRAPPED: weakref.WeakSet[type] = weakref.WeakSet()
 
 
-def _state(bar: Any) -> _Bar | None:
-    return _BARS.get(bar) if _BARS else None
+def _state(bar: Any, bars: weakref.WeakKeyDictionary[Any, _Bar] = _BARS) -> _Bar | None:
+    # ``bars`` is bound here, and the wrappers hold these functions in closures: a bar
+    # closed by ``__del__`` while the interpreter shuts down (module globals gone) still works
+    return bars.get(bar) if bars else None
 
 
 def _patch(module: ModuleType) -> None:
@@ -155,6 +157,7 @@ def _patch(module: ModuleType) -> None:
         cls = module.tqdm
         orig_init, orig_update, orig_iter = cls.__init__, cls.update, cls.__iter__
         orig_close, orig_reset = cls.close, cls.reset
+        state_of, end_quiet = _state, _quiet_close  # held in the closures (see _state)
 
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807 - tqdm's own name
             sink = _sink()
@@ -179,7 +182,7 @@ def _patch(module: ModuleType) -> None:
             sink.bar(id(self), self.n, self.total, self.desc)
 
         def update(self: Any, n: float = 1) -> Any:
-            state = _state(self)
+            state = state_of(self)
             if state is None or not state.quiet:
                 shown = orig_update(self, n)
                 if state is not None and state.sink is not None:
@@ -193,15 +196,15 @@ def _patch(module: ModuleType) -> None:
             return None
 
         def __iter__(self: Any) -> Iterator[Any]:  # noqa: N807 - tqdm's own name
-            state = _state(self)
+            state = state_of(self)
             if state is None or not state.quiet:
                 return orig_iter(self)  # type: ignore[no-any-return]
             return _count(self, state)
 
         def close(self: Any) -> None:
-            state = _state(self)
+            state = state_of(self)
             if state is not None and state.quiet:
-                _quiet_close(self, state)
+                end_quiet(self, state)
                 return
             orig_close(self)
             if state is not None and state.sink is not None:
@@ -209,7 +212,7 @@ def _patch(module: ModuleType) -> None:
                 sink.bar(id(self), self.n, self.total, getattr(self, "desc", ""), closed=True)
 
         def reset(self: Any, total: float | None = None) -> Any:
-            state = _state(self)
+            state = state_of(self)
             if state is None or not state.quiet:
                 result = orig_reset(self, total)
             else:
@@ -240,11 +243,12 @@ def _wrap_close(kind: type, base: type) -> None:
         if owner in _CLOSE_WRAPPED:
             return
         original = vars(owner)["close"]
+        state_of, end_quiet = _state, _quiet_close  # held in the closure (see _state)
 
         def close(self: Any, *args: Any, **kwargs: Any) -> Any:
-            state = _state(self)
+            state = state_of(self)
             if state is not None and state.quiet:
-                _quiet_close(self, state)
+                end_quiet(self, state)
                 return None
             return original(self, *args, **kwargs)
 
@@ -274,24 +278,24 @@ def _count(bar: Any, state: _Bar) -> Iterator[Any]:
         bar.close()
 
 
-def _quiet_close(bar: Any, state: _Bar) -> None:
-    sink = state.sink
-    if sink is None:  # closed already
-        return
-    state.sink = None
-    sink.bar(id(bar), bar.n, bar.total, bar.desc, closed=True)
-    if bar.leave or bar.leave is None:
-        _final_line(bar, state.file)
-
-
 def _final_line(bar: Any, file: Any) -> None:
     """What tqdm leaves on screen when a bar closes, written once as plain text."""
     try:
         text = bar.format_meter(**bar.format_dict)
     except Exception:  # noqa: BLE001 - a custom bar_format that fails: say nothing rather than fail
         return
-    stream = file if file is not None else sys.stderr
     try:
+        stream = file if file is not None else sys.stderr
         stream.write(text + "\n")
-    except Exception:  # noqa: BLE001 - a closed stream
+    except Exception:  # noqa: BLE001 - a closed stream (or none, at interpreter exit)
         pass
+
+
+def _quiet_close(bar: Any, state: _Bar, final_line: Any = _final_line) -> None:
+    sink = state.sink
+    if sink is None:  # closed already
+        return
+    state.sink = None
+    sink.bar(id(bar), bar.n, bar.total, bar.desc, closed=True)
+    if bar.leave or bar.leave is None:
+        final_line(bar, state.file)
