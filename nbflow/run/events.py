@@ -68,7 +68,7 @@ class EventKind(StrEnum):
     RUN_FINISHED = "run_finished"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RunEvent:
     """Base of every event: which run it belongs to and when it happened."""
 
@@ -79,7 +79,7 @@ class RunEvent:
     time: float = field(default_factory=time.time)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RunStarted(RunEvent):
     """A run (new or resumed) begins.
 
@@ -105,7 +105,7 @@ class RunStarted(RunEvent):
     resumed: bool = False
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TaskStarted(RunEvent):
     """One attempt of a task starts running."""
 
@@ -116,7 +116,7 @@ class TaskStarted(RunEvent):
     worker: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TaskRestored(RunEvent):
     """A task's output comes from its checkpoint; the task does not run.
 
@@ -136,7 +136,7 @@ class TaskRestored(RunEvent):
     preview_bundle: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TaskFinished(RunEvent):
     """A task finished and its checkpoint is durably written (with ``displays``: what
     it displayed, each ``{"data": {mime: str}, "metadata": {...}}``)."""
@@ -154,7 +154,7 @@ class TaskFinished(RunEvent):
     preview_bundle: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TaskRetrying(RunEvent):
     """An attempt failed and another follows after ``delay`` seconds."""
 
@@ -166,7 +166,7 @@ class TaskRetrying(RunEvent):
     error: str
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TaskFailed(RunEvent):
     """A task failed for good (retries exhausted); ``traceback`` is the text."""
 
@@ -181,7 +181,7 @@ class TaskFailed(RunEvent):
     displays: tuple[Mapping[str, Any], ...] = ()  # what the failed attempt displayed
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TaskSkipped(RunEvent):
     """A task will not run in this instance (a route branch not taken)."""
 
@@ -191,7 +191,7 @@ class TaskSkipped(RunEvent):
     reason: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TaskWaiting(RunEvent):
     """A task is parked: a durable delay (``wake_at``) or a signal (``signal``)."""
 
@@ -202,7 +202,7 @@ class TaskWaiting(RunEvent):
     signal: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class MapProgress(RunEvent):
     """Items of a ``map`` step done so far (restored items included)."""
 
@@ -214,7 +214,7 @@ class MapProgress(RunEvent):
     failed: int = 0
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TaskOutput(RunEvent):
     """What a running attempt printed since its last TaskOutput (raw text: ``\\r``
     frames included). Writes are coalesced: a few events per second, whatever the task
@@ -230,7 +230,7 @@ class TaskOutput(RunEvent):
     cut: int = 0
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TaskDisplay(RunEvent):
     """A running attempt displayed something (a figure, ``display(df)``): ``bundle``
     maps mime types to data (images as base64 text), as Jupyter's ``display_data``.
@@ -248,7 +248,7 @@ class TaskDisplay(RunEvent):
     clear: bool = False
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TaskProgress(RunEvent):
     """How far a running task is, in its own words (``nf.progress``, a tqdm bar):
     ``done`` of ``total`` steps (None: unknown). ``stored``: read from the store as the
@@ -264,7 +264,7 @@ class TaskProgress(RunEvent):
     stored: bool = False
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RunFinished(RunEvent):
     """The run stopped: ``state`` is completed, failed, cancelled, interrupted, ..."""
 

@@ -123,8 +123,10 @@ class CheckpointRecord:
         return max(0.0, self.finished_at - self.started_at)
 
     def to_dict(self) -> dict[str, Any]:
-        # Shallow on purpose: dataclasses.asdict deep-copies the payload bytes.
-        data = {name: getattr(self, name) for name in _RECORD_FIELDS}
+        # Shallow on purpose: dataclasses.asdict deep-copies the payload bytes. Read from
+        # the instance dict (a plain dataclass): this runs for every checkpoint.
+        own = self.__dict__
+        data = {name: own[name] for name in _RECORD_FIELDS}
         data["extra"] = dict(self.extra)
         data["preview_bundle"] = dict(self.preview_bundle)
         return data
