@@ -83,6 +83,7 @@ def _checkpoint_rows(cfg: Config, log: Callable[[str], None]) -> list[Row]:
 
                 def fit(x: int) -> int:
                     ctx = nf.get_task_context()
+                    os.sync()  # no earlier round's write-back throttles this one (as for np.save)
                     t0 = time.perf_counter()
                     ctx.checkpoint(weights)
                     t1 = time.perf_counter()
@@ -106,6 +107,7 @@ def _checkpoint_rows(cfg: Config, log: Callable[[str], None]) -> list[Row]:
     def numpy_variant() -> float:
         with scratch_dir(cfg, "live-np") as d:
             path = Path(d) / "state.npy"
+            os.sync()
             t0 = time.perf_counter()
             with open(path, "wb") as f:
                 np.save(f, weights)
