@@ -35,6 +35,11 @@ folded in. It picks units to claim from that kept view even after the instance's
 re-reads the records when the view offers nothing it can claim, or before deciding
 that the instance is done; a claim refused at one record version is not retried for
 a poll interval (whoever holds it either commits — a new version — or releases it).
+Within an instance a worker walks on from the unit after the last one it claimed, and
+on meeting another worker starts afresh in the middle of the longest run of units
+nobody holds (the claims are read with the records), so two workers take apart halves
+instead of turning up at each other's finished units; a claim refused on a kept view
+stops claiming from it until it is re-read (``stats["refused"]`` counts refusals).
 A view offering only units this worker holds already is not re-read, and a view that
 says the instance is done is checked against its step records as stored (not every
 map item's). The store's index is listed again only when a scan left slots free
@@ -67,7 +72,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -91,7 +95,16 @@ from nbflow.run.plan import RESTORE, RUN, SKIP, compute_plan
 from nbflow.run.scheduler import Scheduler
 from nbflow.run.step_host import EngineSettings
 from nbflow.run.threads import TaskThreads
-from nbflow.run.worker_units import CachedView, ClaimedIO, InstanceView, Unit, chunk_size, record_is_valid
+from nbflow.run.worker_units import (
+    CachedView,
+    ClaimedIO,
+    InstanceView,
+    Unit,
+    chunk_size,
+    claim_order,
+    place,
+    record_is_valid,
+)
 from nbflow.store.base import (
     INPUT_KEY,
     Backend,
@@ -202,8 +215,9 @@ class PooledWorker:
         self.codec = codec or PickleCodec()
         self.echo_output = echo_output
         self.events = ev.EventBus()
-        # woken: scans started early by a work notice of the store (WorkNotices)
-        self.stats = {"units": 0, "committed": 0, "lost": 0, "failed": 0, "released": 0, "woken": 0}
+        # woken: scans started early by a work notice of the store (WorkNotices);
+        # refused: claims the store turned down (each one a wasted write transaction)
+        self.stats = {"units": 0, "committed": 0, "lost": 0, "failed": 0, "released": 0, "woken": 0, "refused": 0}
         self.crash: BaseException | None = None
         self._held: dict[tuple[str, str], str] = {}
         self._shares: dict[str, tuple[Lease, int]] = {}  # instance -> (shared lease, units in hand)
@@ -218,7 +232,12 @@ class PooledWorker:
         self._keys: dict[tuple[str, int], list[str]] = {}
         self._views: dict[str, CachedView] = {}
         self._timing: dict[tuple[str, str], list[float]] = {}  # (workflow, map) -> [seconds, items]
-        self._spread = random.random()  # where in the list of instances this worker starts looking
+        self._spread = place(worker_id)  # where in the list of instances this worker starts looking
+        # instance -> the unit after the last one this worker claimed there (see claim_order)
+        self._cursor: dict[str, str] = {}
+        # instances where a claim from a kept view was refused: another worker commits
+        # there, so that view is re-read (when slots are left) before claiming from it again
+        self._contended: set[str] = set()
         # (instance, unit key, record version seen) -> monotonic time until which a
         # refused claim is not retried: another worker holds it, and its commit changes
         # the version (a new key) or its release lets us in after one poll interval.
@@ -407,10 +426,16 @@ class PooledWorker:
             self._known = [row.instance_id for row in rows if row.state in RUNNABLE]
             for row in rows:
                 if row.state not in RUNNABLE:
-                    self._views.pop(row.instance_id, None)
+                    self._forget(row.instance_id)
             self._known_at = now + self.poll_interval
             return self._known, True
         return self._known, False
+
+    def _forget(self, iid: str) -> None:
+        """Drop what is kept of an instance no longer runnable."""
+        self._views.pop(iid, None)
+        self._cursor.pop(iid, None)
+        self._contended.discard(iid)
 
     def _scan(self, free: int) -> tuple[list[Unit], bool]:
         """Claim up to ``free`` ready units; also returns whether any instance is busy."""
@@ -432,7 +457,7 @@ class PooledWorker:
         for iid in known[start:] + known[:start]:
             meta = self.backend.load_instance(iid)
             if meta is None or meta.state not in RUNNABLE:
-                self._views.pop(iid, None)
+                self._forget(iid)
                 if iid in self._known:  # not looked at again before the next listing
                     self._known.remove(iid)
                 continue
@@ -454,8 +479,11 @@ class PooledWorker:
                 continue
             running = meta.state == RunState.RUNNING
             view, current = self._view(meta, wf, current=False)
+            if not current and iid in self._contended:
+                stale.append((meta, wf, running))
+                continue
             if not current:  # a kept view whose stamp moved: claim from it, re-read if it offers nothing
-                got, in_hand = self._claim_ready(view, free - len(claimed), running)
+                got, in_hand = self._claim_ready(view, free - len(claimed), running, current=False)
                 claimed.extend(got)
                 if len(claimed) >= free:
                     return claimed, True, listed
@@ -486,7 +514,7 @@ class PooledWorker:
         if self._done(view.plan):
             self._complete(view)
             return False
-        got = self._claim_ready(view, limit, running)[0]
+        got = self._claim_ready(view, limit, running, current=True)[0]
         claimed.extend(got)
         return len(got) >= limit
 
@@ -512,21 +540,38 @@ class PooledWorker:
                 stored[task_id] = record
         return self._done(compute_plan(view.wf, stored))
 
-    def _claim_ready(self, view: InstanceView, limit: int, running: bool) -> tuple[list[Unit], bool]:
+    def _claim_ready(self, view: InstanceView, limit: int, running: bool, *, current: bool) -> tuple[list[Unit], bool]:
         """Claim up to ``limit`` of the units ``view`` shows ready; the instance is
         marked running with the first one that does work (a wait does none). Also
-        returns whether every unit it shows ready is one this worker holds already."""
+        returns whether every unit it shows ready is one this worker holds already.
+
+        Units are tried in :func:`claim_order`, leaving out those another worker held
+        when the view was read. A refusal on a kept view that is not ``current`` means
+        another worker is committing in this instance: claiming stops there and the
+        instance waits for a re-read instead of refusing claim after claim on units
+        the others finished since (each refusal a write transaction)."""
         units = self._ready(view)
         iid = view.meta.instance_id
+        now = time.time()
         with self._held_lock:
-            in_hand = bool(units) and all((iid, unit.key) in self._held for unit in units)
-        if in_hand:
+            mine = {key for (held_iid, key) in self._held if held_iid == iid}
+        keys = [unit.key for unit in units]
+        if units and mine.issuperset(keys):
             return [], True
-        random.shuffle(units)  # workers spread over the branches and items
+        taken = mine | {key for key, until in view.others.items() if until > now}
+        if current:
+            self._contended.discard(iid)
         claimed: list[Unit] = []
-        for unit in units:
+        for index in claim_order(keys, taken, self._cursor.get(iid), place(self.worker_id, iid)):
+            unit = units[index]
             if self._claim(unit) is None:
+                if unit.refused:
+                    self._cursor.pop(iid, None)  # met another worker: start afresh in the largest free run
+                    if not current:
+                        self._contended.add(iid)
+                        break
                 continue
+            self._cursor[iid] = keys[(index + 1) % len(keys)]
             if not running and not unit.node.kind.waits:
                 self._set_state(view.meta.instance_id, RunState.RUNNING)
                 running = True
@@ -548,6 +593,8 @@ class PooledWorker:
             return None
         token = self.backend.claim(iid, unit.key, self.worker_id, self.claim_ttl, seen=unit.seen)
         if token is None:
+            unit.refused = True
+            self.stats["refused"] += 1
             if len(self._refused) > 4096:
                 self._refused = {k: t for k, t in self._refused.items() if t > now}
             self._refused[refused] = now + self.poll_interval
@@ -612,10 +659,20 @@ class PooledWorker:
         records = self.backend.get_records(iid)
         io = CheckpointIO(self.backend, iid, wf.codec or self.codec)
         io.types = record_types(wf)  # pydantic outputs stored as JSON are rebuilt as models
-        view = InstanceView(meta, wf, records, compute_plan(wf, records), io)
+        view = InstanceView(meta, wf, records, compute_plan(wf, records), io, self._others(iid))
         if stamp is not None:
             self._views[iid] = CachedView(stamp, wf.definition_hash, view)
         return view, True
+
+    def _others(self, iid: str) -> dict[str, float]:
+        """The units other workers hold claimed, with their expiries (a read: no write
+        transaction, unlike a claim the store would refuse)."""
+        now = time.time()
+        return {
+            key: claim.expires_at
+            for key, claim in self.backend.get_claims(iid).items()
+            if claim.worker != self.worker_id and claim.expires_at > now
+        }
 
     def _absorb(self, iid: str, written: list[CheckpointRecord]) -> None:
         """Fold the records a unit of this worker committed into the kept view, so it

@@ -7,7 +7,8 @@ unit's records only while its claim is still this worker's.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import hashlib
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from nbflow.run.checkpoint import CheckpointIO
 from nbflow.run.displays import DISPLAY_CODEC
 from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta
 
-__all__ = ["CachedView", "ClaimedIO", "InstanceView", "Unit", "chunk_size", "record_is_valid"]
+__all__ = ["CachedView", "ClaimedIO", "InstanceView", "Unit", "chunk_size", "claim_order", "place", "record_is_valid"]
 
 
 class ClaimedIO(CheckpointIO):
@@ -68,6 +69,9 @@ class InstanceView:
     records: dict[str, CheckpointRecord]
     plan: dict[str, PlanStep]
     io: CheckpointIO
+    # unit key -> expiry of another worker's claim on it, as read with the records: a
+    # worker skips those units instead of paying a refused claim (a write transaction)
+    others: dict[str, float] = field(default_factory=dict)
     _values: dict[str, Any] = field(default_factory=dict)
 
     def value(self, task_id: str) -> Any:
@@ -99,6 +103,7 @@ class Unit:
     chunk: tuple[int, int] | None = None  # a chunk of map items [start, stop)
     finalize: bool = False  # a map whose items are all done: store the step's record
     token: str = ""
+    refused: bool = False  # the store refused its claim (held by another, or its record moved)
 
 
 def record_is_valid(record: CheckpointRecord | None, node: Node) -> bool:
@@ -119,3 +124,47 @@ def chunk_size(items: int) -> int:
     if items < 32:
         return 1
     return min(32, -(-items // 16))
+
+
+def place(*parts: str) -> float:
+    """A fraction in [0, 1) fixed by ``parts`` (the same in every process, unlike
+    ``hash``): where a worker starts in a list, so workers of a pool start apart."""
+    digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def claim_order(keys: Sequence[str], taken: set[str], cursor: str | None, start: float) -> list[int]:
+    """The order in which one worker tries to claim the units ``keys`` of an instance.
+
+    Workers of a pool that walk one instance's units in one shared order all refuse
+    each other's claims; walking from random places still runs each into the others'
+    finished units. Here a worker keeps walking forward from ``cursor`` (the unit after
+    the last one it claimed) while that unit is free; otherwise it starts in the middle
+    of the longest run of units nobody is known to hold (``taken``: claimed by others
+    or in its own hands), so two workers in one instance work on opposite halves and
+    meet only at the end; with nothing known taken, at the fraction ``start`` of the
+    list. The units are tried cyclically from there, ``taken`` ones left out.
+
+    >>> claim_order(["a", "b", "c", "d"], set(), None, 0.5)
+    [2, 3, 0, 1]
+    >>> claim_order(["a", "b", "c", "d", "e", "f"], {"a"}, None, 0.0)
+    [3, 4, 5, 1, 2]
+    >>> claim_order(["a", "b", "c", "d"], {"a"}, "c", 0.0)
+    [2, 3, 1]
+    """
+    n = len(keys)
+    if n == 0:
+        return []
+    if cursor is not None and cursor in keys and cursor not in taken:
+        first = list(keys).index(cursor)
+    elif not taken.intersection(keys):
+        first = min(n - 1, int(start * n))
+    else:
+        first, best = 0, -1
+        busy = [i for i, key in enumerate(keys) if key in taken]
+        for j, at in enumerate(busy):  # free run after each taken unit, up to the next (cyclic)
+            end = busy[(j + 1) % len(busy)] + (n if j + 1 == len(busy) else 0)
+            length = end - at - 1
+            if length > best:
+                best, first = length, (at + 1 + length // 2) % n
+    return [i % n for i in range(first, first + n) if keys[i % n] not in taken]

@@ -11,6 +11,7 @@ import pytest
 
 import nbflow as nf
 from nbflow.core.status import LoopResult
+from nbflow.run.worker_units import claim_order, place
 from nbflow.store.base import CheckpointRecord
 from tests.store.implementations import IMPLEMENTATIONS, close_store, make_store
 
@@ -285,3 +286,43 @@ def test_a_kept_view_saying_done_is_checked_against_the_stored_step_records(stor
     store.delete_records("many-1", ["total"])
     assert worker._done(view.plan)  # the kept view still says done ...
     assert not worker._done_as_stored(view)  # ... the store does not
+
+
+def test_claim_order_walks_on_from_the_cursor_else_splits_the_longest_free_run() -> None:
+    keys = [f"u{i}" for i in range(8)]
+    assert claim_order(keys, set(), None, 0.5) == [4, 5, 6, 7, 0, 1, 2, 3]  # nothing known taken: from `start`
+    assert claim_order(keys, {"u0", "u1"}, "u5", 0.0) == [5, 6, 7, 2, 3, 4]  # the cursor's unit is free: walk on
+    # the cursor's unit is taken (another worker got there): the middle of the longest free run
+    assert claim_order(keys, {"u0", "u5"}, "u5", 0.0) == [3, 4, 6, 7, 1, 2]
+    assert claim_order(keys, {"u2", "u3"}, None, 0.9) == [7, 0, 1, 4, 5, 6]
+    assert claim_order(keys, set(keys), None, 0.3) == []
+    assert claim_order([], set(), None, 0.3) == []
+    assert place("w0", "i-1") == place("w0", "i-1") != place("w1", "i-1")
+    assert 0.0 <= place("w0") < 1.0
+
+
+def test_two_workers_split_one_instance_with_few_refused_claims(store) -> None:  # type: ignore[no-untyped-def]
+    """Two workers in one instance take apart runs of its units (claim_order) and stop
+    claiming from a kept view at the first refusal, instead of turning up, claim after
+    claim, at units the other one finished since (each refusal a write transaction)."""
+    calls: collections.Counter[tuple[int, int]] = collections.Counter()
+    lock = threading.Lock()
+
+    def work(pair: tuple[int, int]) -> int:
+        time.sleep(0.0005)  # long enough for both workers to be in one instance at once
+        with lock:
+            calls[pair] += 1
+        return pair[1]
+
+    wf = nf.Workflow("halves").then("pairs", lambda k: [(k, i) for i in range(320)]).map("work", work).build()
+    client = nf.WorkflowClient(store)
+    for k in range(3):
+        client.submit(wf, f"h-{k}", k)  # 16 chunks of 20 items each
+    workers = _drain(store, [wf], n=2)
+    for k in range(3):
+        assert client.status(f"h-{k}").output == list(range(320))
+    assert set(calls.values()) == {1} and len(calls) == 3 * 320
+    units = [w.stats["units"] for w in workers]
+    assert min(units) >= 8, units  # both took part (3 x (16 chunks + the map's own record) units in all)
+    refused = sum(w.stats["refused"] for w in workers)
+    assert refused <= 10, [w.stats for w in workers]
