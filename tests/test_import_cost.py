@@ -25,20 +25,14 @@ from nbflow.store.base import InstanceSummary
 HEAVY = ("asyncio", "ipywidgets", "graphviz", "numpy", "IPython")
 # The engine: what running a workflow loads.
 ENGINE = ("nbflow.run.scheduler", "nbflow.run.runner", "nbflow.run.client", "nbflow.core.builder")
-# Modules a store pays for only when it does what needs them: ``socket`` names a lock
-# holder's host, ``hashlib`` digests an id that is not a portable folder name; filelock
-# (~25 ms) is not needed on POSIX, where a lock probe calls flock itself.
-LISTING_NEEDS_NONE_OF = (
-    "socket",
-    "hashlib",
-    "uuid",
-    "platform",
-    "diskcache",
-    *(("filelock",) if sys.platform != "win32" else ()),
-)
-# ... and what these store modules leave to the moment they are needed (``uuid`` loads
-# ``platform``; diskcache and tempfile build a new store's first database or index).
-LAZY_IN_STORE = (*LISTING_NEEDS_NONE_OF, "tempfile")
+# Modules a listing never needs: ``socket`` names a lock holder's host, ``uuid`` makes
+# new ids, diskcache builds a new store's first database. (A listing that probes a
+# running instance's lock loads filelock, and with it ``platform``.)
+LISTING_NEEDS_NONE_OF = ("socket", "uuid", "diskcache")
+# ... and what the store modules leave to the moment they are needed: those, plus
+# ``hashlib`` (an id that is not a portable folder name), tempfile (a new store's first
+# database or index) and filelock (~25 ms: the first lock or lock probe).
+LAZY_IN_STORE = (*LISTING_NEEDS_NONE_OF, "platform", "hashlib", "tempfile", "filelock")
 STORE_MODULES = (
     "nbflow.store.file_locks",
     "nbflow.store.names",

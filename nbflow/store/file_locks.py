@@ -41,10 +41,8 @@ writes one.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -76,37 +74,19 @@ if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork
     os.register_at_fork(after_in_child=_reset_stripes)
 
 
-if sys.platform != "win32":
-    import fcntl
+def _try_lock(fd: int) -> bool:
+    """Take ``fd``'s lock without waiting (filelock's native descriptor lock: ``flock``
+    on POSIX, ``LockFileEx`` on Windows); False when someone else holds it. filelock
+    (~25 ms of imports) loads on the first lock or probe, not with this module."""
+    import filelock
 
-    # What filelock's ``lock_descriptor`` does on POSIX (``fcntl.flock`` of the whole file,
-    # these errnos meaning someone else holds it), called directly: importing filelock
-    # costs ~25 ms, which every listing that probes a lock would pay.
-    _CONTENTION = frozenset({errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK})
+    return bool(filelock.lock_descriptor(fd, blocking=False))
 
-    def _try_lock(fd: int) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in _CONTENTION:
-                return False
-            raise
-        return True
 
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+def _unlock(fd: int) -> None:
+    import filelock
 
-else:  # pragma: no cover - Windows: LockFileEx on byte 0, through filelock
-
-    def _try_lock(fd: int) -> bool:
-        import filelock
-
-        return bool(filelock.lock_descriptor(fd, blocking=False))
-
-    def _unlock(fd: int) -> None:
-        import filelock
-
-        filelock.unlock_descriptor(fd)
+    filelock.unlock_descriptor(fd)
 
 
 def _open(path: Path, create: bool = True) -> int | None:
