@@ -69,13 +69,13 @@ class GroupCommit:
         with self._queue:
             if self._closed:
                 raise RuntimeError("this group commit is closed")
-            if not self._items:
+            if not self._items:  # a new batch: the timer is told when it is due (only then)
                 self._due = time.monotonic() + self.window
                 self._start_timer()
+                self._queue.notify()
             self._items.append((record, sink))
             self._done.append(on_durable)
             due = time.monotonic() >= self._due
-            self._queue.notify()
         if due:
             self.flush()
 
