@@ -471,7 +471,9 @@ class PooledWorker:
                 continue
             if meta.state in _BUSY:
                 busy = True
-            if self.backend.is_locked(iid):  # a CheckpointingRunner runs it in one process
+            with self._held_lock:
+                shared = iid in self._shares  # held shared here: no runner can hold it locked
+            if not shared and self.backend.is_locked(iid):  # a CheckpointingRunner runs it in one process
                 continue
             control = self.backend.get_control(iid)
             if control is not None and control[0] in (RunState.CANCELLED, RunState.PAUSED):
