@@ -326,3 +326,45 @@ def test_two_workers_split_one_instance_with_few_refused_claims(store) -> None: 
     assert min(units) >= 8, units  # both took part (3 x (16 chunks + the map's own record) units in all)
     refused = sum(w.stats["refused"] for w in workers)
     assert refused <= 10, [w.stats for w in workers]
+
+
+def test_an_instance_held_shared_is_not_probed_for_a_runner_lock(store) -> None:  # type: ignore[no-untyped-def]
+    """While a worker has units of an instance in hand it holds the instance shared, so
+    no runner can hold it locked: its scans skip the lock probe of that instance (but
+    still probe the instances it does not hold)."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def hold(x: int) -> int:
+        entered.set()
+        assert gate.wait(60)
+        return x
+
+    slow = nf.Workflow("slow").then("hold", hold).then("after", lambda x: x).build()
+    client = nf.WorkflowClient(store)
+    client.submit(slow, "slow-1", 1)
+    probes: collections.Counter[str] = collections.Counter()
+    is_locked = store.is_locked
+
+    def counting(iid: str) -> bool:
+        probes[iid] += 1
+        return is_locked(iid)
+
+    store.is_locked = counting
+    worker = nf.PooledWorker("w", store, [slow], poll_interval=0.02, concurrency=2)
+    handle = worker.start()
+    try:
+        assert entered.wait(30)
+        time.sleep(0.05)  # the unit's claim and share are in place once its body runs
+        before = probes["slow-1"]
+        time.sleep(0.2)  # about ten scans with a free slot (poll_interval 0.02 s) ...
+        assert worker.stats["units"] == 1
+        assert probes["slow-1"] == before  # ... and no probe of the instance held shared
+        deadline = time.time() + 30
+        gate.set()
+        while client.status("slow-1").state != "completed" and time.time() < deadline:
+            time.sleep(0.02)
+        assert client.status("slow-1").output == 1
+        assert before >= 1  # probed before its first unit was claimed
+    finally:
+        gate.set()
+        handle.shutdown(timeout=30)
