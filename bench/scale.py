@@ -15,12 +15,15 @@ Run with ``python -m bench.scale`` (``--quick`` for a smaller run). Two parts:
    runs from the submission to the last instance completed (as in bench/postgres.py):
    a worker process's start-up (~0.2-0.4 s of imports here) is paid once per worker,
    not per task, and would otherwise be most of what this row measures. The start-up
-   is reported beside it.
+   is reported beside it, and so are the workers' CPU time per task over the same
+   span (Linux: from /proc, so a busy shared machine does not hide it the way wall
+   time does) and the claims the store refused them (each a wasted write transaction).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -167,9 +170,19 @@ def _submit(directory: Path, instances: int, items: int) -> nf.DiskcacheBackend:
     return store
 
 
-def _drain(directory: Path, workers: int, instances: int, items: int) -> tuple[float, float]:
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _drain(directory: Path, workers: int, instances: int, items: int) -> tuple[float, float, dict[str, Any]]:
     """(seconds from submitting the instances to all of them completed, seconds the
-    ``workers`` worker processes took to start and say they are up)."""
+    ``workers`` worker processes took to start and say they are up, and what the
+    workers report: CPU seconds over that span, units run, claims refused)."""
     store = nf.DiskcacheBackend(directory)
     cmd = [sys.executable, "-m", "nbflow", "--dir", str(directory), "worker", "--module", "bench.scale"]
     opts = ["--concurrency", "4", "--poll-interval", "0.05s"]
@@ -186,6 +199,7 @@ def _drain(directory: Path, workers: int, instances: int, items: int) -> tuple[f
                 raise RuntimeError(f"a worker did not start: {line!r}")
         startup = time.perf_counter() - t0
         client = nf.WorkflowClient(store)
+        cpu0 = [_cpu_seconds(p.pid) for p in procs]
         t0 = time.perf_counter()
         for k in range(instances):
             client.submit(THROUGHPUT, f"t-{k}", items)
@@ -199,14 +213,22 @@ def _drain(directory: Path, workers: int, instances: int, items: int) -> tuple[f
             else:
                 time.sleep(0.01)
         elapsed = time.perf_counter() - t0
+        cpu1 = [_cpu_seconds(p.pid) for p in procs]
         done = [client.status(f"t-{k}") for k in range(instances)]
         assert all(s.state == "completed" and s.output == sum(range(1, items + 1)) for s in done), done
-        return elapsed, startup
+        spent = [b - a for a, b in zip(cpu0, cpu1, strict=True) if a is not None and b is not None]
+        report: dict[str, Any] = {"cpu_s": round(sum(spent), 3) if len(spent) == workers else None}
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.communicate(timeout=60)
+        outputs = [p.communicate(timeout=60)[0] or "" for p in procs]
+    for key in ("units", "refused"):
+        report[key] = 0
+    for out in outputs:  # each worker's last line: "worker NAME stopped: {stats}"
+        stats = ast.literal_eval(out.rsplit("stopped: ", 1)[1].strip()) if "stopped: " in out else {}
+        for key in ("units", "refused"):
+            report[key] += int(stats.get(key, 0))
+    return elapsed, startup, report
 
 
 def bench_pool(instances: int, items: int, workers: tuple[int, ...] = (1, 2, 4)) -> dict[str, Any]:
@@ -216,16 +238,21 @@ def bench_pool(instances: int, items: int, workers: tuple[int, ...] = (1, 2, 4))
     try:
         store = nf.DiskcacheBackend(root / "single")
         runner = nf.CheckpointingRunner(store, echo_output=False)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         for k in range(instances):
             assert runner.run(THROUGHPUT, f"t-{k}", items).state == "completed"
         out["single_process_runner_tasks_per_s"] = round(tasks / (time.perf_counter() - t0), 1)
+        out["single_process_runner_cpu_us_per_task"] = round((time.process_time() - cpu0) / tasks * 1e6, 1)
 
         for n in workers:
-            elapsed, startup = _drain(root / f"pool-{n}", n, instances, items)
+            elapsed, startup, report = _drain(root / f"pool-{n}", n, instances, items)
             out[f"pool_{n}_workers_tasks_per_s"] = round(tasks / elapsed, 1)
             out[f"pool_{n}_workers_s"] = round(elapsed, 2)
             out[f"pool_{n}_workers_startup_s"] = round(startup, 2)
+            cpu = report["cpu_s"]
+            out[f"pool_{n}_workers_cpu_us_per_task"] = None if cpu is None else round(cpu / tasks * 1e6, 1)
+            out[f"pool_{n}_workers_units"] = report["units"]
+            out[f"pool_{n}_workers_refused_claims"] = report["refused"]
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return out
@@ -280,7 +307,13 @@ def run(cfg: Any, log: Any) -> list[Any]:
                     "tasks/s",
                     baseline="single-process runner",
                     baseline_value=single,
-                    note=f"clock from submission, workers up (their start-up, {pool[f'pool_{w}_workers_startup_s']} s, outside it)",
+                    note=(
+                        f"clock from submission, workers up (their start-up, {pool[f'pool_{w}_workers_startup_s']} s,"
+                        f" outside it); CPU {pool[f'pool_{w}_workers_cpu_us_per_task']} us/task"
+                        f" (runner {pool['single_process_runner_cpu_us_per_task']});"
+                        f" {pool[f'pool_{w}_workers_refused_claims']} refused claims"
+                        f" for {pool[f'pool_{w}_workers_units']} units"
+                    ),
                     **({"target": ">= 0.8x", "met": value / single >= 0.8} if w == 2 else {}),
                 )
             )
@@ -319,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         if f"pool_{n}_workers_tasks_per_s" in pool:
             print(
                 f"  PooledWorker x{n} (processes)    {pool[f'pool_{n}_workers_tasks_per_s']:8.1f} tasks/s"
-                f"  (start-up {pool[f'pool_{n}_workers_startup_s']:.2f} s, outside the clock)"
+                f"  (start-up {pool[f'pool_{n}_workers_startup_s']:.2f} s, outside the clock;"
+                f" CPU {pool[f'pool_{n}_workers_cpu_us_per_task']} us/task;"
+                f" {pool[f'pool_{n}_workers_refused_claims']} refused claims)"
             )
     return 0
 
