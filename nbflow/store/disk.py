@@ -601,13 +601,18 @@ class DiskcacheBackend:
         replaced = []
         blobbed = self._blobbed.get(instance_id)
         held = self._holds(instance_id)
+        # Only a record that names a blob file can leave one behind; while this handle
+        # holds the instance it knows which records do, and the others are not read
+        # back first. The rest are read back in one query.
+        unknown = [
+            RECORD_PREFIX + r.task_id
+            for r in records
+            if not (held and blobbed is not None and r.task_id not in blobbed)
+        ]
+        stored = rows.get_many(unknown) if unknown else {}
         for record in records:
             record.generation = generation
-            # Only a record that names a blob file can leave one behind; while this
-            # handle holds the instance it knows which records do, and the others are
-            # not read back first.
-            known = held and blobbed is not None and record.task_id not in blobbed
-            old = None if known else rows.get(RECORD_PREFIX + record.task_id)
+            old = stored.get(RECORD_PREFIX + record.task_id)
             if old is not None:
                 blob = _blob_of(old)
                 if blob and blob != record.blob:

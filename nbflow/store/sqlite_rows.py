@@ -152,6 +152,17 @@ class Rows:
             return None
         return _value(key, *rows[0])
 
+    def get_many(self, keys: list[str]) -> dict[str, bytes | str]:
+        """The rows of ``keys`` that exist, in one query per 500 keys (SQLite's limit on
+        bound parameters is far above that)."""
+        found: dict[str, bytes | str] = {}
+        for start in range(0, len(keys), 500):
+            part = keys[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self._rows(f"SELECT key, mode, value FROM Cache WHERE raw = 1 AND key IN ({marks})", tuple(part))
+            found.update((key, _value(key, mode, value)) for key, mode, value in rows if isinstance(key, str))
+        return found
+
     def scan(self, prefix: str) -> list[tuple[str, bytes | str]]:
         """Every row whose key starts with ``prefix``, in one query."""
         upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
