@@ -139,6 +139,10 @@ def test_unchanged_instance_is_not_re_read(store) -> None:  # type: ignore[no-un
             time.sleep(0.02)
         assert client.status("nap-1").state == "waiting"
         store.get_records, store.load_instance = counting("get_records"), counting("load_instance")
+        # The claim of the parked step is released just after the state says "waiting",
+        # and a claim may move the change stamp (one allowed re-read): let that settle.
+        wait_for("load_instance", 2)
+        calls.update(get_records=0, load_instance=0)
         wait_for("load_instance", 5)  # several scans ...
         assert calls["get_records"] == 0  # ... and not one re-read of the unchanged records
         sink = store.new_sink("nap-1")
