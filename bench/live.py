@@ -4,8 +4,10 @@
    float64 array on ``DiskcacheBackend`` (a fresh store per round), timed around the
    call; then a second ``checkpoint`` of the same size, which replaces the first (the
    steady state of a training loop: the old file is deleted). Baseline: ``np.save`` of
-   the same array to a file in the same folder + ``flush`` + ``os.fsync``. Target:
-   ≤ 1.3× (the store also checksums the payload and commits a record).
+   the same array to a file in the same folder + ``flush`` + ``os.fsync``; for the
+   replacing save, ``np.save`` again over that file (it truncates the old one, as the
+   store deletes it). Target: ≤ 1.3× (the store also checksums the payload and commits
+   a record).
 2. **Live output**: a task printing 100,000 lines; the same run with a
    ``WorkflowWidget`` listening vs without (the notebook's runner settings: no echo,
    sync tasks in threads). The widget variant's clock includes the final ``flush()``.
@@ -74,7 +76,7 @@ def _checkpoint_rows(cfg: Config, log: Callable[[str], None]) -> list[Row]:
 
     size = max(1, round(100 * cfg.scale)) * MB
     weights = np.random.default_rng(0).random(size // 8)
-    times: dict[str, list[float]] = {"first": [], "second": []}
+    times: dict[str, list[float]] = {"first": [], "second": [], "np again": []}
 
     def nbflow_variant() -> float:
         with scratch_dir(cfg, "live-ckpt") as d:
@@ -104,26 +106,43 @@ def _checkpoint_rows(cfg: Config, log: Callable[[str], None]) -> list[Row]:
     def second_variant() -> float:
         return times["second"][-1] if times["second"] else 0.0
 
+    def save(path: Path) -> float:
+        t0 = time.perf_counter()
+        with open(path, "wb") as f:
+            np.save(f, weights)
+            f.flush()
+            os.fsync(f.fileno())
+        return time.perf_counter() - t0
+
     def numpy_variant() -> float:
         with scratch_dir(cfg, "live-np") as d:
             path = Path(d) / "state.npy"
             os.sync()
-            t0 = time.perf_counter()
-            with open(path, "wb") as f:
-                np.save(f, weights)
-                f.flush()
-                os.fsync(f.fileno())
-            return time.perf_counter() - t0
+            first = save(path)
+            times["np again"].append(save(path))  # over the last one, as a loop saving each epoch does
+            return first
+
+    def numpy_again_variant() -> float:
+        return times["np again"][-1] if times["np again"] else 0.0
 
     rounds = cfg.rounds(3, 3)
     log(f"live: ctx.checkpoint of {size // MB} MB vs np.save + fsync, {rounds} rounds")
-    t = round_robin({"checkpoint": nbflow_variant, "second": second_variant, "np.save": numpy_variant}, rounds)
+    t = round_robin(
+        {
+            "checkpoint": nbflow_variant,
+            "second": second_variant,
+            "np.save": numpy_variant,
+            "np again": numpy_again_variant,
+        },
+        rounds,
+    )
     return [
         _median_row(f"ctx.checkpoint of a {size // MB} MB array (first save)", t["checkpoint"],
                     "np.save + fsync, same array", t["np.save"], CHECKPOINT_MAX),
         _median_row(f"ctx.checkpoint of a {size // MB} MB array (replacing the last)", t["second"],
-                    "np.save + fsync, same array", t["np.save"], CHECKPOINT_MAX,
-                    note="the previous state's file is deleted after the new record commits"),
+                    "np.save + fsync over the last file", t["np again"], CHECKPOINT_MAX,
+                    note="like for like: the previous state's file is deleted after the new record commits, "
+                    "np.save truncates its last file"),
     ]  # fmt: skip
 
 
