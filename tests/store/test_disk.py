@@ -185,3 +185,28 @@ def test_store_folders_and_files_are_private(tmp_path: Path) -> None:
         assert stat.S_IMODE(blob.stat().st_mode) == 0o600, blob
     for lock in (store.directory / "locks").iterdir():
         assert stat.S_IMODE(lock.stat().st_mode) == 0o600, lock
+
+
+def test_a_new_instance_database_syncs_from_its_second_write_on(tmp_path: Path) -> None:
+    """The creating write of a new database runs without syncs (two syncs per new
+    instance saved); every later write syncs as usual; an existing database never
+    starts relaxed."""
+    from nbflow.store.disk_layout import CACHE_SETTINGS
+    from nbflow.store.sqlite_rows import Rows
+
+    def synchronous(rows: Rows) -> int:
+        return int(rows._rows("PRAGMA synchronous")[0][0])
+
+    folder = tmp_path / "inst"
+    folder.mkdir()
+    rows = Rows(folder, CACHE_SETTINGS)
+    assert synchronous(rows) == 0  # OFF: the database was made just now
+    rows.put_many([("meta", b"{}"), ("gen", "g")])
+    assert synchronous(rows) == 1  # NORMAL from the second write on
+    with rows.transact():
+        rows.put("x", b"1")
+    assert synchronous(rows) == 1
+    rows.close()
+    again = Rows(folder, CACHE_SETTINGS)
+    assert synchronous(again) == 1 and again.get("meta") == b"{}"
+    again.close()
