@@ -37,8 +37,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import xxhash
 
@@ -85,6 +85,8 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["PostgresBackend"]
+
+T = TypeVar("T")
 
 # How long a control request read with a checkpoint answers get_control: long enough
 # to serve the poll right after the task boundary, short enough to be "now".
@@ -176,6 +178,17 @@ class PostgresBackend:
             return conn.execute(sql, params).rowcount
 
         return self._pool.run(call)
+
+    def _refusable(self, instance_id: str, call: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run a write of ``instance_id`` on the pool; a refusal by the server (another
+        generation, another lease) comes out as the NbflowError that says so."""
+        try:
+            return self._pool.run(call)
+        except self._pool.psycopg.Error as exc:
+            refused = self._refused(instance_id, exc)
+            if refused is not None:
+                raise refused from None
+            raise
 
     def _refused(self, instance_id: str, exc: Exception) -> NbflowError | None:
         """What a write the server refused means: the instance is of another generation
@@ -433,13 +446,7 @@ class PostgresBackend:
             self._remember_control(instance_id, control)
             return True
 
-        try:
-            return self._pool.run(call)
-        except pg.Error as exc:
-            refused = self._refused(instance_id, exc)
-            if refused is not None:
-                raise refused from None
-            raise
+        return self._refusable(instance_id, call)
 
     def _remember_control(self, instance_id: str, raw: str | None) -> None:
         try:
@@ -525,7 +532,6 @@ class PostgresBackend:
         self._still_ours(instance_id)
         ids = list(task_ids)
         lease = self._leases.token(instance_id)
-        pg = self._pool.psycopg
 
         def call(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
@@ -542,13 +548,7 @@ class PostgresBackend:
                 )
                 conn.execute(_NEW_STAMP, (instance_id,))
 
-        try:
-            self._pool.run(call)
-        except pg.Error as exc:
-            refused = self._refused(instance_id, exc)
-            if refused is not None:
-                raise refused from None
-            raise
+        self._refusable(instance_id, call)
 
     # -- task state ---------------------------------------------------------------------
     def save_task_state(self, instance_id: str, task_id: str, state: dict[str, Any] | None) -> None:
@@ -557,7 +557,6 @@ class PostgresBackend:
         text = None if state is None else encode_json(state).decode("ascii")
         known = self._gens.get(instance_id)
         lease = self._leases.token(instance_id)
-        pg = self._pool.psycopg
 
         def call(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
@@ -573,13 +572,7 @@ class PostgresBackend:
                         (instance_id, task_id, text),
                     )
 
-        try:
-            self._pool.run(call)
-        except pg.Error as exc:
-            refused = self._refused(instance_id, exc)
-            if refused is not None:
-                raise refused from None
-            raise
+        self._refusable(instance_id, call)
 
     def load_task_states(self, instance_id: str) -> dict[str, dict[str, Any]]:
         out = {}
