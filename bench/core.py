@@ -15,7 +15,9 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import signal
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -164,3 +166,28 @@ def host_info() -> dict[str, Any]:
         except ImportError:
             info[mod] = None
     return info
+
+
+def start_workers(command: list[str], count: int, cwd: Path) -> list[subprocess.Popen[str]]:
+    """Start ``count`` ``nbflow worker`` processes (``command`` plus ``--id w<i>``) and
+    wait until each prints its start line, so their start-up stays outside a clock
+    started afterwards. If one does not start, all are stopped and the error raised."""
+    procs = [
+        subprocess.Popen([*command, "--id", f"w{i}"], cwd=cwd, stdout=subprocess.PIPE, text=True) for i in range(count)
+    ]
+    try:
+        for p in procs:
+            line = p.stdout.readline() if p.stdout else ""
+            if not line.startswith("worker "):
+                raise RuntimeError(f"a worker did not start: {line!r}")
+    except BaseException:
+        stop_workers(procs)
+        raise
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen[str]]) -> list[str]:
+    """SIGTERM the workers (they finish their units and print their stats); their output."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    return [p.communicate(timeout=60)[0] or "" for p in procs]

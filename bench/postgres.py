@@ -16,8 +16,6 @@ Skipped (a row saying why) when no server can be started here. ``python -m bench
 from __future__ import annotations
 
 import pickle
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +24,7 @@ from typing import Any
 
 import nbflow as nf
 from bench import flows
-from bench.core import Config, Row, Timing, round_robin, scaled
+from bench.core import Config, Row, Timing, round_robin, scaled, start_workers, stop_workers
 
 NAME = "postgres"
 REPO = Path(__file__).resolve().parent.parent
@@ -127,15 +125,12 @@ def _drain(server: Any, workers: int, instances: int, items: int) -> float:
     dsn = server.take_store()
     cmd = [sys.executable, "-m", "nbflow", "--dsn", dsn, "worker", "--module", "bench.postgres"]
     opts = ["--concurrency", "1", "--poll-interval", "0.05s", "--heartbeat", "5s"]
-    procs = [
-        subprocess.Popen([*cmd, "--id", f"w{i}", *opts], cwd=REPO, stdout=subprocess.PIPE, text=True)
-        for i in range(workers)
-    ]
     try:
-        for p in procs:  # wait until each worker says it is up
-            line = p.stdout.readline() if p.stdout else ""
-            if not line.startswith("worker "):
-                raise RuntimeError(f"a worker did not start: {line!r}")
+        procs = start_workers([*cmd, *opts], workers, REPO)
+    except BaseException:
+        server.give_store(dsn)
+        raise
+    try:
         client = nf.WorkflowClient(PostgresBackend(dsn))
         ids = [f"naps-{k}" for k in range(instances)]
         t0 = time.perf_counter()
@@ -156,10 +151,7 @@ def _drain(server: Any, workers: int, instances: int, items: int) -> float:
         client.backend.close()  # type: ignore[attr-defined]
         return seconds
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.communicate(timeout=60)
+        stop_workers(procs)
         server.give_store(dsn)
 
 

@@ -27,8 +27,6 @@ import ast
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -187,17 +185,12 @@ def _drain(directory: Path, workers: int, instances: int, items: int) -> tuple[f
     cmd = [sys.executable, "-m", "nbflow", "--dir", str(directory), "worker", "--module", "bench.scale"]
     opts = ["--concurrency", "4", "--poll-interval", "0.05s"]
     here = Path(__file__).resolve().parents[1]
+    from bench.core import start_workers, stop_workers
+
     t0 = time.perf_counter()
-    procs = [
-        subprocess.Popen([*cmd, "--id", f"w{i}", *opts], cwd=here, stdout=subprocess.PIPE, text=True)
-        for i in range(workers)
-    ]
+    procs = start_workers([*cmd, *opts], workers, here)
+    startup = time.perf_counter() - t0
     try:
-        for p in procs:  # wait until each worker says it is up
-            line = p.stdout.readline() if p.stdout else ""
-            if not line.startswith("worker "):
-                raise RuntimeError(f"a worker did not start: {line!r}")
-        startup = time.perf_counter() - t0
         client = nf.WorkflowClient(store)
         cpu0 = [_cpu_seconds(p.pid) for p in procs]
         t0 = time.perf_counter()
@@ -219,9 +212,7 @@ def _drain(directory: Path, workers: int, instances: int, items: int) -> tuple[f
         spent = [b - a for a, b in zip(cpu0, cpu1, strict=True) if a is not None and b is not None]
         report: dict[str, Any] = {"cpu_s": round(sum(spent), 3) if len(spent) == workers else None}
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        outputs = [p.communicate(timeout=60)[0] or "" for p in procs]
+        outputs = stop_workers(procs)
     for key in ("units", "refused"):
         report[key] = 0
     for out in outputs:  # each worker's last line: "worker NAME stopped: {stats}"
