@@ -210,3 +210,37 @@ def test_a_new_instance_database_syncs_from_its_second_write_on(tmp_path: Path) 
     again = Rows(folder, CACHE_SETTINGS)
     assert synchronous(again) == 1 and again.get("meta") == b"{}"
     again.close()
+
+
+def test_a_checkpoint_writes_its_record_row_and_nothing_else(tmp_path: Path) -> None:
+    """A new instance's database has no diskcache statistics triggers and no expiry
+    index, so a checkpoint touches one row (and its key index); a ``diskcache.Cache``
+    opened on the folder still reads what nbflow wrote."""
+    import sqlite3
+
+    import diskcache
+
+    import nbflow as nf
+
+    store = DiskcacheBackend(tmp_path / "s")
+    wf = nf.WorkflowBuilder("lean").then("a", _inc).then("b", _inc).then("c", _inc).build()
+    assert nf.CheckpointingRunner(store, echo_output=False).run(wf, "i", 1).output == 4
+    store.close()
+    (db,) = (tmp_path / "s" / "instances").glob("*/cache.db")
+    con = sqlite3.connect(db)
+    schema = set(con.execute("SELECT type, name FROM sqlite_master"))
+    counted = dict(con.execute("SELECT key, value FROM Settings WHERE key IN ('count', 'size')"))
+    rows = con.execute("SELECT count(*) FROM Cache").fetchone()[0]
+    con.close()
+    assert not {name for kind, name in schema if kind == "trigger"}
+    assert ("index", "Cache_expire_time") not in schema and ("index", "Cache_key_raw") in schema
+    assert rows >= 5 and counted == {"count": 0, "size": 0}  # no statistics kept per write
+    cache = diskcache.Cache(str(db.parent))
+    try:
+        assert set(cache.iterkeys()) >= {"t:a", "t:b", "t:c", "meta"}
+    finally:
+        cache.close()
+
+
+def _inc(x: int) -> int:
+    return x + 1
