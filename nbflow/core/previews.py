@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import sys
 import warnings
 from collections.abc import Mapping
@@ -226,18 +225,13 @@ PNG_COMPRESS_LEVEL = 3
 def figure_png(fig: Any, *, dpi: float | None = None, tight: bool = True) -> str:
     """A matplotlib figure as base64 PNG text (what Jupyter sends as ``image/png``),
     rendered with the Agg canvas whatever the backend, so this works in any thread of
-    any process and never opens a window."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # the value is a Figure: matplotlib is here
+    any process and never opens a window. ``tight`` (the default) gives the picture the
+    inline backend shows: margins trimmed, labels reaching past the figure's edge kept
+    whole (``nbflow.core.figure_image``: one draw unless something reaches past it)."""
+    from nbflow.core.figure_image import figure_png_bytes
 
-    buffer = io.BytesIO()
-    canvas = FigureCanvasAgg(fig) if not isinstance(fig.canvas, FigureCanvasAgg) else fig.canvas
-    kwargs: dict[str, Any] = {"format": "png", "pil_kwargs": {"compress_level": PNG_COMPRESS_LEVEL}}
-    if tight:  # trimmed margins, as the inline backend draws; costs a second draw of the figure
-        kwargs["bbox_inches"] = "tight"
-    if dpi is not None:
-        kwargs["dpi"] = dpi
-    canvas.print_figure(buffer, **kwargs)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    png = figure_png_bytes(fig, dpi=dpi, tight=tight, compress_level=PNG_COMPRESS_LEVEL)
+    return base64.b64encode(png).decode("ascii")
 
 
 # -- previews by kind ---------------------------------------------------------------------

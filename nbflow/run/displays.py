@@ -204,10 +204,11 @@ def close_figure(fig: Any) -> None:
 
 
 def figure_display(fig: Any) -> Display:
-    """A figure as a display: PNG at the figure's own dpi, drawn once (no tight-bbox
-    pass, which would draw it twice: a figure per task must stay cheap)."""
+    """A figure as a display: the PNG the inline backend would show (margins trimmed,
+    labels past the figure's edge kept), at the figure's own dpi; drawn once unless
+    something reaches past the edge (``nbflow.core.figure_image``)."""
     text = f"<Figure size {fig.bbox.width:g}x{fig.bbox.height:g} with {len(fig.axes)} Axes>"
-    return {"data": {"image/png": figure_png(fig, tight=False), "text/plain": text}, "metadata": {}}
+    return {"data": {"image/png": figure_png(fig), "text/plain": text}, "metadata": {}}
 
 
 # -- stored form -----------------------------------------------------------------------------
