@@ -37,6 +37,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from nbflow.core.process_id import current_pid
+
 __all__ = ["ForeignRowError", "Rows"]
 
 _MODE_RAW = 1  # diskcache.core.MODE_RAW: the value column holds the value itself
@@ -96,7 +98,7 @@ class Rows:
         self._db = db
         self._lock = threading.RLock()
         self._depth = 0
-        self._pid = os.getpid()
+        self._pid = current_pid()
         # The first write to a database made just now (the instance's creation) runs
         # without syncs: SQLite would otherwise sync the new write-ahead log and its
         # folder (two syncs, ~20 ms on a busy disk, for every new instance). That
@@ -125,8 +127,8 @@ class Rows:
 
     def _live(self) -> sqlite3.Connection:
         """The connection (call with the lock held); a forked child opens its own."""
-        if self._pid != os.getpid():
-            self._pid, self._con, self._depth = os.getpid(), self._connect(), 0
+        if self._pid != current_pid():
+            self._pid, self._con, self._depth = current_pid(), self._connect(), 0
         return self._con
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:

@@ -36,6 +36,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from nbflow.core.process_id import current_pid
 from nbflow.store.base import InstanceSummary
 
 __all__ = ["INDEX_FILE", "StoreIndex", "files_of"]
@@ -57,7 +58,7 @@ class StoreIndex:
         self.read_only = read_only
         self._lock = threading.Lock()
         self._con: sqlite3.Connection | None = None
-        self._pid = os.getpid()
+        self._pid = current_pid()
         self._broken = False
 
     # -- connection -----------------------------------------------------------------------
@@ -65,8 +66,8 @@ class StoreIndex:
         """The writable connection, or None while the index cannot be opened for writing.
         Only damage sets the file aside; a full disk, an I/O or permission error is
         tried again at the next call (the disk may have room by then)."""
-        if self._pid != os.getpid():  # a forked child opens its own
-            self._con, self._pid = None, os.getpid()
+        if self._pid != current_pid():  # a forked child opens its own
+            self._con, self._pid = None, current_pid()
         if self._con is not None:
             return self._con
         if self._broken:
