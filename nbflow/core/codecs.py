@@ -102,6 +102,14 @@ class PickleCodec(_BytesMixin):
             _write_all(file, view)
 
     def load(self, file: IO[bytes]) -> Any:
+        if type(file) is io.BytesIO:  # a payload already in memory (stored inline): one call
+            data = file.getbuffer()
+            if data[: len(_OOB_MAGIC)] != _OOB_MAGIC:
+                try:
+                    return pickle.loads(data)
+                finally:
+                    data.release()  # the BytesIO stays usable (and resizable) afterwards
+            data.release()
         reader = _ExactReader(file)
         start = reader.read(len(_OOB_MAGIC))
         if start != _OOB_MAGIC:

@@ -201,6 +201,35 @@ def test_pickle_round_trips_dataframes_and_series(frame: pd.DataFrame) -> None:
         assert_same(frame[name], PICKLE.loads(PICKLE.dumps(frame[name])))
 
 
+class _Stream(io.BytesIO):
+    """The same bytes as a stream that is not a BytesIO (as a blob file is read)."""
+
+
+def _outcome(load: Callable[[], Any]) -> tuple[str, Any]:
+    try:
+        return "value", load()
+    except (EOFError, pickle.UnpicklingError, ValueError) as exc:
+        return "refused", type(exc)
+
+
+@examples(60)
+@given(pickle_values | ndarrays(), st.data())
+def test_an_inline_payload_decodes_as_a_streamed_one(value: Any, data: st.DataObject) -> None:
+    """A payload in memory is unpickled in one call, a stream through the exact reader:
+    both give the same value for whole bytes and the same refusal for cut ones."""
+    encoded = PICKLE.dumps(value)
+    cut = data.draw(st.integers(0, len(encoded)))
+    fast = _outcome(lambda: PICKLE.load(io.BytesIO(encoded[:cut])))
+    streamed = _outcome(lambda: PICKLE.load(cast(IO[bytes], _Stream(encoded[:cut]))))
+    assert fast[0] == streamed[0]
+    if fast[0] == "value":
+        assert_same(streamed[1], fast[1])
+        if cut == len(encoded):
+            assert_same(value, fast[1])
+    else:
+        assert cut < len(encoded)
+
+
 @examples(30)
 @given(st.lists(st.lists(st.integers(), max_size=2), min_size=1, max_size=5), st.data())
 def test_pickle_keeps_shared_references(items: list[list[int]], data: st.DataObject) -> None:
