@@ -40,6 +40,7 @@ from nbflow.core.errors import MissingDependencyError
 from nbflow.jupyter import kernel_busy, render
 from nbflow.jupyter.progress import ACTIVE_STATES, Coalescer, ProgressModel, format_seconds
 from nbflow.jupyter.static_view import error_line, static_view_bundle, user_frames
+from nbflow.jupyter.ticker import Ticker
 
 try:
     import anywidget
@@ -175,7 +176,8 @@ class WorkflowWidget(anywidget.AnyWidget):
         self._coalescer = Coalescer(min_interval, budget=PUSH_BUDGET)
         self._push_lock = threading.RLock()
         self._timer_lock = threading.Lock()
-        self._timer: threading.Timer | None = None
+        self._armed = False  # a push or fold is scheduled on the ticker
+        self._ticker: Ticker | None = None  # its thread lives while someone listens
         self._unsubscribers: list[Callable[[], None]] = []
         # Events wait here until a push folds them: the engine thread only appends (the
         # engine loop is the bottleneck of a wide run, so nothing else happens there).
@@ -200,6 +202,11 @@ class WorkflowWidget(anywidget.AnyWidget):
 
     def listen(self, bus: EventBus) -> Callable[[], None]:
         """Subscribe to a runner's events; returns the function that unsubscribes."""
+        with self._timer_lock:
+            if self._ticker is None:
+                # started here, on the caller's thread, not by the first event on the engine's
+                self._ticker = Ticker(self._on_timer, name=f"nbflow-widget-{self.instance_id}")
+                self._ticker.start()
         unsubscribe_bus = bus.subscribe(self._on_event)
 
         def unsubscribe() -> None:
@@ -207,7 +214,7 @@ class WorkflowWidget(anywidget.AnyWidget):
             if unsubscribe in self._unsubscribers:
                 self._unsubscribers.remove(unsubscribe)
             if not self._unsubscribers:
-                self._cancel_timer()
+                self._stop_ticker()
 
         self._unsubscribers.append(unsubscribe)
         return unsubscribe
@@ -319,7 +326,7 @@ class WorkflowWidget(anywidget.AnyWidget):
         """Runs on the engine thread: queue the event (a push folds it) and make sure a
         push is scheduled. Kept to an append: this is on the engine's hot path."""
         self._inbox.append(event)
-        if self._timer is None:  # unlocked peek; _schedule re-checks under the lock
+        if not self._armed:  # unlocked peek; _schedule re-checks under the lock
             self._schedule()
 
     def _drain(self) -> None:
@@ -339,7 +346,8 @@ class WorkflowWidget(anywidget.AnyWidget):
 
     def _schedule(self) -> None:
         with self._timer_lock:
-            if self._timer is not None:
+            ticker = self._ticker
+            if self._armed or ticker is None:
                 return
             if self._inbox:  # fold them before a push is due (see _on_timer)
                 delay: float | None = min(self._coalescer.wait(), FOLD_INTERVAL)
@@ -347,10 +355,8 @@ class WorkflowWidget(anywidget.AnyWidget):
                 delay = self._coalescer.delay(self._model.version)
             if delay is None:
                 return
-            timer = threading.Timer(delay, self._on_timer)
-            timer.daemon = True
-            self._timer = timer
-        timer.start()
+            self._armed = True
+            ticker.arm(delay)
 
     def _on_timer(self) -> None:
         try:
@@ -363,14 +369,28 @@ class WorkflowWidget(anywidget.AnyWidget):
                 self._push()
         finally:
             with self._timer_lock:
-                self._timer = None
+                self._armed = False
         self._schedule()  # events that arrived during the push get a trailing update
 
     def _cancel_timer(self) -> None:
         with self._timer_lock:
-            timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
+            self._armed = False
+            if self._ticker is not None:
+                self._ticker.cancel()
+
+    def close(self) -> None:
+        """Close the widget's comm and end its timer thread."""
+        if hasattr(self, "_timer_lock"):  # ipywidgets closes from __del__, even after a failed __init__
+            self._stop_ticker()
+        super().close()
+
+    def _stop_ticker(self) -> None:
+        """Nobody listens any more: the ticker's thread ends (a later listen starts one)."""
+        with self._timer_lock:
+            ticker, self._ticker = self._ticker, None
+            self._armed = False
+        if ticker is not None:
+            ticker.close()
 
     def _fold(self) -> None:
         with self._push_lock:
