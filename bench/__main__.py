@@ -30,6 +30,7 @@ BENCHES: dict[str, str] = {
     "large": "bench.large",
     "map": "bench.map",  # issue 4; skips itself when Workflow.map is missing
     "scale": "bench.scale",  # issue 5
+    "pool": "bench.pool",  # PooledWorker on the disk store: 200 tasks of 50 ms, 1/2/4 workers
     "widget": "bench.widget",  # issue 3; skips itself without the jupyter extra
     "results": "bench.results",  # issue 12: results by name in a fresh process; local-module fingerprints
     "live": "bench.live",  # issue 10: task state checkpoints, live output and progress

@@ -62,3 +62,17 @@ def test_bench_quick_chain_runs_and_prints_ratios(tmp_path: Path) -> None:
         if row["target_max"] is not None and row["value"] is not None:
             assert row["ratio"] is not None and row["ratio"] > 0
             assert isinstance(row["met"], bool)
+
+
+@pytest.mark.slow
+def test_bench_pool_drains_with_worker_processes_and_prints_the_speed_up(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, NBFLOW_BENCH_SCALE="0.1")  # 4 instances x 10 naps (the least): structure, not speed
+    cmd = [sys.executable, "-m", "bench", "--only", "pool", "--out", str(out), "--workdir", str(tmp_path / "w")]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, check=False, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert re.search(r"RATIO pool \| 40 tasks of 50 ms on disk: PooledWorker x4 speed-up = [\d.]+x", proc.stdout)
+    rows = {row["measure"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {f"40 tasks of 50 ms on disk: PooledWorker x{n} speed-up" for n in (1, 2, 4)}
+    assert all(row["value"] > 0 for row in rows.values())
+    assert isinstance(rows["40 tasks of 50 ms on disk: PooledWorker x4 speed-up"]["met"], bool)
