@@ -197,7 +197,10 @@ if not TYPE_CHECKING:  # hidden from type checkers, so a misspelt ``nf.Name`` st
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    """What completion offers after ``nf.``: the public names (loaded or not) and the
+    IPython extension hooks, not this module's own imports."""
+    hooks = {"load_ipython_extension", "unload_ipython_extension"}
+    return sorted({*__all__, *_LAZY, *hooks, *(name for name in globals() if name.startswith("__"))})
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -72,3 +72,9 @@ def test_default_runner_uses_disk_store_in_cwd(tmp_path, monkeypatch) -> None:
 def test_builder_passed_unbuilt_is_built() -> None:
     runner = nf.CheckpointingRunner(nf.InMemoryBackend(), echo_output=False)
     assert runner.run(nf.Workflow("w").then("a", lambda x: x * 2), "i", 2).output == 4
+
+
+def test_completion_offers_the_public_names_and_not_the_module_s_imports() -> None:
+    listed = set(dir(nf))
+    assert set(nf.__all__) <= listed and "load_ipython_extension" in listed
+    assert not listed & {"importlib", "TYPE_CHECKING", "Any", "annotations", "_LAZY"}
