@@ -61,6 +61,16 @@ the fallback (an expired claim of a dead worker, a delay coming due, a notice lo
 cut connection). The listening session is opened before the first scan, so a notice
 of anything the first scan did not see is never missed.
 
+A store with a ready index (``ReadyIndex``: ``PostgresBackend``) is not listed at all:
+each scan asks the index, in one read, for the instances due for a look, and a worker
+that finds nothing to claim in one — every ready unit held, a delay not due, only the
+wait for a signal nobody sent — *settles* it: the index leaves it out until a write
+that may make a unit ready (a claimed commit, a released claim, a signal, a control
+request, a state change; each one moves the index in its own transaction), its time
+comes, or a claim on it expires (its holder may be dead). A settle is refused if the
+index moved since the worker read it, so a change it did not see is never lost. Idle
+workers then read nothing of instances that are parked, held or finished.
+
 What a server-backed store needs to host workers on many machines (``PostgresBackend``
 does all four): (a) an atomic "add if absent or expired" with an expiry per claim,
 (b) a compare-and-set commit that checks the claim token in the same transaction,
@@ -111,6 +121,7 @@ from nbflow.store.base import (
     CheckpointRecord,
     InstanceMeta,
     Lease,
+    ReadyIndex,
     WorkNotices,
     record_version,
 )
@@ -125,6 +136,7 @@ RUNNABLE = (RunState.PENDING, RunState.RUNNING, RunState.WAITING, RunState.AWAIT
 _BUSY = (RunState.PENDING, RunState.RUNNING, RunState.WAITING)  # keeps ``run(until_idle=True)`` going
 RELIST_BUSY = 1.0  # seconds between listings of the store while a worker has units in hand
 _NOTICE_CHECK = 0.1  # seconds between looks at the work-notice flag (and the listener's stop)
+READY_LIMIT = 64  # instances asked of a ready index per scan (a scan rarely gets past a few)
 
 
 class WorkerHandle:
@@ -242,6 +254,11 @@ class PooledWorker:
         # refused claim is not retried: another worker holds it, and its commit changes
         # the version (a new key) or its release lets us in after one poll interval.
         self._refused: dict[tuple[str, str, float | None], float] = {}
+        # On a store with a ready index (ReadyIndex): the instances due at this scan, with
+        # the index version each was read at (settling one is refused if it moved since),
+        # and whether any instance of ours is busy, due or not.
+        self._due: dict[str, int] = {}
+        self._due_busy = False
 
     def __repr__(self) -> str:
         return f"PooledWorker({self.worker_id!r}, {self.backend!r}, workflows={sorted(self.workflows)})"
@@ -415,7 +432,16 @@ class PooledWorker:
         instance matters only to a worker with room for it, and an instance that
         stopped being runnable is seen in its meta at the scan. Listing re-reads every
         instance that changed since (on disk, all of its records), which cost a busy
-        worker more than its units did."""
+        worker more than its units did.
+
+        On a store with a ready index, the index is asked at every scan instead (one
+        read): only the instances due for a look come back, never one that is settled
+        (every unit held, a delay not due, a signal not sent)."""
+        if isinstance(self.backend, ReadyIndex):
+            answer = self.backend.ready_instances(self.workflows, READY_LIMIT, skip=self._warned)
+            self._due, self._due_busy = dict(answer.due), answer.busy
+            self._known = [iid for iid, _ in answer.due]
+            return self._known, True
         now = time.monotonic()
         with self._held_lock:
             busy = bool(self._held)
@@ -474,6 +500,7 @@ class PooledWorker:
             with self._held_lock:
                 shared = iid in self._shares  # held shared here: no runner can hold it locked
             if not shared and self.backend.is_locked(iid):  # a CheckpointingRunner runs it in one process
+                self._settle(iid, time.time() + self.poll_interval)  # its lock may go with a dead runner
                 continue
             control = self.backend.get_control(iid)
             if control is not None and control[0] in (RunState.CANCELLED, RunState.PAUSED):
@@ -508,7 +535,7 @@ class PooledWorker:
             view, _ = self._view(meta, wf, current=True)
             if self._plan_and_claim(view, free - len(claimed), running, claimed):
                 return claimed, True, listed
-        return claimed, busy, listed
+        return claimed, busy or self._due_busy, listed
 
     def _plan_and_claim(self, view: InstanceView, limit: int, running: bool, claimed: list[Unit]) -> bool:
         """Complete the instance of a current ``view`` if it is done, else claim up to
@@ -559,10 +586,17 @@ class PooledWorker:
             mine = {key for (held_iid, key) in self._held if held_iid == iid}
         keys = [unit.key for unit in units]
         if units and mine.issuperset(keys):
+            self._settle(iid, view.due_at)  # the commit of each one makes the instance due again
             return [], True
         taken = mine | {key for key, until in view.others.items() if until > now}
         if current:
             self._contended.discard(iid)
+        # only the wait for a signal that was not sent: put off until it is sent (or its
+        # timeout comes), refused when it is buffered already; a kept view is re-read
+        # first (the caller does that when nothing was claimed from it)
+        parked = self._parked_only(view, [unit for unit in units if unit.key not in taken])
+        if parked and (not current or self._settle(iid, view.meta.wake_at, signal=view.meta.signal)):
+            return [], False
         claimed: list[Unit] = []
         for index in claim_order(keys, taken, self._cursor.get(iid), place(self.worker_id, iid)):
             unit = units[index]
@@ -580,7 +614,32 @@ class PooledWorker:
             claimed.append(unit)
             if len(claimed) >= limit:
                 break
+        if not claimed and current and taken.issuperset(keys):
+            self._settle(iid, view.due_at)  # each unit held (a dead holder's claim expires) or none ready
         return claimed, False
+
+    def _settle(self, iid: str, until: float | None, *, signal: str | None = None) -> bool:
+        """Tell a ready index that this scan found nothing to claim in ``iid``: it is
+        not due again until ``until`` (None: until a change), a claim on it expires, or
+        anything is written that may make a unit ready. At most once per reading of the
+        index; refused when the index moved since."""
+        version = self._due.pop(iid, None)
+        if version is None or not isinstance(self.backend, ReadyIndex):
+            return False
+        return self.backend.settle_ready(iid, version, until, signal=signal)
+
+    def _parked_only(self, view: InstanceView, free: list[Unit]) -> bool:
+        """Whether the only units free to claim are the wait for the signal the instance
+        is parked on (it ran, found no signal, and stored its deadline), on a store with
+        a ready index (which says when that signal is sent)."""
+        meta = view.meta
+        return (
+            bool(free)
+            and view.meta.instance_id in self._due
+            and meta.state == RunState.AWAITING_SIGNAL
+            and meta.signal is not None
+            and all(u.node.kind == NodeKind.SIGNAL and u.node.options.get("signal") == meta.signal for u in free)
+        )
 
     def _claim(self, unit: Unit) -> str | None:
         """Claim ``unit`` for this worker, skipping the store round trip (a write
@@ -691,6 +750,7 @@ class PooledWorker:
         units: list[Unit] = []
         plan, records = view.plan, view.records
         now = time.time()
+        view.due_at = None
         for node in view.wf.nodes:
             state = plan[node.id]
             if state in (RESTORE, SKIP) or any(plan[d] not in (RESTORE, SKIP) for d in node.deps):
@@ -718,7 +778,9 @@ class PooledWorker:
                 continue
             if node.kind == NodeKind.DELAY and state == RUN:
                 wake = records.get(f"{node.id}#wake")
-                if wake is not None and wake.fingerprint == node.fingerprint and float(wake.extra.get("at", 0)) > now:
+                at = None if wake is None else float(wake.extra.get("at", 0))
+                if wake is not None and at is not None and wake.fingerprint == node.fingerprint and at > now:
+                    view.due_at = at if view.due_at is None else min(view.due_at, at)
                     continue  # not due yet
             units.append(Unit(view, node, node.id, seen))
         return units

@@ -72,6 +72,8 @@ class InstanceView:
     # unit key -> expiry of another worker's claim on it, as read with the records: a
     # worker skips those units instead of paying a refused claim (a write transaction)
     others: dict[str, float] = field(default_factory=dict)
+    # the earliest wake-up of a delay that is not due yet, as the last planning saw it
+    due_at: float | None = None
     _values: dict[str, Any] = field(default_factory=dict)
 
     def value(self, task_id: str) -> Any:

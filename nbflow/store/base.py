@@ -45,6 +45,8 @@ __all__ = [
     "InstanceSummary",
     "Lease",
     "PayloadSink",
+    "ReadyIndex",
+    "ReadyInstances",
     "WorkListener",
     "WorkNotices",
     "matches",
@@ -409,6 +411,41 @@ class WorkNotices(Protocol):
 
     def listen_for_work(self) -> WorkListener:
         """A listener that receives every notice committed after this call returns."""
+        ...
+
+
+@dataclass
+class ReadyInstances:
+    """What a ready index answers a free worker: the instances due for a look, oldest
+    first, each with the index version it was read at; and whether any instance of the
+    asked workflows (but those skipped) is pending, running or waiting for a delay, due
+    or not (a worker that stops when idle keeps going while one is)."""
+
+    due: list[tuple[str, int]]
+    busy: bool
+
+
+@runtime_checkable
+class ReadyIndex(Protocol):
+    """Optional beside ClaimStore: an index of the instances a PooledWorker may find
+    work in, kept in the same transaction as every write that can make a unit ready
+    (an instance saved in a runnable state, a claimed unit committed or released, a
+    signal, a control request). A free worker asks it which instances to look at
+    instead of reading every instance of the store at each scan. Which units are ready
+    is still decided by the worker from the records (it depends on the DAG); the index
+    only says when an instance is worth a look. A store without it is scanned."""
+
+    def ready_instances(self, workflows: Iterable[str], limit: int, skip: Iterable[str] = ()) -> ReadyInstances:
+        """Up to ``limit`` instances of ``workflows`` due for a look (none of ``skip``),
+        in one read of the index."""
+        ...
+
+    def settle_ready(self, instance_id: str, version: int, until: float | None, *, signal: str | None = None) -> bool:
+        """Nothing claimable was found in ``instance_id`` at ``version``: put it off until
+        ``until`` (epoch seconds; None: until something changes), never past the expiry
+        of a claim on it. Refused (False, the instance stays due) when the index moved
+        since ``version`` was read, or when ``signal`` — the one it awaits — is already
+        buffered."""
         ...
 
 

@@ -56,6 +56,7 @@ from nbflow.store.base import (
     InstanceMeta,
     InstanceSummary,
     PayloadSink,
+    ReadyInstances,
     damaged_record,
     matches,
     summarize,
@@ -65,7 +66,17 @@ from nbflow.store.postgres_connect import ConnectionPool
 from nbflow.store.postgres_leases import PROBE_INTERVAL, LeaseKeeper, PgLease
 from nbflow.store.postgres_notices import CHANNEL, PgWorkListener
 from nbflow.store.postgres_payloads import ChunkReader, PgSink
-from nbflow.store.postgres_schema import LEASE_TAKEN_SQLSTATE, LIST_SUMMARIES, PUT_ONE, STALE_SQLSTATE
+from nbflow.store.postgres_schema import (
+    LEASE_TAKEN_SQLSTATE,
+    LIST_SUMMARIES,
+    PUT_ONE,
+    READY_DELETE,
+    READY_INSTANCES,
+    READY_TOUCH,
+    READY_UPSERT,
+    SETTLE_READY,
+    STALE_SQLSTATE,
+)
 from nbflow.store.records import (
     ChecksumReader,
     RecordFormatError,
@@ -93,8 +104,11 @@ T = TypeVar("T")
 _CONTROL_FRESH = 0.02
 _LOCK_SEED = b"nbflow-instance-lock\x00"
 _LOST = "this runner's lock was lost when its connection to the database broke, and another holder has it now"
-# States in which a PooledWorker may find work in an instance: saving one wakes them.
+# States in which a PooledWorker may find work in an instance: saving one puts it in the
+# ready index and wakes them.
 _WORKABLE = frozenset(s.value for s in (RunState.PENDING, RunState.RUNNING, RunState.WAITING, RunState.AWAITING_SIGNAL))
+# Of those, the ones that keep a worker told to stop when idle going.
+_BUSY = [s.value for s in (RunState.PENDING, RunState.RUNNING, RunState.WAITING)]
 _NEW_STAMP = "UPDATE nbflow_instances SET stamp = nextval('nbflow_stamps') WHERE instance_id = %s"
 
 
@@ -161,7 +175,7 @@ class PostgresBackend:
         self._leases.release_all()
 
     # -- helpers ------------------------------------------------------------------------
-    def _fetchone(self, sql: str, params: tuple[Any, ...] = (), *, binary: bool = False) -> Any:
+    def _fetchone(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = (), *, binary: bool = False) -> Any:
         def call(conn: psycopg.Connection[Any]) -> Any:
             return conn.cursor(binary=binary).execute(sql, params).fetchone()
 
@@ -173,7 +187,7 @@ class PostgresBackend:
 
         return self._pool.run(call)
 
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+    def _execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> int:
         def call(conn: psycopg.Connection[Any]) -> int:
             return conn.execute(sql, params).rowcount
 
@@ -279,8 +293,12 @@ class PostgresBackend:
                         [line.split("|", 1)[0] for line in meta.shape],
                     ),
                 )
-                if str(meta.state) in _WORKABLE:
+                ready = {"iid": instance_id, "w": meta.workflow, "s": str(meta.state)}
+                if str(meta.state) in _WORKABLE:  # due in the ready index, and idle workers look
+                    conn.execute(READY_UPSERT, ready)
                     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, instance_id))
+                else:
+                    conn.execute(READY_DELETE, ready)
             return meta.generation
 
         self._gens[instance_id] = self._pool.run(call)
@@ -547,6 +565,7 @@ class PostgresBackend:
                     (instance_id, ids),
                 )
                 conn.execute(_NEW_STAMP, (instance_id,))
+                conn.execute(READY_TOUCH, (instance_id,))  # a step to run again: due now
 
         self._refusable(instance_id, call)
 
@@ -676,8 +695,10 @@ class PostgresBackend:
         validate_instance_id(instance_id)
         self._execute(
             "WITH sent AS (INSERT INTO nbflow_signals (uid, instance_id, name, payload) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (uid) DO NOTHING RETURNING instance_id) "  # a retry after a lost answer does not send it twice
-            "SELECT pg_notify(%s, instance_id) FROM sent",  # a worker parked on it looks again
+            "ON CONFLICT (uid) DO NOTHING RETURNING instance_id), "  # a retry after a lost answer does not send it twice
+            "due AS (UPDATE nbflow_ready SET version = nextval('nbflow_stamps'), not_before = '-infinity' "
+            "WHERE instance_id IN (SELECT instance_id FROM sent)) "  # the instance parked on it is due now ...
+            "SELECT pg_notify(%s, instance_id) FROM sent",  # ... and a worker looks again
             (uuid.uuid4().hex, instance_id, name, bytes(payload), CHANNEL),
         )
 
@@ -726,9 +747,11 @@ class PostgresBackend:
         validate_instance_id(instance_id)
         text = None if action is None else encode_control(action, reason).decode("ascii")
         self._execute(
+            "WITH due AS (UPDATE nbflow_ready SET version = nextval('nbflow_stamps'), not_before = '-infinity' "
+            "WHERE instance_id = %s) "  # a worker looks at once and moves the instance as asked
             "INSERT INTO nbflow_instances (instance_id, control) VALUES (%s, %s) "
             "ON CONFLICT (instance_id) DO UPDATE SET control = excluded.control",
-            (instance_id, text),
+            (instance_id, instance_id, text),
         )
         self._control_seen.pop(instance_id, None)
 
@@ -797,3 +820,17 @@ class PostgresBackend:
             (instance_id,),
         )
         return {tid: Claim(tid, worker, token, float(expires)) for tid, worker, token, expires in rows}
+
+    # -- ready index (PooledWorker) -----------------------------------------------------
+    def ready_instances(self, workflows: Iterable[str], limit: int, skip: Iterable[str] = ()) -> ReadyInstances:
+        """The instances due for a look in the ready index (``postgres_schema.py``), in
+        one statement: no instance row, record or claim is read."""
+        row = self._fetchone(
+            READY_INSTANCES, {"w": list(workflows), "busy": _BUSY, "skip": list(skip), "n": int(limit)}
+        )
+        busy, ids, versions = row
+        return ReadyInstances(list(zip(ids, (int(v) for v in versions), strict=True)), bool(busy))
+
+    def settle_ready(self, instance_id: str, version: int, until: float | None, *, signal: str | None = None) -> bool:
+        params = {"iid": instance_id, "v": int(version), "until": until, "sig": signal}
+        return self._execute(SETTLE_READY, params) > 0

@@ -30,7 +30,7 @@ from nbflow.core.errors import (
     StoreDatabaseMissingError,
     StoreSchemaError,
 )
-from nbflow.store.postgres_schema import CHECK_VERSION, CREATE, SCHEMA_LOCK, SCHEMA_VERSION
+from nbflow.store.postgres_schema import CHECK_VERSION, CREATE, SCHEMA_LOCK, SCHEMA_VERSION, UPGRADES
 
 if TYPE_CHECKING:
     import psycopg
@@ -175,9 +175,10 @@ class ConnectionPool:
         return exc
 
     def _ensure_schema(self, conn: psycopg.Connection[Any]) -> None:
-        """Create the tables on first use; refuse a store of another schema version."""
+        """Create the tables on first use, upgrade a store of a version ``UPGRADES``
+        knows, and refuse a store of any other schema version."""
         version = _read_version(conn, self.psycopg)
-        if version is None:
+        if version is None or version in UPGRADES:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 version = _read_version(conn, self.psycopg)  # another process may have made it meanwhile
@@ -187,6 +188,10 @@ class ConnectionPool:
                         "INSERT INTO nbflow_schema (version, written_by) VALUES (%s, %s)",
                         (SCHEMA_VERSION, "nbflow"),
                     )
+                    version = SCHEMA_VERSION
+                elif version in UPGRADES:  # in this one transaction: all of it or nothing
+                    conn.execute(UPGRADES[version])  # constant DDL
+                    conn.execute("UPDATE nbflow_schema SET version = %s", (SCHEMA_VERSION,))
                     version = SCHEMA_VERSION
         if version != SCHEMA_VERSION:
             raise StoreSchemaError(self.where, version, SCHEMA_VERSION)

@@ -17,13 +17,26 @@ The write paths that must be atomic and fast are functions (one round trip each)
   worker it replaces, and a commit can never land after a take-over.
 * ``pg_notify('nbflow_work', instance)`` — sent by the commits that can make a unit
   ready for a PooledWorker (``postgres_notices.py``).
+* ``nbflow_ready`` — the ready index: one row per instance in a state a PooledWorker
+  may find work in (pending, running, waiting, awaiting a signal), written and deleted
+  by ``save_instance`` in its transaction. What is ready inside an instance is decided
+  by the DAG, so by the worker in Python; the row only says *when to look*: every
+  write that can make a unit ready (a claimed commit, a released claim, a signal, a
+  control request, deleted records) moves its ``version`` and makes it due now, in the
+  same transaction, and a worker that looked and found nothing to claim puts it off
+  (``SETTLE_READY``) — only if the version is still the one it read, and never past
+  the expiry of a claim on the instance (a dead worker's unit is claimable again then).
+  A free worker finds work with one statement (``READY_INSTANCES``) instead of reading
+  every instance.
 * ``nbflow_instances.lease`` — the token of the runner lease that took the instance
   last, written when its advisory lock is taken. A runner's writes carry its token and
   are refused (SQLSTATE ``NBLCK``) under another, in the statement that writes: the
   advisory lock alone leaves a gap after a cut session, before the runner's process
   notices, in which another runner takes the lock while the first still writes.
 
-The schema version is one row of ``nbflow_schema``; a store of another version is
+The schema version is one row of ``nbflow_schema``. A store of version 2 (before the
+ready index) is upgraded in one transaction (``UPGRADES``: the table is added and
+filled from the store index, the functions replaced); a store of any other version is
 refused (``StoreSchemaError``) rather than changed.
 """
 
@@ -35,12 +48,18 @@ __all__ = [
     "LEASE_TAKEN_SQLSTATE",
     "LIST_SUMMARIES",
     "PUT_ONE",
+    "READY_DELETE",
+    "READY_INSTANCES",
+    "READY_TOUCH",
+    "READY_UPSERT",
     "SCHEMA_LOCK",
     "SCHEMA_VERSION",
+    "SETTLE_READY",
     "STALE_SQLSTATE",
+    "UPGRADES",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STALE_SQLSTATE = "NBSTL"  # raised by nbflow_lock_instance; message: "cleared" or "restarted"
 # raised by nbflow_lock_instance when the instance's lease row names another runner's lease
 LEASE_TAKEN_SQLSTATE = "NBLCK"
@@ -88,7 +107,7 @@ WITH inst AS (
 SELECT generation, control FROM inst
 """
 
-CREATE = r"""
+_TABLES = r"""
 CREATE TABLE nbflow_schema (version integer NOT NULL, written_by text NOT NULL);
 
 CREATE SEQUENCE nbflow_stamps;
@@ -164,11 +183,28 @@ CREATE TABLE nbflow_claims (
 
 -- Who holds an instance's exclusive lock (the lock itself is an advisory lock).
 CREATE TABLE nbflow_holders (instance_id text PRIMARY KEY, holder text NOT NULL);
+"""
 
+# The ready index (see the module docstring). ``queued`` keeps the order of submission
+# (oldest first, as instances finish in order); ``version`` moves at every write that
+# may make a unit ready; ``not_before`` is when a worker should look again.
+_READY_TABLE = r"""
+CREATE TABLE nbflow_ready (
+    instance_id text PRIMARY KEY,
+    workflow text NOT NULL,
+    state text NOT NULL,
+    queued bigint NOT NULL,
+    version bigint NOT NULL,
+    not_before timestamptz NOT NULL DEFAULT '-infinity'
+);
+CREATE INDEX nbflow_ready_due ON nbflow_ready (workflow, not_before);
+"""
+
+_FUNCTIONS = r"""
 -- Lock the instance row (creating it if needed) and check the caller's generation and,
 -- for a runner, its lease: a runner whose lock was taken by another while its session
 -- was cut finds another token in ``lease`` and may not write.
-CREATE FUNCTION nbflow_lock_instance(
+CREATE OR REPLACE FUNCTION nbflow_lock_instance(
     p_iid text, p_known text, p_lease text, OUT generation text, OUT control text)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -193,7 +229,7 @@ BEGIN
     generation := coalesce(generation, '');
 END $$;
 
-CREATE FUNCTION nbflow_put(
+CREATE OR REPLACE FUNCTION nbflow_put(
     p_iid text, p_known text, p_lease text, p_tids text[], p_finished double precision[], p_blobs text[], p_datas bytea[],
     OUT generation text, OUT control text)
 LANGUAGE plpgsql AS $$
@@ -214,7 +250,7 @@ BEGIN
     UPDATE nbflow_instances SET stamp = nextval('nbflow_stamps') WHERE instance_id = p_iid;
 END $$;
 
-CREATE FUNCTION nbflow_claim(
+CREATE OR REPLACE FUNCTION nbflow_claim(
     p_iid text, p_tid text, p_worker text, p_token text, p_ttl double precision, p_seen double precision)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -239,7 +275,7 @@ BEGIN
     RETURN p_token;
 END $$;
 
-CREATE FUNCTION nbflow_commit_claimed(
+CREATE OR REPLACE FUNCTION nbflow_commit_claimed(
     p_iid text, p_claim text, p_token text, p_release boolean, p_known text,
     p_tids text[], p_finished double precision[], p_blobs text[], p_datas bytea[],
     OUT ok boolean, OUT generation text, OUT control text)
@@ -264,22 +300,26 @@ BEGIN
     IF p_release THEN
         DELETE FROM nbflow_claims c WHERE c.instance_id = p_iid AND c.task_id = p_claim;
     END IF;
-    PERFORM pg_notify('nbflow_work', p_iid);  -- a unit is done: idle workers look again
+    -- a unit is done: what depends on it may be ready, so the instance is due now
+    UPDATE nbflow_ready SET version = nextval('nbflow_stamps'), not_before = '-infinity' WHERE instance_id = p_iid;
+    PERFORM pg_notify('nbflow_work', p_iid);  -- and idle workers look again
     ok := true;
 END $$;
 
-CREATE FUNCTION nbflow_release_claim(p_iid text, p_tid text, p_token text) RETURNS boolean
+CREATE OR REPLACE FUNCTION nbflow_release_claim(p_iid text, p_tid text, p_token text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM nbflow_claims c WHERE c.instance_id = p_iid AND c.task_id = p_tid AND c.token = p_token;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    PERFORM pg_notify('nbflow_work', p_iid);  -- the unit is free for another worker
+    -- the unit is free for another worker: due now
+    UPDATE nbflow_ready SET version = nextval('nbflow_stamps'), not_before = '-infinity' WHERE instance_id = p_iid;
+    PERFORM pg_notify('nbflow_work', p_iid);
     RETURN true;
 END $$;
 
-CREATE FUNCTION nbflow_delete_instance(p_iid text) RETURNS boolean LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION nbflow_delete_instance(p_iid text) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     had boolean;
 BEGIN
@@ -290,7 +330,69 @@ BEGIN
     DELETE FROM nbflow_signals WHERE instance_id = p_iid;
     DELETE FROM nbflow_claims WHERE instance_id = p_iid;
     DELETE FROM nbflow_index WHERE instance_id = p_iid;
+    DELETE FROM nbflow_ready WHERE instance_id = p_iid;
     DELETE FROM nbflow_instances WHERE instance_id = p_iid;
     RETURN coalesce(had, false);
 END $$;
+"""
+
+CREATE = _TABLES + _READY_TABLE + _FUNCTIONS
+
+# How to bring a store of an older version to SCHEMA_VERSION, by the version found: run
+# in the schema-creating transaction, under SCHEMA_LOCK, with the new version written
+# after it. A version 2 store gets the ready index, filled with every instance a worker
+# may find work in (due at once: the first look settles each), and the functions that
+# keep it.
+UPGRADES = {
+    2: _READY_TABLE
+    + """
+INSERT INTO nbflow_ready (instance_id, workflow, state, queued, version)
+    SELECT x.instance_id, x.workflow, x.state, nextval('nbflow_stamps'), nextval('nbflow_stamps')
+    FROM nbflow_index x WHERE x.state IN ('pending', 'running', 'waiting', 'awaiting_signal')
+    ORDER BY x.instance_id;
+"""
+    + _FUNCTIONS,
+}
+
+# save_instance, in its transaction: an instance a worker may find work in is due now
+# (a new one queued last); any other leaves the index.
+READY_UPSERT = """
+INSERT INTO nbflow_ready (instance_id, workflow, state, queued, version)
+VALUES (%(iid)s, %(w)s, %(s)s, nextval('nbflow_stamps'), nextval('nbflow_stamps'))
+ON CONFLICT (instance_id) DO UPDATE
+    SET workflow = excluded.workflow, state = excluded.state, version = excluded.version, not_before = '-infinity'
+"""
+READY_DELETE = "DELETE FROM nbflow_ready WHERE instance_id = %(iid)s"
+
+# A write that may make a unit ready (in the same statement or transaction as it).
+READY_TOUCH = (
+    "UPDATE nbflow_ready SET version = nextval('nbflow_stamps'), not_before = '-infinity' WHERE instance_id = %s"
+)
+
+# What a free worker reads instead of every instance: the due instances of its
+# workflows, oldest first, and whether any of them (due or not; none of those it skips)
+# is pending, running or waiting for a delay (a worker told to stop when idle keeps
+# going then).
+READY_INSTANCES = """
+SELECT EXISTS (SELECT 1 FROM nbflow_ready b
+        WHERE b.workflow = ANY(%(w)s) AND b.state = ANY(%(busy)s) AND b.instance_id <> ALL(%(skip)s)),
+    coalesce(array_agg(d.instance_id ORDER BY d.queued), '{}'), coalesce(array_agg(d.version ORDER BY d.queued), '{}')
+FROM (
+    SELECT r.instance_id, r.version, r.queued FROM nbflow_ready r
+    WHERE r.workflow = ANY(%(w)s) AND r.not_before <= clock_timestamp() AND r.instance_id <> ALL(%(skip)s)
+    ORDER BY r.queued LIMIT %(n)s
+) d
+"""
+
+# A worker found nothing to claim in an instance at ``version``: look again at ``until``
+# (NULL: only after a change), or earlier when a claim on it expires (its holder may be
+# dead). Refused when the version moved since it was read (a change the worker did not
+# see), or when the signal the instance awaits is already buffered.
+SETTLE_READY = """
+UPDATE nbflow_ready SET not_before = least(
+    coalesce(to_timestamp(%(until)s::float8), 'infinity'),
+    coalesce((SELECT min(c.expires_at) FROM nbflow_claims c WHERE c.instance_id = %(iid)s), 'infinity'))
+WHERE instance_id = %(iid)s AND version = %(v)s
+  AND (%(sig)s::text IS NULL OR NOT EXISTS (
+      SELECT 1 FROM nbflow_signals g WHERE g.instance_id = %(iid)s AND g.name = %(sig)s))
 """

@@ -12,7 +12,7 @@ import pytest
 import nbflow as nf
 from nbflow.core.status import LoopResult
 from nbflow.run.worker_units import claim_order, place
-from nbflow.store.base import CheckpointRecord
+from nbflow.store.base import CheckpointRecord, ReadyIndex
 from tests.store.implementations import IMPLEMENTATIONS, close_store, make_store
 
 
@@ -139,6 +139,17 @@ def test_unchanged_instance_is_not_re_read(store) -> None:  # type: ignore[no-un
             time.sleep(0.02)
         assert client.status("nap-1").state == "waiting"
         store.get_records, store.load_instance = counting("get_records"), counting("load_instance")
+        if isinstance(store, ReadyIndex):  # the worker does not even look at a settled instance
+            while store.ready_instances(["nap"], 10).due and time.time() < deadline:
+                time.sleep(0.01)
+            assert store.ready_instances(["nap"], 10).due == []  # put off until the delay is due
+            calls.update(get_records=0, load_instance=0)
+            time.sleep(0.3)  # about 15 polls
+            assert calls == {"get_records": 0, "load_instance": 0}
+            store.push_signal("nap-1", "unrelated", b"")  # a write that may make a unit ready
+            wait_for("load_instance", 1)  # looked at again ...
+            assert calls["get_records"] == 0  # ... and its unchanged records not re-read
+            return
         # The claim of the parked step is released just after the state says "waiting",
         # and a claim may move the change stamp (one allowed re-read): let that settle.
         wait_for("load_instance", 2)

@@ -102,24 +102,24 @@ def test_a_cut_listening_session_is_opened_again(store: PostgresBackend, dsn: st
 
 
 def test_an_idle_worker_is_woken_by_a_submit_long_before_its_poll(store: PostgresBackend) -> None:
-    """The worker polls once an hour; it lists the store once at start (the instance is
-    not there yet) and is then only woken by the submit's notice."""
+    """The worker polls once an hour; it asks the ready index once at start (the
+    instance is not there yet) and is then only woken by the submit's notice."""
     wf = nf.Workflow("woken").then("inc", lambda x: x + 1).build()
     listed = threading.Event()
     calls: list[str] = []
-    original = store.list_summaries
+    original = store.ready_instances
 
-    def list_summaries(*args: Any, **kwargs: Any) -> Any:
+    def ready_instances(*args: Any, **kwargs: Any) -> Any:
         rows = original(*args, **kwargs)
         calls.append("list")
         listed.set()
         return rows
 
-    store.list_summaries = list_summaries  # type: ignore[method-assign]
+    store.ready_instances = ready_instances  # type: ignore[method-assign]
     worker = nf.PooledWorker("w", store, [wf], poll_interval="1h")
     handle = worker.start()
     try:
-        assert listed.wait(30)  # the first scan has listed the (empty) store
+        assert listed.wait(30)  # the first scan has asked the (empty) index
         client = nf.WorkflowClient(PostgresBackend(store.dsn))
         client.submit(wf, "w-1", 41)
         deadline = time.time() + 60
@@ -127,6 +127,6 @@ def test_an_idle_worker_is_woken_by_a_submit_long_before_its_poll(store: Postgre
             time.sleep(0.05)
         assert client.status("w-1").output == 42
         assert worker.stats["woken"] >= 1
-        assert len(calls) >= 2  # listed again because of the notice, not an hour later
+        assert len(calls) >= 2  # asked again because of the notice, not an hour later
     finally:
         handle.shutdown(timeout=30)
