@@ -116,7 +116,10 @@ def test_a_listening_widget_runs_one_timer_thread_and_events_start_none(tmp_path
     assert not [t for t in started if isinstance(t, threading.Timer) or t.name.startswith("nbflow-widget")]
     assert wait_for(lambda: any(name.startswith("nbflow-widget-") for name in pushed_from))  # the ticker pushed
     unsubscribe()
+    during = widget.cpu_seconds
+    assert during > 0  # the ticker's folds and pushes are counted
     widget.flush()
+    assert widget.cpu_seconds > during  # and so is the final push
     assert widget.progress["done"] == widget.model.total
     assert wait_for(lambda: not ticker_threads[0].is_alive())
     widget.close()
