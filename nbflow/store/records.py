@@ -88,12 +88,30 @@ def encode_json(value: Any) -> bytes:
 
     ``ensure_ascii`` keeps lone surrogates (which Python strings may hold, e.g. in
     captured output) representable; the bytes are plain ASCII either way."""
-    return _ENCODER.encode(value).encode("ascii")
+    if _C_ENCODE is None:
+        return _ENCODER.encode(value).encode("ascii")
+    return "".join(_C_ENCODE(value, 0)).encode("ascii")
 
 
 # Built once: json.dumps with options builds a new encoder per call, a noticeable part of
 # a trivial task's checkpoint. Store records are trees of plain values, never cyclic.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False)
+
+
+def _unencodable(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# The C encoder itself, made once: JSONEncoder.encode makes a new one for every call (and
+# its Python layers around it), most of what encoding a small record costs. The same
+# options, so the same bytes; None where the C accelerator is missing.
+_C_ENCODE = (
+    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None, _unencodable, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+    if getattr(json.encoder, "c_make_encoder", None) is not None
+    else None
+)
 
 
 def decode_json(data: bytes | str, what: str) -> Any:
