@@ -237,9 +237,8 @@ class PostgresBackend:
 
     def save_instance(self, meta: InstanceMeta) -> None:
         instance_id = validate_instance_id(meta.instance_id)
-        self._still_ours(instance_id)
         given = meta.generation
-        lease = self._leases.token(instance_id)
+        lease = self._writer(instance_id)
 
         def call(conn: psycopg.Connection[Any]) -> str:
             meta.generation = given  # a retry starts from what the caller gave
@@ -393,9 +392,8 @@ class PostgresBackend:
         """Store ``records`` in one transaction (under ``claim`` = (step, token, release)
         if given); False if the claim was not ours. ``before(conn)`` runs first in the
         same transaction (a signal pop)."""
-        self._still_ours(instance_id)
         pg = self._pool.psycopg
-        lease = self._leases.token(instance_id)
+        lease = self._writer(instance_id)
 
         def call(conn: psycopg.Connection[Any]) -> bool:
             known = self._gens.get(instance_id)
@@ -547,9 +545,8 @@ class PostgresBackend:
         return ChecksumReader(reader, record.checksum)  # type: ignore[return-value]
 
     def delete_records(self, instance_id: str, task_ids: Iterable[str]) -> None:
-        self._still_ours(instance_id)
         ids = list(task_ids)
-        lease = self._leases.token(instance_id)
+        lease = self._writer(instance_id)
 
         def call(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
@@ -572,10 +569,9 @@ class PostgresBackend:
     # -- task state ---------------------------------------------------------------------
     def save_task_state(self, instance_id: str, task_id: str, state: dict[str, Any] | None) -> None:
         validate_instance_id(instance_id)
-        self._still_ours(instance_id)
         text = None if state is None else encode_json(state).decode("ascii")
         known = self._gens.get(instance_id)
-        lease = self._leases.token(instance_id)
+        lease = self._writer(instance_id)
 
         def call(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
@@ -672,11 +668,15 @@ class PostgresBackend:
             raise InstanceLockedError(instance_id, name)
         raise InstanceLockedError(instance_id, "PooledWorker processes are running it")
 
-    def _still_ours(self, instance_id: str) -> None:
-        """Refuse a write of a runner whose lock on the instance was lost (its session was
-        cut and another holder took the lock before it could take it again)."""
-        if self._leases.lost(instance_id):
+    def _writer(self, instance_id: str) -> str | None:
+        """The lease token a write of ``instance_id`` carries (None: no runner lock of
+        this handle); refuses the write of a runner whose lock on the instance was lost
+        (its session was cut and another holder took the lock before it could take it
+        again)."""
+        lost, token = self._leases.for_write(instance_id)
+        if lost:
             raise InstanceLockedError(instance_id, _LOST)
+        return token
 
     def is_locked(self, instance_id: str) -> bool:
         """Whether a runner holds the instance exclusively: read from ``pg_locks``, so

@@ -116,7 +116,8 @@ class ConnectionPool:
         healthy = (
             not conn.closed
             and not conn.broken
-            and conn.info.transaction_status == self.psycopg.pq.TransactionStatus.IDLE
+            # pgconn's own status: ``conn.info`` builds a new object at every call (a write per task)
+            and conn.pgconn.transaction_status == self.psycopg.pq.TransactionStatus.IDLE
             and os.getpid() == self._pid
         )
         if healthy:

@@ -141,6 +141,20 @@ class LeaseKeeper:
                 lease.check()
         return any(lease.lost for lease in mine)
 
+    def for_write(self, instance_id: str) -> tuple[bool, str | None]:
+        """What a write of ``instance_id`` needs, in one look at the leases (a runner
+        writes once per task): whether an exclusive lease of this handle on it was lost
+        (``lost``), and the token of its live one (``token``)."""
+        with self._lock:
+            mine = [lease for lease in self._leases if not lease.shared and lease.instance_id == instance_id]
+        if not mine:
+            return False, None
+        now = time.monotonic()
+        for lease in mine:
+            if now - lease.checked_at > WRITE_PROBE:
+                lease.check()
+        return any(lease.lost for lease in mine), next((lease.token for lease in mine if not lease.lost), None)
+
     def token(self, instance_id: str) -> str | None:
         """The token of this handle's live exclusive lease on ``instance_id``: what its
         writes carry, so the server refuses them once another runner took the lock."""
