@@ -55,7 +55,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, cast
 
 from nbflow.core.keys import INPUT_ID, parse_item_id, parse_iteration_id, parse_state_id
 from nbflow.jupyter import display_capture
@@ -381,6 +381,17 @@ class ProgressModel:
         return changed
 
     def _apply(self, e: ev.RunEvent) -> bool:
+        kind = type(e)
+        if kind is ev.TaskStarted or kind is ev.TaskFinished:
+            # most events of a wide run: straight to a task of the graph (not an item, no other kind to try)
+            task = cast("ev.TaskStarted | ev.TaskFinished", e)
+            known = self._tasks.get(task.task_id)
+            if known is not None:
+                if isinstance(task, ev.TaskStarted):
+                    self._started(known, task)
+                else:
+                    self._done(known, task, restored=False)
+                return True
         if isinstance(e, ev.RunStarted):
             self.workflow, self.instance_id = e.workflow, e.instance_id
             kinds = e.kinds or {k: i.kind for k, i in self._tasks.items()}
@@ -425,31 +436,9 @@ class ProgressModel:
             self._progress(info, e.time, e.done, e.total, e.note, stored=e.stored)
             return True
         if isinstance(e, ev.TaskStarted):
-            self._set(info, "running")
-            info.attempts, info.worker, info.started_at = e.attempt, e.worker, e.time
-            info.error = info.traceback = ""
-            info.stdout = info.stderr = info.live_stdout = info.live_stderr = ""
-            info.displays = []  # a new attempt shows its own
-            info.rate_first = info.rate_last = None
-            info.progress_stored = info.progress is not None  # "was at ..." until it reports again
-            if self._first_start is None:
-                self._first_start = e.time
+            self._started(info, e)
         elif isinstance(e, ev.TaskFinished | ev.TaskRestored):
-            restored = isinstance(e, ev.TaskRestored)
-            self._set(info, "restored" if restored else "done")
-            info.attempts, info.duration, info.worker = e.attempt, e.duration, e.worker
-            info.preview = _clip(e.preview) if e.preview else ""
-            info.stdout = _clip(e.stdout) if e.stdout else ""
-            info.stderr = _clip(e.stderr) if e.stderr else ""
-            info.live_stdout = info.live_stderr = ""
-            info.progress_stored = False
-            info.preview_bundle = _bundle_of(e.preview_bundle) if e.preview_bundle else {}
-            if e.displays:  # else: what came live (a map's items) stays
-                info.displays = _stored_displays(e.displays)
-            if not restored:
-                self._exec_total += e.duration
-                self._exec_count += 1
-                self._finished[task_id] = e.duration
+            self._done(info, e, restored=isinstance(e, ev.TaskRestored))
         elif isinstance(e, ev.TaskRetrying):
             self._set(info, "retrying")
             info.attempts, info.error = e.attempt, e.error
@@ -521,6 +510,33 @@ class ProgressModel:
         if info.rate_first is None or last is None or done < last[1]:  # first report, or a reset bar
             info.rate_first = (at, done)
         info.rate_last = (at, done)
+
+    def _started(self, info: TaskInfo, e: ev.TaskStarted) -> None:
+        self._set(info, "running")
+        info.attempts, info.worker, info.started_at = e.attempt, e.worker, e.time
+        info.error = info.traceback = ""
+        info.stdout = info.stderr = info.live_stdout = info.live_stderr = ""
+        info.displays = []  # a new attempt shows its own
+        info.rate_first = info.rate_last = None
+        info.progress_stored = info.progress is not None  # "was at ..." until it reports again
+        if self._first_start is None:
+            self._first_start = e.time
+
+    def _done(self, info: TaskInfo, e: ev.TaskFinished | ev.TaskRestored, *, restored: bool) -> None:
+        self._set(info, "restored" if restored else "done")
+        info.attempts, info.duration, info.worker = e.attempt, e.duration, e.worker
+        info.preview = _clip(e.preview) if e.preview else ""
+        info.stdout = _clip(e.stdout) if e.stdout else ""
+        info.stderr = _clip(e.stderr) if e.stderr else ""
+        info.live_stdout = info.live_stderr = ""
+        info.progress_stored = False
+        info.preview_bundle = _bundle_of(e.preview_bundle) if e.preview_bundle else {}
+        if e.displays:  # else: what came live (a map's items) stays
+            info.displays = _stored_displays(e.displays)
+        if not restored:
+            self._exec_total += e.duration
+            self._exec_count += 1
+            self._finished[e.task_id] = e.duration
 
     def _item_owner(self, task_id: str) -> str | None:
         """The map/loop node of an item id (``square[3]``, ``newton#2``), else None."""
