@@ -791,7 +791,7 @@ class DurationHistory:
     MAX_INSTANCES = 20
 
     def __init__(self) -> None:
-        self._samples: dict[tuple[Any, str], dict[str, dict[str, float]]] = {}
+        self._runs: dict[tuple[Any, str], dict[str, dict[str, float]]] = {}  # instance -> task -> seconds
         self._lock = threading.Lock()
 
     @staticmethod
@@ -804,43 +804,52 @@ class DurationHistory:
         (the first read of a store leaves the instances in ``skip`` out)."""
         key = self._key(store, workflow)
         with self._lock:
-            samples = self._samples.get(key)
-        if samples is None:
-            samples = _read_durations(store, workflow, self.MAX_INSTANCES, frozenset(skip))
+            runs = self._runs.get(key)
+        if runs is None:
+            runs = _read_durations(store, workflow, self.MAX_INSTANCES, frozenset(skip))
             with self._lock:
-                samples = self._samples.setdefault(key, samples)
+                runs = self._runs.setdefault(key, runs)
+        per_task: dict[str, list[float]] = {}
         with self._lock:
-            return {tid: statistics.median(by.values()) for tid, by in samples.items() if by}
+            for by_task in runs.values():
+                for tid, seconds in by_task.items():
+                    per_task.setdefault(tid, []).append(seconds)
+        return {tid: statistics.median(samples) for tid, samples in per_task.items()}
 
     def note(self, store: Any, workflow: str, instance_id: str, task_id: str, duration: float) -> None:
         """Add (or replace) one instance's duration of ``task_id``."""
         self.note_all(store, workflow, instance_id, {task_id: duration})
 
     def note_all(self, store: Any, workflow: str, instance_id: str, durations: Mapping[str, float]) -> None:
-        """:meth:`note` for several tasks of one instance at once."""
+        """:meth:`note` for several tasks of one instance at once. Kept per instance (the
+        newest :attr:`MAX_INSTANCES`), so a run's last batch — every task of a wide graph,
+        noted as the run ends — is one dict update, not a lookup per task."""
         if not durations:
             return
         key = self._key(store, workflow)
-        limit = self.MAX_INSTANCES
+        clean = {tid: max(0.0, float(seconds)) for tid, seconds in durations.items()}
         with self._lock:
-            per_task = self._samples.setdefault(key, {})
-            for task_id, duration in durations.items():
-                by = per_task.setdefault(task_id, {})
-                by.pop(instance_id, None)
-                by[instance_id] = max(0.0, float(duration))
-                while len(by) > limit:
-                    del by[next(iter(by))]
+            runs = self._runs.setdefault(key, {})
+            mine = runs.pop(instance_id, None)  # re-inserted: the newest
+            if mine is None:
+                mine = clean
+            else:
+                mine.update(clean)
+            runs[instance_id] = mine
+            while len(runs) > self.MAX_INSTANCES:
+                del runs[next(iter(runs))]
 
     def clear(self) -> None:
         with self._lock:
-            self._samples.clear()
+            self._runs.clear()
 
 
 def _read_durations(
     store: Any, workflow: str, limit: int, skip: frozenset[str] = frozenset()
 ) -> dict[str, dict[str, float]]:
-    """Task durations of the newest ``limit`` instances of ``workflow`` (nothing on errors:
-    history is a nicety, a damaged or closed store must not break a view)."""
+    """``{instance: {task id: seconds}}`` of the newest ``limit`` instances of ``workflow``,
+    oldest first (nothing on errors: history is a nicety, a damaged or closed store must
+    not break a view)."""
     out: dict[str, dict[str, float]] = {}
     try:
         rows = sorted(
@@ -860,7 +869,7 @@ def _read_durations(
                     or record.started_at <= 0
                 ):
                     continue
-                out.setdefault(rid, {})[row.instance_id] = max(0.0, record.finished_at - record.started_at)
+                out.setdefault(row.instance_id, {})[rid] = max(0.0, record.finished_at - record.started_at)
     except Exception:  # noqa: BLE001 - see the docstring
         return out
     return out

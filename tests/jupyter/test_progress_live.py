@@ -222,3 +222,17 @@ def test_a_tight_progress_loop_sends_few_reports_and_never_loses_the_last(runner
         assert all(a.done < b.done for a, b in pairwise(reports))  # in order, none twice
         assert len(reports) <= 20 * seconds + 3
         assert model.info("loop").progress == (n, n, f"step {n}")
+
+
+def test_history_keeps_the_newest_instances_and_a_rerun_updates_its_own() -> None:
+    history, store = DurationHistory(), nf.InMemoryBackend()
+    history.MAX_INSTANCES = 3
+    for i in range(5):
+        history.note_all(store, "w", f"i-{i}", {"a": float(i), "b": 10.0})
+    assert history.durations(store, "w") == {"a": 3.0, "b": 10.0}  # i-2, i-3, i-4
+    history.note_all(store, "w", "i-2", {"a": 100.0})  # i-2 again: its "a" replaced, its "b" kept
+    assert history.durations(store, "w") == {"a": 4.0, "b": 10.0}  # 3, 4, 100
+    history.note_all(store, "w", "i-5", {"a": -1.0})  # the oldest (i-3) goes; a negative time counts as 0
+    assert history.durations(store, "w") == {"a": 4.0, "b": 10.0}  # 4, 100, 0 and 10, 10
+    history.note_all(store, "w", "i-6", {"c": 1.0})
+    assert history.durations(store, "w") == {"a": 50.0, "b": 10.0, "c": 1.0}  # i-2, i-5, i-6
