@@ -123,3 +123,40 @@ def test_a_listening_widget_runs_one_timer_thread_and_events_start_none(tmp_path
     assert widget.progress["done"] == widget.model.total
     assert wait_for(lambda: not ticker_threads[0].is_alive())
     widget.close()
+
+
+def test_events_are_folded_on_the_widget_thread_while_a_push_waits(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no push due for seconds, what the run sends is still folded as it comes, on
+    the widget's thread, not left for the final flush the run's caller waits for."""
+    from nbflow.jupyter.progress import ProgressModel
+
+    folds: list[tuple[str, int]] = []
+    original = ProgressModel.apply_all
+
+    def apply_all(self: ProgressModel, events: Any) -> int:
+        batch = list(events)
+        folds.append((threading.current_thread().name, len(batch)))
+        return original(self, batch)
+
+    monkeypatch.setattr(ProgressModel, "apply_all", apply_all)
+
+    def step(x: int) -> int:
+        time.sleep(0.12)
+        return x + 1
+
+    builder = nf.Workflow("slowish").then("s0", step)
+    for i in range(1, 5):
+        builder = builder.then(f"s{i}", step)
+    wf = builder.build()
+    widget = WorkflowWidget(wf, instance_id="fold-test", min_interval=30.0)  # no push due during the run
+    runner = nf.CheckpointingRunner(nf.DiskcacheBackend(tmp_path / "s"), echo_output=False)
+    unsubscribe = widget.listen(runner.events)
+    assert runner.run(wf, "fold-test", 0).state.value == "completed"
+    unsubscribe()
+    on_ticker = [n for name, n in folds if name == "nbflow-widget-fold-test"]
+    assert len(on_ticker) >= 3 and sum(on_ticker) >= 8  # folded as the tasks went, not once
+    widget.flush()
+    assert widget.progress["done"] == 5
+    widget.close()
