@@ -90,7 +90,7 @@ from typing import Any
 from nbflow.core.codecs import Codec, PickleCodec
 from nbflow.core.errors import ClaimLostError, ConfigurationError, InstanceLockedError
 from nbflow.core.graph import Node, WorkflowDefinition
-from nbflow.core.keys import chunk_id, item_id
+from nbflow.core.keys import chunk_id, item_id, wait_id
 from nbflow.core.retry import parse_duration
 from nbflow.core.status import RunState, TaskError
 from nbflow.core.typed import record_types
@@ -586,7 +586,8 @@ class PooledWorker:
             mine = {key for (held_iid, key) in self._held if held_iid == iid}
         keys = [unit.key for unit in units]
         if units and mine.issuperset(keys):
-            self._settle(iid, view.due_at)  # the commit of each one makes the instance due again
+            # not settled: a unit whose last commit released its claim is still in hand
+            # here until its run ends, and that commit's touch of the index is past
             return [], True
         taken = mine | {key for key, until in view.others.items() if until > now}
         if current:
@@ -594,8 +595,8 @@ class PooledWorker:
         # only the wait for a signal that was not sent: put off until it is sent (or its
         # timeout comes), refused when it is buffered already; a kept view is re-read
         # first (the caller does that when nothing was claimed from it)
-        parked = self._parked_only(view, [unit for unit in units if unit.key not in taken])
-        if parked and (not current or self._settle(iid, view.meta.wake_at, signal=view.meta.signal)):
+        parked, deadline = self._parked(view, [unit for unit in units if unit.key not in taken])
+        if parked and (not current or self._settle(iid, deadline, signal=view.meta.signal)):
             return [], False
         claimed: list[Unit] = []
         for index in claim_order(keys, taken, self._cursor.get(iid), place(self.worker_id, iid)):
@@ -614,32 +615,52 @@ class PooledWorker:
             claimed.append(unit)
             if len(claimed) >= limit:
                 break
-        if not claimed and current and taken.issuperset(keys):
+        if not claimed and current and taken.issuperset(keys) and self._all_held(iid, keys):
             self._settle(iid, view.due_at)  # each unit held (a dead holder's claim expires) or none ready
         return claimed, False
+
+    def _all_held(self, iid: str, keys: list[str]) -> bool:
+        """Whether every unit of ``keys`` is claimed now, as stored (read after the
+        index, so a release since is either seen here or refuses the settle): the
+        claims kept with a view may be older than its records (a release does not
+        move the change stamp)."""
+        if not keys:
+            return True
+        now = time.time()
+        held = {key for key, claim in self.backend.get_claims(iid).items() if claim.expires_at > now}
+        return held.issuperset(keys)
 
     def _settle(self, iid: str, until: float | None, *, signal: str | None = None) -> bool:
         """Tell a ready index that this scan found nothing to claim in ``iid``: it is
         not due again until ``until`` (None: until a change), a claim on it expires, or
-        anything is written that may make a unit ready. At most once per reading of the
-        index; refused when the index moved since."""
+        anything is written that may make a unit ready — and for a poll interval at
+        least (a claim left behind expired brings it back then, not at every scan). At
+        most once per reading of the index; refused when the index moved since."""
         version = self._due.pop(iid, None)
         if version is None or not isinstance(self.backend, ReadyIndex):
             return False
-        return self.backend.settle_ready(iid, version, until, signal=signal)
+        return self.backend.settle_ready(iid, version, until, signal=signal, least=self.poll_interval)
 
-    def _parked_only(self, view: InstanceView, free: list[Unit]) -> bool:
+    def _parked(self, view: InstanceView, free: list[Unit]) -> tuple[bool, float | None]:
         """Whether the only units free to claim are the wait for the signal the instance
-        is parked on (it ran, found no signal, and stored its deadline), on a store with
-        a ready index (which says when that signal is sent)."""
-        meta = view.meta
-        return (
-            bool(free)
-            and view.meta.instance_id in self._due
-            and meta.state == RunState.AWAITING_SIGNAL
-            and meta.signal is not None
-            and all(u.node.kind == NodeKind.SIGNAL and u.node.options.get("signal") == meta.signal for u in free)
-        )
+        is parked on (it ran, found no signal, and stored its deadline, if it has one,
+        which has not come: then the step must run, to fail), on a store with a ready
+        index (which says when that signal is sent); and that deadline."""
+        meta, now = view.meta, time.time()
+        if not free or meta.instance_id not in self._due or meta.state != RunState.AWAITING_SIGNAL:
+            return False, None
+        deadline: float | None = None
+        for unit in free:
+            node = unit.node
+            if node.kind != NodeKind.SIGNAL or meta.signal is None or node.options.get("signal") != meta.signal:
+                return False, None
+            if node.options.get("timeout") is not None:
+                stored = view.records.get(wait_id(node.id, "deadline"))
+                at = None if stored is None or stored.fingerprint != node.fingerprint else stored.extra.get("at")
+                if at is None or float(at) <= now:
+                    return False, None
+                deadline = float(at) if deadline is None else min(deadline, float(at))
+        return True, deadline
 
     def _claim(self, unit: Unit) -> str | None:
         """Claim ``unit`` for this worker, skipping the store round trip (a write

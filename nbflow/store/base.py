@@ -440,12 +440,14 @@ class ReadyIndex(Protocol):
         in one read of the index."""
         ...
 
-    def settle_ready(self, instance_id: str, version: int, until: float | None, *, signal: str | None = None) -> bool:
+    def settle_ready(
+        self, instance_id: str, version: int, until: float | None, *, signal: str | None = None, least: float = 0.0
+    ) -> bool:
         """Nothing claimable was found in ``instance_id`` at ``version``: put it off until
         ``until`` (epoch seconds; None: until something changes), never past the expiry
-        of a claim on it. Refused (False, the instance stays due) when the index moved
-        since ``version`` was read, or when ``signal`` — the one it awaits — is already
-        buffered."""
+        of a claim on it, and at least ``least`` seconds. Refused (False, the instance
+        stays due) when the index moved since ``version`` was read, or when ``signal`` —
+        the one it awaits — is already buffered."""
         ...
 
 

@@ -831,6 +831,8 @@ class PostgresBackend:
         busy, ids, versions = row
         return ReadyInstances(list(zip(ids, (int(v) for v in versions), strict=True)), bool(busy))
 
-    def settle_ready(self, instance_id: str, version: int, until: float | None, *, signal: str | None = None) -> bool:
-        params = {"iid": instance_id, "v": int(version), "until": until, "sig": signal}
+    def settle_ready(
+        self, instance_id: str, version: int, until: float | None, *, signal: str | None = None, least: float = 0.0
+    ) -> bool:
+        params = {"iid": instance_id, "v": int(version), "until": until, "sig": signal, "least": float(least)}
         return self._execute(SETTLE_READY, params) > 0

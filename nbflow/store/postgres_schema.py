@@ -386,12 +386,16 @@ FROM (
 
 # A worker found nothing to claim in an instance at ``version``: look again at ``until``
 # (NULL: only after a change), or earlier when a claim on it expires (its holder may be
-# dead). Refused when the version moved since it was read (a change the worker did not
-# see), or when the signal the instance awaits is already buffered.
+# dead), but not before ``least`` seconds from now (a claim that expired already — one
+# left behind by a holder that died after its commit — brings it back once a poll
+# interval, not at every scan). Refused when the version moved since it was read (a
+# change the worker did not see), or when the signal the instance awaits is already
+# buffered.
 SETTLE_READY = """
-UPDATE nbflow_ready SET not_before = least(
-    coalesce(to_timestamp(%(until)s::float8), 'infinity'),
-    coalesce((SELECT min(c.expires_at) FROM nbflow_claims c WHERE c.instance_id = %(iid)s), 'infinity'))
+UPDATE nbflow_ready SET not_before = greatest(
+    clock_timestamp() + make_interval(secs => %(least)s),
+    least(coalesce(to_timestamp(%(until)s::float8), 'infinity'),
+          coalesce((SELECT min(c.expires_at) FROM nbflow_claims c WHERE c.instance_id = %(iid)s), 'infinity')))
 WHERE instance_id = %(iid)s AND version = %(v)s
   AND (%(sig)s::text IS NULL OR NOT EXISTS (
       SELECT 1 FROM nbflow_signals g WHERE g.instance_id = %(iid)s AND g.name = %(sig)s))

@@ -198,6 +198,33 @@ def test_a_settled_instance_is_due_again_at_its_time_or_when_a_claim_on_it_expir
     assert store.claim("a", "t", "another worker", 60) is not None  # the expired claim is taken over
 
 
+def test_a_claim_left_behind_expired_puts_the_instance_off_for_the_least_time_not_at_every_scan(
+    store: PostgresBackend,
+) -> None:
+    store.save_instance(InstanceMeta("a", "wf", "h", state="running"))
+    assert store.claim("a", "t", "died after its commit", 0.01) is not None
+    time.sleep(0.05)  # expired: its expiry alone would make the instance due at once, for ever
+    assert store.settle_ready("a", _due(store)["a"], None, least=30.0)
+    assert "a" not in _due(store)  # put off for the least time asked (a worker's poll interval)
+
+
+def test_a_signal_wait_with_a_timeout_is_put_off_until_its_deadline_then_fails(store: PostgresBackend) -> None:
+    """Parked on a signal nobody sends, the instance is settled until the wait's stored
+    deadline (not run again at every scan), and then the step runs and fails."""
+    wf = nf.Workflow("sto").then("a", lambda x: x).wait_for_signal("go", timeout=0.5).then("b", lambda p: p).build()
+    client = nf.WorkflowClient(store)
+    client.submit(wf, "s-1", 1)
+    worker = nf.PooledWorker("w", store, [wf], poll_interval=0.02)
+    handle = worker.start()
+    try:
+        assert _eventually(lambda: client.status("s-1").state == "failed")
+    finally:
+        handle.shutdown(timeout=30)
+    assert "SignalTimeoutError" in str(client.status("s-1").error)
+    # a (1), the wait parking (1, maybe once more after its own release), the wait failing (1)
+    assert worker.stats["units"] <= 5, worker.stats
+
+
 def test_a_version_2_store_is_upgraded_with_its_runnable_instances_in_the_index(
     store: PostgresBackend, dsn: str
 ) -> None:
