@@ -872,6 +872,11 @@ class PooledWorker:
             self._fail(iid, failed.error)
         except Parked as parked:
             self._set_state(iid, RunState.AWAITING_SIGNAL, signal=parked.signal)
+            # looked for its signal just now: again after a poll interval, not at the
+            # next scan (which comes at once, as a unit just ended); a ready index
+            # instead leaves the instance out until the signal is sent
+            if not isinstance(self.backend, ReadyIndex):
+                self._refused[(iid, unit.key, unit.seen)] = time.monotonic() + self.poll_interval
         except NotDue as due:
             self._set_state(iid, RunState.WAITING, wake_at=due.at)
         except asyncio.CancelledError:

@@ -182,6 +182,29 @@ def test_signal_is_consumed_once(store) -> None:  # type: ignore[no-untyped-def]
     assert store.pop_signal("s-1", "go") is None
 
 
+def test_a_parked_signal_wait_is_looked_at_again_once_a_poll_not_at_every_scan(store) -> None:  # type: ignore[no-untyped-def]
+    """A unit that just ended starts the next scan at once; the wait that parked must
+    not be claimed and run again by it (it ran ~1,700 times in half a second)."""
+    wf = nf.Workflow("sig").then("a", lambda x: x).wait_for_signal("go").then("b", lambda p: p["n"] * 2).build()
+    client = nf.WorkflowClient(store)
+    client.submit(wf, "s-1", 1)
+    worker = nf.PooledWorker("w", store, [wf], poll_interval=2.0)
+    handle = worker.start()
+    try:
+        deadline = time.time() + 20
+        while client.status("s-1").state != "awaiting_signal" and time.time() < deadline:
+            time.sleep(0.02)
+        assert client.status("s-1").state == "awaiting_signal"
+        time.sleep(0.5)  # a quarter of a poll interval
+        assert worker.stats["units"] <= 3, worker.stats  # "a", the wait parking, at most one look more
+        client.send_signal("s-1", "go", {"n": 21})
+        while client.status("s-1").state != "completed" and time.time() < deadline:
+            time.sleep(0.02)
+        assert client.status("s-1").output == 42
+    finally:
+        handle.shutdown(timeout=10)
+
+
 def test_failure_after_retries_marks_the_instance_failed(store) -> None:  # type: ignore[no-untyped-def]
     calls = []
 
