@@ -596,7 +596,11 @@ class PooledWorker:
         # timeout comes), refused when it is buffered already; a kept view is re-read
         # first (the caller does that when nothing was claimed from it)
         parked, deadline = self._parked(view, [unit for unit in units if unit.key not in taken])
-        if parked and (not current or self._settle(iid, deadline, signal=view.meta.signal)):
+        if parked and (
+            not current
+            or not self._all_held(iid, [key for key in keys if key in taken])
+            or self._settle(iid, deadline, signal=view.meta.signal)
+        ):
             return [], False
         claimed: list[Unit] = []
         for index in claim_order(keys, taken, self._cursor.get(iid), place(self.worker_id, iid)):
@@ -623,12 +627,16 @@ class PooledWorker:
         """Whether every unit of ``keys`` is claimed now, as stored (read after the
         index, so a release since is either seen here or refuses the settle): the
         claims kept with a view may be older than its records (a release does not
-        move the change stamp)."""
+        move the change stamp). If they are, the kept view is dropped: the next scan
+        reads the instance afresh and claims what was released."""
         if not keys:
             return True
         now = time.time()
         held = {key for key, claim in self.backend.get_claims(iid).items() if claim.expires_at > now}
-        return held.issuperset(keys)
+        if held.issuperset(keys):
+            return True
+        self._views.pop(iid, None)
+        return False
 
     def _settle(self, iid: str, until: float | None, *, signal: str | None = None) -> bool:
         """Tell a ready index that this scan found nothing to claim in ``iid``: it is

@@ -345,3 +345,25 @@ def test_a_worker_killed_between_claim_and_commit_leaves_its_unit_claimable_afte
             proc.kill()
     assert client.status("slow-1").output == 2 and runs == [1]
     assert store.get_record("slow-1", "a").worker == "heir"  # type: ignore[union-attr]
+
+
+def test_a_claim_released_without_a_commit_is_seen_although_the_kept_view_says_held(
+    store: PostgresBackend,
+) -> None:
+    """A release moves no change stamp, so a worker's kept view still shows the unit
+    held by the other worker; the worker must read the claims as stored before it
+    settles the instance, or nothing would ever make it due again."""
+    wf = nf.Workflow("one").then("a", lambda x: x + 1).build()
+    client = nf.WorkflowClient(store)
+    client.submit(wf, "o-1", 1)
+    token = store.claim("o-1", "a", "other worker", 600)
+    assert token is not None
+    worker = nf.PooledWorker("w", store, [wf], poll_interval=0.02)
+    handle = worker.start()
+    try:
+        assert _eventually(lambda: store.ready_instances(["one"], 10).due == [])  # settled: "a" is held
+        assert store.release_claim("o-1", "a", token)  # given back unfinished
+        assert _eventually(lambda: client.status("o-1").state == "completed")
+    finally:
+        handle.shutdown(timeout=30)
+    assert client.status("o-1").output == 2
