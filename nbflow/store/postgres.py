@@ -23,6 +23,11 @@ from:
   reads the pending control request together, so a runner needs no extra query per
   task to notice a cancel. Every write is safe to repeat after a lost answer.
 
+* **A ready index for PooledWorkers** (``ReadyIndex``): one row per instance a worker
+  may find work in, kept in the transaction of every write that can make a unit ready,
+  so a free worker asks one indexed table which instances to look at instead of reading
+  every instance at every scan (``postgres_schema.py`` says how it is kept).
+
 Connection loss is survived: calls are retried on a new connection with backoff (see
 ``postgres_connect.py``). A backend pickles as its address, so worker processes
 reconnect themselves.
