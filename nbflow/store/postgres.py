@@ -71,6 +71,7 @@ from nbflow.store.postgres_connect import ConnectionPool
 from nbflow.store.postgres_leases import PROBE_INTERVAL, LeaseKeeper, PgLease
 from nbflow.store.postgres_notices import CHANNEL, PgWorkListener
 from nbflow.store.postgres_payloads import ChunkReader, PgSink
+from nbflow.store.postgres_prepared import Prepared
 from nbflow.store.postgres_schema import (
     LEASE_TAKEN_SQLSTATE,
     LIST_SUMMARIES,
@@ -95,6 +96,12 @@ from nbflow.store.records import (
     encode_meta,
     encode_record,
     verify_inline,
+)
+
+# A checkpoint's one statement, run through libpq's prepared-statement call (see
+# postgres_prepared.py): text, text, text, text, float8, bytea.
+_PUT_ONE = Prepared(
+    "nbflow_put_one", PUT_ONE, ("iid", "gen", "lease", "tid", "fin", "data"), (25, 25, 25, 25, 701, 17), ("data",)
 )
 
 if TYPE_CHECKING:
@@ -426,7 +433,10 @@ class PostgresBackend:
                     "fin": float(record.finished_at),
                     "data": encode_record(record),
                 }
-                one = conn.execute(PUT_ONE, params_one).fetchone()
+                if _PUT_ONE.usable(conn):
+                    one = _PUT_ONE.fetchone(conn, params_one)
+                else:
+                    one = conn.execute(PUT_ONE, params_one).fetchone()
                 if one is not None:
                     self._remember_control(instance_id, one[1])
                     return True
