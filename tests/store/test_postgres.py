@@ -38,28 +38,6 @@ reason = pg_server.unavailable_reason()
 pytestmark = pytest.mark.skipif(reason is not None, reason=f"no PostgreSQL test server: {reason}")
 
 
-@pytest.fixture(scope="module")
-def server() -> pg_server.PgServer:
-    try:
-        return pg_server.shared_server()
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture
-def dsn(server: pg_server.PgServer) -> Iterator[str]:
-    dsn = server.take_store()
-    yield dsn
-    server.give_store(dsn)
-
-
-@pytest.fixture
-def store(dsn: str) -> Iterator[PostgresBackend]:
-    backend = PostgresBackend(dsn)
-    yield backend
-    backend.close()
-
-
 def _sql(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
     import psycopg
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,13 +17,6 @@ from tests import pg_server
 
 reason = pg_server.unavailable_reason()
 pytestmark = pytest.mark.skipif(reason is not None, reason=f"no PostgreSQL test server: {reason}")
-
-
-@pytest.fixture
-def store(dsn: str) -> Iterator[PostgresBackend]:
-    backend = PostgresBackend(dsn)
-    yield backend
-    backend.close()
 
 
 def _sql(dsn: str, sql: str) -> list[Any]:

@@ -5,7 +5,6 @@ plain psycopg path on a connection that does not talk UTF-8."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,21 +22,6 @@ psycopg = pytest.importorskip("psycopg")
 DIVIDE = Prepared(
     "nbflow_test_divide", "SELECT %(a)s::int / %(b)s::int, %(label)s", ("a", "b", "label"), (23, 23, 25), ()
 )
-
-
-@pytest.fixture(scope="module")
-def server() -> pg_server.PgServer:
-    try:
-        return pg_server.shared_server()
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture
-def dsn(server: pg_server.PgServer) -> Iterator[str]:
-    dsn = server.take_store()
-    yield dsn
-    server.give_store(dsn)
 
 
 def test_a_statement_is_prepared_on_each_connection_at_its_first_use(dsn: str) -> None:
