@@ -55,18 +55,19 @@ class Prepared:
     def fetchone(self, conn: Any, params: dict[str, Any]) -> tuple[str | None, ...] | None:
         """Run the statement with ``params`` on ``conn``; its first row (text columns as
         ``str``), or None when it returns no row."""
+        pq = _pq()
         values = [_param(params[n]) for n in self.names]
         pgconn = conn.pgconn
         for _ in range(2):
             result = pgconn.exec_prepared(self.name, values, param_formats=self.formats)
-            if result.status == _tuples_ok(conn):
+            if result.status == pq.ExecStatus.TUPLES_OK:
                 if not result.ntuples:
                     return None
                 return tuple(_text(result.get_value(0, col)) for col in range(result.nfields))
-            if result.error_field(_sqlstate(conn)) != _NOT_PREPARED:
+            if result.error_field(pq.DiagnosticField.SQLSTATE) != _NOT_PREPARED:
                 break
             prepared = pgconn.prepare(self.name, self.sql, param_types=self.types)
-            if prepared.status != _command_ok(conn):
+            if prepared.status != pq.ExecStatus.COMMAND_OK:
                 result = prepared
                 break
         raise _error(conn, result)
@@ -84,28 +85,17 @@ def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("utf-8")
 
 
-def _psycopg(conn: Any) -> Any:
-    import psycopg  # the connection exists: psycopg is loaded
+def _pq() -> Any:
+    import psycopg.pq  # a connection exists: psycopg is loaded (a dictionary lookup)
 
-    return psycopg
-
-
-def _tuples_ok(conn: Any) -> Any:
-    return _psycopg(conn).pq.ExecStatus.TUPLES_OK
-
-
-def _command_ok(conn: Any) -> Any:
-    return _psycopg(conn).pq.ExecStatus.COMMAND_OK
-
-
-def _sqlstate(conn: Any) -> Any:
-    return _psycopg(conn).pq.DiagnosticField.SQLSTATE
+    return psycopg.pq
 
 
 def _error(conn: Any, result: Any) -> Exception:
     """The psycopg exception a failed call means: the connection's loss as
     OperationalError (the connection is broken now), else the error of its SQLSTATE."""
-    psycopg = _psycopg(conn)
+    import psycopg
+
     if conn.pgconn.status == psycopg.pq.ConnStatus.BAD:
         message = (result.error_message or conn.pgconn.error_message or b"the connection was lost").decode(
             "utf-8", "replace"
