@@ -322,7 +322,11 @@ def _array_preview(a: Any) -> tuple[str, dict[str, str]]:
             pass
     elif a.size > _MINMAX_MAX:
         facts.append(f"min/max not computed ({a.size} values)")
-    values = np.array2string(a, threshold=12, edgeitems=3, precision=4, max_line_width=100)
+    if isinstance(a, np.ma.MaskedArray):  # array2string ignores the mask (shows fill values, warns)
+        with np.printoptions(threshold=12, edgeitems=3, precision=4, linewidth=100):
+            values = str(a)
+    else:
+        values = np.array2string(a, threshold=12, edgeitems=3, precision=4, max_line_width=100)
     lines = values.splitlines()
     if len(lines) > 12:
         values = "\n".join(lines[:12]) + f"\n… {len(lines) - 12} more lines"

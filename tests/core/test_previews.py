@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,19 @@ def test_a_numpy_array_says_shape_dtype_min_max_and_a_few_values() -> None:
     assert nan_line == "array 3 float64, min 1.0, max 3.0"
     words, _ = make_preview(np.array(["a", "b"]))
     assert words.startswith("array 2 <U1") and "min" not in words
+
+
+@pytest.mark.parametrize("dtype", ["int64", "float64"])
+def test_a_masked_array_shows_its_mask_and_warns_nothing(dtype: str) -> None:
+    """numpy's array2string ignores a mask: an int array warned (FutureWarning on the
+    user's screen) and a float one showed its fill values as data."""
+    a = np.ma.masked_array(np.arange(1, 31).astype(dtype), mask=[i % 3 == 1 for i in range(30)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        line, bundle = make_preview(a)
+    assert line.startswith(f"array 30 {dtype}, min 1")
+    values = bundle["text/plain"].split("\n\n", 1)[1]
+    assert "--" in values and "1e+20" not in values and "inf" not in values and "999999" not in values
 
 
 def test_a_figure_is_an_image() -> None:
