@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import nbflow as nf
-from bench.core import Config, Row, scaled, scratch_dir, start_workers, stop_workers
+from bench.core import Config, Row, scaled, scratch_dir, speedup_rows, start_workers, stop_workers, wait_completed
 
 NAME = "pool"
 REPO = Path(__file__).resolve().parent.parent
@@ -53,15 +53,7 @@ def drain(directory: Path, workers: int, instances: int, items: int) -> float:
         t0 = time.perf_counter()
         for iid in ids:
             client.submit(NAPS, iid, items)
-        waiting = list(ids)
-        while waiting:  # each instance's own meta: cheap, unlike a listing of instances in progress
-            meta = store.load_instance(waiting[0])
-            if meta is not None and meta.state == "failed":
-                raise RuntimeError(f"a nap instance failed: {meta}")
-            if meta is not None and meta.state == "completed":
-                waiting.pop(0)
-            else:
-                time.sleep(0.01)
+        wait_completed(store, ids, "nap")
         seconds = time.perf_counter() - t0
         for iid in ids:
             status = client.status(iid)
@@ -82,21 +74,4 @@ def run(cfg: Config, log: Callable[[str], None]) -> list[Row]:
         log(f"pool: {tasks} tasks of {TASK_SECONDS * 1e3:.0f} ms, {workers} worker(s)")
         with scratch_dir(cfg, f"pool-{workers}") as directory:
             seconds[workers] = drain(directory, workers, instances, items)
-    rows = []
-    for workers in WORKERS:
-        speedup = seconds[1] / seconds[workers]
-        target = {"target": ">= 3.5x speed-up", "met": speedup >= 3.5} if workers == 4 else {}
-        rows.append(
-            Row(
-                NAME,
-                f"{tasks} tasks of 50 ms on disk: PooledWorker x{workers} speed-up",
-                tasks / seconds[workers],
-                "tasks/s",
-                "PooledWorker x1",
-                tasks / seconds[1],
-                ratio=speedup,
-                note=f"{seconds[workers]:.2f} s wall; ideal {workers}x",
-                **target,  # type: ignore[arg-type]
-            )
-        )
-    return rows
+    return speedup_rows(NAME, f"{tasks} tasks of 50 ms on disk", tasks, seconds)

@@ -24,7 +24,7 @@ from typing import Any
 
 import nbflow as nf
 from bench import flows
-from bench.core import Config, Row, Timing, round_robin, scaled, start_workers, stop_workers
+from bench.core import Config, Row, Timing, round_robin, scaled, speedup_rows, start_workers, stop_workers
 
 NAME = "postgres"
 REPO = Path(__file__).resolve().parent.parent
@@ -162,24 +162,7 @@ def _pool_rows(server: Any, cfg: Config, log: Callable[[str], None]) -> list[Row
     for workers in (1, 2, 4):
         log(f"postgres: {tasks} tasks of {TASK_SECONDS * 1e3:.0f} ms, {workers} worker(s)")
         seconds[workers] = _drain(server, workers, instances, items)
-    rows = []
-    for workers in (1, 2, 4):
-        speedup = seconds[1] / seconds[workers]
-        target = {"target": ">= 3.5x speed-up", "met": speedup >= 3.5} if workers == 4 else {}
-        rows.append(
-            Row(
-                NAME,
-                f"{tasks} tasks of 50 ms: PooledWorker x{workers} speed-up",
-                tasks / seconds[workers],
-                "tasks/s",
-                "PooledWorker x1",
-                tasks / seconds[1],
-                ratio=speedup,
-                note=f"{seconds[workers]:.2f} s wall; ideal {workers}x",
-                **target,  # type: ignore[arg-type]
-            )
-        )
-    return rows
+    return speedup_rows(NAME, f"{tasks} tasks of 50 ms", tasks, seconds)
 
 
 def run(cfg: Config, log: Callable[[str], None]) -> list[Row]:

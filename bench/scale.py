@@ -185,7 +185,7 @@ def _drain(directory: Path, workers: int, instances: int, items: int) -> tuple[f
     cmd = [sys.executable, "-m", "nbflow", "--dir", str(directory), "worker", "--module", "bench.scale"]
     opts = ["--concurrency", "4", "--poll-interval", "0.05s"]
     here = Path(__file__).resolve().parents[1]
-    from bench.core import start_workers, stop_workers
+    from bench.core import start_workers, stop_workers, wait_completed
 
     t0 = time.perf_counter()
     procs = start_workers([*cmd, *opts], workers, here)
@@ -196,15 +196,7 @@ def _drain(directory: Path, workers: int, instances: int, items: int) -> tuple[f
         t0 = time.perf_counter()
         for k in range(instances):
             client.submit(THROUGHPUT, f"t-{k}", items)
-        waiting = [f"t-{k}" for k in range(instances)]
-        while waiting:  # each instance's own meta: cheap, unlike a listing of instances in progress
-            meta = store.load_instance(waiting[0])
-            if meta is not None and meta.state == "failed":
-                raise RuntimeError(f"a throughput instance failed: {meta}")
-            if meta is not None and meta.state == "completed":
-                waiting.pop(0)
-            else:
-                time.sleep(0.01)
+        wait_completed(store, [f"t-{k}" for k in range(instances)], "throughput")
         elapsed = time.perf_counter() - t0
         cpu1 = [_cpu_seconds(p.pid) for p in procs]
         done = [client.status(f"t-{k}") for k in range(instances)]
