@@ -242,6 +242,16 @@ _shared: PgServer | None = None
 _shared_error: str | None = None
 
 
+def sql(dsn: str, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Run one statement on its own autocommit connection; its rows ([] for none).
+    Without ``params`` the statement is sent as written (a ``%`` in it is literal)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(statement, params or None)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
+
+
 def shared_server() -> PgServer:
     """The one server of this process, started on first use and stopped at exit (the
     test session, a benchmark run). Raises RuntimeError with the reason when no server

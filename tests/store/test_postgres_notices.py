@@ -19,11 +19,7 @@ reason = pg_server.unavailable_reason()
 pytestmark = pytest.mark.skipif(reason is not None, reason=f"no PostgreSQL test server: {reason}")
 
 
-def _sql(dsn: str, sql: str) -> list[Any]:
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+_sql = pg_server.sql
 
 
 def _record(store: PostgresBackend, tid: str) -> tuple[CheckpointRecord, Any]:

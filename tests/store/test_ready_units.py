@@ -26,12 +26,7 @@ reason = pg_server.unavailable_reason()
 pytestmark = pytest.mark.skipif(reason is not None, reason=f"no PostgreSQL test server: {reason}")
 
 
-def _sql(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.execute(sql, params)  # type: ignore[arg-type]
-        return cur.fetchall() if cur.description else []
+_sql = pg_server.sql
 
 
 def _rows(dsn: str) -> dict[str, str]:
