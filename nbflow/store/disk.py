@@ -356,10 +356,14 @@ class DiskcacheBackend:
 
     # -- instances ----------------------------------------------------------------------
     def load_instance(self, instance_id: str) -> InstanceMeta | None:
-        data = self._get(instance_id, META)
+        rows = self._rows(instance_id, create=False)
+        data, generated = None, False
+        if rows is not None:
+            with self._errors(instance_id):
+                data, generated = _meta_snapshot(rows)
         if data is None:
             path = self._instance_dir(instance_id)
-            damage = _missing_record_damage(path, self._rows(instance_id, create=False))
+            damage = _missing_record_damage(path, rows is not None, generated)
             if damage:
                 raise CheckpointCorruptError(instance_id, damage, str(path))
             self._gens.pop(instance_id, None)
@@ -449,9 +453,9 @@ class DiskcacheBackend:
         for one that cannot be read, a stand-in whose state says so."""
         try:
             rows = self._rows_at(path, path.name, create=False)
-            data = None if rows is None else rows.get(META)
+            data, generated = (None, False) if rows is None else _meta_snapshot(rows)
             if data is None:
-                damage = _missing_record_damage(path, rows)
+                damage = _missing_record_damage(path, rows is not None, generated)
                 if damage:
                     raise RecordFormatError(damage)
                 return None
@@ -1043,11 +1047,21 @@ class DiskcacheBackend:
             return {key[len(CLAIM_PREFIX) :]: decode_claim(data) for key, data in rows.scan(CLAIM_PREFIX)}
 
 
-def _missing_record_damage(path: Path, rows: Rows | None) -> str | None:
+def _meta_snapshot(rows: Rows) -> tuple[bytes | str | None, bool]:
+    """The instance record, and whether the instance has a generation, in one statement
+    (one snapshot). Read one after the other, the two could straddle the commit that
+    creates the instance — no record yet, then a generation — and a reader would call a
+    new instance damaged (and advise discarding it)."""
+    found = rows.get_many([META, GENERATION])
+    return found.get(META), GENERATION in found
+
+
+def _missing_record_damage(path: Path, has_database: bool, generated: bool) -> str | None:
     """Why a folder without an instance record is a damaged instance rather than none:
     its database lost the record but kept others, or the database is gone but output
-    files remain."""
-    if rows is None:
+    files remain. ``generated``: the same snapshot that lacks the record holds a
+    generation (see ``_meta_snapshot``)."""
+    if not has_database:
         blobs = path / "blobs"
         if blobs.is_dir() and any(blobs.iterdir()):
             return "its database file is missing, though output files remain"
@@ -1055,7 +1069,7 @@ def _missing_record_damage(path: Path, rows: Rows | None) -> str | None:
     # The instance record and its generation are written together; a new instance's
     # input record comes just before them, so records without a generation are an
     # instance being created (a reader must not call it damaged), not a lost record.
-    if rows.get(GENERATION) is not None:
+    if generated:
         return "the instance record is missing from its database"
     return None
 

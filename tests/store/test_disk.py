@@ -244,3 +244,42 @@ def test_a_checkpoint_writes_its_record_row_and_nothing_else(tmp_path: Path) -> 
 
 def _inc(x: int) -> int:
     return x + 1
+
+
+def test_a_reader_never_calls_an_instance_being_created_damaged(tmp_path: Path) -> None:
+    """Another handle looks at instances while they are created: the record and the
+    generation are read in one snapshot, so the creating commit cannot fall between
+    them (read one after the other, ~1 in 5 new instances was reported damaged, with
+    advice to discard it)."""
+    import threading
+
+    from nbflow.core.status import RunState
+
+    writer, reader = DiskcacheBackend(tmp_path / "s"), DiskcacheBackend(tmp_path / "s")
+    damaged: list[str] = []
+    count = 150
+
+    def create() -> None:
+        for i in range(count):
+            writer.save_instance(InstanceMeta(f"i{i}", "wf", "h", state="pending"))
+
+    def look() -> None:
+        for i in range(count):
+            while True:
+                try:
+                    if reader.load_instance(f"i{i}") is not None:
+                        break
+                except CheckpointCorruptError as exc:
+                    damaged.append(str(exc))
+                    break
+                damaged.extend(m.instance_id for m in reader.list_instances() if m.state == RunState.DAMAGED.value)
+
+    threads = [threading.Thread(target=look), threading.Thread(target=create)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert damaged == []
+    assert len(reader.list_instances()) == count
+    writer.close()
+    reader.close()
