@@ -84,27 +84,29 @@ ORDER BY x.instance_id
 
 # The common checkpoint — one record, inline, by a handle that knows the generation — as
 # one plain statement (no function call, no arrays): the UPDATE locks the instance row,
-# checks the generation and moves the change stamp; no row back means the generation
-# moved, the instance is gone or another runner's lease has it, and the caller takes
-# ``nbflow_put``, which says which.
+# checks the generation and moves the change stamp, and the upsert writes the record.
+# It replaces only a record without chunk rows (a record written inline before, or
+# none): a task whose output was chunked before has chunks to drop, which the upsert
+# leaves to ``nbflow_put`` (so the statement reads no chunk table on the common path).
+# No row back means the generation moved, the instance is gone, another runner's lease
+# has it, or the record had chunks, and the caller takes ``nbflow_put``, which says
+# which or does it (the stamp this statement moved then moves again: only a change).
 PUT_ONE = """
 WITH inst AS (
     UPDATE nbflow_instances SET stamp = nextval('nbflow_stamps')
     WHERE instance_id = %(iid)s AND generation = %(gen)s
       AND (%(lease)s::text IS NULL OR lease IS NULL OR lease = %(lease)s)
     RETURNING generation, control
-), replaced AS (
-    DELETE FROM nbflow_chunks c USING nbflow_records r, inst
-    WHERE r.instance_id = %(iid)s AND r.task_id = %(tid)s AND r.blob IS NOT NULL
-      AND c.instance_id = %(iid)s AND c.blob = r.blob
 ), stored AS (
     INSERT INTO nbflow_records (instance_id, task_id, generation, finished_at, blob, data)
     SELECT %(iid)s, %(tid)s, inst.generation, %(fin)s, NULL, %(data)s FROM inst
     ON CONFLICT (instance_id, task_id) DO UPDATE
         SET generation = excluded.generation, finished_at = excluded.finished_at,
             blob = excluded.blob, data = excluded.data
+        WHERE nbflow_records.blob IS NULL
+    RETURNING 1
 )
-SELECT generation, control FROM inst
+SELECT generation, control FROM inst, stored
 """
 
 _TABLES = r"""

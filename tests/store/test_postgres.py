@@ -31,6 +31,7 @@ from nbflow.store import postgres_leases
 from nbflow.store.base import CheckpointRecord, InstanceMeta
 from nbflow.store.postgres import PostgresBackend
 from nbflow.store.postgres_payloads import CHUNK
+from nbflow.store.postgres_prepared import Prepared
 from nbflow.store.postgres_schema import SCHEMA_VERSION
 from tests import pg_server
 
@@ -251,6 +252,33 @@ def test_a_large_payload_is_stored_in_chunk_rows_and_streamed_back(store: Postgr
     assert stream.verify()  # type: ignore[attr-defined]
     _put(store, "i", "big", b"small now")  # replacing it drops its chunks in the same transaction
     assert _sql(dsn, "SELECT count(*) FROM nbflow_chunks") == [(0,)]
+
+
+def test_a_chunked_output_replaced_by_the_one_statement_checkpoint_loses_its_chunks(
+    store: PostgresBackend, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task of a known generation is checkpointed by one statement that reads no chunk
+    table; one whose output was chunked before still gets its chunks dropped."""
+    store.save_instance(InstanceMeta("i", "wf", "h"))
+    _put(store, "i", "big", b"a" * (600 * 1024))
+    _put(store, "i", "other", b"b" * (600 * 1024))
+    assert _sql(dsn, "SELECT count(*) FROM nbflow_chunks") == [(2,)]
+    answers: list[Any] = []
+    real = Prepared.fetchone
+
+    def seen(self: Prepared, conn: Any, params: dict[str, Any]) -> Any:
+        answers.append(real(self, conn, params))
+        return answers[-1]
+
+    monkeypatch.setattr(Prepared, "fetchone", seen)
+    _put(store, "i", "big", b"small now")
+    _put(store, "i", "new", b"small too")
+    assert [a is None for a in answers] == [True, False]  # the chunked one went on to nbflow_put
+    assert _sql(dsn, "SELECT count(*) FROM nbflow_chunks") == [(1,)]  # the other task's stay
+    with store.open_payload("i", store.get_record("i", "big")) as stream:  # type: ignore[arg-type]
+        assert stream.read() == b"small now"
+    _put(store, "i", "big", b"again")  # inline before: the one statement replaces it
+    assert answers[-1] is not None and store.get_record("i", "big").size == 5  # type: ignore[union-attr]
 
 
 def test_a_damaged_chunk_fails_its_checksum(store: PostgresBackend, dsn: str) -> None:
