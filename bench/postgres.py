@@ -3,7 +3,8 @@
 1. Per-task durable cost: a chain of trivial tasks run by ``CheckpointingRunner`` on a
    ``PostgresBackend``, against a raw ``INSERT … ON CONFLICT DO UPDATE`` commit of the
    same keys and the same payload bytes (one autocommit statement per task, prepared),
-   in the same run on the same server. Target from the issue: <= 1.5x.
+   in the same run on the same server. Both connect before their clock starts (the
+   backend opens the two sessions a run uses). Target from the issue: <= 1.5x.
 2. PooledWorker throughput: 200 tasks of 50 ms (4 instances x a map of 50) drained by
    1, 2 and 4 ``nbflow --dsn … worker`` processes (one unit at a time each). Workers
    are started and idle before the instances are submitted; the clock runs from the
@@ -53,6 +54,7 @@ def _chain_variant(server: Any, wf: Any, n: int) -> Callable[[], float]:
         dsn = server.take_store()
         backend = PostgresBackend(dsn)
         try:
+            _connect_outside_the_clock(backend)
             runner = nf.CheckpointingRunner(backend, echo_output=False)
             seconds, status = flows.timed_run(runner, wf, f"chain-{next(counter)}", 0)
         finally:
@@ -63,6 +65,18 @@ def _chain_variant(server: Any, wf: Any, n: int) -> Callable[[], float]:
         return seconds
 
     return run
+
+
+def _connect_outside_the_clock(backend: Any) -> None:
+    """Open the two sessions a run uses (its lock's and its writes') before the clock
+    starts, as the raw variant connects before its clock: a connection costs ~10 ms
+    here (password exchange, schema check), which is set-up, not per-task cost."""
+    lease = backend.lock("bench-warm-up", "bench")  # holds one session ...
+    try:
+        backend.list_summaries()  # ... so this opens a second one
+    finally:
+        lease.release()  # both stay in the backend's pool for the run
+    backend.delete_instance("bench-warm-up")
 
 
 def _raw_variant(server: Any, n: int) -> Callable[[], float]:
