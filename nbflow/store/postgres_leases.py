@@ -112,6 +112,9 @@ class LeaseKeeper:
         """``interval``: seconds between the keeper thread's rounds."""
         self.interval = interval
         self._leases: weakref.WeakSet[PgLease] = weakref.WeakSet()
+        # the exclusive ones by instance, looked up at every write of a runner (once per
+        # task): a dictionary lookup instead of a walk over a WeakSet (~12 us a write)
+        self._exclusive: dict[str, list[weakref.ref[PgLease]]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
@@ -120,6 +123,9 @@ class LeaseKeeper:
         lease.on_release = self._forget
         with self._lock:
             self._leases.add(lease)
+            if not lease.shared:
+                live = [ref for ref in self._exclusive.get(lease.instance_id, ()) if ref() is not None]
+                self._exclusive[lease.instance_id] = [*live, weakref.ref(lease)]
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="nbflow-pg-leases", daemon=True)
                 self._thread.start()
@@ -127,14 +133,16 @@ class LeaseKeeper:
     def _forget(self, lease: PgLease) -> None:
         with self._lock:
             self._leases.discard(lease)
+            kept = [ref for ref in self._exclusive.pop(lease.instance_id, ()) if ref() not in (None, lease)]
+            if kept:
+                self._exclusive[lease.instance_id] = kept
             if not self._leases:
                 self._wake.set()  # the thread ends instead of sleeping out its interval
 
     def lost(self, instance_id: str) -> bool:
         """Whether an exclusive lease of this handle on ``instance_id`` was lost; one not
         checked for ``WRITE_PROBE`` seconds is probed first."""
-        with self._lock:
-            mine = [lease for lease in self._leases if not lease.shared and lease.instance_id == instance_id]
+        mine = self._mine(instance_id)
         now = time.monotonic()
         for lease in mine:
             if now - lease.checked_at > WRITE_PROBE:
@@ -145,31 +153,35 @@ class LeaseKeeper:
         """What a write of ``instance_id`` needs, in one look at the leases (a runner
         writes once per task): whether an exclusive lease of this handle on it was lost
         (``lost``), and the token of its live one (``token``)."""
-        with self._lock:
-            mine = [lease for lease in self._leases if not lease.shared and lease.instance_id == instance_id]
+        mine = self._mine(instance_id)
         if not mine:
             return False, None
         now = time.monotonic()
+        lost, token = False, None
         for lease in mine:
             if now - lease.checked_at > WRITE_PROBE:
                 lease.check()
-        return any(lease.lost for lease in mine), next((lease.token for lease in mine if not lease.lost), None)
+            if lease.lost:
+                lost = True
+            elif token is None:
+                token = lease.token
+        return lost, token
 
     def token(self, instance_id: str) -> str | None:
         """The token of this handle's live exclusive lease on ``instance_id``: what its
         writes carry, so the server refuses them once another runner took the lock."""
-        with self._lock:
-            for lease in self._leases:
-                if not lease.shared and lease.instance_id == instance_id and not lease.lost:
-                    return lease.token
-        return None
+        return next((lease.token for lease in self._mine(instance_id) if not lease.lost), None)
 
     def mark_lost(self, instance_id: str) -> None:
         """The server refused a write: another runner's lease has the instance now."""
-        with self._lock:
-            mine = [lease for lease in self._leases if not lease.shared and lease.instance_id == instance_id]
-        for lease in mine:
+        for lease in self._mine(instance_id):
             lease.lost = True
+
+    def _mine(self, instance_id: str) -> list[PgLease]:
+        """The live exclusive leases of this handle on ``instance_id``."""
+        with self._lock:
+            refs = self._exclusive.get(instance_id, ())
+            return [lease for ref in refs if (lease := ref()) is not None]
 
     def release_all(self) -> None:
         with self._lock:
