@@ -37,7 +37,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -663,6 +663,54 @@ class DiskcacheBackend:
     def get_records(self, instance_id: str) -> dict[str, CheckpointRecord]:
         return self._read_records(instance_id)
 
+    def records_since(
+        self, instance_id: str, stamp: Hashable | None
+    ) -> tuple[str | None, dict[str, CheckpointRecord], bool]:
+        """The change stamp and records of the instance read in one snapshot: only the
+        records written since ``stamp`` (a value this store's ``change_stamp`` or
+        ``records_since`` returned; ``complete`` False), or every record (``complete``
+        True) when ``stamp`` is None, of another generation, or older than a deletion.
+
+        A PooledWorker keeps an instance's records between scans; bringing them up to
+        date after other workers' commits cost decoding every record of the instance
+        (hundreds for a map) where a few changed. Every record write is a new row with
+        a rowid above the stamp's high water, and every deletion that could let a rowid
+        be taken again renews the stamp row (see sqlite_rows.py), so "the rows above
+        the high water" are exactly the records written since."""
+        rows = self._rows(instance_id, create=False)
+        if rows is None:
+            return None, {}, True
+        since = _high_of(stamp)
+        with self._errors(instance_id):
+            kept = False
+            if since is not None:  # the rows above its high water, and whether it still holds
+                high, (generation, deleted, meta), found = rows.since(RECORD_PREFIX, since[1], GENERATION, STAMP, META)
+                kept = since[0] == generation and since[2] == deleted
+            if not kept:  # another generation, or a deletion since: every record
+                high, (generation, deleted, meta), found = rows.since(RECORD_PREFIX, None, GENERATION, STAMP, META)
+        if generation is not None and not isinstance(generation, str):
+            raise CheckpointCorruptError(
+                instance_id, "its generation row is not text", str(self._instance_dir(instance_id))
+            )
+        if generation is None and deleted is None and not meta:
+            return None, {}, True
+        records: dict[str, CheckpointRecord] = {}
+        blobbed = set()
+        for key, data in found:
+            record = self._decode_or_stand_in(instance_id, key, data)
+            task_id = key[len(RECORD_PREFIX) :]
+            if record.blob or record.codec == DAMAGED_CODEC:
+                blobbed.add(task_id)  # a damaged row may name a file too
+            if record.generation in ("", generation):
+                records[task_id] = record
+        known = self._blobbed.get(instance_id)
+        if not kept and generation and generation == self._gens.get(instance_id):
+            self._blobbed[instance_id] = blobbed
+        elif kept and known is not None:
+            known.difference_update(key[len(RECORD_PREFIX) :] for key, _ in found)
+            known.update(blobbed)
+        return f"{generation}:{high}:{deleted}", records, not kept
+
     def _read_records(self, instance_id: str) -> dict[str, CheckpointRecord]:
         """Every record of the instance's current generation (also what the index reads
         to summarise an instance that changed)."""
@@ -813,7 +861,7 @@ class DiskcacheBackend:
         with self._errors(instance_id, task_id), rows.transact():
             self._check_generation(rows, instance_id)
             if state is None:
-                rows.delete([TASK_STATE_PREFIX + task_id])
+                rows.delete([TASK_STATE_PREFIX + task_id], mark=STAMP)
             else:
                 rows.put(TASK_STATE_PREFIX + task_id, encode_json(state))
 
@@ -917,7 +965,7 @@ class DiskcacheBackend:
         with self._errors(instance_id, path=path):
             with rows.transact():
                 if action is None:
-                    rows.delete([CONTROL])
+                    rows.delete([CONTROL], mark=STAMP)
                 else:
                     rows.put(CONTROL, encode_control(action, reason))
             # Then touch the flag file: readers stat it (a microsecond) instead of querying
@@ -990,7 +1038,9 @@ class DiskcacheBackend:
         return self._on_own_claim(instance_id, task_id, token, extend)
 
     def release_claim(self, instance_id: str, task_id: str, token: str) -> bool:
-        return self._on_own_claim(instance_id, task_id, token, lambda rows, _: rows.delete([CLAIM_PREFIX + task_id]))
+        return self._on_own_claim(
+            instance_id, task_id, token, lambda rows, _: rows.delete([CLAIM_PREFIX + task_id], mark=STAMP)
+        )
 
     def _on_own_claim(self, instance_id: str, task_id: str, token: str, change: Callable[[Rows, Claim], None]) -> bool:
         """Apply ``change`` in one transaction while the claim still carries ``token``;
@@ -1029,7 +1079,7 @@ class DiskcacheBackend:
                 if ours:
                     replaced = self._store_records(rows, instance_id, records)
                     if release:  # the unit is done: drop the claim in the same transaction
-                        rows.delete([CLAIM_PREFIX + task_id])
+                        rows.delete([CLAIM_PREFIX + task_id], mark=STAMP)
         except BaseException:
             self._drop_blobs(instance_id, records)
             raise
@@ -1072,6 +1122,18 @@ def _missing_record_damage(path: Path, has_database: bool, generated: bool) -> s
     if generated:
         return "the instance record is missing from its database"
     return None
+
+
+def _high_of(stamp: Hashable | None) -> tuple[str | None, int, str | None] | None:
+    """(generation, high water, deletion token) of a stamp ``change_stamp`` returned;
+    None for anything else (a reader then reads every record)."""
+    if not isinstance(stamp, str):
+        return None
+    parts = stamp.split(":")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    generation, high, deleted = parts
+    return (None if generation == "None" else generation), int(high), (None if deleted == "None" else deleted)
 
 
 def _blob_of(data: bytes | str) -> str | None:

@@ -17,6 +17,10 @@ only diskcache's own API reads (``_UNUSED_SCHEMA``). nbflow then reads and write
 - *Change marks.* ``replace`` writes a row as a new row (a new, larger rowid, where an
   update would keep the old one), so the high water of ``marks()`` — the largest rowid —
   moves with every such write, read in O(1) without a separate stamp row to keep up to date.
+  SQLite gives a new row the largest rowid plus one, so deleting the row at the top would
+  let the next write take its rowid again and leave the high water where a reader saw it:
+  ``delete(..., mark=key)`` renews the row ``key`` whenever it lowered the high water.
+  The rows written since a high water are then found by rowid alone (``since``).
 - *Closing.* diskcache keeps a connection per thread and closes only the calling
   thread's; one connection (serialised by a lock) closes for real, so a store can be
   unmounted or deleted after ``close()``.
@@ -218,6 +222,32 @@ class Rows:
         (row,) = self._rows(f"SELECT (SELECT max(rowid) FROM Cache){sub}", keys)
         return int(row[0] or 0), list(row[1:])
 
+    def since(self, prefix: str, high: int | None, *keys: str) -> tuple[int, list[Any], list[tuple[str, bytes | str]]]:
+        """In one snapshot (one read transaction): ``marks(*keys)`` and the rows under
+        ``prefix`` written as new rows after the high water ``high`` (every such row
+        when ``high`` is None). A reader that kept the rows it read at ``high`` brings
+        them up to date with these, reading only what changed since: a row replaced
+        since has a rowid above ``high`` (see the module docstring), while deletions
+        are for the caller to notice (a mark row renewed with them)."""
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        with self._lock:
+            con = self._live()
+            own = not self._depth  # inside our own write transaction, that is the snapshot
+            if own:
+                con.execute("BEGIN")
+            try:
+                top, values = self.marks(*keys)
+                if high is None:
+                    sql = "SELECT key, mode, value FROM Cache WHERE raw = 1 AND key >= ? AND key < ?"
+                    found = con.execute(sql, (prefix, upper)).fetchall()
+                else:  # by rowid (the unary + keeps SQLite off the key index): O(rows since)
+                    sql = "SELECT key, mode, value FROM Cache WHERE rowid > ? AND raw = 1 AND +key >= ? AND +key < ?"
+                    found = con.execute(sql, (high, prefix, upper)).fetchall()
+            finally:
+                if own:
+                    con.execute("COMMIT")
+        return top, values, [(key, _value(key, mode, value)) for key, mode, value in found if isinstance(key, str)]
+
     def put_if(self, key: str, value: bytes | str, guard: str, expected: str | None) -> bool:
         """Write one row as a new row (see ``replace_many``) in its own transaction, only
         while row ``guard`` holds ``expected`` (None: absent); False (nothing written)
@@ -234,10 +264,24 @@ class Rows:
             self._live().executemany(_UPSERT, [(key, now, now, len(value), value) for key, value in items])
             self._wrote()
 
-    def delete(self, keys: Iterable[str]) -> None:
-        with self._lock:
-            self._live().executemany("DELETE FROM Cache WHERE key = ? AND raw = 1", [(key,) for key in keys])
-            self._wrote()
+    def delete(self, keys: Iterable[str], *, mark: str | None = None) -> None:
+        """Delete rows; with ``mark``, in one transaction with a renewal of the row
+        ``mark`` (a fresh random token) if the deletion lowered the high water, so the
+        high water and that row together never return to a state a reader saw before
+        (see the module docstring)."""
+        params = [(key,) for key in keys]
+        if mark is None:
+            with self._lock:
+                self._live().executemany("DELETE FROM Cache WHERE key = ? AND raw = 1", params)
+                self._wrote()
+            return
+        with self.transact():
+            con = self._live()
+            (before,) = con.execute("SELECT max(rowid) FROM Cache").fetchone()
+            con.executemany("DELETE FROM Cache WHERE key = ? AND raw = 1", params)
+            (after,) = con.execute("SELECT max(rowid) FROM Cache").fetchone()
+            if (after or 0) < (before or 0):
+                self.put(mark, os.urandom(16).hex())
 
 
 def _create(directory: Path, settings: dict[str, Any]) -> None:
