@@ -84,7 +84,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from nbflow.core.codecs import Codec, PickleCodec
@@ -109,6 +109,7 @@ from nbflow.run.worker_units import (
     CachedView,
     ClaimedIO,
     InstanceView,
+    RecordChanges,
     Unit,
     chunk_size,
     claim_order,
@@ -259,6 +260,11 @@ class PooledWorker:
         # and whether any instance of ours is busy, due or not.
         self._due: dict[str, int] = {}
         self._due_busy = False
+        # instance -> monotonic time until which its last lock probe (no runner holds
+        # it) is taken as still true: probing takes the instance's guard file, which
+        # the other workers take too. The share taken with a claim is what excludes a
+        # runner; a runner that locked it since only costs that claim and its release.
+        self._unlocked: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"PooledWorker({self.worker_id!r}, {self.backend!r}, workflows={sorted(self.workflows)})"
@@ -462,6 +468,7 @@ class PooledWorker:
         self._views.pop(iid, None)
         self._cursor.pop(iid, None)
         self._contended.discard(iid)
+        self._unlocked.pop(iid, None)
 
     def _scan(self, free: int) -> tuple[list[Unit], bool]:
         """Claim up to ``free`` ready units; also returns whether any instance is busy."""
@@ -499,9 +506,11 @@ class PooledWorker:
                 busy = True
             with self._held_lock:
                 shared = iid in self._shares  # held shared here: no runner can hold it locked
-            if not shared and self.backend.is_locked(iid):  # a CheckpointingRunner runs it in one process
-                self._settle(iid, time.time() + self.poll_interval)  # its lock may go with a dead runner
-                continue
+            if not shared and self._unlocked.get(iid, 0.0) <= time.monotonic():
+                if self.backend.is_locked(iid):  # a CheckpointingRunner runs it in one process
+                    self._settle(iid, time.time() + self.poll_interval)  # its lock may go with a dead runner
+                    continue
+                self._unlocked[iid] = time.monotonic() + self.poll_interval
             control = self.backend.get_control(iid)
             if control is not None and control[0] in (RunState.CANCELLED, RunState.PAUSED):
                 self._set_state(iid, RunState(control[0]), message=control[1])
@@ -606,6 +615,8 @@ class PooledWorker:
         for index in claim_order(keys, taken, self._cursor.get(iid), place(self.worker_id, iid)):
             unit = units[index]
             if self._claim(unit) is None:
+                if unit.locked:  # a runner holds the instance: none of its units can be run here
+                    break
                 if unit.refused:
                     self._cursor.pop(iid, None)  # met another worker: start afresh in the largest free run
                     if not current:
@@ -691,6 +702,8 @@ class PooledWorker:
             return None
         if not self._enter(iid):  # a runner took the instance meanwhile: leave it to it
             self.backend.release_claim(iid, unit.key, token)
+            self._unlocked.pop(iid, None)  # probed again at the next scan
+            unit.locked = True
             return None
         unit.token = token
         with self._held_lock:
@@ -738,15 +751,26 @@ class PooledWorker:
         in) is good enough to pick units to claim, since a claim is refused when the
         unit's record changed since the view was read. Re-reading every record after
         each commit of any worker was most of a worker's time on small units. Whether
-        the instance is done is only ever decided on a current view."""
+        the instance is done is only ever decided on a current view. A store that can
+        say which records were written since a stamp (``RecordChanges``: the disk
+        store) brings a kept view up to date with those alone."""
         iid = meta.instance_id
-        stamp = self.backend.change_stamp(iid)
+        stamp: Hashable | None = self.backend.change_stamp(iid)
         cached = self._views.get(iid)
         kept = cached is not None and stamp is not None and cached.definition_hash == wf.definition_hash
         if cached is not None and kept and (cached.stamp == stamp or not current):
             cached.view.meta = meta
             return cached.view, cached.stamp == stamp
-        records = self.backend.get_records(iid)
+        if isinstance(self.backend, RecordChanges):  # only what changed since the kept view
+            stamp, records, complete = self.backend.records_since(iid, cached.stamp if cached and kept else None)
+            if cached is not None and kept and not complete and stamp is not None:
+                view = cached.view
+                view.meta = meta
+                view.refresh(records, self._others(iid))
+                cached.stamp = stamp
+                return view, True
+        else:
+            records = self.backend.get_records(iid)
         io = CheckpointIO(self.backend, iid, wf.codec or self.codec)
         io.types = record_types(wf)  # pydantic outputs stored as JSON are rebuilt as models
         view = InstanceView(meta, wf, records, compute_plan(wf, records), io, self._others(iid))

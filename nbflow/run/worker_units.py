@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from nbflow.core.codecs import Codec
 from nbflow.core.errors import ClaimLostError
@@ -18,9 +18,35 @@ from nbflow.core.graph import Node, Source, WorkflowDefinition
 from nbflow.core.vocabulary import PlanStep
 from nbflow.run.checkpoint import CheckpointIO
 from nbflow.run.displays import DISPLAY_CODEC
+from nbflow.run.plan import compute_plan
 from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta
 
-__all__ = ["CachedView", "ClaimedIO", "InstanceView", "Unit", "chunk_size", "claim_order", "place", "record_is_valid"]
+__all__ = [
+    "CachedView",
+    "ClaimedIO",
+    "InstanceView",
+    "RecordChanges",
+    "Unit",
+    "chunk_size",
+    "claim_order",
+    "place",
+    "record_is_valid",
+]
+
+
+@runtime_checkable
+class RecordChanges(Protocol):
+    """Optional beside a store's ``change_stamp``: the records written since a stamp,
+    read in one snapshot with the stamp they bring the reader to (``DiskcacheBackend``).
+    A worker keeping an instance's records between scans then reads what the other
+    workers committed instead of every record again (a map's items are hundreds)."""
+
+    def records_since(
+        self, instance_id: str, stamp: Hashable | None
+    ) -> tuple[Hashable | None, dict[str, CheckpointRecord], bool]:
+        """(stamp now, records, complete): the records written since ``stamp``, or —
+        ``complete`` True — every record (``stamp`` None or no longer comparable)."""
+        ...
 
 
 class ClaimedIO(CheckpointIO):
@@ -76,6 +102,14 @@ class InstanceView:
     due_at: float | None = None
     _values: dict[str, Any] = field(default_factory=dict)
 
+    def refresh(self, changed: dict[str, CheckpointRecord], others: dict[str, float]) -> None:
+        """Bring the view up to date with the records written since it was read and
+        the claims held now."""
+        self.records.update(changed)
+        for task_id in changed:
+            self._values.pop(task_id, None)
+        self.plan, self.others = compute_plan(self.wf, self.records), others
+
     def value(self, task_id: str) -> Any:
         if task_id not in self._values:
             self._values[task_id] = self.io.read(self.records[task_id], self.records.get)
@@ -106,6 +140,7 @@ class Unit:
     finalize: bool = False  # a map whose items are all done: store the step's record
     token: str = ""
     refused: bool = False  # the store refused its claim (held by another, or its record moved)
+    locked: bool = False  # claimed, but a runner holds the instance (the claim was given back)
 
 
 def record_is_valid(record: CheckpointRecord | None, node: Node) -> bool:
