@@ -28,13 +28,13 @@ from nbflow.run.task_state import RETRY_KEYS, TaskStates, is_retrying
 from nbflow.run.threads import in_thread
 from nbflow.store.base import Backend, CheckpointRecord
 
-__all__ = ["RetryLedger", "is_async", "run_attempt"]
+__all__ = ["RetryLedger", "call_sync", "is_async", "is_awaitable", "run_attempt"]
 
 
 _NEVER_AWAITABLE = frozenset({int, float, str, bytes, bool, list, tuple, dict, set, type(None)})
 
 
-def _awaitable(result: Any) -> bool:
+def is_awaitable(result: Any) -> bool:
     """inspect.isawaitable, answered at once for the plain values most tasks return."""
     return type(result) not in _NEVER_AWAITABLE and inspect.isawaitable(result)
 
@@ -62,7 +62,7 @@ async def _call_async(
     cap, ctoken = capture.begin(echo)
     try:
         result = fn(*args, **kwargs)
-        if _awaitable(result):
+        if is_awaitable(result):
             result = await result
         return result, cap
     finally:
@@ -77,12 +77,13 @@ async def run_attempt(
     tctx: TaskContext,
     *,
     timeout: float | None,
-    inline: bool,
     executor: Executor | Any,
     echo: bool,
     is_coroutine: bool | None = None,
 ) -> tuple[Any, capture.Capture]:
-    """Run ``fn`` once; returns (output, captured streams) or raises what it raised.
+    """Run ``fn`` once, on the loop (a coroutine function) or on ``executor``; returns
+    (output, captured streams) or raises what it raised. A plain function the engine
+    runs on its own thread is called with :func:`call_sync` directly.
 
     A timeout raises TaskTimeoutError. ``executor`` may be a concurrent.futures
     Executor or any object with ``submit_task(fn, args, kwargs, tctx)`` returning an
@@ -96,12 +97,6 @@ async def run_attempt(
             return await asyncio.wait_for(coro, timeout)
         except TimeoutError:
             raise TaskTimeoutError(tctx.task_id, timeout) from None
-
-    if inline and timeout is None:
-        result, cap = call_sync(fn, args, kwargs, tctx, echo)
-        if _awaitable(result):  # a plain function that returned a coroutine
-            result = await result
-        return result, cap
 
     submit = getattr(executor, "submit_task", None)
     future: Awaitable[tuple[Any, capture.Capture]]
@@ -121,7 +116,7 @@ async def run_attempt(
         # flag), its thread left to finish alone, and what it returns later is dropped.
         tctx.cancel_event.set()
         raise TaskTimeoutError(tctx.task_id, timeout or 0.0) from None
-    if _awaitable(result):
+    if is_awaitable(result):
         result = await result
     return result, cap
 

@@ -36,7 +36,7 @@ from nbflow.core.status import RunState, TaskError
 from nbflow.core.typed import types_of
 from nbflow.core.vocabulary import NodeKind, PassMode
 from nbflow.run import events as ev
-from nbflow.run.attempts import RetryLedger, run_attempt
+from nbflow.run.attempts import RetryLedger, call_sync, is_awaitable, run_attempt
 from nbflow.run.attempts import is_async as is_coroutine_function
 from nbflow.run.capture import Capture
 from nbflow.run.checkpoint import CheckpointIO
@@ -222,6 +222,8 @@ class Scheduler:
                 wait = min(wait, policy.delay_before(attempt))  # never longer than the policy's wait
                 self.publish(ev.TaskRetrying, task_id=task_id, attempt=attempt, delay=wait, error=error)
                 await self._backoff(wait)
+        # a plain function the engine runs on its own thread, without a timeout: called here
+        direct = inline and node.spec.timeout is None and not self.is_async(fn)
         while True:
             attempt += 1
             started = time.time()
@@ -238,17 +240,21 @@ class Scheduler:
             tctx = TaskContext(self.wf.name, self.instance_id, task_id, attempt, self.wf.metadata, cancel, live)
             self._contexts[task_id] = tctx
             try:
-                value, cap = await run_attempt(
-                    fn,
-                    args,
-                    kwargs,
-                    tctx,
-                    timeout=node.spec.timeout,
-                    inline=inline,
-                    executor=self.settings.executor,
-                    echo=self.settings.echo,
-                    is_coroutine=self.is_async(fn),
-                )
+                if direct:
+                    value, cap = call_sync(fn, args, kwargs, tctx, self.settings.echo)
+                    if is_awaitable(value):  # a plain function that returned a coroutine
+                        value = await value
+                else:
+                    value, cap = await run_attempt(
+                        fn,
+                        args,
+                        kwargs,
+                        tctx,
+                        timeout=node.spec.timeout,
+                        executor=self.settings.executor,
+                        echo=self.settings.echo,
+                        is_coroutine=self.is_async(fn),
+                    )
                 if typed is not None and typed.result is not None:
                     value = typed.output(task_id, value)  # TaskOutputError: a failed attempt
             except Exception as exc:  # noqa: BLE001 - the task's own error: retried or reported below
@@ -361,6 +367,9 @@ class Scheduler:
         """A step's record is durable: drop what it no longer needs, and say it is done."""
         self.retries.settle(task_id)  # after the record: a kill in between leaves a state the record outdates
         self.live.settled((task_id,))  # its own saved state is no longer needed
+        if not self.bus.wants(ev.TaskFinished):  # nobody listens: its fields are not even gathered
+            self.live.display_fields(task_id, record)  # (what it displayed is let go all the same)
+            return
         self.publish(
             ev.TaskFinished,
             task_id=task_id,
@@ -480,7 +489,7 @@ class Scheduler:
                         and node.spec.timeout is None
                     ):
                         try:
-                            await self.execute(node, inline=True)
+                            await STEPS[node.kind](self, node, True)  # as execute(node, inline=True)
                         except StepFailed as failed:
                             self._error = failed.error
                             break

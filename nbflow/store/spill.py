@@ -28,7 +28,9 @@ class SpillingSink(io.RawIOBase):
     def __init__(self, limit: int) -> None:
         super().__init__()
         self._limit = limit
-        self._buf = bytearray()
+        # The usual small output arrives in one write of one bytes object: it is kept as
+        # it is (no copy); a second write turns the buffer into a bytearray.
+        self._buf: bytes | bytearray = b""
         self._file: IO[bytes] | None = None
         self.size = 0
         # A payload that stays in the buffer is summed once at the end (one call for a
@@ -47,8 +49,14 @@ class SpillingSink(io.RawIOBase):
         n = len(view)
         self.size += n
         if self._file is None:
-            if len(self._buf) + n <= self._limit:
-                self._buf += view
+            buf = self._buf
+            if len(buf) + n <= self._limit:
+                if not buf and type(data) is bytes:
+                    self._buf = data
+                elif type(buf) is bytes:
+                    self._buf = bytearray(buf) + view
+                else:
+                    buf += view
                 return n
             # Over the limit: spill what is buffered, then write `data` straight through
             # (never copy a large buffer into memory first).
@@ -56,7 +64,7 @@ class SpillingSink(io.RawIOBase):
             self._sum.update(self._buf)
             self._file = self._spill()
             self._file.write(self._buf)
-            self._buf = bytearray()
+            self._buf = b""
         # Summed and written piece by piece: each piece is still in the CPU's cache when
         # it is copied out, so a large buffer is read from memory once, not twice.
         total = self._sum
@@ -79,12 +87,13 @@ class SpillingSink(io.RawIOBase):
 
     def buffered(self) -> bytes:
         """The payload, when it fit the buffer (check ``spill_file`` first)."""
-        return bytes(self._buf)
+        buf = self._buf
+        return buf if type(buf) is bytes else bytes(buf)
 
     def discard(self) -> None:
         """Drop the payload (a refused or failed commit)."""
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._buf = bytearray()
+        self._buf = b""
         self._sum = None
