@@ -108,6 +108,7 @@ from nbflow.run.threads import TaskThreads
 from nbflow.run.worker_units import (
     CachedView,
     ClaimedIO,
+    InstanceStates,
     InstanceView,
     RecordChanges,
     Unit,
@@ -453,7 +454,12 @@ class PooledWorker:
             busy = bool(self._held)
         due = self._known_at + (max(0.0, RELIST_BUSY - self.poll_interval) if busy else 0.0)
         if relist or (now >= due and self._short):
-            rows = [row for row in self.backend.list_summaries() if row.workflow in self.workflows]  # the store index
+            listing = (
+                self.backend.list_states()
+                if isinstance(self.backend, InstanceStates)
+                else self.backend.list_summaries()
+            )
+            rows = [row for row in listing if row.workflow in self.workflows]  # the store index
             rows.sort(key=lambda row: row.created_at)
             self._known = [row.instance_id for row in rows if row.state in RUNNABLE]
             for row in rows:
@@ -517,6 +523,11 @@ class PooledWorker:
                 continue
             running = meta.state == RunState.RUNNING
             view, current = self._view(meta, wf, current=False)
+            if view.damaged:  # a listing of every record would call it damaged (InstanceStates does not look)
+                self._forget(iid)
+                if iid in self._known:
+                    self._known.remove(iid)
+                continue
             if not current and iid in self._contended:
                 stale.append((meta, wf, running))
                 continue
@@ -549,6 +560,8 @@ class PooledWorker:
     def _plan_and_claim(self, view: InstanceView, limit: int, running: bool, claimed: list[Unit]) -> bool:
         """Complete the instance of a current ``view`` if it is done, else claim up to
         ``limit`` of its ready units into ``claimed``; True once the slots are full."""
+        if view.damaged:
+            return False
         if self._done(view.plan):
             self._complete(view)
             return False

@@ -19,11 +19,12 @@ from nbflow.core.vocabulary import PlanStep
 from nbflow.run.checkpoint import CheckpointIO
 from nbflow.run.displays import DISPLAY_CODEC
 from nbflow.run.plan import compute_plan
-from nbflow.store.base import INPUT_KEY, Backend, CheckpointRecord, InstanceMeta
+from nbflow.store.base import DAMAGED_CODEC, INPUT_KEY, Backend, CheckpointRecord, InstanceMeta, InstanceSummary
 
 __all__ = [
     "CachedView",
     "ClaimedIO",
+    "InstanceStates",
     "InstanceView",
     "RecordChanges",
     "Unit",
@@ -32,6 +33,15 @@ __all__ = [
     "place",
     "record_is_valid",
 ]
+
+
+@runtime_checkable
+class InstanceStates(Protocol):
+    """Optional beside ``list_summaries``: the store index with the states of the
+    instances current but their task counts maybe not (``DiskcacheBackend``), which
+    is all a worker looking for runnable instances needs, at a fraction of the cost."""
+
+    def list_states(self) -> list[InstanceSummary]: ...
 
 
 @runtime_checkable
@@ -101,11 +111,18 @@ class InstanceView:
     # the earliest wake-up of a delay that is not due yet, as the last planning saw it
     due_at: float | None = None
     _values: dict[str, Any] = field(default_factory=dict)
+    # a record of the instance cannot be read (the store stands one in that says so):
+    # the instance is left alone, as a runner refuses to run it
+    damaged: bool = False
+
+    def __post_init__(self) -> None:
+        self.damaged = _any_damaged(self.records)
 
     def refresh(self, changed: dict[str, CheckpointRecord], others: dict[str, float]) -> None:
         """Bring the view up to date with the records written since it was read and
         the claims held now."""
         self.records.update(changed)
+        self.damaged = self.damaged or _any_damaged(changed)
         for task_id in changed:
             self._values.pop(task_id, None)
         self.plan, self.others = compute_plan(self.wf, self.records), others
@@ -141,6 +158,10 @@ class Unit:
     token: str = ""
     refused: bool = False  # the store refused its claim (held by another, or its record moved)
     locked: bool = False  # claimed, but a runner holds the instance (the claim was given back)
+
+
+def _any_damaged(records: dict[str, CheckpointRecord]) -> bool:
+    return any(record.codec == DAMAGED_CODEC for record in records.values())
 
 
 def record_is_valid(record: CheckpointRecord | None, node: Node) -> bool:

@@ -482,6 +482,21 @@ class DiskcacheBackend:
         """The store index (see store_index.py): one read of the index and two ``stat``
         calls per instance; only instances changed since their row was written (a run
         in progress, a killed one) are opened, and their rows rewritten."""
+        return [row for row in self._listing(counts=True) if matches(row, workflow, state)]
+
+    def list_states(self) -> list[InstanceSummary]:
+        """The store index as ``list_summaries`` gives it, except that an instance
+        changed since its row was written is summarised from its instance record
+        alone: its state, workflow and times are current, its ``tasks_done`` is not
+        counted (0, or every task once completed), and its row is not rewritten.
+
+        What a PooledWorker lists to find runnable instances: counting an instance's
+        finished tasks means decoding every record of it, and the instances a pool
+        works on are exactly the ones whose rows are never current (hundreds of records
+        each for maps: most of a worker's listing time)."""
+        return self._listing(counts=False)
+
+    def _listing(self, *, counts: bool) -> list[InstanceSummary]:
         with self._errors("", path=self.directory):
             entries = sorted(os.scandir(self.directory / "instances"), key=lambda e: e.name)
         indexed = self._index.rows() or {}
@@ -496,6 +511,11 @@ class DiskcacheBackend:
             if known is not None and known[1] == files and not entry.is_symlink():
                 out.append(known[0])
                 continue
+            if not counts:
+                meta = self._meta_at(Path(entry.path))
+                if meta is not None:
+                    out.append(summarize(meta, ()))
+                continue
             summary, trusted = self._summary_of(Path(entry.path))
             if summary is None:
                 continue  # a folder being created
@@ -504,7 +524,7 @@ class DiskcacheBackend:
             out.append(summary)
         self._index.put(fresh)
         self._index.drop([name for name in indexed if name not in names])
-        return [row for row in out if matches(row, workflow, state)]
+        return out
 
     def _summary_of(self, path: Path) -> tuple[InstanceSummary | None, bool]:
         """Read one instance folder for its index row: (summary, whether the index may

@@ -11,6 +11,7 @@ from typing import Any
 
 import nbflow as nf
 from nbflow import InstanceLockedError
+from tests.store.faults import cache_db, set_row
 
 
 def test_kept_views_are_brought_up_to_date_with_the_records_written_since(tmp_path: Path) -> None:
@@ -84,4 +85,31 @@ def test_a_worker_that_skips_the_lock_probe_still_leaves_a_runners_instance_alon
         assert client.status("held").output == 4
     finally:
         lease.release()
+        handle.shutdown(timeout=30)
+
+
+def test_an_instance_with_a_damaged_record_is_left_alone(tmp_path: Path) -> None:
+    """The worker lists instances without reading their records (list_states), so it is
+    its own view that finds a record the store cannot read: the instance is not run
+    (nor failed, nor its damaged checkpoint overwritten), as a runner would refuse it;
+    the healthy instance beside it runs."""
+    store = nf.DiskcacheBackend(tmp_path)
+    wf = nf.Workflow("inc").then("a", lambda x: x + 1).build()
+    client = nf.WorkflowClient(store)
+    client.submit(wf, "damaged", 1)
+    set_row(cache_db(tmp_path, "damaged"), "t:__input__", b"not a record")
+    client.submit(wf, "healthy", 1)
+    worker = nf.PooledWorker("w", store, [wf], poll_interval=0.02)
+    handle = worker.start()
+    try:
+        deadline = time.time() + 30
+        while client.status("healthy").state != "completed" and time.time() < deadline:
+            time.sleep(0.02)
+        assert client.status("healthy").output == 2
+        time.sleep(0.2)  # about ten more scans
+        meta = store.load_instance("damaged")
+        assert meta is not None and meta.state == "pending"
+        assert set(store.get_records("damaged")) == {"__input__"}
+        assert worker.stats["units"] == 1 and worker.stats["failed"] == 0
+    finally:
         handle.shutdown(timeout=30)
