@@ -10,8 +10,10 @@
    Target: ≤ 5% slower: the ratio of the **median** rounds (≥ 5 rounds) ≤ 1.05; the
    best-round ratio is in the note. On a shared 2-core machine the rounds' wall times
    spread by more than 5%, so a second row gives the widget's own CPU time per run
-   (``WorkflowWidget.cpu_seconds``: its folds and pushes, on every thread) as a share
-   of the run without it — what the widget itself costs, whatever the neighbours do.
+   (``WorkflowWidget.cpu_seconds``: its first snapshot, folds and pushes, on every
+   thread) as a share of the run without it — what the widget itself costs, whatever
+   the neighbours do. The first snapshot is sent with the comm's opening message, which
+   is part of building the widget (its serialization is not in the row).
 2. **Comm messages**: outside a kernel ipywidgets uses a ``DummyComm``; its ``send`` is
    replaced by one that counts and JSON-encodes each message (the kernel's session would
    serialize it too, so that cost stays on the clock). Reported per second of run time;
@@ -174,9 +176,10 @@ def _overhead_rows(label: str, wf: Any, n_input: int, cfg: Config, log: Callable
             samples=on.samples),
         Row(NAME, f"{label}: the widget's own CPU per run", cpu * 1000, "ms", "same run, no widget (median)",
             off.median * 1000, ratio=1 + cpu / off.median,
-            note=("median of the rounds: CPU time of the widget's folds and pushes (its timer thread and the final "
-                  "flush), as a share of the run without it; the engine's cost of building the events it listens to "
-                  "is not in it, and neither is the GIL hand-off to the widget's thread. Ratio: 1 + that share"),
+            note=("median of the rounds: CPU time of the widget's first snapshot, folds and pushes (its timer "
+                  "thread and the final flush), as a share of the run without it; the engine's cost of building the "
+                  "events it listens to is not in it, and neither is the GIL hand-off to the widget's thread. "
+                  "Ratio: 1 + that share"),
             samples=[s["cpu"] for s in stats]),
         Row(NAME, f"{label}: comm messages per second", worst_rate, "msg/s", "target ceiling", MSGS_PER_S_MAX,
             ratio=worst_rate / MSGS_PER_S_MAX, target=f"<= {MSGS_PER_S_MAX:.0f} msg/s (ratio <= 1)", target_max=1.0,

@@ -268,3 +268,46 @@ def test_model_subscribes_to_an_event_bus_directly() -> None:
 
 def test_format_seconds() -> None:
     assert [format_seconds(s) for s in (0.0, 9.999, 59.9, 61, 7200)] == ["0.00s", "10.00s", "59.9s", "1m01s", "2h00m"]
+
+
+def test_an_unknown_eta_says_the_least_that_is_left() -> None:
+    """A task reporting progress says "about N s left" in its pane; the bar then says the
+    run needs at least that much, not only "ETA unknown" (a task with no history is after it)."""
+    m = ProgressModel(["a", "b", "c"], edges=[("a", "b"), ("b", "c")], history={"b": 5.0}, clock=lambda: 0.0)
+    m.apply(ev.RunStarted(workflow="w", instance_id="i", tasks=("a", "b", "c"), time=0.0))
+    m.apply(ev.TaskStarted(workflow="w", instance_id="i", task_id="a", time=0.0))
+    for done, at in ((1, 1.0), (2, 2.0)):
+        m.apply(ev.TaskProgress(workflow="w", instance_id="i", task_id="a", done=done, total=10, time=at))
+    assert m.task_remaining("a", now=2.0) == pytest.approx(8.0)
+    assert m.eta(now=2.0) is None  # c: no history, no progress
+    assert m.eta_floor(now=2.0) == pytest.approx(8.0 + 5.0)  # a's 8 s, then b's 5 s; c counts 0
+    progress = m.progress(now=2.0)
+    assert progress["eta"] is None and progress["eta_unknown"] is True
+    assert progress["eta_floor"] == pytest.approx(13.0)
+    assert progress["text"].endswith(" · ETA at least 13.0s")
+    # a finished task passes on when its inputs end: c after (done) b after a
+    m.apply(ev.TaskFinished(workflow="w", instance_id="i", task_id="b", duration=0.1))
+    m.set_history({"c": 1.0})
+    assert m.eta(now=2.0) == pytest.approx(8.0 + 1.0)
+    assert m.eta_floor(now=2.0) == m.eta(now=2.0)
+    m.apply(ev.RunFinished(workflow="w", instance_id="i", state="completed", time=3.0, duration=3.0))
+    assert m.eta_floor(now=3.0) is None and m.progress(now=3.0)["eta_floor"] is None
+
+
+def test_a_batch_folds_as_the_events_one_by_one_when_its_run_starts_anew() -> None:
+    """A planned model (a resume's plan shown before the run) is made anew by the run's
+    RunStarted; the tasks that start and finish after it in the same batch are the new ones."""
+    tasks = ("a", "b", "c")
+    run: list[ev.RunEvent] = [started(tasks, plan={"a": "restore"})]
+    run.append(ev.TaskRestored(**W, task_id="a"))
+    for tid in ("b", "c"):
+        run += [ev.TaskStarted(**W, task_id=tid, time=1.0), ev.TaskFinished(**W, task_id=tid, duration=0.5, time=2.0)]
+    run.append(ev.RunFinished(**W, state="completed", duration=2.0, time=2.0))
+    one, _ = model(tasks, plan={"a": "restore", "b": "stale"})
+    batch, _ = model(tasks, plan={"a": "restore", "b": "stale"})
+    for event in run:
+        one.apply(event)
+    assert batch.apply_all(run) == len(run)
+    assert batch.states() == one.states() == {"a": "restored", "b": "done", "c": "done"}
+    assert batch.counts() == one.counts() and batch.summary() == one.summary()
+    assert [batch.info(t).detail(t) for t in tasks] == [one.info(t).detail(t) for t in tasks]

@@ -289,3 +289,72 @@ def test_events_are_folded_before_a_push_is_due(runner: nf.CheckpointingRunner) 
     assert widget.states == {"extract": "pending", "load": "pending", "clean": "pending"}  # nothing pushed yet
     widget.flush()
     assert len(sent) == 1 and widget.states == {"extract": "done", "load": "done", "clean": "done"}
+
+
+def test_the_table_and_task_list_go_to_the_browser_as_json_text(runner: nf.CheckpointingRunner) -> None:
+    """ipywidgets walks every list of a synced value in Python before each send; the
+    table's rows and the task list go as one JSON string each (widget.js parses them)."""
+    import json
+
+    wf = etl()
+    widget = WorkflowWidget(wf, instance_id="e-8")
+    sent = count_comm_messages(widget)
+    widget.listen(runner.events)
+    runner.run(wf, "e-8", 1)
+    widget.flush()
+    state = widget.get_state()
+    assert isinstance(state["rows"], str) and json.loads(state["rows"]) == widget.rows
+    assert isinstance(state["tasks"], str) and json.loads(state["tasks"]) == [[n.id, n.kind] for n in wf.nodes]
+    assert isinstance(state["states"], dict)  # read by name from the comm messages (kernel tests)
+    (update,) = [m for m in sent if m.get("method") == "update" and "rows" in m["state"]]
+    assert json.loads(update["state"]["rows"])[0][:3] == ["extract", "done", 1]
+    js = (STATIC / "widget.js").read_text()
+    assert 'jsonTrait(model, "rows")' in js and 'jsonTrait(model, "tasks")' in js
+
+
+def test_the_first_snapshot_goes_with_the_comm_opening(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building the widget sends its first state once, in the comm's opening message, not
+    again as an update right after it."""
+    import ipywidgets
+
+    updates: list[Any] = []
+    real = ipywidgets.Widget._send
+
+    def send(self: Any, msg: Any, buffers: Any = None) -> None:
+        updates.append(msg)
+        real(self, msg, buffers)
+
+    monkeypatch.setattr(ipywidgets.Widget, "_send", send)
+    widget = WorkflowWidget(etl(), instance_id="e-9", plan={"clean": "stale"})
+    assert not [m for m in updates if {"states", "rows", "progress"} & set(m.get("state", {}))]
+    state = widget.get_state()
+    assert state["states"] == {"extract": "pending", "load": "pending", "clean": "stale"}
+    assert state["progress"]["total"] == 3 and len(widget.rows) == 3
+    assert widget.cpu_seconds > 0  # the first snapshot's cost counts as a push's
+
+
+def test_a_big_table_lists_what_needs_attention_first_in_graph_order() -> None:
+    from nbflow.run import events as ev
+
+    n = MAX_ROWS + 100
+    builder = nf.Workflow("many")
+    for i in range(n):
+        builder.add(f"t{i:04d}", lambda: 1)
+    wf = builder.build()
+    widget = WorkflowWidget(wf, instance_id="m-1")
+    ids = {"workflow": "many", "instance_id": "m-1"}
+    events: list[ev.RunEvent] = [ev.RunStarted(**ids, tasks=wf.task_ids, time=0.0)]
+    for i in range(0, n, 7):
+        events.append(ev.TaskStarted(**ids, task_id=f"t{i:04d}", time=1.0))
+    for i in range(0, n, 21):
+        events.append(ev.TaskFinished(**ids, task_id=f"t{i:04d}", duration=0.5))
+    events.append(ev.TaskFailed(**ids, task_id="t0590", attempt=1, error="boom"))
+    events.append(ev.TaskFailed(**ids, task_id="t0007", attempt=1, error="boom"))
+    widget.model.apply_all(events)
+    widget.flush()
+    states = widget.states
+    order = [row[0] for row in widget.rows]
+    assert len(order) == MAX_ROWS and len(set(order)) == MAX_ROWS
+    running = [t for t in wf.task_ids if states[t] == "running"]
+    rest = [t for t in wf.task_ids if states[t] not in ("failed", "running")]
+    assert order == ["t0007", "t0590", *running, *rest][:MAX_ROWS]

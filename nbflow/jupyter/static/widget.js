@@ -21,6 +21,8 @@
 //   g.nbflow-node > g.nbflow-node-live[data-fraction] > rect.nbflow-node-progress-bar (+ <title>: last line)
 //   td.nbflow-col-now (progress · last line), td.nbflow-col-expected (expected duration)
 //   .nbflow-detail[data-live="true"] .nbflow-detail-progress[data-done][data-total] + pre.nbflow-detail-stdout
+//   .nbflow-detail-meta span.nbflow-detail-left[data-remaining] (its own estimate; the bar's ETA is
+//   at least that: "ETA at least ..." while the rest is unknown)
 
 const STATE_CLASSES = [
   "pending", "stale", "running", "retrying", "waiting", "awaiting_signal",
@@ -115,7 +117,23 @@ function watchKernel(manager, onLost) {
   return () => { for (const fn of undo) fn(); };
 }
 
+// `rows` and `tasks` come as JSON text (the kernel sends them so: see _json_text in
+// widget.py); parsed once per value, not once per reader.
+function jsonTrait(model, name) {
+  const cache = { raw: undefined, value: [] };
+  return () => {
+    const raw = model.get(name);
+    if (raw !== cache.raw) {
+      cache.raw = raw;
+      cache.value = typeof raw === "string" ? (raw ? JSON.parse(raw) : []) : raw || [];
+    }
+    return cache.value;
+  };
+}
+
 function render({ model, el }) {
+  const getRows = jsonTrait(model, "rows");
+  const getTasks = jsonTrait(model, "tasks");
   const root = h("div", "nbflow-widget");
   el.appendChild(root);
 
@@ -270,6 +288,9 @@ function render({ model, el }) {
     if (p.signals && p.signals.length && !signalName.value) signalName.value = p.signals[0];
   }
 
+  // a running task's own estimate, in its pane: counts down with the bar's ETA
+  const leftText = (seconds) => `about ${fmt(Math.max(0, seconds))} left`;
+  let liveAt = Date.now();
   // Between pushes (a long task sends no events) keep the elapsed time ticking locally.
   const ticker = setInterval(() => {
     const p = model.get("progress") || {};
@@ -277,12 +298,15 @@ function render({ model, el }) {
     const dt = (Date.now() - receivedAt) / 1000;
     let line = `${p.base} · elapsed ${fmt(p.elapsed + dt)}`;
     if (p.eta !== null && p.eta !== undefined) line += ` · ETA ${fmt(Math.max(0, p.eta - dt))}`;
+    else if (p.eta_floor && p.eta_floor - dt > 0) line += ` · ETA at least ${fmt(p.eta_floor - dt)}`;
     else if (p.eta_unknown) line += " · ETA unknown";
     text.textContent = line;
+    const left = detail.querySelector(".nbflow-detail-left");
+    if (left) left.textContent = leftText(Number(left.dataset.remaining) - (Date.now() - liveAt) / 1000);
   }, 1000);
 
   function drawRows() {
-    const rows = model.get("rows") || [];
+    const rows = getRows();
     const sel = model.get("selected");
     tbody.innerHTML = "";
     for (const [taskId, rowState, attempts, duration, items, expected, now] of rows) {
@@ -305,7 +329,7 @@ function render({ model, el }) {
       tr.addEventListener("click", () => select(taskId));
       tbody.appendChild(tr);
     }
-    const total = (model.get("tasks") || []).length;
+    const total = getTasks().length;
     more.textContent = rows.length < total ? `${total - rows.length} more tasks not listed` : "";
   }
 
@@ -324,7 +348,7 @@ function render({ model, el }) {
     const d = model.get("detail") || {};
     if (!sel) return {};
     if (d.task === sel) return d;
-    const row = (model.get("rows") || []).find((r) => r[0] === sel);
+    const row = getRows().find((r) => r[0] === sel);
     const live = (model.get("live") || {})[sel] || lastLive.get(sel);
     if (!row && !live) return {};
     const out = {
@@ -362,12 +386,21 @@ function render({ model, el }) {
     const meta = [`state: ${state}`, `attempts: ${d.attempts}`, `duration: ${d.duration_text}`];
     if (d.expected_text) meta.push(`usually: ${d.expected_text}`);
     const live = (model.get("live") || {})[d.task];
-    if (!kernelLost && live && live.remaining !== null && live.remaining !== undefined) meta.push(`about ${fmt(live.remaining)} left`);
-    if (d.worker) meta.push(`worker: ${d.worker}`);
-    if (d.map) meta.push(`items: ${d.map[0]}/${d.map[1]}${d.map[2] ? ` (${d.map[2]} failed)` : ""}`);
-    if (d.signal) meta.push(`waiting for signal: ${d.signal}`);
-    if (d.reason) meta.push(`reason: ${d.reason}`);
-    detail.appendChild(h("div", "nbflow-detail-meta", meta.join(" · ")));
+    const remaining = !kernelLost && live && live.remaining !== null && live.remaining !== undefined ? live.remaining : null;
+    const more = [];
+    if (d.worker) more.push(`worker: ${d.worker}`);
+    if (d.map) more.push(`items: ${d.map[0]}/${d.map[1]}${d.map[2] ? ` (${d.map[2]} failed)` : ""}`);
+    if (d.signal) more.push(`waiting for signal: ${d.signal}`);
+    if (d.reason) more.push(`reason: ${d.reason}`);
+    const metaBox = h("div", "nbflow-detail-meta", meta.join(" · "));
+    if (remaining !== null) {
+      metaBox.append(" · ");
+      const left = h("span", "nbflow-detail-left", leftText(remaining - (Date.now() - liveAt) / 1000));
+      left.dataset.remaining = String(remaining);
+      metaBox.append(left);
+    }
+    if (more.length) metaBox.append(` · ${more.join(" · ")}`);
+    detail.appendChild(metaBox);
     if (d.progress || d.progress_text) {
       const p = d.progress || [0, null, ""];
       const box = h("div", "nbflow-detail-progress");
@@ -485,6 +518,7 @@ function render({ model, el }) {
   const onStates = () => paint();
   const onSelected = () => { paint(); drawRows(); drawControls(); drawDetail(); };
   const onLive = () => {
+    liveAt = Date.now();
     for (const [taskId, info] of Object.entries(model.get("live") || {})) lastLive.set(taskId, info);
     paintLive();
     if (currentDetail().pending_kernel || currentDetail().live) drawDetail();
