@@ -37,6 +37,7 @@ BENCHES: dict[str, str] = {
     "displays": "bench.displays",  # issue 11: a figure per task, captured and stored
     "listing": "bench.listing",  # the store index: listing flat per instance, nbflow list within 0.5 s
     "postgres": "bench.postgres",  # issue 13: PostgresBackend per-task cost and worker throughput
+    "instructions": "bench.instructions",  # user-space instructions per chain task (valgrind): repeatable
 }
 
 #: Benches from later issues: listed so `--only` knows them, skipped until the feature

@@ -76,3 +76,28 @@ def test_bench_pool_drains_with_worker_processes_and_prints_the_speed_up(tmp_pat
     assert set(rows) == {f"40 tasks of 50 ms on disk: PooledWorker x{n} speed-up" for n in (1, 2, 4)}
     assert all(row["value"] > 0 for row in rows.values())
     assert isinstance(rows["40 tasks of 50 ms on disk: PooledWorker x4 speed-up"]["met"], bool)
+
+
+@pytest.mark.parametrize("kind", ["nbflow disk", "nbflow disk, group commit", "nbflow memory", "raw set"])
+def test_instruction_count_children_run_each_variant(kind: str, tmp_path: Path) -> None:
+    """The child ``bench.instructions`` runs under valgrind: each variant runs its chain
+    (and checks the chain's output) without valgrind too."""
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.instructions", kind, "7", "1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_instruction_count_is_read_from_cachegrind_output() -> None:
+    from bench.instructions import parse_i_refs
+
+    text = "==123== \n==123== I   refs:      1,216,890,872\n"
+    assert parse_i_refs(text) == 1_216_890_872
+    assert parse_i_refs("==123== error: no such tool") is None
