@@ -112,6 +112,7 @@ from nbflow.run.worker_units import (
     InstanceView,
     RecordChanges,
     Unit,
+    WarmUp,
     chunk_size,
     claim_order,
     place,
@@ -226,6 +227,13 @@ class PooledWorker:
             )
         self.concurrency = concurrency
         self.executor = executor
+        if isinstance(backend, WarmUp):  # its first claim would otherwise pay for it
+            backend.warm_up()
+        # what the store offers beyond Backend, looked up once (isinstance of a
+        # runtime protocol inspects its methods each time)
+        self._changes = backend if isinstance(backend, RecordChanges) else None
+        self._states = backend if isinstance(backend, InstanceStates) else None
+        self._index = backend if isinstance(backend, ReadyIndex) else None
         self.codec = codec or PickleCodec()
         self.echo_output = echo_output
         self.events = ev.EventBus()
@@ -444,8 +452,8 @@ class PooledWorker:
         On a store with a ready index, the index is asked at every scan instead (one
         read): only the instances due for a look come back, never one that is settled
         (every unit held, a delay not due, a signal not sent)."""
-        if isinstance(self.backend, ReadyIndex):
-            answer = self.backend.ready_instances(self.workflows, READY_LIMIT, skip=self._warned)
+        if self._index is not None:
+            answer = self._index.ready_instances(self.workflows, READY_LIMIT, skip=self._warned)
             self._due, self._due_busy = dict(answer.due), answer.busy
             self._known = [iid for iid, _ in answer.due]
             return self._known, True
@@ -454,11 +462,7 @@ class PooledWorker:
             busy = bool(self._held)
         due = self._known_at + (max(0.0, RELIST_BUSY - self.poll_interval) if busy else 0.0)
         if relist or (now >= due and self._short):
-            listing = (
-                self.backend.list_states()
-                if isinstance(self.backend, InstanceStates)
-                else self.backend.list_summaries()
-            )
+            listing = self._states.list_states() if self._states is not None else self.backend.list_summaries()
             rows = [row for row in listing if row.workflow in self.workflows]  # the store index
             rows.sort(key=lambda row: row.created_at)
             self._known = [row.instance_id for row in rows if row.state in RUNNABLE]
@@ -669,9 +673,9 @@ class PooledWorker:
         least (a claim left behind expired brings it back then, not at every scan). At
         most once per reading of the index; refused when the index moved since."""
         version = self._due.pop(iid, None)
-        if version is None or not isinstance(self.backend, ReadyIndex):
+        if version is None or self._index is None:
             return False
-        return self.backend.settle_ready(iid, version, until, signal=signal, least=self.poll_interval)
+        return self._index.settle_ready(iid, version, until, signal=signal, least=self.poll_interval)
 
     def _parked(self, view: InstanceView, free: list[Unit]) -> tuple[bool, float | None]:
         """Whether the only units free to claim are the wait for the signal the instance
@@ -774,8 +778,8 @@ class PooledWorker:
         if cached is not None and kept and (cached.stamp == stamp or not current):
             cached.view.meta = meta
             return cached.view, cached.stamp == stamp
-        if isinstance(self.backend, RecordChanges):  # only what changed since the kept view
-            stamp, records, complete = self.backend.records_since(iid, cached.stamp if cached and kept else None)
+        if self._changes is not None:  # only what changed since the kept view
+            stamp, records, complete = self._changes.records_since(iid, cached.stamp if cached and kept else None)
             if cached is not None and kept and not complete and stamp is not None:
                 view = cached.view
                 view.meta = meta
@@ -920,7 +924,7 @@ class PooledWorker:
             # looked for its signal just now: again after a poll interval, not at the
             # next scan (which comes at once, as a unit just ended); a ready index
             # instead leaves the instance out until the signal is sent
-            if not isinstance(self.backend, ReadyIndex):
+            if self._index is None:
                 self._refused[(iid, unit.key, unit.seen)] = time.monotonic() + self.poll_interval
         except NotDue as due:
             self._set_state(iid, RunState.WAITING, wake_at=due.at)

@@ -28,11 +28,20 @@ __all__ = [
     "InstanceView",
     "RecordChanges",
     "Unit",
+    "WarmUp",
     "chunk_size",
     "claim_order",
     "place",
     "record_is_valid",
 ]
+
+
+@runtime_checkable
+class WarmUp(Protocol):
+    """Optional: a store that loads what claiming needs ahead of the first claim
+    (``DiskcacheBackend``: its native lock module), so a worker pays it as it starts."""
+
+    def warm_up(self) -> None: ...
 
 
 @runtime_checkable

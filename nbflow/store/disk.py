@@ -83,6 +83,7 @@ from nbflow.store.disk_layout import (
     resolve_dirname,
 )
 from nbflow.store.file_locks import FileLease, FileLocks
+from nbflow.store.file_locks import preload as preload_locks
 from nbflow.store.migrate import is_old_format
 from nbflow.store.os_errors import store_error
 from nbflow.store.records import (
@@ -920,6 +921,12 @@ class DiskcacheBackend:
             raise StoreUnreadableError(str(self.directory), "the store is open read-only", instance_id)
         with self._errors(instance_id, path=self.directory / "locks"):
             return self._locks.acquire(self._lock_name(instance_id), instance_id, holder, shared=shared)
+
+    def warm_up(self) -> None:
+        """Load what locking and claiming need, for a process that is about to claim (a
+        PooledWorker, when it is made): the native file locks' module, which loads at
+        the first lock or probe, would otherwise cost the first unit it claims."""
+        preload_locks()
 
     def is_locked(self, instance_id: str) -> bool:
         try:

@@ -51,7 +51,7 @@ from typing import Literal
 
 from nbflow.core.errors import InstanceLockedError
 
-__all__ = ["FileLease", "FileLocks"]
+__all__ = ["FileLease", "FileLocks", "preload"]
 
 Holding = Literal["exclusive", "shared"]
 
@@ -72,6 +72,13 @@ def _reset_stripes() -> None:  # a forked child must not inherit a lock held by 
 
 if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork
     os.register_at_fork(after_in_child=_reset_stripes)
+
+
+def preload() -> None:
+    """Import filelock now, for a process about to lock or claim (a PooledWorker as it
+    starts): its ~25 ms of imports (more on a busy machine) would otherwise land on the
+    first unit the process claims, after the work was submitted."""
+    import filelock  # noqa: F401
 
 
 def _try_lock(fd: int) -> bool:

@@ -4,6 +4,8 @@ and the lock probe it may skip (the share taken with a claim still excludes a ru
 from __future__ import annotations
 
 import collections
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -113,3 +115,17 @@ def test_an_instance_with_a_damaged_record_is_left_alone(tmp_path: Path) -> None
         assert worker.stats["units"] == 1 and worker.stats["failed"] == 0
     finally:
         handle.shutdown(timeout=30)
+
+
+def test_a_worker_loads_the_lock_module_when_it_is_made_not_at_its_first_claim(tmp_path: Path) -> None:
+    """The disk store's native locks load at the first lock or probe (a listing need not
+    pay for them); a worker pays for them as it starts, not after work was submitted."""
+    code = (
+        "import sys; import nbflow as nf; store = nf.DiskcacheBackend(sys.argv[1]);"
+        " wf = nf.Workflow('inc').then('a', lambda x: x + 1).build();"
+        " before = 'filelock' in sys.modules; nf.PooledWorker('w', store, [wf]);"
+        " print(before, 'filelock' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
