@@ -4,6 +4,7 @@ server restart — all on a real PostgreSQL server the suite starts (tests/pg_se
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import pickle
 import subprocess
@@ -160,6 +161,28 @@ def test_two_handles_exclude_each_other_like_two_machines(dsn: str) -> None:
     for s in shared:
         s.release()
     a.lock("i", "runner").release()
+
+
+def test_a_runners_writes_carry_the_token_of_its_live_lease_on_that_instance(dsn: str) -> None:
+    """The server refuses a write whose lease token is not the instance's: a write must
+    name this handle's live lease of that very instance, never a released one or one of
+    another instance; a lease dropped without release frees its lock with its session."""
+    a, b = PostgresBackend(dsn), PostgresBackend(dsn)
+    for iid in ("x", "y"):
+        a.save_instance(InstanceMeta(iid, "wf", "h"))
+    first, other = a.lock("x", "runner"), a.lock("y", "runner")
+    _put(a, "x", "t1", b"1")
+    first.release()
+    again = a.lock("x", "runner")  # a new token in the instance row
+    _put(a, "x", "t2", b"2")  # refused (lock lost) if it carried the released lease's token
+    _put(a, "y", "t1", b"3")
+    assert set(a.get_records("x")) == {"t1", "t2"} and set(a.get_records("y")) == {"t1"}
+    again.release()
+    del other
+    gc.collect()  # its session closes with it, and the lock goes
+    b.lock("y", "the next runner").release()
+    a.close()
+    b.close()
 
 
 def test_a_killed_holders_lock_is_free_again(dsn: str) -> None:
