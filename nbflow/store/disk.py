@@ -1106,7 +1106,9 @@ class DiskcacheBackend:
                 if ours:
                     replaced = self._store_records(rows, instance_id, records)
                     if release:  # the unit is done: drop the claim in the same transaction
-                        rows.delete([CLAIM_PREFIX + task_id], mark=STAMP)
+                        # the records just written are new rows above the claim's: the
+                        # deletion cannot lower the high water unless there were none
+                        rows.delete([CLAIM_PREFIX + task_id], mark=None if records else STAMP)
         except BaseException:
             self._drop_blobs(instance_id, records)
             raise
