@@ -317,9 +317,6 @@ class ProgressModel:
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.run_duration: float | None = None
-        self._exec_total = 0.0  # summed durations of tasks that really ran (not restored)
-        self._exec_count = 0
-        self._first_start: float | None = None
 
     def _info(self, task_id: str) -> TaskInfo:
         info = self._tasks.get(task_id)
@@ -543,8 +540,6 @@ class ProgressModel:
             info.displays = []  # a new attempt shows its own
         info.rate_first = info.rate_last = None
         info.progress_stored = info.progress is not None  # "was at ..." until it reports again
-        if self._first_start is None:
-            self._first_start = e.time
 
     def _done(self, info: TaskInfo, e: ev.TaskFinished | ev.TaskRestored, *, restored: bool) -> None:
         state = "restored" if restored else "done"
@@ -569,8 +564,6 @@ class ProgressModel:
         if e.displays:  # else: what came live (a map's items) stays
             info.displays = _stored_displays(e.displays)
         if not restored:
-            self._exec_total += e.duration
-            self._exec_count += 1
             self._finished[e.task_id] = e.duration
 
     def _item_owner(self, task_id: str) -> str | None:
