@@ -8,6 +8,9 @@ click until the run ends, so the pane must come from the widget's live view) and
 - the detail pane shows lines the task printed and its progress (``12/20 (60%) epoch``);
 - the node carries a progress bar (``g.nbflow-node-live[data-fraction]`` > 0) and the
   table row's "Now" column the last printed line;
+- the pane's own estimate ("about 4.2s left", from the bar's rate) and the progress bar
+  agree: the bar says the run needs at least that ("ETA at least ..."; ``report`` after
+  it has no history on a fresh store), not only "ETA unknown";
 - JupyterLab's status bar says "Busy" (it used to say "Idle" once the widget appeared);
 - no tqdm widget appears under the cell.
 
@@ -67,6 +70,8 @@ LIVE_JS = """() => {
     fraction: overlay && overlay.dataset.fraction ? Number(overlay.dataset.fraction) : null,
     status: [...document.querySelectorAll('.jp-StatusBar-TextItem')].map(e => e.textContent).join('|'),
     tqdmWidgets: document.querySelectorAll('.widget-hprogress, .jupyter-widgets.widget-hbox').length,
+    header: w.querySelector('.nbflow-progress-text').textContent,
+    left: pane && pane.querySelector('.nbflow-detail-left') ? pane.querySelector('.nbflow-detail-left').textContent : '',
   };
 }"""
 
@@ -93,7 +98,8 @@ def _while_running(page: Any, app: str) -> dict[str, Any]:
     w.locator('.nbflow-dag svg g.node[data-task="train"]').click()  # the running node
     page.wait_for_function(
         f"""() => {{ const s = ({LIVE_JS})();
-            return s && s.state === 'running' && /epoch  [3-9]/.test(s.stdout) && s.done >= 3 && s.fraction > 0; }}""",
+            return s && s.state === 'running' && /epoch  [3-9]/.test(s.stdout) && s.done >= 3 && s.fraction > 0
+                && s.left !== ''; }}""",
         timeout=30_000,
     )
     snap: dict[str, Any] = page.evaluate(LIVE_JS)
@@ -154,6 +160,8 @@ def test_a_running_task_shows_its_output_and_progress(app: str, browser: Any, tm
     assert "epoch" in running["barText"] and "/20" in running["barText"]
     assert 0 < running["fraction"] < 1
     assert "epoch" in running["now"] and "loss" in running["now"]
+    assert running["left"].startswith("about ") and running["left"].endswith(" left"), running
+    assert "ETA at least " in running["header"] and "ETA unknown" not in running["header"], running
     assert running["tqdmWidgets"] == 0  # tqdm.auto drew nothing under the cell
     if app == "lab":
         assert "| Busy" in running["status"], running["status"]
