@@ -7,10 +7,12 @@ as an ``<img>`` whose nodes cannot be painted, clicked or tested. States are pai
 the front end (``static/widget.js``) as ``nbflow-state-<state>`` classes on the nodes.
 
 Threading: events arrive on the engine's thread and are folded into a pure
-:class:`~nbflow.jupyter.progress.ProgressModel` (cheap). Synced traits are assigned in
-exactly one place, :meth:`WorkflowWidget._push`, which runs from a throttling timer (at
-most once per ``min_interval``), from :meth:`flush` and when the user selects a task —
-so a 10,000-task run sends a handful of comm messages per second, not 10,000.
+:class:`~nbflow.jupyter.progress.ProgressModel` (cheap). The synced traits' values are
+made in one place, :meth:`WorkflowWidget._snapshot`: for the comm's opening message, then
+by :meth:`WorkflowWidget._push`, which runs from a throttling timer (at most once per
+``min_interval``, and within ``PUSH_BUDGET`` of the run's time), from :meth:`flush` and
+when the user selects a task — so a 10,000-task run sends a handful of comm messages
+per second, not 10,000. The table's rows go as JSON text (see ``_json_text``).
 
 While tasks run, ``live`` carries each running task's last line, progress and the tail
 of what it printed, so the front end can show a running task's detail at once — even
@@ -436,7 +438,7 @@ class WorkflowWidget(anywidget.AnyWidget):
             self._coalescer.owe(seconds)  # the next push waits until the run can pay for it too
             self._cpu += time.thread_time() - cpu
 
-    # -- the one place synced traits are assigned -------------------------------------------
+    # -- where synced traits are assigned (besides the first snapshot, in __init__) ------------
     def _push(self, *, force: bool = False) -> None:
         with self._push_lock:
             cpu = time.thread_time()
