@@ -361,18 +361,15 @@ class WorkflowWidget(anywidget.AnyWidget):
 
     def _drain(self) -> None:
         """Fold the queued events into the model (on whichever thread reads it), as one
-        batch: the model is locked once, not once per event."""
-        inbox = self._inbox
-        if not inbox:
-            return
-        batch: list[RunEvent] = []
-        take, keep = inbox.popleft, batch.append
-        try:
-            while True:  # popleft while the engine appends: a deque is safe for that
-                keep(take())
-        except IndexError:
-            pass
-        self._model.apply_all(batch)
+        batch: the model is locked once, not once per event. Under the push lock, so
+        this is the queue's one reader while the engine appends: the ``len(inbox)``
+        events there now can be taken without a check each."""
+        with self._push_lock:
+            inbox = self._inbox
+            if not inbox:
+                return
+            take = inbox.popleft
+            self._model.apply_all([take() for _ in range(len(inbox))])
 
     def _schedule(self) -> None:
         with self._timer_lock:
