@@ -779,12 +779,13 @@ class PooledWorker:
             cached.view.meta = meta
             return cached.view, cached.stamp == stamp
         if self._changes is not None:  # only what changed since the kept view
-            stamp, records, complete = self._changes.records_since(iid, cached.stamp if cached and kept else None)
+            since, own = (cached.stamp, cached.own) if cached is not None and kept else (None, set())
+            stamp, records, complete = self._changes.records_since(iid, since, own)
             if cached is not None and kept and not complete and stamp is not None:
                 view = cached.view
                 view.meta = meta
                 view.refresh(records, self._others(iid))
-                cached.stamp = stamp
+                cached.stamp, cached.own = stamp, set()
                 return view, True
         else:
             records = self.backend.get_records(iid)
@@ -814,6 +815,7 @@ class PooledWorker:
         view = cached.view
         for record in written:
             view.records[record.task_id] = record
+        cached.own.update(record.task_id for record in written)
         view.plan = compute_plan(view.wf, view.records)
 
     def _ready(self, view: InstanceView) -> list[Unit]:

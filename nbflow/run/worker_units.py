@@ -8,7 +8,7 @@ unit's records only while its claim is still this worker's.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -61,10 +61,11 @@ class RecordChanges(Protocol):
     workers committed instead of every record again (a map's items are hundreds)."""
 
     def records_since(
-        self, instance_id: str, stamp: Hashable | None
+        self, instance_id: str, stamp: Hashable | None, skip: Collection[str] = ()
     ) -> tuple[Hashable | None, dict[str, CheckpointRecord], bool]:
-        """(stamp now, records, complete): the records written since ``stamp``, or —
-        ``complete`` True — every record (``stamp`` None or no longer comparable)."""
+        """(stamp now, records, complete): the records written since ``stamp`` but those
+        of ``skip`` (the reader's own), or — ``complete`` True — every record (``stamp``
+        None or no longer comparable)."""
         ...
 
 
@@ -153,6 +154,10 @@ class CachedView:
     stamp: Hashable
     definition_hash: str
     view: InstanceView
+    # records this worker committed since ``stamp``, folded into the view already: a
+    # unit is committed once (a claim is refused once its record exists), so nobody
+    # else rewrites them and a refresh need not read them again
+    own: set[str] = field(default_factory=set)
 
 
 @dataclass

@@ -37,7 +37,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Collection, Hashable, Iterable
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -685,12 +685,14 @@ class DiskcacheBackend:
         return self._read_records(instance_id)
 
     def records_since(
-        self, instance_id: str, stamp: Hashable | None
+        self, instance_id: str, stamp: Hashable | None, skip: Collection[str] = ()
     ) -> tuple[str | None, dict[str, CheckpointRecord], bool]:
         """The change stamp and records of the instance read in one snapshot: only the
         records written since ``stamp`` (a value this store's ``change_stamp`` or
         ``records_since`` returned; ``complete`` False), or every record (``complete``
         True) when ``stamp`` is None, of another generation, or older than a deletion.
+        The records of ``skip`` are left out of a partial answer without being decoded:
+        a reader that wrote them itself since the stamp has them already.
 
         A PooledWorker keeps an instance's records between scans; bringing them up to
         date after other workers' commits cost decoding every record of the instance
@@ -715,6 +717,8 @@ class DiskcacheBackend:
             )
         if generation is None and deleted is None and not meta:
             return None, {}, True
+        if kept and skip:
+            found = [(key, data) for key, data in found if key[len(RECORD_PREFIX) :] not in skip]
         records: dict[str, CheckpointRecord] = {}
         blobbed = set()
         for key, data in found:

@@ -98,6 +98,28 @@ def test_records_since_returns_only_the_records_written_since(tmp_path: Path) ->
     assert (again, nothing, complete) == (later, {}, False)
 
 
+def test_records_since_leaves_out_the_records_the_reader_wrote_itself(tmp_path: Path) -> None:
+    """``skip``: a reader that committed records since its stamp (and folded them into
+    what it keeps) is not handed them again, nor are they decoded; a complete answer
+    still holds every record."""
+    store = _new(tmp_path)
+    store.put_records(IID, [_item(store, "a")])
+    stamp, _, _ = store.records_since(IID, None)
+    store.put_records(IID, [_item(store, "mine"), _item(store, "theirs")])
+    decoded: list[str] = []
+    decode = store._decode_or_stand_in
+
+    def counting(instance_id: str, key: str, data: Any) -> CheckpointRecord:
+        decoded.append(key)
+        return decode(instance_id, key, data)
+
+    store._decode_or_stand_in = counting  # type: ignore[method-assign]
+    _, changed, complete = store.records_since(IID, stamp, {"mine"})
+    assert not complete and sorted(changed) == ["theirs"] and decoded == ["t:theirs"]
+    _, everything, complete = store.records_since(IID, None, {"mine"})
+    assert complete and sorted(everything) == ["a", "mine", "theirs"]
+
+
 def test_records_since_reads_everything_after_a_deletion_or_a_start_over(tmp_path: Path) -> None:
     store = _new(tmp_path)
     store.put_records(IID, [_item(store, "a"), _item(store, "b")])
