@@ -46,6 +46,13 @@ map item's). The store's index is listed again only when a scan left slots free
 (at most once a second while units are in hand), and always before a worker with
 ``until_idle`` calls it a day.
 
+On the disk store a worker lists instances with ``list_states`` (the index, with the
+state of an instance in progress read from its instance record instead of counting its
+finished tasks from every record), brings a kept view up to date with the records
+written since its stamp alone (``records_since``, leaving out its own commits), trusts
+a lock probe that found no runner for a poll interval (the share taken with each claim
+is what excludes a runner), and loads the native lock module when it is made.
+
 A worker killed mid-unit simply stops renewing: after ``claim_ttl`` another worker
 claims the unit and runs it again (at-least-once execution, exactly-once commit; use
 ``get_task_context().idempotency_key`` for side effects). A delay is skipped until its
