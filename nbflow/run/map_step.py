@@ -262,7 +262,7 @@ async def _first_attempts(
         for i in batch:
             key = item_id(node.id, i)
             live = host.live.attempt(node, key, 1)
-            tctx = TaskContext(host.wf.name, host.instance_id, key, 1, host.wf.metadata, cancel, live)
+            tctx = TaskContext.of_attempt(host.wf.name, host.instance_id, key, 1, host.wf.metadata, cancel, live)
             t0, started = time.perf_counter(), time.time()
             try:
                 value, cap = call_sync(fn, [items[i]], {}, tctx, echo)

@@ -227,7 +227,8 @@ class Scheduler:
         while True:
             attempt += 1
             started = time.time()
-            self.publish(ev.TaskStarted, task_id=task_id, attempt=attempt, worker=self.settings.worker)
+            if self.bus.wants(ev.TaskStarted):
+                self.publish(ev.TaskStarted, task_id=task_id, attempt=attempt, worker=self.settings.worker)
             # An attempt with a timeout has its own cancel flag, which its timeout sets;
             # a stop of the run sets every running attempt's (_tell_tasks). Without a
             # timeout the run's flag serves (no Event to make per attempt).
@@ -237,7 +238,9 @@ class Scheduler:
                 if self.cancel_event.is_set():
                     cancel.set()
             live = self.live.attempt(node, task_id, attempt)
-            tctx = TaskContext(self.wf.name, self.instance_id, task_id, attempt, self.wf.metadata, cancel, live)
+            tctx = TaskContext.of_attempt(
+                self.wf.name, self.instance_id, task_id, attempt, self.wf.metadata, cancel, live
+            )
             self._contexts[task_id] = tctx
             try:
                 if direct:

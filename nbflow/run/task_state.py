@@ -114,9 +114,9 @@ class TaskStates:
         """Remove ``keys`` from ``task_id``'s state (the whole state once it is empty).
         Writes only if one of the keys is there; unless ``load``, states never read
         are not read now (a task that never stored anything costs nothing)."""
+        if self._states is None and not load:  # nothing read, so nothing to drop (not even the lock)
+            return
         with self._lock:
-            if self._states is None and not load:
-                return
             states = self.all()
             old = states.get(task_id)
             if not old or not any(k in old for k in keys):
