@@ -100,6 +100,8 @@ class ConnectionPool:
         self._inherited: list[Any] = []
         self._schema_checked = False
         self._ever_connected = False
+        self._bad = int(self.psycopg.pq.ConnStatus.BAD)
+        self._idle_tx = int(self.psycopg.pq.TransactionStatus.IDLE)
 
     # -- connections --------------------------------------------------------------------
     def take(self) -> psycopg.Connection[Any]:
@@ -113,13 +115,10 @@ class ConnectionPool:
 
     def give(self, conn: psycopg.Connection[Any]) -> None:
         """Return a connection after a call; a broken or mid-transaction one is closed."""
-        healthy = (
-            not conn.closed
-            and not conn.broken
-            # pgconn's own status: ``conn.info`` builds a new object at every call (a write per task)
-            and conn.pgconn.transaction_status == self.psycopg.pq.TransactionStatus.IDLE
-            and os.getpid() == self._pid
-        )
+        # libpq's own states, read once, against ints looked up once (a call per task):
+        # not BAD is neither closed nor broken; ``conn.info`` builds a new object per call
+        pgconn = conn.pgconn
+        healthy = pgconn.status != self._bad and pgconn.transaction_status == self._idle_tx and os.getpid() == self._pid
         if healthy:
             with self._lock:
                 if len(self._idle) < _MAX_IDLE:

@@ -55,19 +55,19 @@ class Prepared:
     def fetchone(self, conn: Any, params: dict[str, Any]) -> tuple[str | None, ...] | None:
         """Run the statement with ``params`` on ``conn``; its first row (text columns as
         ``str``), or None when it returns no row."""
-        pq = _pq()
+        tuples_ok, command_ok, sqlstate = _STATES or _states()
         values = [_param(params[n]) for n in self.names]
         pgconn = conn.pgconn
         for _ in range(2):
             result = pgconn.exec_prepared(self.name, values, param_formats=self.formats)
-            if result.status == pq.ExecStatus.TUPLES_OK:
+            if result.status == tuples_ok:
                 if not result.ntuples:
                     return None
                 return tuple(_text(result.get_value(0, col)) for col in range(result.nfields))
-            if result.error_field(pq.DiagnosticField.SQLSTATE) != _NOT_PREPARED:
+            if result.error_field(sqlstate) != _NOT_PREPARED:
                 break
             prepared = pgconn.prepare(self.name, self.sql, param_types=self.types)
-            if prepared.status != pq.ExecStatus.COMMAND_OK:
+            if prepared.status != command_ok:
                 result = prepared
                 break
         raise _error(conn, result)
@@ -85,10 +85,18 @@ def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("utf-8")
 
 
-def _pq() -> Any:
-    import psycopg.pq  # a connection exists: psycopg is loaded (a dictionary lookup)
+# libpq's result states and the SQLSTATE field code as ints, looked up at the first call
+# (psycopg is loaded by then: a connection exists) instead of through enums at every call
+_STATES: tuple[int, int, int] | None = None
 
-    return psycopg.pq
+
+def _states() -> tuple[int, int, int]:
+    global _STATES
+    import psycopg.pq
+
+    pq = psycopg.pq
+    _STATES = (int(pq.ExecStatus.TUPLES_OK), int(pq.ExecStatus.COMMAND_OK), int(pq.DiagnosticField.SQLSTATE))
+    return _STATES
 
 
 def _error(conn: Any, result: Any) -> Exception:
