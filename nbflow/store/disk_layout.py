@@ -67,6 +67,8 @@ class SpillSink(SpillingSink):
     """Buffers in memory up to INLINE_LIMIT, then streams to a temp file in ``blobs/``
     that ``commit`` makes durable and names (see spill.py)."""
 
+    __slots__ = ("_instance_dir", "_instance_id", "tmp_path")
+
     def __init__(self, instance_dir: Path, instance_id: str = "", limit: int = INLINE_LIMIT) -> None:
         super().__init__(limit)
         self._instance_dir, self._instance_id = instance_dir, instance_id

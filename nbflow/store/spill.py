@@ -25,8 +25,9 @@ _PIECE = 1 << 20  # bytes summed and written at a time
 class SpillingSink(io.RawIOBase):
     """Buffers up to ``limit`` bytes, then streams to the file ``_spill()`` opens."""
 
+    __slots__ = ("_buf", "_file", "_limit", "_sum", "size")  # one sink per checkpoint: made often
+
     def __init__(self, limit: int) -> None:
-        super().__init__()
         self._limit = limit
         # The usual small output arrives in one write of one bytes object: it is kept as
         # it is (no copy); a second write turns the buffer into a bytearray.
