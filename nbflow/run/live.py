@@ -678,6 +678,13 @@ class LiveHub:
                 fields["displays"] = self._announce.pop(task_id, ())
         return fields
 
+    def forget_displays(self, task_id: str) -> None:
+        """Nobody takes ``task_id``'s TaskFinished: let go of the displays kept for it
+        (what :meth:`display_fields` would have handed over)."""
+        if self._announce:
+            with self._lock:
+                self._announce.pop(task_id, None)
+
     def stored_displays(self, task_id: str, record: CheckpointRecord) -> tuple[Mapping[str, Any], ...]:
         """What ``task_id`` displayed when it ran, read from its display record (a map's
         or loop's: what its items or iterations displayed, the first

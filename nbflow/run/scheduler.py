@@ -227,8 +227,7 @@ class Scheduler:
         while True:
             attempt += 1
             started = time.time()
-            if self.bus.wants(ev.TaskStarted):
-                self.publish(ev.TaskStarted, task_id=task_id, attempt=attempt, worker=self.settings.worker)
+            self.publish(ev.TaskStarted, task_id=task_id, attempt=attempt, worker=self.settings.worker)
             # An attempt with a timeout has its own cancel flag, which its timeout sets;
             # a stop of the run sets every running attempt's (_tell_tasks). Without a
             # timeout the run's flag serves (no Event to make per attempt).
@@ -371,7 +370,7 @@ class Scheduler:
         self.retries.settle(task_id)  # after the record: a kill in between leaves a state the record outdates
         self.live.settled((task_id,))  # its own saved state is no longer needed
         if not self.bus.wants(ev.TaskFinished):  # nobody listens: its fields are not even gathered
-            self.live.display_fields(task_id, record)  # (what it displayed is let go all the same)
+            self.live.forget_displays(task_id)
             return
         self.publish(
             ev.TaskFinished,

@@ -679,7 +679,7 @@ class DiskcacheBackend:
             high, (generation, deleted) = rows.marks(GENERATION, STAMP)
         if generation is None and deleted is None and not rows.get(META):
             return None
-        return f"{generation}:{high}:{deleted}"
+        return _stamp(generation, high, deleted)
 
     def get_records(self, instance_id: str) -> dict[str, CheckpointRecord]:
         return self._read_records(instance_id)
@@ -734,7 +734,7 @@ class DiskcacheBackend:
         elif kept and known is not None:
             known.difference_update(key[len(RECORD_PREFIX) :] for key, _ in found)
             known.update(blobbed)
-        return f"{generation}:{high}:{deleted}", records, not kept
+        return _stamp(generation, high, deleted), records, not kept
 
     def _read_records(self, instance_id: str) -> dict[str, CheckpointRecord]:
         """Every record of the instance's current generation (also what the index reads
@@ -1157,9 +1157,15 @@ def _missing_record_damage(path: Path, has_database: bool, generated: bool) -> s
     return None
 
 
+def _stamp(generation: str | None, high: int, deleted: str | None) -> str:
+    """The change stamp of an instance (``change_stamp``, ``records_since``): its
+    generation, the database's high water and the deletion token, read in one snapshot."""
+    return f"{generation}:{high}:{deleted}"
+
+
 def _high_of(stamp: Hashable | None) -> tuple[str | None, int, str | None] | None:
-    """(generation, high water, deletion token) of a stamp ``change_stamp`` returned;
-    None for anything else (a reader then reads every record)."""
+    """(generation, high water, deletion token) of a stamp :func:`_stamp` made; None for
+    anything else (a reader then reads every record)."""
     if not isinstance(stamp, str):
         return None
     parts = stamp.split(":")

@@ -23,6 +23,7 @@ the backend turns that into a ``CheckpointCorruptError`` naming the instance.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import struct
@@ -250,10 +251,7 @@ def decode_record(data: bytes) -> CheckpointRecord:
     return record
 
 
-_HEADER_KEYS = frozenset(
-    ("task_id", "fingerprint", "codec", "attempt", "started_at", "finished_at", "size", "blob", "preview", "stdout",
-     "stderr", "worker", "preview_bundle", "extra", "checksum", "generation")
-)  # fmt: skip
+_HEADER_KEYS = frozenset(f.name for f in dataclasses.fields(CheckpointRecord)) - {"payload"}  # what the header holds
 
 
 def _plain_record(header: dict[str, Any]) -> CheckpointRecord | None:
